@@ -1,0 +1,4 @@
+//! The Fractal Generator Protocol (FGP) of rsplib: messages, the `<FG-TD1>` cookie,
+//! Mandelbrot kernels, tiling and presets.
+
+pub mod message;

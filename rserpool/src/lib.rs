@@ -1,0 +1,3 @@
+//! Reliable Server Pooling (RSerPool, RFC 5351-5356).
+
+pub mod wire;
