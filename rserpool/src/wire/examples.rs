@@ -441,6 +441,18 @@ pub fn enrp_examples() -> Vec<EnrpMessage> {
             REGISTRAR_A,
             REGISTRAR_B,
             EnrpBody::HandleTableResponse {
+                reject: false,
+                more_to_send: false,
+                pools: vec![PoolEntry {
+                    pool_handle: fractal.clone(),
+                    pool_elements: vec![lu.clone()],
+                }],
+            },
+        ),
+        msg(
+            REGISTRAR_A,
+            REGISTRAR_B,
+            EnrpBody::HandleTableResponse {
                 reject: true,
                 more_to_send: false,
                 pools: Vec::new(),
