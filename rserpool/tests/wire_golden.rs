@@ -283,7 +283,10 @@ fn rsplib_style_lengths_including_padding_decode() {
     // rsplib: message length includes the final padding (36 instead of 35).
     let mut rsplib = REGISTRATION_REJECTED;
     rsplib[3] = 0x24;
-    assert_eq!(AsapMessage::decode(&rsplib).unwrap().message, registration_rejected());
+    assert_eq!(
+        AsapMessage::decode(&rsplib).unwrap().message,
+        registration_rejected()
+    );
 
     // Keep-alive without the PE identifier, length including the pool handle's padding (16).
     #[rustfmt::skip]
@@ -328,8 +331,14 @@ fn rsplib_style_lengths_including_padding_decode() {
     let AsapMessage::Registration { pool_element, .. } = decoded else {
         panic!("not a registration: {decoded:?}");
     };
-    assert_eq!(pool_element.user_transport, TransportAddress::Opaque(b"abcd".to_vec()));
-    assert_eq!(pool_element.asap_transport, Some(TransportAddress::Opaque(b"z".to_vec())));
+    assert_eq!(
+        pool_element.user_transport,
+        TransportAddress::Opaque(b"abcd".to_vec())
+    );
+    assert_eq!(
+        pool_element.asap_transport,
+        Some(TransportAddress::Opaque(b"z".to_vec()))
+    );
     // Our encoder writes the RFC style: PE length 37, message length 49, 3 padding bytes.
     let ours = AsapMessage::Registration {
         pool_handle: fgp(),
@@ -363,9 +372,8 @@ fn framing_tolerates_missing_final_padding_but_not_extra_bytes() {
     assert_eq!(message_frame_len(&REGISTRATION_REJECTED), Some(36));
     assert_eq!(message_frame_len(&[0x03, 0x01]), None);
     // Registration Life: the wire value is milliseconds.
-    let AsapMessage::Registration { pool_element, .. } = AsapMessage::decode(&REGISTRATION)
-        .unwrap()
-        .message
+    let AsapMessage::Registration { pool_element, .. } =
+        AsapMessage::decode(&REGISTRATION).unwrap().message
     else {
         panic!("not a registration")
     };
@@ -544,7 +552,9 @@ fn unknown_message_types_follow_their_top_bits() {
         assert_eq!(reply.is_some(), report);
         if let Some(reply) = reply {
             assert_eq!((reply.sender_id, reply.receiver_id), (7, 9));
-            let back = EnrpMessage::decode(&reply.to_bytes().unwrap()).unwrap().message;
+            let back = EnrpMessage::decode(&reply.to_bytes().unwrap())
+                .unwrap()
+                .message;
             assert_eq!(
                 back.body,
                 EnrpBody::Error {
@@ -578,7 +588,14 @@ fn too_long_pool_handle_is_a_typed_error() {
     let mut m = vec![0x05, 0x00, 0x00, 0x29, 0x00, 0x09, 0x00, 0x25];
     m.extend_from_slice(&[b'x'; 33]);
     let err = AsapMessage::decode(&m).unwrap_err();
-    assert!(matches!(err, WireError::PoolHandleTooLong { length: 33, max: 32, .. }));
+    assert!(matches!(
+        err,
+        WireError::PoolHandleTooLong {
+            length: 33,
+            max: 32,
+            ..
+        }
+    ));
     assert_eq!(err.cause_code(), CauseCode::INVALID_VALUES);
     assert_eq!(err.cause_info(), &m[4..]);
 }
@@ -586,7 +603,9 @@ fn too_long_pool_handle_is_a_typed_error() {
 #[test]
 fn policies_rsplib_sends_short_and_ones_it_cannot_encode() {
     // rsplib sends Priority Least Used with the load only.
-    let plu = [0x00, 0x08, 0x00, 0x0c, 0x40, 0x00, 0x00, 0x03, 0x12, 0x34, 0x56, 0x78];
+    let plu = [
+        0x00, 0x08, 0x00, 0x0c, 0x40, 0x00, 0x00, 0x03, 0x12, 0x34, 0x56, 0x78,
+    ];
     assert_eq!(
         Parameter::decode(&plu).unwrap().message,
         Parameter::Policy(Policy::PriorityLeastUsed {
@@ -607,13 +626,22 @@ fn policies_rsplib_sends_short_and_ones_it_cannot_encode() {
     // PLU-DPF has no wire format.
     let plu_dpf = [0x00, 0x08, 0x00, 0x0c, 0xb0, 0x00, 0x20, 0x04, 0, 0, 0, 0];
     let err = Parameter::decode(&plu_dpf).unwrap_err();
-    assert!(matches!(err, WireError::UnsupportedPolicy { policy_type: 0xb000_2004, .. }));
+    assert!(matches!(
+        err,
+        WireError::UnsupportedPolicy {
+            policy_type: 0xb000_2004,
+            ..
+        }
+    ));
     assert_eq!(err.cause_code(), CauseCode::INVALID_VALUES);
     // Least Used without its load is too short.
     let short = [0x00, 0x08, 0x00, 0x08, 0x40, 0x00, 0x00, 0x01];
     assert!(matches!(
         Parameter::decode(&short),
-        Err(WireError::InvalidParameter { param_type: 0x0008, .. })
+        Err(WireError::InvalidParameter {
+            param_type: 0x0008,
+            ..
+        })
     ));
 }
 
@@ -624,11 +652,23 @@ fn structural_errors_map_to_causes() {
     m.truncate(12);
     m[3] = 12;
     let err = AsapMessage::decode(&m).unwrap_err();
-    assert!(matches!(err, WireError::MissingParameter { param: "PE Identifier", .. }));
+    assert!(matches!(
+        err,
+        WireError::MissingParameter {
+            param: "PE Identifier",
+            ..
+        }
+    ));
     assert_eq!(err.cause_code(), CauseCode::UNSPECIFIED);
     // A cookie where a PE identifier belongs.
     let err = AsapMessage::decode(&deregistration_with(&[0, 0x0d, 0, 5, 1, 0, 0, 0])).unwrap_err();
-    assert!(matches!(err, WireError::UnexpectedParameter { param_type: 0x000d, .. }));
+    assert!(matches!(
+        err,
+        WireError::UnexpectedParameter {
+            param_type: 0x000d,
+            ..
+        }
+    ));
     assert_eq!(err.cause_info(), &[0, 0x0d, 0, 5, 1]);
     // A TLV overrunning the message.
     let err = AsapMessage::decode(&deregistration_with(&[0, 0x0d, 0, 40])).unwrap_err();
@@ -636,11 +676,21 @@ fn structural_errors_map_to_causes() {
     // ENRP message shorter than its server ids.
     assert!(matches!(
         EnrpMessage::decode(&[0x05, 0, 0, 8, 0, 0, 0, 1]),
-        Err(WireError::BadMessageLength { length: 8, minimum: 12 })
+        Err(WireError::BadMessageLength {
+            length: 8,
+            minimum: 12
+        })
     ));
     // Unknown update action.
-    let err = EnrpMessage::decode(&[0x04, 0, 0, 16, 0, 0, 0, 1, 0, 0, 0, 2, 0, 7, 0, 0]).unwrap_err();
-    assert_eq!(err, WireError::InvalidField { field: "update action", value: 7 });
+    let err =
+        EnrpMessage::decode(&[0x04, 0, 0, 16, 0, 0, 0, 1, 0, 0, 0, 2, 0, 7, 0, 0]).unwrap_err();
+    assert_eq!(
+        err,
+        WireError::InvalidField {
+            field: "update action",
+            value: 7
+        }
+    );
     // SCTP transport use 2.
     let sctp = [0, 4, 0, 16, 0x26, 0xad, 0, 2, 0, 1, 0, 8, 10, 0, 0, 1];
     assert!(matches!(

@@ -62,17 +62,17 @@ fn policy() -> impl Strategy<Value = Policy> {
         u().prop_map(|weight| Policy::WeightedRandom { weight }),
         u().prop_map(|priority| Policy::Priority { priority }),
         u().prop_map(|load| Policy::LeastUsed { load }),
-        (u(), u()).prop_map(|(load, degradation)| Policy::LeastUsedDegradation { load, degradation }),
+        (u(), u())
+            .prop_map(|(load, degradation)| Policy::LeastUsedDegradation { load, degradation }),
         (u(), u()).prop_map(|(load, degradation)| Policy::PriorityLeastUsed { load, degradation }),
         u().prop_map(|load| Policy::RandomizedLeastUsed { load }),
         (u(), u()).prop_map(|(load, degradation)| Policy::RandomizedPriorityLeastUsed {
             load,
             degradation
         }),
-        (u(), u()).prop_map(|(load, degradation)| Policy::RandomizedLeastUsedDegradation {
-            load,
-            degradation
-        }),
+        (u(), u()).prop_map(
+            |(load, degradation)| Policy::RandomizedLeastUsedDegradation { load, degradation }
+        ),
         (u(), u()).prop_map(|(load, degradation)| Policy::PriorityLeastUsedDegradation {
             load,
             degradation
@@ -129,8 +129,10 @@ fn pool_element() -> impl Strategy<Value = PoolElement> {
 }
 
 fn server_info() -> impl Strategy<Value = ServerInformation> {
-    (any::<u32>(), transport())
-        .prop_map(|(server_id, transport)| ServerInformation { server_id, transport })
+    (any::<u32>(), transport()).prop_map(|(server_id, transport)| ServerInformation {
+        server_id,
+        transport,
+    })
 }
 
 fn operation_error() -> impl Strategy<Value = OperationError> {
@@ -159,7 +161,8 @@ fn asap_message() -> impl Strategy<Value = AsapMessage> {
                 pool_element,
             }
         }),
-        (ph(), id()).prop_map(|(pool_handle, pe_id)| AsapMessage::Deregistration { pool_handle, pe_id }),
+        (ph(), id())
+            .prop_map(|(pool_handle, pe_id)| AsapMessage::Deregistration { pool_handle, pe_id }),
         (any::<bool>(), ph(), id(), err()).prop_map(|(rejected, pool_handle, pe_id, error)| {
             AsapMessage::RegistrationResponse {
                 rejected,
@@ -198,14 +201,20 @@ fn asap_message() -> impl Strategy<Value = AsapMessage> {
                     error,
                 }
             }),
-        (any::<bool>(), any::<u32>(), ph(), proptest::option::of(id())).prop_map(
-            |(home, server_id, pool_handle, pe_id)| AsapMessage::EndpointKeepAlive {
-                home,
-                server_id,
-                pool_handle,
-                pe_id,
-            }
-        ),
+        (
+            any::<bool>(),
+            any::<u32>(),
+            ph(),
+            proptest::option::of(id())
+        )
+            .prop_map(|(home, server_id, pool_handle, pe_id)| {
+                AsapMessage::EndpointKeepAlive {
+                    home,
+                    server_id,
+                    pool_handle,
+                    pe_id,
+                }
+            }),
         (ph(), id()).prop_map(|(pool_handle, pe_id)| AsapMessage::EndpointKeepAliveAck {
             pool_handle,
             pe_id
@@ -222,13 +231,18 @@ fn asap_message() -> impl Strategy<Value = AsapMessage> {
         }),
         bytes().prop_map(|cookie| AsapMessage::Cookie { cookie }),
         bytes().prop_map(|cookie| AsapMessage::CookieEcho { cookie }),
-        (ph(), proptest::option::of(policy()), vec(pool_element(), 0..3)).prop_map(
-            |(pool_handle, policy, pool_elements)| AsapMessage::BusinessCard {
-                pool_handle,
-                policy,
-                pool_elements,
-            }
-        ),
+        (
+            ph(),
+            proptest::option::of(policy()),
+            vec(pool_element(), 0..3)
+        )
+            .prop_map(
+                |(pool_handle, policy, pool_elements)| AsapMessage::BusinessCard {
+                    pool_handle,
+                    policy,
+                    pool_elements,
+                }
+            ),
         operation_error().prop_map(|error| AsapMessage::Error { error }),
     ]
 }
@@ -236,35 +250,48 @@ fn asap_message() -> impl Strategy<Value = AsapMessage> {
 fn enrp_body() -> impl Strategy<Value = EnrpBody> {
     let target = || any::<u32>();
     prop_oneof![
-        (any::<bool>(), any::<u16>(), proptest::option::of(server_info())).prop_map(
-            |(reply_required, checksum, server_info)| EnrpBody::Presence {
-                reply_required,
-                checksum,
-                server_info,
-            }
-        ),
-        any::<bool>().prop_map(|own_children_only| EnrpBody::HandleTableRequest { own_children_only }),
+        (
+            any::<bool>(),
+            any::<u16>(),
+            proptest::option::of(server_info())
+        )
+            .prop_map(
+                |(reply_required, checksum, server_info)| EnrpBody::Presence {
+                    reply_required,
+                    checksum,
+                    server_info,
+                }
+            ),
+        any::<bool>()
+            .prop_map(|own_children_only| EnrpBody::HandleTableRequest { own_children_only }),
         (
             any::<bool>(),
             any::<bool>(),
             vec(
-                (pool_handle(), vec(pool_element(), 1..3))
-                    .prop_map(|(pool_handle, pool_elements)| PoolEntry {
+                (pool_handle(), vec(pool_element(), 1..3)).prop_map(
+                    |(pool_handle, pool_elements)| PoolEntry {
                         pool_handle,
                         pool_elements
-                    }),
+                    }
+                ),
                 0..3
             )
         )
-            .prop_map(|(reject, more_to_send, pools)| EnrpBody::HandleTableResponse {
-                reject,
-                more_to_send,
-                pools,
-            }),
+            .prop_map(
+                |(reject, more_to_send, pools)| EnrpBody::HandleTableResponse {
+                    reject,
+                    more_to_send,
+                    pools,
+                }
+            ),
         (any::<bool>(), any::<bool>(), pool_handle(), pool_element()).prop_map(
             |(takeover_suggested, del, pool_handle, pool_element)| EnrpBody::HandleUpdate {
                 takeover_suggested,
-                action: if del { UpdateAction::DelPe } else { UpdateAction::AddPe },
+                action: if del {
+                    UpdateAction::DelPe
+                } else {
+                    UpdateAction::AddPe
+                },
                 pool_handle,
                 pool_element,
             }
@@ -320,7 +347,9 @@ fn check_outcome<M>(
             // Anything we accept must be sendable again, and unrecognized reports too.
             reencode(&decoded.message).expect("decoded message re-encodes");
             if let Some(reply) = AsapMessage::unrecognized_reply(&decoded) {
-                reply.to_bytes().expect("unrecognized-parameter report encodes");
+                reply
+                    .to_bytes()
+                    .expect("unrecognized-parameter report encodes");
             }
         }
         Err(err) => {
@@ -560,8 +589,14 @@ fn examples_round_trip_and_cover_everything() {
         ("enrp", 0x04, 0x01),
         ("enrp", 0x06, 0x01),
     ] {
-        assert!(flag_bytes.contains(&(proto, t, f)), "{proto} type {t:#x} flags {f:#x}");
-        assert!(flag_bytes.contains(&(proto, t, 0)), "{proto} type {t:#x} without flags");
+        assert!(
+            flag_bytes.contains(&(proto, t, f)),
+            "{proto} type {t:#x} flags {f:#x}"
+        );
+        assert!(
+            flag_bytes.contains(&(proto, t, 0)),
+            "{proto} type {t:#x} without flags"
+        );
     }
 
     // Every parameter type appears (searching the TLV headers in the encoded messages).
@@ -572,7 +607,10 @@ fn examples_round_trip_and_cover_everything() {
             .any(|b| b.chunks(4).any(|w| w.len() == 4 && w[..2] == needle))
     };
     for ty in (0x0001u16..=0x0010).chain([0x803f]) {
-        assert!(has_param(ty), "parameter type {ty:#06x} missing from the examples");
+        assert!(
+            has_param(ty),
+            "parameter type {ty:#06x} missing from the examples"
+        );
     }
 
     // Every encodable policy type, and every RFC cause code.
@@ -581,8 +619,10 @@ fn examples_round_trip_and_cover_everything() {
     assert_eq!(policies.len(), Policy::ENCODABLE_TYPES.len());
     for code in Policy::ENCODABLE_TYPES {
         assert!(
-            asap.iter().any(|m| matches!(m, AsapMessage::Registration { pool_element, .. }
-                if pool_element.policy.policy_type() == code)),
+            asap.iter().any(
+                |m| matches!(m, AsapMessage::Registration { pool_element, .. }
+                if pool_element.policy.policy_type() == code)
+            ),
             "policy {code:#010x} missing from the ASAP examples"
         );
         assert!(
@@ -601,5 +641,12 @@ fn examples_round_trip_and_cover_everything() {
         .collect();
     assert_eq!(codes, (0x0..=0xa).collect());
     // Every transport kind appears.
-    assert_eq!(all_transports().iter().map(|t| t.param_type()).collect::<std::collections::BTreeSet<_>>().len(), 6);
+    assert_eq!(
+        all_transports()
+            .iter()
+            .map(|t| t.param_type())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        6
+    );
 }

@@ -13,8 +13,8 @@ use super::buf::{Reader, Writer, encode_atomically};
 use super::error::{Decoded, EncodeError, Frame, WireError};
 use super::param::{
     Ctx, OperationError, Params, PeId, PoolElement, PoolHandle, TransportAddress,
-    is_transport_type, param_type, parse_tlvs, read_handle_resolution, read_pe_id,
-    write_cookie, write_handle_resolution, write_pe_id,
+    is_transport_type, param_type, parse_tlvs, read_handle_resolution, read_pe_id, write_cookie,
+    write_handle_resolution, write_pe_id,
 };
 use super::policy::Policy;
 
@@ -57,7 +57,10 @@ pub enum AsapMessage {
         pool_element: PoolElement,
     },
     /// 0x02.
-    Deregistration { pool_handle: PoolHandle, pe_id: PeId },
+    Deregistration {
+        pool_handle: PoolHandle,
+        pe_id: PeId,
+    },
     /// 0x03; `rejected` is the R flag, `error` explains a rejection or warns.
     RegistrationResponse {
         rejected: bool,
@@ -95,9 +98,15 @@ pub enum AsapMessage {
         pe_id: Option<PeId>,
     },
     /// 0x08.
-    EndpointKeepAliveAck { pool_handle: PoolHandle, pe_id: PeId },
+    EndpointKeepAliveAck {
+        pool_handle: PoolHandle,
+        pe_id: PeId,
+    },
     /// 0x09.
-    EndpointUnreachable { pool_handle: PoolHandle, pe_id: PeId },
+    EndpointUnreachable {
+        pool_handle: PoolHandle,
+        pe_id: PeId,
+    },
     /// 0x0a; no transports means "SCTP, the announce's source address, port 3863" (rsplib
     /// sends none and takes address and port from the UDP source).
     ServerAnnounce {
@@ -318,9 +327,7 @@ impl AsapMessage {
             }
             Ok::<_, WireError>(pes)
         };
-        let cookie = |p: &mut Params<'_>| {
-            p.expect(param_type::COOKIE).map(|t| t.value.to_vec())
-        };
+        let cookie = |p: &mut Params<'_>| p.expect(param_type::COOKIE).map(|t| t.value.to_vec());
         let message = match frame.msg_type {
             msg_type::REGISTRATION => AsapMessage::Registration {
                 pool_handle: ph(&mut p)?,

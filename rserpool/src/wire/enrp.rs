@@ -144,7 +144,9 @@ impl EnrpBody {
     fn flags(&self) -> u8 {
         let bit = |b: bool, f: u8| if b { f } else { 0 };
         match self {
-            EnrpBody::Presence { reply_required, .. } => bit(*reply_required, flags::REPLY_REQUIRED),
+            EnrpBody::Presence { reply_required, .. } => {
+                bit(*reply_required, flags::REPLY_REQUIRED)
+            }
             EnrpBody::HandleTableRequest { own_children_only } => {
                 bit(*own_children_only, flags::OWN_CHILDREN_ONLY)
             }
@@ -292,8 +294,10 @@ impl EnrpMessage {
                 let mut pools = Vec::new();
                 while let Some(t) = p.take(param_type::POOL_HANDLE) {
                     let pool_handle = PoolHandle::read(&t)?;
-                    let mut pool_elements =
-                        vec![PoolElement::read(&p.expect(param_type::POOL_ELEMENT)?, &mut ctx)?];
+                    let mut pool_elements = vec![PoolElement::read(
+                        &p.expect(param_type::POOL_ELEMENT)?,
+                        &mut ctx,
+                    )?];
                     while let Some(t) = p.take(param_type::POOL_ELEMENT) {
                         pool_elements.push(PoolElement::read(&t, &mut ctx)?);
                     }

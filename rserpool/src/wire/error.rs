@@ -296,7 +296,10 @@ impl<'a> Frame<'a> {
         WireError::UnrecognizedMessage {
             msg_type: self.msg_type,
             action: UnknownMessageAction::for_type(self.msg_type),
-            message: message.get(..MAX_CAUSE_INFO_LEN).unwrap_or(message).to_vec(),
+            message: message
+                .get(..MAX_CAUSE_INFO_LEN)
+                .unwrap_or(message)
+                .to_vec(),
         }
     }
 }
@@ -305,7 +308,9 @@ impl<'a> Frame<'a> {
 /// once its 4-byte header is available; for framing a byte stream.
 pub fn message_frame_len(bytes: &[u8]) -> Option<usize> {
     match bytes {
-        [_, _, l0, l1, ..] => Some(super::buf::roundup4(usize::from(u16::from_be_bytes([*l0, *l1])))),
+        [_, _, l0, l1, ..] => Some(super::buf::roundup4(usize::from(u16::from_be_bytes([
+            *l0, *l1,
+        ])))),
         _ => None,
     }
 }

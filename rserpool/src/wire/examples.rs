@@ -144,9 +144,11 @@ fn pe(n: usize, policy: Policy, home: u32, with_asap_transport: bool) -> PoolEle
         registration_life_ms: 90_000,
         user_transport,
         policy,
-        asap_transport: with_asap_transport.then(|| TransportAddress::Tcp {
+        // RFC 5354 §3.10: the ASAP transport is an SCTP transport.
+        asap_transport: with_asap_transport.then(|| TransportAddress::Sctp {
             port: 51_000 + n as u16,
-            address: v4(100 + n as u8),
+            transport_use: TransportUse::DataOnly,
+            addresses: vec![v4(100 + n as u8)],
         }),
     }
 }
@@ -158,7 +160,10 @@ fn tlv(p: Parameter) -> Vec<u8> {
 /// An Operation Error using every cause code of RFC 5354 with fitting information.
 fn every_cause() -> OperationError {
     let unknown_param = vec![0xc0, 0x42, 0x00, 0x08, 0xde, 0xad, 0xbe, 0xef];
-    let unknown_message = vec![0x4f, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x2a];
+    // Type 0x4f (unknown, "discard and report") carrying a PE Identifier parameter.
+    let unknown_message = vec![
+        0x4f, 0x00, 0x00, 0x0c, 0x00, 0x0e, 0x00, 0x08, 0x00, 0x00, 0x00, 0x2a,
+    ];
     let mut causes = vec![
         ErrorCause::new(CauseCode::UNSPECIFIED),
         ErrorCause::unrecognized_parameter(unknown_param),
@@ -196,7 +201,16 @@ pub fn asap_examples() -> Vec<AsapMessage> {
         })
         .collect();
     let lu_pes: Vec<PoolElement> = (0..3)
-        .map(|n| pe(n, Policy::LeastUsed { load: pct(12.5 * n as f64) }, REGISTRAR_A, false))
+        .map(|n| {
+            pe(
+                n,
+                Policy::LeastUsed {
+                    load: pct(12.5 * n as f64),
+                },
+                REGISTRAR_A,
+                false,
+            )
+        })
         .collect();
     let id = lu_pes.first().map_or(PeId(1), |p| p.id);
     out.extend([
@@ -372,14 +386,7 @@ pub fn enrp_examples() -> Vec<EnrpMessage> {
         receiver_id,
         body,
     };
-    let lu = pe(
-        2,
-        Policy::LeastUsed {
-            load: pct(40.0),
-        },
-        REGISTRAR_A,
-        true,
-    );
+    let lu = pe(2, Policy::LeastUsed { load: pct(40.0) }, REGISTRAR_A, true);
     vec![
         msg(
             REGISTRAR_A,
@@ -396,13 +403,7 @@ pub fn enrp_examples() -> Vec<EnrpMessage> {
             EnrpBody::Presence {
                 reply_required: true,
                 checksum: HandlespaceChecksum::new().value(),
-                server_info: Some(ServerInformation {
-                    server_id: REGISTRAR_B,
-                    transport: TransportAddress::Tcp {
-                        port: 9901,
-                        address: v4(2),
-                    },
-                }),
+                server_info: Some(server(REGISTRAR_B, 2)),
             },
         ),
         msg(

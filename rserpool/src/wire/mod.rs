@@ -19,8 +19,8 @@
 //!   without addresses, an Operation Error without causes) is an [`EncodeError`], and the output
 //!   vector is left as it was.
 
-pub(crate) mod buf;
 pub mod asap;
+pub(crate) mod buf;
 pub mod checksum;
 pub mod enrp;
 pub mod error;

@@ -331,7 +331,9 @@ impl TransportAddress {
                     return Err(EncodeError::Invalid("SCTP transport without addresses"));
                 }
                 if addresses.len() > MAX_TRANSPORT_ADDRESSES {
-                    return Err(EncodeError::Invalid("SCTP transport with more than 64 addresses"));
+                    return Err(EncodeError::Invalid(
+                        "SCTP transport with more than 64 addresses",
+                    ));
                 }
                 w.u16(*port);
                 w.u16(transport_use.to_wire());
@@ -354,7 +356,9 @@ impl TransportAddress {
     pub(crate) fn read(tlv: &Tlv<'_>, ctx: &mut Ctx) -> Result<Self, WireError> {
         let mut r = Reader::new(tlv.value);
         let fixed_len = match tlv.ty {
-            param_type::OPAQUE_TRANSPORT => return Ok(TransportAddress::Opaque(tlv.value.to_vec())),
+            param_type::OPAQUE_TRANSPORT => {
+                return Ok(TransportAddress::Opaque(tlv.value.to_vec()));
+            }
             param_type::DCCP_TRANSPORT => 8,
             param_type::SCTP_TRANSPORT
             | param_type::TCP_TRANSPORT
@@ -470,7 +474,8 @@ impl PoolElement {
 
     pub(crate) fn read(tlv: &Tlv<'_>, ctx: &mut Ctx) -> Result<Self, WireError> {
         let mut r = Reader::new(tlv.value);
-        let (Some(id), Some(home_registrar), Some(registration_life_ms)) = (r.u32(), r.u32(), r.u32())
+        let (Some(id), Some(home_registrar), Some(registration_life_ms)) =
+            (r.u32(), r.u32(), r.u32())
         else {
             return Err(tlv.invalid("pool element parameter too short"));
         };
@@ -516,7 +521,10 @@ impl ServerInformation {
             return Err(tlv.invalid("server information parameter too short"));
         };
         let mut params = Params::new(parse_tlvs(r.rest(), ctx)?, "Server Information parameter");
-        let transport = TransportAddress::read(&params.expect_where(is_transport_type, "Server Transport")?, ctx)?;
+        let transport = TransportAddress::read(
+            &params.expect_where(is_transport_type, "Server Transport")?,
+            ctx,
+        )?;
         params.finish()?;
         Ok(ServerInformation {
             server_id,
@@ -627,7 +635,9 @@ impl ErrorCause {
     }
 
     /// "Inconsistent Transport Type" carrying the pool's transport TLV.
-    pub fn inconsistent_transport_type(pool_transport: &TransportAddress) -> Result<Self, EncodeError> {
+    pub fn inconsistent_transport_type(
+        pool_transport: &TransportAddress,
+    ) -> Result<Self, EncodeError> {
         Ok(ErrorCause {
             code: CauseCode::INCONSISTENT_TRANSPORT_TYPE,
             info: Parameter::Transport(pool_transport.clone()).to_bytes()?,
@@ -798,8 +808,12 @@ impl Parameter {
         };
         let tlv = Tlv { ty, ..tlv };
         let parameter = match ty {
-            param_type::IPV4_ADDRESS | param_type::IPV6_ADDRESS => Parameter::Address(read_address(&tlv)?),
-            t if is_transport_type(t) => Parameter::Transport(TransportAddress::read(&tlv, &mut ctx)?),
+            param_type::IPV4_ADDRESS | param_type::IPV6_ADDRESS => {
+                Parameter::Address(read_address(&tlv)?)
+            }
+            t if is_transport_type(t) => {
+                Parameter::Transport(TransportAddress::read(&tlv, &mut ctx)?)
+            }
             param_type::POOL_MEMBER_SELECTION_POLICY => Parameter::Policy(Policy::read(&tlv)?),
             param_type::POOL_HANDLE => Parameter::PoolHandle(PoolHandle::read(&tlv)?),
             param_type::POOL_ELEMENT => Parameter::PoolElement(PoolElement::read(&tlv, &mut ctx)?),

@@ -82,11 +82,24 @@ pub enum Policy {
     /// 0xb0001004, rsplib.
     RandomizedPriorityLeastUsedDegradation { load: u32, degradation: u32 },
     /// 0xb0002001, rsplib (draft-dreibholz-rserpool-delay).
-    WeightedRandomDpf { weight: u32, weight_dpf: u32, distance: u32 },
+    WeightedRandomDpf {
+        weight: u32,
+        weight_dpf: u32,
+        distance: u32,
+    },
     /// 0xb0002002, rsplib.
-    LeastUsedDpf { load: u32, load_dpf: u32, distance: u32 },
+    LeastUsedDpf {
+        load: u32,
+        load_dpf: u32,
+        distance: u32,
+    },
     /// 0xb0002003, rsplib.
-    LeastUsedDegradationDpf { load: u32, degradation: u32, load_dpf: u32, distance: u32 },
+    LeastUsedDegradationDpf {
+        load: u32,
+        degradation: u32,
+        load_dpf: u32,
+        distance: u32,
+    },
 }
 
 /// Converts a fraction in [0, 1] to its wire value (`round(f * u32::MAX)`).
@@ -237,9 +250,8 @@ impl Policy {
     /// The load DPF factor (fraction of `u32::MAX`), for the LU-DPF policies.
     pub fn load_dpf(&self) -> Option<u32> {
         match *self {
-            Policy::LeastUsedDpf { load_dpf, .. } | Policy::LeastUsedDegradationDpf { load_dpf, .. } => {
-                Some(load_dpf)
-            }
+            Policy::LeastUsedDpf { load_dpf, .. }
+            | Policy::LeastUsedDegradationDpf { load_dpf, .. } => Some(load_dpf),
             _ => None,
         }
     }
@@ -309,7 +321,9 @@ impl Policy {
                 ([weight, 0, 0, 0], 1)
             }
             Policy::Priority { priority } => ([priority, 0, 0, 0], 1),
-            Policy::LeastUsed { load } | Policy::RandomizedLeastUsed { load } => ([load, 0, 0, 0], 1),
+            Policy::LeastUsed { load } | Policy::RandomizedLeastUsed { load } => {
+                ([load, 0, 0, 0], 1)
+            }
             Policy::LeastUsedDegradation { load, degradation }
             | Policy::PriorityLeastUsed { load, degradation }
             | Policy::RandomizedPriorityLeastUsed { load, degradation }
@@ -487,7 +501,10 @@ const POLICY_SYNTAX: [(&str, &str); 16] = [
     ("WeightedRandom", "WeightedRandom:<weight>"),
     ("Priority", "Priority:<priority>"),
     ("LeastUsed", "LeastUsed"),
-    ("LeastUsedDegradation", "LeastUsedDegradation:<degradation 0..1>"),
+    (
+        "LeastUsedDegradation",
+        "LeastUsedDegradation:<degradation 0..1>",
+    ),
     ("PriorityLeastUsed", "PriorityLeastUsed:<degradation 0..1>"),
     ("RandomizedLeastUsed", "RandomizedLeastUsed"),
     (
@@ -506,7 +523,10 @@ const POLICY_SYNTAX: [(&str, &str); 16] = [
         "RandomizedPriorityLeastUsedDegradation",
         "RandomizedPriorityLeastUsedDegradation:<degradation 0..1>",
     ),
-    ("WeightedRandomDPF", "WeightedRandomDPF:<weight>:<weight DPF 0..1>"),
+    (
+        "WeightedRandomDPF",
+        "WeightedRandomDPF:<weight>:<weight DPF 0..1>",
+    ),
     ("LeastUsedDPF", "LeastUsedDPF:<load DPF 0..1>"),
     (
         "LeastUsedDegradationDPF",
@@ -537,12 +557,14 @@ impl Args<'_> {
 
     fn integer(&self, i: usize, what: &'static str) -> Result<u32, PolicyParseError> {
         let raw = self.args.get(i).copied().unwrap_or("");
-        raw.trim().parse::<u32>().map_err(|_| PolicyParseError::BadNumber {
-            policy: self.policy,
-            syntax: self.syntax,
-            what,
-            value: raw.to_string(),
-        })
+        raw.trim()
+            .parse::<u32>()
+            .map_err(|_| PolicyParseError::BadNumber {
+                policy: self.policy,
+                syntax: self.syntax,
+                what,
+                value: raw.to_string(),
+            })
     }
 
     fn fraction(&self, i: usize, what: &'static str) -> Result<u32, PolicyParseError> {
@@ -633,7 +655,11 @@ impl FromStr for Policy {
                 a.arity("zero or one parameter", &[0, 1])?;
                 Policy::RandomizedPriorityLeastUsed {
                     load: 0,
-                    degradation: if a.args.is_empty() { 0 } else { a.fraction(0, DEG)? },
+                    degradation: if a.args.is_empty() {
+                        0
+                    } else {
+                        a.fraction(0, DEG)?
+                    },
                 }
             }
             Policy::LeastUsedDegradation { .. } => {
@@ -751,7 +777,10 @@ mod tests {
         let half = fraction_to_wire(0.5).unwrap();
         let cases: [(&str, Policy); 9] = [
             ("RoundRobin", Policy::RoundRobin),
-            ("WeightedRoundRobin:3", Policy::WeightedRoundRobin { weight: 3 }),
+            (
+                "WeightedRoundRobin:3",
+                Policy::WeightedRoundRobin { weight: 3 },
+            ),
             ("Priority:5", Policy::Priority { priority: 5 }),
             ("LeastUsed", Policy::LeastUsed { load: 0 }),
             (
@@ -815,7 +844,10 @@ mod tests {
         ));
         assert!(matches!(
             "Priority:high".parse::<Policy>(),
-            Err(PolicyParseError::BadNumber { what: "priority", .. })
+            Err(PolicyParseError::BadNumber {
+                what: "priority",
+                ..
+            })
         ));
         assert!(matches!(
             "LeastUsedDegradation:1.5".parse::<Policy>(),
@@ -831,7 +863,10 @@ mod tests {
 
     #[test]
     fn display_uses_the_grammar() {
-        assert_eq!(Policy::WeightedRandom { weight: 7 }.to_string(), "WeightedRandom:7");
+        assert_eq!(
+            Policy::WeightedRandom { weight: 7 }.to_string(),
+            "WeightedRandom:7"
+        );
         assert_eq!(
             Policy::LeastUsedDegradationDpf {
                 load: 99,
@@ -840,7 +875,10 @@ mod tests {
                 distance: 12,
             }
             .to_string(),
-            format!("LeastUsedDegradationDPF:{}:1", fraction_from_wire(0x8000_0000))
+            format!(
+                "LeastUsedDegradationDPF:{}:1",
+                fraction_from_wire(0x8000_0000)
+            )
         );
         assert_eq!(Policy::LeastUsed { load: 5 }.to_string(), "LeastUsed");
     }
@@ -856,7 +894,10 @@ mod tests {
                 assert_eq!(p.load(), Some(0), "{p:?}");
             }
         }
-        assert_eq!(Policy::from_type(policy_type::PRIORITY_LEAST_USED_DPF), None);
+        assert_eq!(
+            Policy::from_type(policy_type::PRIORITY_LEAST_USED_DPF),
+            None
+        );
         assert!(!Policy::RoundRobin.is_adaptive());
         assert!(Policy::LeastUsed { load: 1 }.is_adaptive());
     }
@@ -868,7 +909,10 @@ mod tests {
             load_dpf: 2,
             distance: 3,
         };
-        assert_eq!((p.load(), p.load_dpf(), p.distance(), p.weight()), (Some(1), Some(2), Some(3), None));
+        assert_eq!(
+            (p.load(), p.load_dpf(), p.distance(), p.weight()),
+            (Some(1), Some(2), Some(3), None)
+        );
         assert!(p.set_load(10));
         assert!(p.set_distance(50));
         assert_eq!(p.load(), Some(10));
