@@ -4,3 +4,4 @@
 pub mod cookie;
 pub mod message;
 pub mod tiling;
+pub mod palette;
