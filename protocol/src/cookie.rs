@@ -78,9 +78,7 @@ impl Cookie {
 
     /// Encodes the cookie as rsplib does (embedded Length = 4, Flags = 0).
     pub fn encode(&self) -> [u8; COOKIE_LEN] {
-        let parameter = self
-            .parameter
-            .encode_with_length(RSPLIB_EMBEDDED_LENGTH);
+        let parameter = self.parameter.encode_with_length(RSPLIB_EMBEDDED_LENGTH);
         let mut out = [0u8; COOKIE_LEN];
         let bytes = COOKIE_ID
             .iter()
@@ -114,8 +112,7 @@ impl Cookie {
         if header.kind != TYPE_PARAMETER {
             return Err(CookieError::NotAParameter(header.kind));
         }
-        if header.length != RSPLIB_EMBEDDED_LENGTH && usize::from(header.length) != PARAMETER_LEN
-        {
+        if header.length != RSPLIB_EMBEDDED_LENGTH && usize::from(header.length) != PARAMETER_LEN {
             return Err(CookieError::BadEmbeddedLength(header.length));
         }
         let parameter = Parameter::decode_body(embedded)?;

@@ -136,8 +136,13 @@ fn gradient(phase: f64) -> [u8; 3] {
         let [(start, from), (end, to)] = [pair[0], pair[1]];
         if phase <= end {
             let t = (phase - start) / (end - start);
-            let mix = |a: u8, b: u8| (f64::from(a) + (f64::from(b) - f64::from(a)) * t).round() as u8;
-            return [mix(from[0], to[0]), mix(from[1], to[1]), mix(from[2], to[2])];
+            let mix =
+                |a: u8, b: u8| (f64::from(a) + (f64::from(b) - f64::from(a)) * t).round() as u8;
+            return [
+                mix(from[0], to[0]),
+                mix(from[1], to[1]),
+                mix(from[2], to[2]),
+            ];
         }
     }
     GRADIENT[0].1
@@ -232,7 +237,10 @@ mod tests {
         assert_eq!(HSV.colour(71, 1000, Marks::NONE), [255, 0, 21]);
         // 72 hues, then it repeats; inside points are coloured too.
         assert_eq!(HSV.colour(72, 1000, Marks::NONE), [255, 0, 0]);
-        assert_eq!(HSV.colour(1000, 1000, Marks::NONE), HSV.colour(1000 % 72, 0, Marks::NONE));
+        assert_eq!(
+            HSV.colour(1000, 1000, Marks::NONE),
+            HSV.colour(1000 % 72, 0, Marks::NONE)
+        );
     }
 
     #[test]
@@ -242,7 +250,10 @@ mod tests {
         // 10 + 13 = 23 -> hue 115: sector 1, f = 55/60, q = 1/12 -> 21.
         assert_eq!(HSV.colour(10, 1000, marks), [21, 255, 0]);
         // uint32 wrap-around as in rsplib: u32::MAX + 2 = 1 -> hue 5.
-        assert_eq!(HSV.colour(u32::MAX, 1000, Marks::new(1, 0, 0)), [255, 21, 0]);
+        assert_eq!(
+            HSV.colour(u32::MAX, 1000, Marks::new(1, 0, 0)),
+            [255, 21, 0]
+        );
     }
 
     #[test]
@@ -262,7 +273,10 @@ mod tests {
             assert_ne!(palette.colour(499, 500, Marks::NONE), [0, 0, 0]);
         }
         assert_eq!(Palette::Smooth.colour(0, 500, Marks::NONE), [0, 7, 100]);
-        assert_eq!(Palette::Greyscale.colour(0, 500, Marks::NONE), [255, 255, 255]);
+        assert_eq!(
+            Palette::Greyscale.colour(0, 500, Marks::NONE),
+            [255, 255, 255]
+        );
     }
 
     #[test]

@@ -32,7 +32,8 @@
 //! Guarantee, with `M = max(|C1|, |C2|)` of the view on that axis and `ulp(M)` the spacing of
 //! doubles at M:
 //!
-//! 1. a tile's first column (row) gets exactly the untiled coordinate;
+//! 1. a tile's first column (row) gets exactly the untiled coordinate (bit for bit, except that a
+//!    zero may change sign);
 //! 2. every pixel's coordinate differs from the untiled one by at most [`MAX_ULP_ERROR`]
 //!    (= 16) `ulp(M)`;
 //! 3. one tile covering the picture keeps the view's Parameter unchanged, bit for bit.
@@ -252,11 +253,7 @@ fn end_for_step(c1: f64, step: f64, len: u32) -> f64 {
 /// Maps a double to an integer preserving order (-0.0 and +0.0 share key 0).
 fn to_key(value: f64) -> i64 {
     let bits = value.to_bits() as i64;
-    if bits < 0 {
-        -(bits & i64::MAX)
-    } else {
-        bits
-    }
+    if bits < 0 { -(bits & i64::MAX) } else { bits }
 }
 
 /// Inverse of [`to_key`].
@@ -368,7 +365,16 @@ mod tests {
 
     #[test]
     fn key_order_roundtrip() {
-        let values = [f64::MIN, -1.5, -f64::MIN_POSITIVE, -0.0, 0.0, 5e-324, 1.0, f64::MAX];
+        let values = [
+            f64::MIN,
+            -1.5,
+            -f64::MIN_POSITIVE,
+            -0.0,
+            0.0,
+            5e-324,
+            1.0,
+            f64::MAX,
+        ];
         for pair in values.windows(2) {
             assert!(to_key(pair[0]) <= to_key(pair[1]));
         }
@@ -419,7 +425,10 @@ mod tests {
                 }
             }
         }
-        assert!(covered.iter().all(|&count| count == 1), "not an exact cover");
+        assert!(
+            covered.iter().all(|&count| count == 1),
+            "not an exact cover"
+        );
 
         let ulp_real = ulp(full.c1_real.abs().max(full.c2_real.abs()));
         let ulp_imag = ulp(full.c1_imag.abs().max(full.c2_imag.abs()));
@@ -441,7 +450,10 @@ mod tests {
                 worst = worst.max((tiled - untiled).abs() / ulp_imag);
             }
         }
-        assert!(worst <= MAX_ULP_ERROR, "error {worst} ulp(M) exceeds the bound");
+        assert!(
+            worst <= MAX_ULP_ERROR,
+            "error {worst} ulp(M) exceeds the bound"
+        );
         worst
     }
 

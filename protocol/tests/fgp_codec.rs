@@ -33,8 +33,10 @@ fn golden_parameter_bytes(length: [u8; 2]) -> Vec<u8> {
         0x00, 0x00, 0x00, 0xFA, // Height 250
         0x00, 0x00, 0x04, 0x00, // MaxIterations 1024
         0x00, 0x00, 0x00, 0x02, // AlgorithmID 2 = MandelbrotN
-        0xBF, 0xE8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // C1Real -0.75: sign 1, exp 0x3FE, frac .1000
-        0x3F, 0xB9, 0x99, 0x99, 0x99, 0x99, 0x99, 0x9A, // C1Imag 0.1: exp 0x3FB, frac 0x999..9A
+        0xBF, 0xE8, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, // C1Real -0.75: sign 1, exp 0x3FE, frac .1000
+        0x3F, 0xB9, 0x99, 0x99, 0x99, 0x99, 0x99,
+        0x9A, // C1Imag 0.1: exp 0x3FB, frac 0x999..9A
         0x3F, 0xD0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // C2Real 0.25: exp 0x3FD
         0xBF, 0xB9, 0x99, 0x99, 0x99, 0x99, 0x99, 0x9A, // C2Imag -0.1
         0x40, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // N 3.0: exp 0x400, frac .1000
@@ -165,15 +167,14 @@ fn parameter_decode_errors_are_typed() {
     // Flags are ignored.
     let mut flagged = golden;
     flagged[1] = 0xA5;
-    assert_eq!(
-        Parameter::decode(&flagged),
-        Ok(golden_parameter_value())
-    );
+    assert_eq!(Parameter::decode(&flagged), Ok(golden_parameter_value()));
 }
 
 #[test]
 fn data_decode_errors_are_typed() {
-    let good = Data::new(1, 2, vec![9; 3]).encode().expect("3 points encode");
+    let good = Data::new(1, 2, vec![9; 3])
+        .encode()
+        .expect("3 points encode");
     let mut wrong_count = good.clone();
     wrong_count[15] = 2; // Points 2, Length still 28
     assert_eq!(
@@ -185,7 +186,10 @@ fn data_decode_errors_are_typed() {
     );
     let mut huge = good.clone();
     huge[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
-    assert_eq!(Data::decode(&huge), Err(DecodeError::TooManyPoints(u32::MAX)));
+    assert_eq!(
+        Data::decode(&huge),
+        Err(DecodeError::TooManyPoints(u32::MAX))
+    );
     let header_only = [0x02, 0x00, 0x00, 0x04];
     assert_eq!(
         Data::decode(&header_only),
@@ -218,7 +222,10 @@ fn cookie_errors_are_typed() {
     assert_eq!(Cookie::decode(&bad_id), Err(CookieError::BadId));
     let mut bad_type = good;
     bad_type[8] = 0x02;
-    assert_eq!(Cookie::decode(&bad_type), Err(CookieError::NotAParameter(2)));
+    assert_eq!(
+        Cookie::decode(&bad_type),
+        Err(CookieError::NotAParameter(2))
+    );
     let mut bad_length = good;
     bad_length[11] = 0x10;
     assert_eq!(
@@ -407,7 +414,11 @@ fn plausible_bytes() -> impl Strategy<Value = Vec<u8>> {
     )
         .prop_map(|(kind, flags, mut body, fix_length, fix_points)| {
             let total = body.len() + 4;
-            let length = if fix_length { total as u16 } else { body.len() as u16 };
+            let length = if fix_length {
+                total as u16
+            } else {
+                body.len() as u16
+            };
             if kind == 2 && fix_points && body.len() >= 12 {
                 let points = ((body.len() - 12) / 4) as u32;
                 body[8..12].copy_from_slice(&points.to_be_bytes());
