@@ -1,4 +1,8 @@
 //! The Fractal Generator Protocol (FGP) of rsplib: messages, the `<FG-TD1>` cookie,
-//! Mandelbrot kernels, tiling and presets.
+//! Mandelbrot kernels, tiling, presets and palettes.
 
+pub mod cookie;
 pub mod message;
+pub mod palette;
+pub mod preset;
+pub mod tiling;

@@ -1,9 +1,45 @@
 //! FGP messages, byte-compatible with rsplib's `fractalgeneratorpackets.h` (all big-endian).
+//!
+//! Every message starts with the common header `Type u8 | Flags u8 | Length u16`, where Length
+//! counts the whole message including the header. Doubles travel as IEEE-754 bit patterns in
+//! network byte order (rsplib's `doubleToNetwork` on IEEE platforms). Flags are sent as 0 and
+//! ignored on receipt, as rsplib does.
+//!
+//! | Message   | Type | Layout after the header                                   | Length        |
+//! |-----------|------|-----------------------------------------------------------|---------------|
+//! | Parameter | 0x01 | Width, Height, MaxIterations, AlgorithmID (u32); C1Real, C1Imag, C2Real, C2Imag, N (f64) | 60 |
+//! | Data      | 0x02 | StartX, StartY, Points (u32); Points x u32 (at most 324)  | 16 + 4*Points |
+//!
+//! Decoding is strict: the Length field must equal both the number of bytes given (one transport
+//! frame carries exactly one message) and the size the type's layout implies.
+
+use thiserror::Error;
 
 /// SCTP payload protocol identifier of FGP.
 pub const PPID_FGP: u32 = 32;
 /// Most points one Data message carries (rsplib's `FGD_MAX_POINTS`).
 pub const MAX_POINTS_PER_DATA: usize = 324;
+
+/// Message type of the Parameter message.
+pub const TYPE_PARAMETER: u8 = 0x01;
+/// Message type of the Data message.
+pub const TYPE_DATA: u8 = 0x02;
+/// Size of the common header (Type, Flags, Length).
+pub const HEADER_LEN: usize = 4;
+/// Encoded size of a Parameter message.
+pub const PARAMETER_LEN: usize = 60;
+/// Encoded size of a Data message without points.
+pub const DATA_HEADER_LEN: usize = 16;
+/// Largest encoded Data message (324 points: 1312 bytes).
+pub const MAX_DATA_LEN: usize = DATA_HEADER_LEN + 4 * MAX_POINTS_PER_DATA;
+
+/// Largest width or height a PE accepts (rsplib's limit).
+pub const MAX_DIMENSION: u32 = 65_536;
+/// Largest MaxIterations a PE accepts (rsplib's limit).
+pub const MAX_ITERATIONS_LIMIT: u32 = 1_000_000;
+
+/// Start coordinate of the finalizer Data message.
+const FINALIZER_START: u32 = u32::MAX;
 
 /// Fractal algorithm identifiers of the Parameter message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -14,9 +50,26 @@ impl AlgorithmId {
     pub const MANDELBROT: AlgorithmId = AlgorithmId(1);
     /// z <- z^N - c with real N.
     pub const MANDELBROT_N: AlgorithmId = AlgorithmId(2);
+
+    /// Whether this is an algorithm a PE implements (Mandelbrot or MandelbrotN).
+    pub fn is_known(self) -> bool {
+        self == Self::MANDELBROT || self == Self::MANDELBROT_N
+    }
+
+    /// rsplib's `.fsf` name of the algorithm, if known.
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            Self::MANDELBROT => Some("Mandelbrot"),
+            Self::MANDELBROT_N => Some("MandelbrotN"),
+            _ => None,
+        }
+    }
 }
 
 /// FGP Parameter (type 0x01, 60 bytes): what to compute.
+///
+/// C1 is the top-left corner (pixel (0, 0)), C2 the bottom-right corner just outside the
+/// picture; see [`crate::tiling::pixel_c`] for the pixel to complex mapping.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Parameter {
     pub width: u32,
@@ -37,4 +90,401 @@ pub struct Data {
     pub start_x: u32,
     pub start_y: u32,
     pub points: Vec<u32>,
+}
+
+/// Any FGP message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    Parameter(Parameter),
+    Data(Data),
+}
+
+/// Why bytes are not a well-formed FGP message.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    /// Fewer bytes than the message needs.
+    #[error("FGP message truncated: need {needed} bytes, have {available}")]
+    Truncated { needed: usize, available: usize },
+    /// The Type field names no FGP message.
+    #[error("unknown FGP message type {0:#04x}")]
+    UnknownType(u8),
+    /// A specific message type was expected.
+    #[error("expected FGP message type {expected:#04x}, found {found:#04x}")]
+    UnexpectedType { expected: u8, found: u8 },
+    /// The Length field disagrees with the number of bytes received.
+    #[error("FGP Length field says {declared} bytes, message has {actual}")]
+    LengthMismatch { declared: u16, actual: usize },
+    /// A Parameter whose Length is not 60.
+    #[error("FGP Parameter Length must be {PARAMETER_LEN}, is {0}")]
+    BadParameterLength(u16),
+    /// A Data message whose Length is not 16 + 4 * Points.
+    #[error("FGP Data Length {length} does not fit {points} points")]
+    BadDataLength { length: u16, points: u32 },
+    /// A Data message claiming more than 324 points.
+    #[error("FGP Data carries {0} points, at most {MAX_POINTS_PER_DATA} allowed")]
+    TooManyPoints(u32),
+}
+
+/// Why a message cannot be encoded.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum EncodeError {
+    /// A Data message with more than 324 points.
+    #[error("FGP Data with {0} points exceeds the limit of {MAX_POINTS_PER_DATA}")]
+    TooManyPoints(usize),
+}
+
+/// Why a Parameter would make a PE misbehave.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ParameterError {
+    /// Width or height is zero: nothing to compute.
+    #[error("empty picture {width}x{height}")]
+    EmptyPicture { width: u32, height: u32 },
+    /// Width or height above rsplib's limit of 65536.
+    #[error("picture {width}x{height} exceeds {MAX_DIMENSION} pixels per side")]
+    PictureTooLarge { width: u32, height: u32 },
+    /// MaxIterations above rsplib's limit of 1,000,000.
+    #[error("MaxIterations {0} exceeds {MAX_ITERATIONS_LIMIT}")]
+    TooManyIterations(u32),
+    /// An algorithm no PE implements.
+    #[error("unknown algorithm {0}")]
+    UnknownAlgorithm(u32),
+    /// A corner coordinate is NaN or infinite.
+    #[error("corner coordinate is not finite")]
+    NonFiniteCoordinate,
+    /// The per-pixel step overflows (corners too far apart).
+    #[error("pixel step is not finite")]
+    NonFiniteStep,
+    /// MandelbrotN with a NaN or infinite exponent.
+    #[error("exponent N is not finite")]
+    NonFiniteExponent,
+}
+
+/// A bounds-checked big-endian reader; every read returns `None` past the end.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn u8(&mut self) -> Option<u8> {
+        let (&first, rest) = self.bytes.split_first()?;
+        self.bytes = rest;
+        Some(first)
+    }
+
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.bytes.split_first_chunk::<N>()?;
+        self.bytes = rest;
+        Some(*head)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.array().map(u16::from_be_bytes)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.array().map(u32::from_be_bytes)
+    }
+
+    fn f64(&mut self) -> Option<f64> {
+        self.array().map(f64::from_be_bytes)
+    }
+}
+
+/// The common header as read from the wire.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Header {
+    pub(crate) kind: u8,
+    pub(crate) length: u16,
+}
+
+pub(crate) fn read_header(bytes: &[u8]) -> Result<Header, DecodeError> {
+    let mut reader = Reader { bytes };
+    let truncated = DecodeError::Truncated {
+        needed: HEADER_LEN,
+        available: bytes.len(),
+    };
+    let kind = reader.u8().ok_or(truncated.clone())?;
+    let _flags = reader.u8().ok_or(truncated.clone())?;
+    let length = reader.u16().ok_or(truncated)?;
+    Ok(Header { kind, length })
+}
+
+/// Checks that the Length field covers exactly the given bytes.
+fn check_length(header: Header, actual: usize) -> Result<(), DecodeError> {
+    if usize::from(header.length) != actual {
+        return Err(DecodeError::LengthMismatch {
+            declared: header.length,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+impl Parameter {
+    /// Encodes the message (Length = 60, Flags = 0).
+    pub fn encode(&self) -> [u8; PARAMETER_LEN] {
+        self.encode_with_length(PARAMETER_LEN as u16)
+    }
+
+    /// Encodes with a given header Length; the cookie needs rsplib's Length = 4 quirk.
+    pub(crate) fn encode_with_length(&self, length: u16) -> [u8; PARAMETER_LEN] {
+        let mut out = [0u8; PARAMETER_LEN];
+        let words = [
+            self.width,
+            self.height,
+            self.max_iterations,
+            self.algorithm.0,
+        ];
+        let doubles = [
+            self.c1_real,
+            self.c1_imag,
+            self.c2_real,
+            self.c2_imag,
+            self.n,
+        ];
+        // Type, Flags = 0, Length, then the fields at their fixed offsets.
+        let fields = [TYPE_PARAMETER, 0]
+            .into_iter()
+            .chain(length.to_be_bytes())
+            .chain(words.into_iter().flat_map(u32::to_be_bytes))
+            .chain(doubles.into_iter().flat_map(f64::to_be_bytes));
+        for (slot, byte) in out.iter_mut().zip(fields) {
+            *slot = byte;
+        }
+        out
+    }
+
+    /// Appends the encoded message to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.encode());
+    }
+
+    /// Decodes a Parameter message occupying exactly `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<Parameter, DecodeError> {
+        let header = read_header(bytes)?;
+        if header.kind != TYPE_PARAMETER {
+            return Err(DecodeError::UnexpectedType {
+                expected: TYPE_PARAMETER,
+                found: header.kind,
+            });
+        }
+        check_length(header, bytes.len())?;
+        if usize::from(header.length) != PARAMETER_LEN {
+            return Err(DecodeError::BadParameterLength(header.length));
+        }
+        Self::decode_body(bytes)
+    }
+
+    /// Reads the fields of a 60-byte Parameter layout without looking at Type or Length.
+    pub(crate) fn decode_body(bytes: &[u8]) -> Result<Parameter, DecodeError> {
+        let truncated = DecodeError::Truncated {
+            needed: PARAMETER_LEN,
+            available: bytes.len(),
+        };
+        let mut reader = Reader {
+            bytes: bytes.get(HEADER_LEN..).ok_or(truncated.clone())?,
+        };
+        let mut read = || -> Option<Parameter> {
+            Some(Parameter {
+                width: reader.u32()?,
+                height: reader.u32()?,
+                max_iterations: reader.u32()?,
+                algorithm: AlgorithmId(reader.u32()?),
+                c1_real: reader.f64()?,
+                c1_imag: reader.f64()?,
+                c2_real: reader.f64()?,
+                c2_imag: reader.f64()?,
+                n: reader.f64()?,
+            })
+        };
+        read().ok_or(truncated)
+    }
+
+    /// Checks the limits under which a PE computes this request safely: rsplib's (width and
+    /// height at most 65536, MaxIterations at most 1,000,000) plus a non-empty picture, a known
+    /// algorithm, finite corners, a finite pixel step and (for MandelbrotN) a finite exponent.
+    pub fn validate(&self) -> Result<(), ParameterError> {
+        if self.width == 0 || self.height == 0 {
+            return Err(ParameterError::EmptyPicture {
+                width: self.width,
+                height: self.height,
+            });
+        }
+        if self.width > MAX_DIMENSION || self.height > MAX_DIMENSION {
+            return Err(ParameterError::PictureTooLarge {
+                width: self.width,
+                height: self.height,
+            });
+        }
+        if self.max_iterations > MAX_ITERATIONS_LIMIT {
+            return Err(ParameterError::TooManyIterations(self.max_iterations));
+        }
+        if !self.algorithm.is_known() {
+            return Err(ParameterError::UnknownAlgorithm(self.algorithm.0));
+        }
+        let corners = [self.c1_real, self.c1_imag, self.c2_real, self.c2_imag];
+        if !corners.iter().all(|value| value.is_finite()) {
+            return Err(ParameterError::NonFiniteCoordinate);
+        }
+        let (step_x, step_y) = self.steps();
+        if !step_x.is_finite() || !step_y.is_finite() {
+            return Err(ParameterError::NonFiniteStep);
+        }
+        if self.algorithm == AlgorithmId::MANDELBROT_N && !self.n.is_finite() {
+            return Err(ParameterError::NonFiniteExponent);
+        }
+        Ok(())
+    }
+
+    /// Per-pixel steps `((C2Real - C1Real) / Width, (C2Imag - C1Imag) / Height)`, computed
+    /// exactly as rsplib's PE does.
+    #[inline]
+    pub fn steps(&self) -> (f64, f64) {
+        (
+            (self.c2_real - self.c1_real) / f64::from(self.width),
+            (self.c2_imag - self.c1_imag) / f64::from(self.height),
+        )
+    }
+
+    /// Number of pixels of the picture.
+    pub fn pixel_count(&self) -> u64 {
+        u64::from(self.width) * u64::from(self.height)
+    }
+
+    /// Whether all fields are equal bit for bit (NaN-safe, distinguishes -0.0 from +0.0).
+    pub fn bitwise_eq(&self, other: &Parameter) -> bool {
+        self.encode() == other.encode()
+    }
+}
+
+impl Data {
+    /// A Data message with the given points.
+    pub fn new(start_x: u32, start_y: u32, points: Vec<u32>) -> Data {
+        Data {
+            start_x,
+            start_y,
+            points,
+        }
+    }
+
+    /// The finalizer: no points, start = (0xFFFFFFFF, 0xFFFFFFFF).
+    pub fn finalizer() -> Data {
+        Data::new(FINALIZER_START, FINALIZER_START, Vec::new())
+    }
+
+    /// Whether this is the finalizer (rsplib's test: no points and both starts 0xFFFFFFFF).
+    pub fn is_finalizer(&self) -> bool {
+        self.points.is_empty() && self.start_x == FINALIZER_START && self.start_y == FINALIZER_START
+    }
+
+    /// Encoded size: 16 + 4 * points.
+    pub fn encoded_len(&self) -> usize {
+        DATA_HEADER_LEN + 4 * self.points.len()
+    }
+
+    /// Appends the encoded message to `out`; fails for more than 324 points.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        if self.points.len() > MAX_POINTS_PER_DATA {
+            return Err(EncodeError::TooManyPoints(self.points.len()));
+        }
+        let length = self.encoded_len();
+        out.reserve(length);
+        out.push(TYPE_DATA);
+        out.push(0);
+        // At most 1312, checked above.
+        out.extend_from_slice(&(length as u16).to_be_bytes());
+        out.extend_from_slice(&self.start_x.to_be_bytes());
+        out.extend_from_slice(&self.start_y.to_be_bytes());
+        out.extend_from_slice(&(self.points.len() as u32).to_be_bytes());
+        for point in &self.points {
+            out.extend_from_slice(&point.to_be_bytes());
+        }
+        Ok(())
+    }
+
+    /// Encodes the message; fails for more than 324 points.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes a Data message occupying exactly `bytes`. Allocates at most 324 points, and only
+    /// after the Length has been checked against the bytes present.
+    pub fn decode(bytes: &[u8]) -> Result<Data, DecodeError> {
+        let header = read_header(bytes)?;
+        if header.kind != TYPE_DATA {
+            return Err(DecodeError::UnexpectedType {
+                expected: TYPE_DATA,
+                found: header.kind,
+            });
+        }
+        check_length(header, bytes.len())?;
+        let truncated = DecodeError::Truncated {
+            needed: DATA_HEADER_LEN,
+            available: bytes.len(),
+        };
+        let mut reader = Reader {
+            bytes: bytes.get(HEADER_LEN..).ok_or(truncated.clone())?,
+        };
+        let start_x = reader.u32().ok_or(truncated.clone())?;
+        let start_y = reader.u32().ok_or(truncated.clone())?;
+        let count = reader.u32().ok_or(truncated)?;
+        if count as usize > MAX_POINTS_PER_DATA {
+            return Err(DecodeError::TooManyPoints(count));
+        }
+        let count = count as usize;
+        if usize::from(header.length) != DATA_HEADER_LEN + 4 * count {
+            return Err(DecodeError::BadDataLength {
+                length: header.length,
+                points: count as u32,
+            });
+        }
+        let points = reader
+            .bytes
+            .chunks_exact(4)
+            .map(|chunk| {
+                let mut word = [0u8; 4];
+                word.copy_from_slice(chunk);
+                u32::from_be_bytes(word)
+            })
+            .collect::<Vec<u32>>();
+        debug_assert_eq!(points.len(), count);
+        Ok(Data {
+            start_x,
+            start_y,
+            points,
+        })
+    }
+}
+
+impl Message {
+    /// Decodes one message occupying exactly `bytes`, dispatching on the Type field.
+    pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        match read_header(bytes)?.kind {
+            TYPE_PARAMETER => Parameter::decode(bytes).map(Message::Parameter),
+            TYPE_DATA => Data::decode(bytes).map(Message::Data),
+            other => Err(DecodeError::UnknownType(other)),
+        }
+    }
+
+    /// Encodes the message; fails only for a Data message with more than 324 points.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        match self {
+            Message::Parameter(parameter) => Ok(parameter.encode().to_vec()),
+            Message::Data(data) => data.encode(),
+        }
+    }
+}
+
+impl From<Parameter> for Message {
+    fn from(parameter: Parameter) -> Message {
+        Message::Parameter(parameter)
+    }
+}
+
+impl From<Data> for Message {
+    fn from(data: Data) -> Message {
+        Message::Data(data)
+    }
 }
