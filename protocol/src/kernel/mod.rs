@@ -201,7 +201,7 @@ impl View {
     fn fill(&self, start: (u32, u32), out: &mut [u32]) -> u64 {
         match self.engine {
             Engine::TestPattern => {
-                for_each_pixel(self.width, start, out, |x, y| scalar::test_pattern(x, y));
+                for_each_pixel(self.width, start, out, scalar::test_pattern);
                 return 0;
             }
             Engine::ScalarMandelbrot => for_each_pixel(self.width, start, out, |x, y| {

@@ -112,9 +112,9 @@ fn complex_log(re: f64, im: f64) -> (f64, f64) {
             d2m1 += small * small;
         }
         d2m1.ln_1p() / 2.0
-    } else if big < 1.0 && big >= 0.5 && small < f64::EPSILON / 2.0 && scale == 0 {
+    } else if (0.5..1.0).contains(&big) && small < f64::EPSILON / 2.0 && scale == 0 {
         ((big - 1.0) * (big + 1.0)).ln_1p() / 2.0
-    } else if big < 1.0 && big >= 0.5 && scale == 0 && big * big + small * small >= 0.5 {
+    } else if (0.5..1.0).contains(&big) && scale == 0 && big * big + small * small >= 0.5 {
         x2_y2_minus_1(big, small).ln_1p() / 2.0
     } else {
         big.hypot(small).ln() - f64::from(scale) * LN_2
@@ -239,7 +239,7 @@ fn complex_exp(re: f64, im: f64) -> (f64, f64) {
                 (magnitude.copysign(cos_im), magnitude.copysign(sin_im))
             }
         } else if re.is_sign_positive() {
-            (f64::INFINITY, im - im)
+            (f64::INFINITY, f64::NAN) // glibc: im - im with im infinite or NaN
         } else {
             (0.0, 0.0_f64.copysign(im))
         }
