@@ -101,16 +101,7 @@ pub fn compute_mandelbrot_tuned(
     backend: Backend,
     tuning: Tuning,
 ) -> Result<(), super::OutsideView> {
-    // Reuse the range check of View::compute without computing anything twice.
-    let probe = u64::try_from(out.len()).is_ok_and(|len| len <= view.remaining_from(start));
-    if !out.is_empty() && !probe {
-        return Err(super::OutsideView {
-            start,
-            len: out.len(),
-            width: view.width(),
-            height: view.height(),
-        });
-    }
+    view.check_range(start, out.len())?;
     compute_tuned(view, start, out, backend, tuning);
     Ok(())
 }

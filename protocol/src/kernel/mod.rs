@@ -185,16 +185,23 @@ impl View {
         if out.is_empty() {
             return Ok(0);
         }
-        let fits = u64::try_from(out.len()).is_ok_and(|len| len <= self.remaining_from(start));
-        if !fits {
-            return Err(OutsideView {
+        self.check_range(start, out.len())?;
+        Ok(self.fill(start, out))
+    }
+
+    /// Ok if `len` pixels from `start` lie inside the view (always for `len` 0).
+    pub(crate) fn check_range(&self, start: (u32, u32), len: usize) -> Result<(), OutsideView> {
+        let fits = u64::try_from(len).is_ok_and(|n| n <= self.remaining_from(start));
+        if len == 0 || fits {
+            Ok(())
+        } else {
+            Err(OutsideView {
                 start,
-                len: out.len(),
+                len,
                 width: self.width,
                 height: self.height,
-            });
+            })
         }
-        Ok(self.fill(start, out))
     }
 
     /// [`View::compute`] without the range check: `start` and `out.len()` lie inside the view.
