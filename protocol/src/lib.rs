@@ -2,6 +2,7 @@
 //! Mandelbrot kernels, tiling, presets and palettes.
 
 pub mod cookie;
+pub mod kernel;
 pub mod message;
 pub mod palette;
 pub mod preset;
