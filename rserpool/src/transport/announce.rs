@@ -1,0 +1,1 @@
+//! UDP announce sockets (placeholder, filled below).
