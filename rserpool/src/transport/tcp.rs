@@ -80,11 +80,9 @@ pub struct TcpFramedListener {
 }
 
 impl Listener for TcpFramedListener {
-    fn accept(&self) -> impl Future<Output = io::Result<Association>> + Send {
-        async move {
-            let (stream, _) = self.listener.accept().await?;
-            spawn_association(stream, &self.config)
-        }
+    async fn accept(&self) -> io::Result<Association> {
+        let (stream, _) = self.listener.accept().await?;
+        spawn_association(stream, &self.config)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
