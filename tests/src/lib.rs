@@ -6,6 +6,8 @@
 //! colours when stderr is not a terminal) and announce each milestone with a stable message
 //! followed by `key=value` fields, e.g. `registrar ready asap=127.0.0.1:41234 id=0x1234abcd`.
 
+pub mod tshark;
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

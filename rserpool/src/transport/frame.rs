@@ -1,0 +1,373 @@
+//! Sans-I/O codec for the association framing `PPID u32 BE | Length u32 BE | payload[Length]`.
+//!
+//! The decoder never trusts a length field: a header announcing more than the configured maximum
+//! is refused with [`FrameError::TooLarge`] before anything is allocated for it, and the payload
+//! buffer grows only with bytes that actually arrived. After an error the decoder stays failed
+//! (the stream has lost sync) and the connection must be closed.
+
+use thiserror::Error;
+
+/// Bytes of the frame header (PPID + Length).
+pub const HEADER_LEN: usize = 8;
+
+/// Default largest payload accepted (256 KiB). ASAP/ENRP/FGP messages carry a 16-bit length, so
+/// this leaves room for bundles of large handle table responses while bounding what one peer
+/// can make us buffer.
+pub const DEFAULT_MAX_FRAME_LEN: usize = 256 * 1024;
+
+/// Smallest maximum a decoder may be configured with: every RSerPool message must fit.
+pub const MIN_MAX_FRAME_LEN: usize = 64 * 1024;
+
+/// First allocation for a payload whose header announced more; the buffer then doubles as data
+/// arrives, capped at the announced length.
+const INITIAL_PAYLOAD_RESERVE: usize = 16 * 1024;
+
+/// One framed message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Payload protocol identifier (as SCTP's PPID): ASAP 11, ENRP 12, FGP 32, 0 = heartbeat.
+    pub ppid: u32,
+    /// The message bytes.
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// A frame of `ppid` carrying `payload`.
+    pub fn new(ppid: u32, payload: impl Into<Vec<u8>>) -> Self {
+        Frame {
+            ppid,
+            payload: payload.into(),
+        }
+    }
+
+    /// Bytes this frame takes on the wire.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN + self.payload.len()
+    }
+}
+
+/// Framing violations.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum FrameError {
+    /// A header announced (or a caller tried to send) a payload above the maximum.
+    #[error("frame payload of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge { len: u64, max: usize },
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame ({buffered} bytes of it received)")]
+    Truncated { buffered: usize },
+}
+
+/// Appends the encoding of one frame to `out`. Fails only if `payload` does not fit the 32-bit
+/// length field.
+pub fn encode_frame(ppid: u32, payload: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let len = u32::try_from(payload.len()).map_err(|_| FrameError::TooLarge {
+        len: payload.len() as u64,
+        max: u32::MAX as usize,
+    })?;
+    out.reserve(HEADER_LEN + payload.len());
+    out.extend_from_slice(&ppid.to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Incremental frame decoder: feed it any chunking of the byte stream, pull complete frames.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    max_frame_len: usize,
+    header: [u8; HEADER_LEN],
+    header_filled: usize,
+    /// Set once the header of the current frame is complete: (ppid, announced length).
+    current: Option<(u32, usize)>,
+    payload: Vec<u8>,
+    failed: Option<FrameError>,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_FRAME_LEN)
+    }
+}
+
+impl FrameDecoder {
+    /// A decoder refusing payloads above `max_frame_len` bytes.
+    pub fn new(max_frame_len: usize) -> Self {
+        FrameDecoder {
+            max_frame_len,
+            header: [0; HEADER_LEN],
+            header_filled: 0,
+            current: None,
+            payload: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// The configured maximum payload length.
+    pub fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+
+    /// Consumes bytes from the front of `input` until one frame is complete (returned) or
+    /// `input` is exhausted (`Ok(None)`; the partial frame is kept). Bytes after a complete frame
+    /// are left in `input` for the next call.
+    pub fn decode(&mut self, input: &mut &[u8]) -> Result<Option<Frame>, FrameError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        if self.current.is_none() {
+            let take = (HEADER_LEN - self.header_filled).min(input.len());
+            let (head, rest) = input.split_at(take);
+            self.header[self.header_filled..self.header_filled + take].copy_from_slice(head);
+            self.header_filled += take;
+            *input = rest;
+            if self.header_filled < HEADER_LEN {
+                return Ok(None);
+            }
+            let [p0, p1, p2, p3, l0, l1, l2, l3] = self.header;
+            let ppid = u32::from_be_bytes([p0, p1, p2, p3]);
+            let len = u32::from_be_bytes([l0, l1, l2, l3]);
+            if u64::from(len) > self.max_frame_len as u64 {
+                let error = FrameError::TooLarge {
+                    len: u64::from(len),
+                    max: self.max_frame_len,
+                };
+                self.failed = Some(error.clone());
+                return Err(error);
+            }
+            let len = len as usize;
+            self.current = Some((ppid, len));
+            self.payload = Vec::with_capacity(len.min(INITIAL_PAYLOAD_RESERVE));
+        }
+        let Some((ppid, len)) = self.current else {
+            return Ok(None);
+        };
+        let take = (len - self.payload.len()).min(input.len());
+        let (body, rest) = input.split_at(take);
+        self.grow_payload_for(take, len);
+        self.payload.extend_from_slice(body);
+        *input = rest;
+        if self.payload.len() < len {
+            return Ok(None);
+        }
+        self.current = None;
+        self.header_filled = 0;
+        Ok(Some(Frame {
+            ppid,
+            payload: std::mem::take(&mut self.payload),
+        }))
+    }
+
+    /// Call at end of stream: fails if the stream stopped inside a frame.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        let buffered = self.buffered_len();
+        if buffered == 0 {
+            Ok(())
+        } else {
+            Err(FrameError::Truncated { buffered })
+        }
+    }
+
+    /// Bytes of the current, incomplete frame held (header included).
+    pub fn buffered_len(&self) -> usize {
+        self.header_filled + self.payload.len()
+    }
+
+    /// Bytes allocated for the incomplete frame's payload; never above the maximum frame length.
+    pub fn allocated_len(&self) -> usize {
+        self.payload.capacity()
+    }
+
+    /// Doubles the payload buffer as data arrives instead of trusting the announced length up
+    /// front, and never beyond that length.
+    fn grow_payload_for(&mut self, additional: usize, announced: usize) {
+        let needed = self.payload.len() + additional;
+        if needed <= self.payload.capacity() {
+            return;
+        }
+        let target = needed
+            .max(self.payload.capacity().saturating_mul(2))
+            .min(announced);
+        self.payload.reserve_exact(target - self.payload.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encode_all(frames: &[Frame]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for frame in frames {
+            encode_frame(frame.ppid, &frame.payload, &mut out).unwrap();
+        }
+        out
+    }
+
+    /// Feeds `stream` cut at `cuts` (positions, any order) and collects frames.
+    fn decode_chunked(
+        decoder: &mut FrameDecoder,
+        stream: &[u8],
+        cuts: &[usize],
+    ) -> Result<Vec<Frame>, FrameError> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        points.push(0);
+        points.push(stream.len());
+        points.sort_unstable();
+        let mut frames = Vec::new();
+        for window in points.windows(2) {
+            let mut chunk = &stream[window[0]..window[1]];
+            while let Some(frame) = decoder.decode(&mut chunk)? {
+                frames.push(frame);
+            }
+            assert!(
+                chunk.is_empty(),
+                "decoder left input unconsumed without a frame"
+            );
+        }
+        Ok(frames)
+    }
+
+    #[test]
+    fn encodes_header_big_endian() {
+        let mut out = Vec::new();
+        encode_frame(0x0102_0304, b"xyz", &mut out).unwrap();
+        assert_eq!(out, [1, 2, 3, 4, 0, 0, 0, 3, b'x', b'y', b'z']);
+    }
+
+    #[test]
+    fn decodes_empty_payload_and_leaves_following_bytes() {
+        let mut stream = Vec::new();
+        encode_frame(11, &[], &mut stream).unwrap();
+        encode_frame(12, b"a", &mut stream).unwrap();
+        let mut input = stream.as_slice();
+        let mut decoder = FrameDecoder::default();
+        assert_eq!(
+            decoder.decode(&mut input).unwrap(),
+            Some(Frame::new(11, vec![]))
+        );
+        assert_eq!(input.len(), 9);
+        assert_eq!(
+            decoder.decode(&mut input).unwrap(),
+            Some(Frame::new(12, b"a".to_vec()))
+        );
+        assert!(input.is_empty());
+        assert_eq!(decoder.finish(), Ok(()));
+    }
+
+    #[test]
+    fn refuses_oversized_header_before_payload_arrives_and_stays_failed() {
+        let mut decoder = FrameDecoder::new(MIN_MAX_FRAME_LEN);
+        let mut header = Vec::new();
+        header.extend_from_slice(&32u32.to_be_bytes());
+        header.extend_from_slice(&(MIN_MAX_FRAME_LEN as u32 + 1).to_be_bytes());
+        let expected = FrameError::TooLarge {
+            len: MIN_MAX_FRAME_LEN as u64 + 1,
+            max: MIN_MAX_FRAME_LEN,
+        };
+        assert_eq!(
+            decoder.decode(&mut header.as_slice()),
+            Err(expected.clone())
+        );
+        assert_eq!(decoder.allocated_len(), 0);
+        assert_eq!(decoder.decode(&mut &[0u8; 8][..]), Err(expected.clone()));
+        assert_eq!(decoder.finish(), Err(expected));
+    }
+
+    #[test]
+    fn accepts_payload_of_exactly_the_maximum() {
+        let mut decoder = FrameDecoder::new(MIN_MAX_FRAME_LEN);
+        let frame = Frame::new(32, vec![7u8; MIN_MAX_FRAME_LEN]);
+        let stream = encode_all(std::slice::from_ref(&frame));
+        assert_eq!(
+            decode_chunked(&mut decoder, &stream, &[3, 100, 5000]).unwrap(),
+            vec![frame]
+        );
+    }
+
+    #[test]
+    fn truncated_stream_is_reported_at_finish() {
+        let mut stream = Vec::new();
+        encode_frame(11, b"hello", &mut stream).unwrap();
+        let mut decoder = FrameDecoder::default();
+        let mut input = &stream[..10];
+        assert_eq!(decoder.decode(&mut input), Ok(None));
+        assert_eq!(
+            decoder.finish(),
+            Err(FrameError::Truncated { buffered: 10 })
+        );
+        let mut header_only = &stream[..5];
+        let mut decoder = FrameDecoder::default();
+        assert_eq!(decoder.decode(&mut header_only), Ok(None));
+        assert_eq!(decoder.finish(), Err(FrameError::Truncated { buffered: 5 }));
+    }
+
+    fn arb_frame() -> impl Strategy<Value = Frame> {
+        (
+            prop_oneof![Just(0u32), Just(11), Just(12), Just(32), any::<u32>()],
+            prop::collection::vec(any::<u8>(), 0..600),
+        )
+            .prop_map(|(ppid, payload)| Frame { ppid, payload })
+    }
+
+    proptest! {
+        #[test]
+        fn any_chunking_decodes_the_same_frames(
+            frames in prop::collection::vec(arb_frame(), 0..20),
+            cuts in prop::collection::vec(any::<usize>(), 0..40),
+        ) {
+            let stream = encode_all(&frames);
+            let mut decoder = FrameDecoder::default();
+            let decoded = decode_chunked(&mut decoder, &stream, &cuts).unwrap();
+            prop_assert_eq!(decoded, frames);
+            prop_assert_eq!(decoder.finish(), Ok(()));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_nor_allocate_beyond_the_limit(
+            bytes in prop::collection::vec(any::<u8>(), 0..4096),
+            cuts in prop::collection::vec(any::<usize>(), 0..16),
+            max in 0usize..2048,
+        ) {
+            let mut decoder = FrameDecoder::new(max);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            points.push(0);
+            points.push(bytes.len());
+            points.sort_unstable();
+            'feed: for window in points.windows(2) {
+                let mut chunk = &bytes[window[0]..window[1]];
+                loop {
+                    match decoder.decode(&mut chunk) {
+                        Ok(Some(frame)) => prop_assert!(frame.payload.len() <= max),
+                        Ok(None) => break,
+                        Err(FrameError::TooLarge { len, .. }) => {
+                            prop_assert!(len > max as u64);
+                            break 'feed;
+                        }
+                        Err(other) => prop_assert!(false, "unexpected {other:?}"),
+                    }
+                    prop_assert!(decoder.allocated_len() <= max);
+                }
+                prop_assert!(decoder.allocated_len() <= max);
+            }
+            let _ = decoder.finish();
+        }
+
+        #[test]
+        fn huge_announced_length_allocates_only_what_arrived(
+            announced in 100_000u32..=u32::MAX,
+            arrived in 0usize..5000,
+        ) {
+            let mut decoder = FrameDecoder::new(u32::MAX as usize);
+            let mut stream = Vec::new();
+            stream.extend_from_slice(&32u32.to_be_bytes());
+            stream.extend_from_slice(&announced.to_be_bytes());
+            stream.extend(std::iter::repeat_n(0u8, arrived));
+            prop_assert_eq!(decoder.decode(&mut stream.as_slice()), Ok(None));
+            prop_assert!(decoder.allocated_len() <= INITIAL_PAYLOAD_RESERVE.max(arrived));
+        }
+    }
+}

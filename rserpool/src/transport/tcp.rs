@@ -1,0 +1,613 @@
+//! Framed TCP: the [`Transport`] implementation and the task that drives one connection.
+
+use std::future::Future;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use socket2::SockRef;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use super::association::{
+    Association, AssociationError, DriverEnds, Outbound, ProtocolError, Shared, Verdict,
+    new_association,
+};
+use super::frame::{Frame, FrameDecoder, encode_frame};
+use super::heartbeat::{HeartbeatEvent, HeartbeatMessage, HeartbeatTimer};
+use super::{AssociationConfig, Listener, PPID_HEARTBEAT, Transport};
+
+/// Bytes read from the socket at once.
+const READ_CHUNK: usize = 64 * 1024;
+/// Queued frames are batched into one write up to this size (a larger frame goes alone).
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Associations as framed TCP connections (see the module docs of [`super`]).
+#[derive(Clone, Debug, Default)]
+pub struct TcpFramed {
+    config: AssociationConfig,
+}
+
+impl TcpFramed {
+    /// A transport whose associations use `config`.
+    pub fn new(config: AssociationConfig) -> Self {
+        TcpFramed { config }
+    }
+
+    /// The association settings.
+    pub fn config(&self) -> &AssociationConfig {
+        &self.config
+    }
+}
+
+impl Transport for TcpFramed {
+    type Listener = TcpFramedListener;
+
+    fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Association>> + Send {
+        let config = self.config.clone();
+        async move {
+            let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "connecting to {addr} timed out after {:?}",
+                            config.connect_timeout
+                        ),
+                    )
+                })??;
+            spawn_association(stream, &config)
+        }
+    }
+
+    fn bind(&self, addr: SocketAddr) -> impl Future<Output = io::Result<TcpFramedListener>> + Send {
+        let config = self.config.clone();
+        async move {
+            let listener = TcpListener::bind(addr).await?;
+            Ok(TcpFramedListener { listener, config })
+        }
+    }
+}
+
+/// A TCP listener producing framed associations.
+#[derive(Debug)]
+pub struct TcpFramedListener {
+    listener: TcpListener,
+    config: AssociationConfig,
+}
+
+impl Listener for TcpFramedListener {
+    async fn accept(&self) -> io::Result<Association> {
+        let (stream, _) = self.listener.accept().await?;
+        spawn_association(stream, &self.config)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Wraps an established connection into an association driven by a background task.
+fn spawn_association(stream: TcpStream, config: &AssociationConfig) -> io::Result<Association> {
+    stream.set_nodelay(true)?;
+    let local_addr = stream.local_addr()?;
+    let peer_addr = stream.peer_addr()?;
+    let max_frame_len = config.effective_max_frame_len();
+    let (association, ends) = new_association(
+        local_addr,
+        peer_addr,
+        max_frame_len,
+        config.send_queue,
+        config.receive_queue,
+    );
+    let connection = Connection::new(stream, config, ends);
+    tokio::spawn(connection.run());
+    Ok(association)
+}
+
+/// Where the connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// Local close: flushing what was queued before the close, then FIN.
+    Flushing {
+        deadline: Instant,
+    },
+    /// Our FIN is sent; reading until the peer's FIN.
+    FinSent {
+        deadline: Instant,
+    },
+    /// The peer's FIN arrived: flushing everything queued, then FIN.
+    PeerClosed {
+        deadline: Instant,
+    },
+}
+
+impl Phase {
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Phase::Open => None,
+            Phase::Flushing { deadline }
+            | Phase::FinSent { deadline }
+            | Phase::PeerClosed { deadline } => Some(deadline),
+        }
+    }
+
+    /// Whether heartbeats still run (both directions usable).
+    fn heartbeats_active(self) -> bool {
+        matches!(self, Phase::Open | Phase::Flushing { .. })
+    }
+}
+
+/// What woke the connection task.
+enum Event {
+    Abort,
+    Writable(io::Result<()>),
+    Readable(io::Result<()>),
+    Outbound(Option<Outbound>),
+    /// Handled in place, or a timer: re-evaluate.
+    Progress,
+}
+
+/// How the task ends.
+enum Ending {
+    /// Graceful close completed.
+    Clean,
+    /// Reset the connection (SO_LINGER 0) and report this.
+    Reset(AssociationError),
+    /// The connection is already unusable: just drop it and report this.
+    Drop(AssociationError),
+}
+
+struct Connection {
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    outbound: mpsc::Receiver<Outbound>,
+    /// `None` once the peer's FIN was delivered as the receiver's final error.
+    inbound: Option<mpsc::Sender<Frame>>,
+    verdict: watch::Sender<Verdict>,
+    close_timeout: Duration,
+    decoder: FrameDecoder,
+    heartbeat: Option<HeartbeatTimer>,
+    read_buf: Box<[u8]>,
+    read_start: usize,
+    read_end: usize,
+    /// A decoded frame the receiver has no room for yet; reading pauses meanwhile.
+    pending: Option<Frame>,
+    write_buf: Vec<u8>,
+    write_pos: usize,
+    /// A message taken from the queue by the waiting loop, handled on the next turn.
+    taken: Option<Outbound>,
+    phase: Phase,
+    /// Whether the outbound queue may still yield frames to send.
+    taking_outbound: bool,
+    senders_gone: bool,
+    receiver_gone: bool,
+    peer_eof: bool,
+    peer_eof_handled: bool,
+}
+
+impl Connection {
+    fn new(stream: TcpStream, config: &AssociationConfig, ends: DriverEnds) -> Self {
+        let DriverEnds {
+            shared,
+            outbound,
+            inbound,
+            verdict,
+        } = ends;
+        Connection {
+            stream,
+            decoder: FrameDecoder::new(shared.max_frame_len),
+            shared,
+            outbound,
+            inbound: Some(inbound),
+            verdict,
+            close_timeout: config.close_timeout,
+            heartbeat: config
+                .heartbeat
+                .map(|c| HeartbeatTimer::new(c, Instant::now())),
+            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            read_start: 0,
+            read_end: 0,
+            pending: None,
+            write_buf: Vec::new(),
+            write_pos: 0,
+            taken: None,
+            phase: Phase::Open,
+            taking_outbound: true,
+            senders_gone: false,
+            receiver_gone: false,
+            peer_eof: false,
+            peer_eof_handled: false,
+        }
+    }
+
+    async fn run(mut self) {
+        let ending = self.drive().await;
+        let result = match ending {
+            Ending::Clean => {
+                self.shared.set_outcome(AssociationError::Closed);
+                Ok(())
+            }
+            Ending::Reset(error) => {
+                // SO_LINGER 0: close() sends RST instead of FIN, as SCTP ABORT.
+                if let Err(linger_error) =
+                    SockRef::from(&self.stream).set_linger(Some(Duration::ZERO))
+                {
+                    tracing::debug!(%linger_error, "could not arm RST on close");
+                }
+                self.shared.set_outcome(error.clone());
+                Err(error)
+            }
+            Ending::Drop(error) => {
+                self.shared.set_outcome(error.clone());
+                Err(error)
+            }
+        };
+        tracing::debug!(peer = %self.shared.peer_addr, ?result, "association ended");
+        // The outcome is set before the receiver's channel closes.
+        let Connection {
+            stream,
+            inbound,
+            verdict,
+            ..
+        } = self;
+        drop(inbound);
+        drop(stream);
+        verdict.send_replace(Some(result));
+    }
+
+    async fn drive(&mut self) -> Ending {
+        loop {
+            let now = Instant::now();
+            if self.shared.abort_requested.load(Ordering::Acquire) {
+                return Ending::Reset(AssociationError::Closed);
+            }
+            let step = self
+                .process_input(now)
+                .and_then(|()| self.process_outbound(now))
+                .and_then(|()| self.process_timers(now))
+                .and_then(|()| self.advance_close());
+            if let Err(ending) = step {
+                return ending;
+            }
+            if let Err(ending) = self.wait().await {
+                return ending;
+            }
+        }
+    }
+
+    /// Delivers decoded frames while the receiver has room, decodes buffered bytes, answers
+    /// heartbeats, and handles the peer's FIN once everything before it is delivered.
+    fn process_input(&mut self, now: Instant) -> Result<(), Ending> {
+        loop {
+            if let Some(frame) = self.pending.take() {
+                self.deliver(frame);
+                if self.pending.is_some() {
+                    break;
+                }
+            }
+            if self.read_start == self.read_end {
+                break;
+            }
+            let mut input = &self.read_buf[self.read_start..self.read_end];
+            let decoded = self.decoder.decode(&mut input);
+            self.read_start = self.read_end - input.len();
+            match decoded {
+                Ok(None) => {}
+                Ok(Some(frame)) if frame.ppid == PPID_HEARTBEAT => {
+                    self.on_heartbeat(&frame.payload, now)?
+                }
+                Ok(Some(frame)) => self.pending = Some(frame),
+                Err(error) => return Err(Ending::Reset(ProtocolError::from(error).into())),
+            }
+        }
+        if let Some(timer) = self.heartbeat.as_mut() {
+            timer.set_receive_blocked(self.pending.is_some(), now);
+        }
+        if self.peer_eof
+            && !self.peer_eof_handled
+            && self.pending.is_none()
+            && self.read_start == self.read_end
+        {
+            self.peer_eof_handled = true;
+            if let Err(error) = self.decoder.finish() {
+                return Err(Ending::Reset(ProtocolError::from(error).into()));
+            }
+            if self.phase == Phase::Open {
+                // Peer-initiated close: the receiver learns it now, after the frames before the
+                // FIN; what the application queued so far is still sent.
+                self.shared.set_outcome(AssociationError::ClosedByPeer);
+                self.inbound = None;
+                self.phase = Phase::PeerClosed {
+                    deadline: now + self.close_timeout,
+                };
+                self.outbound.close();
+                self.taking_outbound = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a frame to the receiver, keeping it pending if the receiver is full; frames nobody
+    /// will read are dropped.
+    fn deliver(&mut self, frame: Frame) {
+        let Some(inbound) = self.inbound.as_ref().filter(|_| !self.receiver_gone) else {
+            return;
+        };
+        match inbound.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(frame)) => self.pending = Some(frame),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.receiver_gone = true,
+        }
+    }
+
+    fn on_heartbeat(&mut self, payload: &[u8], now: Instant) -> Result<(), Ending> {
+        let message = HeartbeatMessage::decode(payload)
+            .map_err(|error| Ending::Reset(ProtocolError::from(error).into()))?;
+        let reply = match self.heartbeat.as_mut() {
+            Some(timer) => {
+                let reply = timer.on_heartbeat(message, now);
+                if let Some(srtt) = timer.srtt() {
+                    self.shared.set_srtt(srtt);
+                }
+                reply
+            }
+            // Without own heartbeats, still answer the peer's.
+            None => match message {
+                HeartbeatMessage::Request { nonce } => Some(HeartbeatMessage::Ack { nonce }),
+                HeartbeatMessage::Ack { .. } => None,
+            },
+        };
+        if let Some(reply) = reply
+            && self.can_write()
+        {
+            self.push_frame(PPID_HEARTBEAT, &reply.encode())?;
+        }
+        Ok(())
+    }
+
+    fn can_write(&self) -> bool {
+        !matches!(self.phase, Phase::FinSent { .. })
+    }
+
+    fn push_frame(&mut self, ppid: u32, payload: &[u8]) -> Result<(), Ending> {
+        if self.write_pos == self.write_buf.len() {
+            self.write_buf.clear();
+            self.write_pos = 0;
+        }
+        // Lengths were checked against the maximum when queued.
+        encode_frame(ppid, payload, &mut self.write_buf)
+            .map_err(|error| Ending::Reset(AssociationError::Io(Arc::new(io::Error::other(error)))))
+    }
+
+    fn write_backlog(&self) -> usize {
+        self.write_buf.len() - self.write_pos
+    }
+
+    /// Moves queued messages into the write buffer, up to one batch.
+    fn process_outbound(&mut self, now: Instant) -> Result<(), Ending> {
+        while self.taking_outbound && self.write_backlog() < WRITE_BATCH {
+            let message = match self.taken.take() {
+                Some(message) => message,
+                None => match self.outbound.try_recv() {
+                    Ok(message) => message,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        self.taking_outbound = false;
+                        self.senders_gone = true;
+                        break;
+                    }
+                },
+            };
+            match message {
+                Outbound::Frame(frame) => self.push_frame(frame.ppid, &frame.payload)?,
+                Outbound::Close => self.begin_local_close(now),
+            }
+        }
+        if self.phase == Phase::Open
+            && self.senders_gone
+            && (self.receiver_gone || self.inbound_closed())
+        {
+            self.begin_local_close(now);
+        }
+        Ok(())
+    }
+
+    fn inbound_closed(&self) -> bool {
+        self.inbound
+            .as_ref()
+            .is_none_or(|inbound| inbound.is_closed())
+    }
+
+    fn begin_local_close(&mut self, now: Instant) {
+        if self.phase == Phase::Open {
+            self.phase = Phase::Flushing {
+                deadline: now + self.close_timeout,
+            };
+            // Frames queued after the close request are dropped.
+            self.outbound.close();
+            self.taking_outbound = false;
+        }
+    }
+
+    fn process_timers(&mut self, now: Instant) -> Result<(), Ending> {
+        if let Some(deadline) = self.phase.deadline()
+            && now >= deadline
+        {
+            return Err(Ending::Reset(AssociationError::CloseTimeout));
+        }
+        if !self.phase.heartbeats_active() {
+            return Ok(());
+        }
+        let Some(timer) = self.heartbeat.as_mut() else {
+            return Ok(());
+        };
+        match timer.poll(now) {
+            HeartbeatEvent::Idle => Ok(()),
+            HeartbeatEvent::SendRequest(request) => {
+                self.push_frame(PPID_HEARTBEAT, &request.encode())
+            }
+            HeartbeatEvent::PeerDead { silent_for } => {
+                Err(Ending::Reset(AssociationError::HeartbeatTimeout {
+                    silent_for,
+                }))
+            }
+        }
+    }
+
+    /// Sends FIN once a close has flushed, and finishes when both FINs are through.
+    fn advance_close(&mut self) -> Result<(), Ending> {
+        let flushed = self.write_backlog() == 0;
+        match self.phase {
+            Phase::Flushing { deadline } if flushed => {
+                self.shutdown_write()?;
+                self.phase = Phase::FinSent { deadline };
+                if self.peer_eof_handled {
+                    return Err(Ending::Clean);
+                }
+            }
+            Phase::FinSent { .. } if self.peer_eof_handled => return Err(Ending::Clean),
+            Phase::PeerClosed { .. }
+                if flushed && !self.taking_outbound && self.taken.is_none() =>
+            {
+                self.shutdown_write()?;
+                return Err(Ending::Clean);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn shutdown_write(&mut self) -> Result<(), Ending> {
+        SockRef::from(&self.stream)
+            .shutdown(Shutdown::Write)
+            .map_err(|error| Ending::Drop(AssociationError::from_io(error)))
+    }
+
+    /// Waits for the next thing to do: socket readiness, receiver room, queued messages, a timer,
+    /// or an abort.
+    async fn wait(&mut self) -> Result<(), Ending> {
+        let can_read = !self.peer_eof && self.pending.is_none() && self.read_start == self.read_end;
+        let can_write = self.write_backlog() > 0 && self.can_write();
+        let can_take =
+            self.taking_outbound && self.taken.is_none() && self.write_backlog() < WRITE_BATCH;
+        let can_deliver = self.pending.is_some() && self.inbound.is_some();
+        let watch_receiver = self.inbound.is_some() && !self.receiver_gone && !can_deliver;
+        let heartbeat_deadline = self
+            .heartbeat
+            .as_ref()
+            .filter(|_| self.phase.heartbeats_active())
+            .map(HeartbeatTimer::next_deadline);
+        let deadline = match (heartbeat_deadline, self.phase.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+
+        let event = tokio::select! {
+            () = self.shared.abort.notified() => Event::Abort,
+            ready = self.stream.writable(), if can_write => Event::Writable(ready),
+            ready = self.stream.readable(), if can_read => Event::Readable(ready),
+            permit = reserve(self.inbound.as_ref()), if can_deliver => {
+                // Field-level access only: the permit borrows `self.inbound`.
+                match (permit, self.pending.take()) {
+                    (Some(permit), Some(frame)) => permit.send(frame),
+                    (None, _) => self.receiver_gone = true,
+                    (Some(_), None) => {}
+                }
+                Event::Progress
+            }
+            message = self.outbound.recv(), if can_take => Event::Outbound(message),
+            () = receiver_dropped(self.inbound.as_ref()), if watch_receiver => {
+                self.receiver_gone = true;
+                Event::Progress
+            }
+            () = sleep_until(deadline), if deadline.is_some() => Event::Progress,
+        };
+        match event {
+            Event::Abort => Err(Ending::Reset(AssociationError::Closed)),
+            Event::Writable(ready) => {
+                ready.map_err(|error| Ending::Drop(AssociationError::from_io(error)))?;
+                self.try_write()
+            }
+            Event::Readable(ready) => {
+                ready.map_err(|error| Ending::Drop(AssociationError::from_io(error)))?;
+                self.try_read()
+            }
+            Event::Outbound(Some(message)) => {
+                self.taken = Some(message);
+                Ok(())
+            }
+            Event::Outbound(None) => {
+                self.taking_outbound = false;
+                self.senders_gone = true;
+                Ok(())
+            }
+            Event::Progress => Ok(()),
+        }
+    }
+
+    fn try_write(&mut self) -> Result<(), Ending> {
+        match self.stream.try_write(&self.write_buf[self.write_pos..]) {
+            Ok(0) => Err(Ending::Drop(AssociationError::from_io(
+                io::ErrorKind::WriteZero.into(),
+            ))),
+            Ok(written) => {
+                self.write_pos += written;
+                if self.write_pos == self.write_buf.len() {
+                    self.write_buf.clear();
+                    self.write_pos = 0;
+                }
+                if let Some(timer) = self.heartbeat.as_mut() {
+                    timer.on_sent(Instant::now());
+                }
+                Ok(())
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(error) => Err(Ending::Drop(AssociationError::from_io(error))),
+        }
+    }
+
+    fn try_read(&mut self) -> Result<(), Ending> {
+        match self.stream.try_read(&mut self.read_buf) {
+            Ok(0) => {
+                self.peer_eof = true;
+                Ok(())
+            }
+            Ok(read) => {
+                self.read_start = 0;
+                self.read_end = read;
+                if let Some(timer) = self.heartbeat.as_mut() {
+                    timer.on_received(Instant::now());
+                }
+                Ok(())
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(error) => Err(Ending::Drop(AssociationError::from_io(error))),
+        }
+    }
+}
+
+async fn reserve(inbound: Option<&mpsc::Sender<Frame>>) -> Option<mpsc::Permit<'_, Frame>> {
+    match inbound {
+        Some(inbound) => inbound.reserve().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn receiver_dropped(inbound: Option<&mpsc::Sender<Frame>>) {
+    match inbound {
+        Some(inbound) => inbound.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
