@@ -11,6 +11,42 @@ pub const MAX_POOL_HANDLE_LEN: usize = 32;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PoolHandle(Vec<u8>);
 
+/// Why bytes are not a valid pool handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PoolHandleError {
+    #[error("a pool handle must not be empty")]
+    Empty,
+    #[error("pool handle of {0} bytes exceeds the {MAX_POOL_HANDLE_LEN}-byte limit")]
+    TooLong(usize),
+}
+
+impl PoolHandle {
+    /// A pool handle from its bytes (1 to [`MAX_POOL_HANDLE_LEN`] of them).
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, PoolHandleError> {
+        let bytes = bytes.into();
+        match bytes.len() {
+            0 => Err(PoolHandleError::Empty),
+            n if n > MAX_POOL_HANDLE_LEN => Err(PoolHandleError::TooLong(n)),
+            _ => Ok(PoolHandle(bytes)),
+        }
+    }
+
+    /// The handle's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The handle's length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always `false` (a pool handle has at least one byte); for API symmetry.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// A pool element identifier (parameter 0xe and inside 0xa).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeId(pub u32);
