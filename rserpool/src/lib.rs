@@ -1,3 +1,4 @@
 //! Reliable Server Pooling (RSerPool, RFC 5351-5356).
 
+pub mod handlespace;
 pub mod wire;
