@@ -48,7 +48,12 @@ fn block_sum(handle: &PoolHandle, id: PeId) -> u64 {
     // Zero padding to a multiple of 4 adds nothing; only an odd trailing byte needs pairing.
     let words = handle_bytes(handle)
         .chunks(2)
-        .map(|c| u64::from(u16::from_be_bytes([c.first().copied().unwrap_or(0), c.get(1).copied().unwrap_or(0)])))
+        .map(|c| {
+            u64::from(u16::from_be_bytes([
+                c.first().copied().unwrap_or(0),
+                c.get(1).copied().unwrap_or(0),
+            ]))
+        })
         .sum::<u64>();
     let id = id.0;
     words + u64::from(id >> 16) + u64::from(id & 0xffff)

@@ -46,7 +46,9 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, RngExt};
 
-use crate::wire::param::{CauseCode, PeId, PoolElement, PoolHandle, TransportAddress, TransportUse};
+use crate::wire::param::{
+    CauseCode, PeId, PoolElement, PoolHandle, TransportAddress, TransportUse,
+};
 use crate::wire::policy::Policy;
 
 pub use checksum_shim::HandlespaceChecksum;
@@ -304,7 +306,8 @@ impl WeightedSlots {
                 let slot = self.holders.len();
                 self.holders.push(None);
                 if slot >= self.fenwick.capacity() {
-                    self.fenwick.grow((slot + 1).max(self.fenwick.capacity() * 2).max(4));
+                    self.fenwick
+                        .grow((slot + 1).max(self.fenwick.capacity() * 2).max(4));
                 }
                 slot
             }
@@ -396,7 +399,9 @@ impl Pool {
 
     fn check_consistency(&self, element: &PoolElement) -> Result<(), RegistrationError> {
         if PolicyKind::of(&element.policy) != self.kind {
-            return Err(RegistrationError::InconsistentPolicy { pool_policy: self.policy });
+            return Err(RegistrationError::InconsistentPolicy {
+                pool_policy: self.policy,
+            });
         }
         if transport_kind(&element.user_transport) != self.transport {
             let pool_transport = self
@@ -435,7 +440,9 @@ impl Pool {
     /// Puts a PE (already in `elements`) into the selection structure.
     fn link(&mut self, id: PeId) {
         let head = self.wrr_head_time();
-        let Some(entry) = self.elements.get_mut(&id) else { return };
+        let Some(entry) = self.elements.get_mut(&id) else {
+            return;
+        };
         if let Policy::WeightedRoundRobin { weight } = entry.element.policy
             && weight > 0
         {
@@ -451,7 +458,9 @@ impl Pool {
     /// the weight the PE's current WRR state was computed with.
     fn relink(&mut self, id: PeId, old_wrr_weight: Option<u32>) {
         let head = self.wrr_head_time();
-        let Some(entry) = self.elements.get_mut(&id) else { return };
+        let Some(entry) = self.elements.get_mut(&id) else {
+            return;
+        };
         match (&mut self.selection, entry.slot) {
             (Selection::Ordered(map), SelectionSlot::Ordered(old_key)) => {
                 if let Some(old_key) = old_key {
@@ -481,7 +490,10 @@ impl Pool {
                 entry.slot = SelectionSlot::Ordered(key);
             }
             (Selection::Weighted(slots), SelectionSlot::Weighted(slot)) => {
-                slots.fenwick.set(slot, policy::random_weight(&entry.element.policy, &entry.state));
+                slots.fenwick.set(
+                    slot,
+                    policy::random_weight(&entry.element.policy, &entry.state),
+                );
             }
             _ => debug_assert!(false, "selection slot does not match the pool's structure"),
         }
@@ -509,7 +521,9 @@ impl Pool {
                 let picked: Vec<(OrderKey, PeId)> =
                     map.iter().take(items).map(|(k, id)| (*k, *id)).collect();
                 for (i, (key, id)) in picked.into_iter().enumerate() {
-                    let Some(entry) = self.elements.get_mut(&id) else { continue };
+                    let Some(entry) = self.elements.get_mut(&id) else {
+                        continue;
+                    };
                     entry.selection_count += 1;
                     chosen.push(entry.element.clone());
                     if i < max_increment {
@@ -528,13 +542,16 @@ impl Pool {
             }
             Selection::Weighted(slots) => {
                 // Draw without replacement: zero each drawn slot, restore afterwards.
-                let mut drawn: Vec<(usize, u64)> = Vec::with_capacity(items.min(self.elements.len()));
+                let mut drawn: Vec<(usize, u64)> =
+                    Vec::with_capacity(items.min(self.elements.len()));
                 while drawn.len() < items {
                     let total = slots.fenwick.total();
                     if total == 0 {
                         break;
                     }
-                    let Some(slot) = slots.fenwick.find(rng.random_range(0..total)) else { break };
+                    let Some(slot) = slots.fenwick.find(rng.random_range(0..total)) else {
+                        break;
+                    };
                     drawn.push((slot, slots.fenwick.weight(slot)));
                     slots.fenwick.set(slot, 0);
                 }
@@ -548,7 +565,10 @@ impl Pool {
                         self.next_seq += 1;
                         chosen.push(entry.element.clone());
                         if i < max_increment {
-                            policy::advance_after_selection(&entry.element.policy, &mut entry.state);
+                            policy::advance_after_selection(
+                                &entry.element.policy,
+                                &mut entry.state,
+                            );
                             weight = policy::random_weight(&entry.element.policy, &entry.state);
                         }
                     }
@@ -562,8 +582,10 @@ impl Pool {
 
 /// The sort key of a PE of an ordered pool from its current values and state.
 fn ordered_key(entry: &PoolElementEntry) -> Option<OrderKey> {
-    policy::order_primary(&entry.element.policy, &entry.state)
-        .map(|primary| OrderKey { primary, seq: entry.state.seq })
+    policy::order_primary(&entry.element.policy, &entry.state).map(|primary| OrderKey {
+        primary,
+        seq: entry.state.seq,
+    })
 }
 
 /// Inserts a PE into its pool's selection structure and records where.
@@ -665,7 +687,10 @@ pub struct Handlespace {
 impl Handlespace {
     /// An empty handlespace.
     pub fn new(config: HandlespaceConfig) -> Self {
-        Handlespace { config, ..Default::default() }
+        Handlespace {
+            config,
+            ..Default::default()
+        }
     }
 
     /// The configuration.
@@ -759,7 +784,9 @@ impl Handlespace {
         }
 
         if self.pool_element_count >= self.config.max_pool_elements {
-            return Err(RegistrationError::LackOfResources(ResourceLimit::PoolElements));
+            return Err(RegistrationError::LackOfResources(
+                ResourceLimit::PoolElements,
+            ));
         }
         let pool = self
             .pools
@@ -773,7 +800,10 @@ impl Handlespace {
             expires_at,
             selection_count: 0,
             unreachable_reporters: BTreeSet::new(),
-            state: SelectionState { seq, ..SelectionState::default() },
+            state: SelectionState {
+                seq,
+                ..SelectionState::default()
+            },
             slot: SelectionSlot::Ordered(None),
         };
         pool.elements.insert(id, entry);
@@ -796,30 +826,49 @@ impl Handlespace {
     }
 
     /// Removes every PE registered over `association` (it closed or failed).
-    pub fn remove_association(&mut self, association: AssociationKey) -> Vec<(PoolHandle, PoolElement)> {
-        let members = self.by_association.get(&association).cloned().unwrap_or_default();
+    pub fn remove_association(
+        &mut self,
+        association: AssociationKey,
+    ) -> Vec<(PoolHandle, PoolElement)> {
+        let members = self
+            .by_association
+            .get(&association)
+            .cloned()
+            .unwrap_or_default();
         self.remove_all(members)
     }
 
     /// Removes every PE owned by `owner` (a peer registrar that died without takeover).
     pub fn remove_owned_by(&mut self, owner: RegistrarId) -> Vec<(PoolHandle, PoolElement)> {
-        let members = self.by_owner.get(&owner).map(|o| o.elements.clone()).unwrap_or_default();
+        let members = self
+            .by_owner
+            .get(&owner)
+            .map(|o| o.elements.clone())
+            .unwrap_or_default();
         self.remove_all(members)
     }
 
     /// Makes `to` the owner of every PE owned by `from` (ENRP takeover, RFC 5353 §3.5) and
     /// returns them, e.g. to send each a Keep-Alive with the H flag.
-    pub fn transfer_ownership(&mut self, from: RegistrarId, to: RegistrarId) -> Vec<(PoolHandle, PeId)> {
+    pub fn transfer_ownership(
+        &mut self,
+        from: RegistrarId,
+        to: RegistrarId,
+    ) -> Vec<(PoolHandle, PeId)> {
         if from == to {
             return self.owned_by(from).map(|(h, id)| (h.clone(), id)).collect();
         }
-        let Some(moved) = self.by_owner.remove(&from) else { return Vec::new() };
+        let Some(moved) = self.by_owner.remove(&from) else {
+            return Vec::new();
+        };
         let target = self.by_owner.entry(to).or_default();
         for (handle, id) in &moved.elements {
             target.checksum.add(handle, *id);
             target.elements.insert((handle.clone(), *id));
-            if let Some(entry) =
-                self.pools.get_mut(handle).and_then(|pool| pool.elements.get_mut(id))
+            if let Some(entry) = self
+                .pools
+                .get_mut(handle)
+                .and_then(|pool| pool.elements.get_mut(id))
             {
                 entry.element.home_registrar = to;
             }
@@ -836,10 +885,15 @@ impl Handlespace {
         rng: &mut R,
     ) -> Result<Resolution, UnknownPool> {
         let pool = self.pools.get_mut(handle).ok_or(UnknownPool)?;
-        let max_increment =
-            self.config.max_increment.unwrap_or_else(|| pool.kind.default_max_increment());
+        let max_increment = self
+            .config
+            .max_increment
+            .unwrap_or_else(|| pool.kind.default_max_increment());
         let elements = pool.select(items, max_increment, rng);
-        Ok(Resolution { policy: pool.policy, elements })
+        Ok(Resolution {
+            policy: pool.policy,
+            elements,
+        })
     }
 
     /// Counts an Endpoint Unreachable report from `reporter` (e.g. a PU association key) and
@@ -853,7 +907,10 @@ impl Handlespace {
         threshold: usize,
     ) -> UnreachableOutcome {
         let cap = self.config.max_unreachable_reporters.max(1);
-        let Some(entry) = self.pools.get_mut(handle).and_then(|pool| pool.elements.get_mut(&id))
+        let Some(entry) = self
+            .pools
+            .get_mut(handle)
+            .and_then(|pool| pool.elements.get_mut(&id))
         else {
             return UnreachableOutcome::UnknownPe;
         };
@@ -874,7 +931,11 @@ impl Handlespace {
     /// Forgets the Endpoint Unreachable reports of a PE (e.g. after a successful keep-alive).
     /// Returns whether the PE exists.
     pub fn clear_unreachable_reports(&mut self, handle: &PoolHandle, id: PeId) -> bool {
-        match self.pools.get_mut(handle).and_then(|pool| pool.elements.get_mut(&id)) {
+        match self
+            .pools
+            .get_mut(handle)
+            .and_then(|pool| pool.elements.get_mut(&id))
+        {
             Some(entry) => {
                 entry.unreachable_reporters.clear();
                 true
@@ -913,12 +974,16 @@ impl Handlespace {
 
     /// One pool.
     pub fn pool(&self, handle: &PoolHandle) -> Option<PoolView<'_>> {
-        self.pools.get_key_value(handle).map(|(handle, pool)| PoolView { handle, pool })
+        self.pools
+            .get_key_value(handle)
+            .map(|(handle, pool)| PoolView { handle, pool })
     }
 
     /// All pools in handle order.
     pub fn pools(&self) -> impl Iterator<Item = PoolView<'_>> {
-        self.pools.iter().map(|(handle, pool)| PoolView { handle, pool })
+        self.pools
+            .iter()
+            .map(|(handle, pool)| PoolView { handle, pool })
     }
 
     /// The PEs registered over an association.
@@ -926,12 +991,20 @@ impl Handlespace {
         &self,
         association: AssociationKey,
     ) -> impl Iterator<Item = (&PoolHandle, PeId)> {
-        self.by_association.get(&association).into_iter().flatten().map(|(h, id)| (h, *id))
+        self.by_association
+            .get(&association)
+            .into_iter()
+            .flatten()
+            .map(|(h, id)| (h, *id))
     }
 
     /// The PEs owned by a registrar, in (handle, id) order.
     pub fn owned_by(&self, owner: RegistrarId) -> impl Iterator<Item = (&PoolHandle, PeId)> {
-        self.by_owner.get(&owner).into_iter().flat_map(|o| o.elements.iter()).map(|(h, id)| (h, *id))
+        self.by_owner
+            .get(&owner)
+            .into_iter()
+            .flat_map(|o| o.elements.iter())
+            .map(|(h, id)| (h, *id))
     }
 
     /// Number of pools.
@@ -956,7 +1029,11 @@ impl Handlespace {
 
     /// RFC 5353 §3.6.2 checksum over the PEs owned by `owner` (sent in ENRP Presence).
     pub fn owner_checksum(&self, owner: RegistrarId) -> u16 {
-        self.by_owner.get(&owner).map(|o| o.checksum).unwrap_or_default().value()
+        self.by_owner
+            .get(&owner)
+            .map(|o| o.checksum)
+            .unwrap_or_default()
+            .value()
     }
 
     /// A canonical copy of all pools and PEs.
@@ -965,15 +1042,27 @@ impl Handlespace {
             .pools
             .iter()
             .map(|(handle, pool)| {
-                let elements =
-                    pool.elements.iter().map(|(id, e)| (*id, e.element.clone())).collect();
-                (handle.clone(), PoolSnapshot { policy: pool.kind, elements })
+                let elements = pool
+                    .elements
+                    .iter()
+                    .map(|(id, e)| (*id, e.element.clone()))
+                    .collect();
+                (
+                    handle.clone(),
+                    PoolSnapshot {
+                        policy: pool.kind,
+                        elements,
+                    },
+                )
             })
             .collect();
         HandlespaceSnapshot { pools }
     }
 
-    fn remove_all(&mut self, members: BTreeSet<(PoolHandle, PeId)>) -> Vec<(PoolHandle, PoolElement)> {
+    fn remove_all(
+        &mut self,
+        members: BTreeSet<(PoolHandle, PeId)>,
+    ) -> Vec<(PoolHandle, PoolElement)> {
         let mut removed = Vec::with_capacity(members.len());
         for (handle, id) in members {
             if let Some(entry) = self.remove_entry(&handle, id) {
@@ -1000,13 +1089,26 @@ impl Handlespace {
         Some(entry)
     }
 
-    fn index_association(&mut self, association: Option<AssociationKey>, handle: &PoolHandle, id: PeId) {
+    fn index_association(
+        &mut self,
+        association: Option<AssociationKey>,
+        handle: &PoolHandle,
+        id: PeId,
+    ) {
         if let Some(key) = association {
-            self.by_association.entry(key).or_default().insert((handle.clone(), id));
+            self.by_association
+                .entry(key)
+                .or_default()
+                .insert((handle.clone(), id));
         }
     }
 
-    fn unindex_association(&mut self, association: Option<AssociationKey>, handle: &PoolHandle, id: PeId) {
+    fn unindex_association(
+        &mut self,
+        association: Option<AssociationKey>,
+        handle: &PoolHandle,
+        id: PeId,
+    ) {
         let Some(key) = association else { return };
         if let Some(members) = self.by_association.get_mut(&key) {
             members.remove(&(handle.clone(), id));
@@ -1039,9 +1141,12 @@ impl Handlespace {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut count = 0;
         let mut checksum = HandlespaceChecksum::new();
-        let mut by_association: HashMap<AssociationKey, BTreeSet<(PoolHandle, PeId)>> = HashMap::new();
-        let mut by_owner: BTreeMap<RegistrarId, (BTreeSet<(PoolHandle, PeId)>, HandlespaceChecksum)> =
-            BTreeMap::new();
+        let mut by_association: HashMap<AssociationKey, BTreeSet<(PoolHandle, PeId)>> =
+            HashMap::new();
+        let mut by_owner: BTreeMap<
+            RegistrarId,
+            (BTreeSet<(PoolHandle, PeId)>, HandlespaceChecksum),
+        > = BTreeMap::new();
         let mut by_expiry = BTreeSet::new();
         let cap = self.config.max_unreachable_reporters.max(1);
         for (handle, pool) in &self.pools {
@@ -1107,7 +1212,10 @@ impl Handlespace {
                     _ => return Err(format!("{}: slot kind differs from the pool's", at(*id))),
                 }
                 if let Some(key) = entry.association {
-                    by_association.entry(key).or_default().insert((handle.clone(), *id));
+                    by_association
+                        .entry(key)
+                        .or_default()
+                        .insert((handle.clone(), *id));
                 }
                 let owner = by_owner.entry(entry.owner()).or_default();
                 owner.0.insert((handle.clone(), *id));
@@ -1137,7 +1245,10 @@ impl Handlespace {
             }
         }
         if count != self.pool_element_count {
-            return Err(format!("PE count {} but {count} stored", self.pool_element_count));
+            return Err(format!(
+                "PE count {} but {count} stored",
+                self.pool_element_count
+            ));
         }
         if checksum != self.checksum {
             return Err("overall checksum differs from a fresh computation".into());
@@ -1145,8 +1256,11 @@ impl Handlespace {
         if by_association != self.by_association {
             return Err("association index differs".into());
         }
-        let owners: BTreeMap<_, _> =
-            self.by_owner.iter().map(|(k, v)| (*k, (v.elements.clone(), v.checksum))).collect();
+        let owners: BTreeMap<_, _> = self
+            .by_owner
+            .iter()
+            .map(|(k, v)| (*k, (v.elements.clone(), v.checksum)))
+            .collect();
         if by_owner != owners {
             return Err("owner index or owner checksums differ".into());
         }

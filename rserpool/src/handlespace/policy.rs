@@ -155,7 +155,11 @@ pub(crate) struct SelectionState {
 pub(crate) enum Primary {
     Value(u64),
     /// WRR: the PE's next pick is at virtual time `round + num/den` (see [`wrr_position`]).
-    Wrr { round: u64, num: u64, den: u64 },
+    Wrr {
+        round: u64,
+        num: u64,
+        den: u64,
+    },
 }
 
 impl Primary {
@@ -163,8 +167,16 @@ impl Primary {
         match (self, other) {
             (Primary::Value(a), Primary::Value(b)) => a.cmp(b),
             (
-                Primary::Wrr { round: r1, num: n1, den: d1 },
-                Primary::Wrr { round: r2, num: n2, den: d2 },
+                Primary::Wrr {
+                    round: r1,
+                    num: n1,
+                    den: d1,
+                },
+                Primary::Wrr {
+                    round: r2,
+                    num: n2,
+                    den: d2,
+                },
             ) => r1.cmp(r2).then_with(|| {
                 // n/d < 1 with d < 2^34: cross products fit in u128.
                 (u128::from(*n1) * u128::from(*d2)).cmp(&(u128::from(*n2) * u128::from(*d1)))
@@ -185,7 +197,9 @@ pub(crate) struct OrderKey {
 
 impl Ord for OrderKey {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.primary.cmp_exact(&other.primary).then(self.seq.cmp(&other.seq))
+        self.primary
+            .cmp_exact(&other.primary)
+            .then(self.seq.cmp(&other.seq))
     }
 }
 
@@ -213,7 +227,8 @@ fn load_sum(a: u32, b: u32, c: u32) -> u64 {
 /// `100 % - a - b - c`, clamped to `[1, u32::MAX]` so a fully loaded PE stays selectable
 /// (rsplib `getValueFraction`; RFC 5356 §5.4 weight for RLU).
 fn unload_weight(a: u32, b: u32, c: u32) -> u64 {
-    MAX.saturating_sub(u64::from(a) + u64::from(b) + u64::from(c)).max(1)
+    MAX.saturating_sub(u64::from(a) + u64::from(b) + u64::from(c))
+        .max(1)
 }
 
 /// Distance penalty `distance × dpf` where dpf is a fraction of `u32::MAX`, expressed in the same
@@ -237,7 +252,11 @@ pub(crate) fn wrr_join(round: u64, num: u64, den: u64, weight: u32) -> (u64, u32
     // Smallest k with (2k+1)/(2w) >= num/den  <=>  k >= (2w·num - den) / (2·den).
     let two_w_num = 2 * u128::from(weight) * u128::from(num);
     let den = u128::from(den);
-    let k = if two_w_num <= den { 0 } else { (two_w_num - den).div_ceil(2 * den) };
+    let k = if two_w_num <= den {
+        0
+    } else {
+        (two_w_num - den).div_ceil(2 * den)
+    };
     if k >= u128::from(weight) {
         (round.saturating_add(1), 0)
     } else {
@@ -256,7 +275,11 @@ pub(crate) fn order_primary(policy: &Policy, state: &SelectionState) -> Option<P
                 return None;
             }
             let (num, den) = wrr_position(state.wrr_picks, weight);
-            return Some(Primary::Wrr { round: state.wrr_round, num, den });
+            return Some(Primary::Wrr {
+                round: state.wrr_round,
+                num,
+                den,
+            });
         }
         Policy::Priority { priority } => MAX - u64::from(priority),
         Policy::LeastUsed { load } => u64::from(load),
@@ -265,12 +288,17 @@ pub(crate) fn order_primary(policy: &Policy, state: &SelectionState) -> Option<P
         Policy::PriorityLeastUsedDegradation { load, degradation } => {
             load_sum(load, degradation, state.degradation)
         }
-        Policy::LeastUsedDpf { load, load_dpf, distance } => {
-            (u64::from(load) + distance_penalty(distance, load_dpf)).min(MAX)
-        }
-        Policy::LeastUsedDegradationDpf { load, load_dpf, distance, .. } => {
-            (load_sum(load, state.degradation, 0) + distance_penalty(distance, load_dpf)).min(MAX)
-        }
+        Policy::LeastUsedDpf {
+            load,
+            load_dpf,
+            distance,
+        } => (u64::from(load) + distance_penalty(distance, load_dpf)).min(MAX),
+        Policy::LeastUsedDegradationDpf {
+            load,
+            load_dpf,
+            distance,
+            ..
+        } => (load_sum(load, state.degradation, 0) + distance_penalty(distance, load_dpf)).min(MAX),
         // Weighted random policies have no order; callers never ask.
         Policy::Random
         | Policy::WeightedRandom { .. }
@@ -298,16 +326,21 @@ pub(crate) fn random_weight(policy: &Policy, state: &SelectionState) -> u64 {
         Policy::RandomizedPriorityLeastUsedDegradation { load, degradation } => {
             unload_weight(load, degradation, state.degradation)
         }
-        Policy::WeightedRandomDpf { weight, weight_dpf, distance } => {
+        Policy::WeightedRandomDpf {
+            weight,
+            weight_dpf,
+            distance,
+        } => {
             if weight == 0 {
                 return 0;
             }
             // weight × (1 − distance × wdpf), rounded, at least 1 (rsplib clamps to 1).
             let w = u128::from(weight);
-            let penalty =
-                (w * u128::from(distance) * u128::from(weight_dpf) + u128::from(MAX / 2))
-                    / u128::from(MAX);
-            u64::try_from(w.saturating_sub(penalty)).unwrap_or(MAX).max(1)
+            let penalty = (w * u128::from(distance) * u128::from(weight_dpf) + u128::from(MAX / 2))
+                / u128::from(MAX);
+            u64::try_from(w.saturating_sub(penalty))
+                .unwrap_or(MAX)
+                .max(1)
         }
         // Ordered policies are not drawn at random; callers never ask.
         _ => 1,
@@ -359,7 +392,10 @@ mod tests {
         types.dedup();
         assert_eq!(types.len(), ALL_POLICY_KINDS.len());
         assert_eq!(PolicyKind::of(&Policy::RoundRobin).policy_type(), 1);
-        assert_eq!(PolicyKind::of(&Policy::RandomizedLeastUsed { load: 0 }).policy_type(), 0x4000_0004);
+        assert_eq!(
+            PolicyKind::of(&Policy::RandomizedLeastUsed { load: 0 }).policy_type(),
+            0x4000_0004
+        );
     }
 
     #[test]
@@ -382,7 +418,9 @@ mod tests {
         let a0 = wrr_position(0, 2);
         let b0 = wrr_position(0, 1);
         let a1 = wrr_position(1, 2);
-        let lt = |x: (u64, u64), y: (u64, u64)| u128::from(x.0) * u128::from(y.1) < u128::from(y.0) * u128::from(x.1);
+        let lt = |x: (u64, u64), y: (u64, u64)| {
+            u128::from(x.0) * u128::from(y.1) < u128::from(y.0) * u128::from(x.1)
+        };
         assert!(lt(a0, b0));
         assert!(lt(b0, a1));
     }
@@ -420,12 +458,52 @@ mod tests {
         let half = u32::MAX / 2 + 1;
         let st = SelectionState::default();
         // No distance: full weight.
-        assert_eq!(random_weight(&Policy::WeightedRandomDpf { weight: 1000, weight_dpf: half, distance: 0 }, &st), 1000);
+        assert_eq!(
+            random_weight(
+                &Policy::WeightedRandomDpf {
+                    weight: 1000,
+                    weight_dpf: half,
+                    distance: 0
+                },
+                &st
+            ),
+            1000
+        );
         // distance 1 × 50 % -> half the weight.
-        assert_eq!(random_weight(&Policy::WeightedRandomDpf { weight: 1000, weight_dpf: half, distance: 1 }, &st), 500);
+        assert_eq!(
+            random_weight(
+                &Policy::WeightedRandomDpf {
+                    weight: 1000,
+                    weight_dpf: half,
+                    distance: 1
+                },
+                &st
+            ),
+            500
+        );
         // Penalty above 100 % -> clamped to 1.
-        assert_eq!(random_weight(&Policy::WeightedRandomDpf { weight: 1000, weight_dpf: half, distance: 10 }, &st), 1);
+        assert_eq!(
+            random_weight(
+                &Policy::WeightedRandomDpf {
+                    weight: 1000,
+                    weight_dpf: half,
+                    distance: 10
+                },
+                &st
+            ),
+            1
+        );
         // Weight 0 stays unselectable.
-        assert_eq!(random_weight(&Policy::WeightedRandomDpf { weight: 0, weight_dpf: 0, distance: 0 }, &st), 0);
+        assert_eq!(
+            random_weight(
+                &Policy::WeightedRandomDpf {
+                    weight: 0,
+                    weight_dpf: 0,
+                    distance: 0
+                },
+                &st
+            ),
+            0
+        );
     }
 }

@@ -16,7 +16,10 @@ pub(super) fn handle(name: &str) -> PoolHandle {
 }
 
 pub(super) fn tcp(port: u16) -> TransportAddress {
-    TransportAddress::Tcp { port, address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)) }
+    TransportAddress::Tcp {
+        port,
+        address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+    }
 }
 
 pub(super) fn pe(id: u32, policy: Policy) -> PoolElement {
@@ -31,7 +34,12 @@ pub(super) fn pe(id: u32, policy: Policy) -> PoolElement {
 }
 
 pub(super) fn ctx(owner: u32, association: u64, now: Instant) -> RegistrationContext {
-    RegistrationContext { owner, association: Some(association), registrator: None, now }
+    RegistrationContext {
+        owner,
+        association: Some(association),
+        registrator: None,
+        now,
+    }
 }
 
 fn rng() -> StdRng {
@@ -53,7 +61,8 @@ fn pool_with(policies: &[(u32, Policy)], config: HandlespaceConfig) -> (Handlesp
     let h = handle("p");
     let now = Instant::now();
     for (id, policy) in policies {
-        hs.register(&h, pe(*id, *policy), ctx(1, u64::from(*id), now)).expect("registers");
+        hs.register(&h, pe(*id, *policy), ctx(1, u64::from(*id), now))
+            .expect("registers");
     }
     hs.check_invariants().expect("consistent");
     (hs, h)
@@ -87,7 +96,9 @@ fn first_pick_counts(hs: &mut Handlespace, h: &PoolHandle, ids: &[u32], rounds: 
         assert_eq!(r.elements.len(), 1);
         *counts.entry(r.elements[0].id.0).or_default() += 1;
     }
-    ids.iter().map(|id| counts.get(id).copied().unwrap_or(0)).collect()
+    ids.iter()
+        .map(|id| counts.get(id).copied().unwrap_or(0))
+        .collect()
 }
 
 // 99.9 % quantiles of the chi-square distribution.
@@ -121,7 +132,10 @@ fn registration_creates_pool_and_records_owner_and_registrator() {
     assert_eq!(entry.expires_at(), None);
     assert_eq!(hs.pool_count(), 1);
     assert_eq!(hs.pool_element_count(), 1);
-    assert_eq!(hs.pool(&h).map(|p| p.policy_kind()), Some(PolicyKind::RoundRobin));
+    assert_eq!(
+        hs.pool(&h).map(|p| p.policy_kind()),
+        Some(PolicyKind::RoundRobin)
+    );
     assert_eq!(hs.association_elements(7).count(), 1);
     assert_eq!(hs.owned_by(0xabcd).count(), 1);
     hs.check_invariants().unwrap();
@@ -130,7 +144,11 @@ fn registration_creates_pool_and_records_owner_and_registrator() {
 #[test]
 fn pe_id_zero_is_invalid() {
     let mut hs = Handlespace::new(HandlespaceConfig::default());
-    let err = hs.register(&handle("p"), pe(0, Policy::RoundRobin), ctx(1, 1, Instant::now()));
+    let err = hs.register(
+        &handle("p"),
+        pe(0, Policy::RoundRobin),
+        ctx(1, 1, Instant::now()),
+    );
     assert_eq!(err, Err(RegistrationError::InvalidPeId));
     assert_eq!(RegistrationError::InvalidPeId.cause_code(), CauseCode(0x3));
     assert!(hs.is_empty());
@@ -139,18 +157,39 @@ fn pe_id_zero_is_invalid() {
 
 #[test]
 fn other_policy_type_is_rejected_with_the_pools_policy() {
-    let (mut hs, h) = pool_with(&[(1, Policy::LeastUsed { load: 5 })], HandlespaceConfig::default());
+    let (mut hs, h) = pool_with(
+        &[(1, Policy::LeastUsed { load: 5 })],
+        HandlespaceConfig::default(),
+    );
     let err = hs
         .register(&h, pe(2, Policy::RoundRobin), ctx(1, 2, Instant::now()))
         .expect_err("policy differs");
-    assert_eq!(err, RegistrationError::InconsistentPolicy { pool_policy: Policy::LeastUsed { load: 5 } });
+    assert_eq!(
+        err,
+        RegistrationError::InconsistentPolicy {
+            pool_policy: Policy::LeastUsed { load: 5 }
+        }
+    );
     assert_eq!(err.cause_code(), CauseCode(0x5));
     // Same policy type with other values is fine.
-    assert!(hs.register(&h, pe(2, Policy::LeastUsed { load: 9 }), ctx(1, 2, Instant::now())).is_ok());
+    assert!(
+        hs.register(
+            &h,
+            pe(2, Policy::LeastUsed { load: 9 }),
+            ctx(1, 2, Instant::now())
+        )
+        .is_ok()
+    );
     // A re-registration must pass the same test (RFC 5352 §3.1 rule 3).
     let err = hs.register(&h, pe(1, Policy::Random), ctx(1, 1, Instant::now()));
-    assert!(matches!(err, Err(RegistrationError::InconsistentPolicy { .. })));
-    assert_eq!(hs.get(&h, PeId(1)).map(|e| e.element().policy), Some(Policy::LeastUsed { load: 5 }));
+    assert!(matches!(
+        err,
+        Err(RegistrationError::InconsistentPolicy { .. })
+    ));
+    assert_eq!(
+        hs.get(&h, PeId(1)).map(|e| e.element().policy),
+        Some(Policy::LeastUsed { load: 5 })
+    );
     hs.check_invariants().unwrap();
 }
 
@@ -159,14 +198,22 @@ fn other_transport_type_and_transport_use_are_rejected() {
     let mut hs = Handlespace::new(HandlespaceConfig::default());
     let now = Instant::now();
     let h = handle("p");
-    hs.register(&h, pe(1, Policy::RoundRobin), ctx(1, 1, now)).unwrap();
+    hs.register(&h, pe(1, Policy::RoundRobin), ctx(1, 1, now))
+        .unwrap();
     let mut udp = pe(2, Policy::RoundRobin);
-    udp.user_transport = TransportAddress::Udp { port: 9, address: IpAddr::V4(Ipv4Addr::LOCALHOST) };
-    let err = hs.register(&h, udp, ctx(1, 2, now)).expect_err("UDP into a TCP pool");
+    udp.user_transport = TransportAddress::Udp {
+        port: 9,
+        address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    let err = hs
+        .register(&h, udp, ctx(1, 2, now))
+        .expect_err("UDP into a TCP pool");
     assert_eq!(err.cause_code(), CauseCode(0x7));
     assert_eq!(
         err,
-        RegistrationError::InconsistentTransport { pool_transport: pe(1, Policy::RoundRobin).user_transport }
+        RegistrationError::InconsistentTransport {
+            pool_transport: pe(1, Policy::RoundRobin).user_transport
+        }
     );
 
     let sctp = |id: u32, transport_use| {
@@ -179,11 +226,22 @@ fn other_transport_type_and_transport_use_are_rejected() {
         e
     };
     let s = handle("sctp");
-    hs.register(&s, sctp(1, TransportUse::DataOnly), ctx(1, 1, now)).unwrap();
-    let err = hs.register(&s, sctp(2, TransportUse::DataPlusControl), ctx(1, 2, now)).expect_err("mixed use");
-    assert_eq!(err, RegistrationError::InconsistentDataControl { pool_transport_use: TransportUse::DataOnly });
+    hs.register(&s, sctp(1, TransportUse::DataOnly), ctx(1, 1, now))
+        .unwrap();
+    let err = hs
+        .register(&s, sctp(2, TransportUse::DataPlusControl), ctx(1, 2, now))
+        .expect_err("mixed use");
+    assert_eq!(
+        err,
+        RegistrationError::InconsistentDataControl {
+            pool_transport_use: TransportUse::DataOnly
+        }
+    );
     assert_eq!(err.cause_code(), CauseCode(0x8));
-    assert!(hs.register(&s, sctp(2, TransportUse::DataOnly), ctx(1, 2, now)).is_ok());
+    assert!(
+        hs.register(&s, sctp(2, TransportUse::DataOnly), ctx(1, 2, now))
+            .is_ok()
+    );
     hs.check_invariants().unwrap();
 }
 
@@ -198,15 +256,25 @@ fn capacity_limits_give_lack_of_resources() {
     let mut hs = Handlespace::new(config);
     let now = Instant::now();
     let (a, b, c) = (handle("a"), handle("b"), handle("c"));
-    hs.register(&a, pe(1, Policy::RoundRobin), ctx(1, 1, now)).unwrap();
-    hs.register(&a, pe(2, Policy::RoundRobin), ctx(1, 1, now)).unwrap();
-    let err = hs.register(&a, pe(3, Policy::RoundRobin), ctx(1, 1, now)).unwrap_err();
-    assert_eq!(err, RegistrationError::LackOfResources(ResourceLimit::PoolElementsPerPool));
+    hs.register(&a, pe(1, Policy::RoundRobin), ctx(1, 1, now))
+        .unwrap();
+    hs.register(&a, pe(2, Policy::RoundRobin), ctx(1, 1, now))
+        .unwrap();
+    let err = hs
+        .register(&a, pe(3, Policy::RoundRobin), ctx(1, 1, now))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        RegistrationError::LackOfResources(ResourceLimit::PoolElementsPerPool)
+    );
     assert_eq!(err.cause_code(), CauseCode(0x6));
-    hs.register(&b, pe(3, Policy::RoundRobin), ctx(1, 1, now)).unwrap();
+    hs.register(&b, pe(3, Policy::RoundRobin), ctx(1, 1, now))
+        .unwrap();
     assert_eq!(
         hs.register(&b, pe(4, Policy::RoundRobin), ctx(1, 1, now)),
-        Err(RegistrationError::LackOfResources(ResourceLimit::PoolElements))
+        Err(RegistrationError::LackOfResources(
+            ResourceLimit::PoolElements
+        ))
     );
     assert_eq!(
         hs.register(&c, pe(5, Policy::RoundRobin), ctx(1, 1, now)),
@@ -226,14 +294,18 @@ fn reregistration_updates_values_and_moves_association_and_owner() {
     let mut hs = Handlespace::new(HandlespaceConfig::default());
     let h = handle("p");
     let t0 = Instant::now();
-    hs.register(&h, pe(1, Policy::LeastUsed { load: 10 }), ctx(5, 100, t0)).unwrap();
+    hs.register(&h, pe(1, Policy::LeastUsed { load: 10 }), ctx(5, 100, t0))
+        .unwrap();
     let mut update = pe(1, Policy::LeastUsed { load: 20 });
     update.registration_life_ms = 30_000;
     let t1 = t0 + Duration::from_secs(1);
     let outcome = hs.register(&h, update, ctx(6, 200, t1)).unwrap();
     assert_eq!(
         outcome,
-        RegistrationOutcome::Updated { previous_owner: 5, previous_association: Some(100) }
+        RegistrationOutcome::Updated {
+            previous_owner: 5,
+            previous_association: Some(100)
+        }
     );
     let entry = hs.get(&h, PeId(1)).unwrap();
     assert_eq!(entry.element().policy, Policy::LeastUsed { load: 20 });
@@ -259,18 +331,27 @@ fn foreign_reregistration_can_be_rejected() {
     let mut hs = Handlespace::new(config);
     let h = handle("p");
     let now = Instant::now();
-    hs.register(&h, pe(1, Policy::RoundRobin), ctx(1, 100, now)).unwrap();
-    let err = hs.register(&h, pe(1, Policy::RoundRobin), ctx(1, 200, now)).unwrap_err();
+    hs.register(&h, pe(1, Policy::RoundRobin), ctx(1, 100, now))
+        .unwrap();
+    let err = hs
+        .register(&h, pe(1, Policy::RoundRobin), ctx(1, 200, now))
+        .unwrap_err();
     assert_eq!(err, RegistrationError::NonUniquePeId);
     assert_eq!(err.cause_code(), CauseCode(0x4));
     // The same association may re-register.
-    assert!(hs.register(&h, pe(1, Policy::RoundRobin), ctx(1, 100, now)).is_ok());
+    assert!(
+        hs.register(&h, pe(1, Policy::RoundRobin), ctx(1, 100, now))
+            .is_ok()
+    );
     assert_eq!(hs.get(&h, PeId(1)).unwrap().association(), Some(100));
 }
 
 #[test]
 fn deregistration_removes_pe_and_empty_pool() {
-    let (mut hs, h) = pool_with(&[(1, Policy::RoundRobin), (2, Policy::RoundRobin)], HandlespaceConfig::default());
+    let (mut hs, h) = pool_with(
+        &[(1, Policy::RoundRobin), (2, Policy::RoundRobin)],
+        HandlespaceConfig::default(),
+    );
     assert_eq!(hs.deregister(&h, PeId(1)).map(|e| e.id), Some(PeId(1)));
     assert_eq!(hs.deregister(&h, PeId(1)), None);
     assert_eq!(hs.pool_count(), 1);
@@ -288,12 +369,21 @@ fn closing_an_association_removes_all_its_pes_in_all_pools() {
     let mut hs = Handlespace::new(HandlespaceConfig::default());
     let now = Instant::now();
     let (a, b) = (handle("a"), handle("b"));
-    hs.register(&a, pe(1, Policy::RoundRobin), ctx(1, 10, now)).unwrap();
-    hs.register(&b, pe(2, Policy::Random), ctx(1, 10, now)).unwrap();
-    hs.register(&b, pe(3, Policy::Random), ctx(1, 11, now)).unwrap();
+    hs.register(&a, pe(1, Policy::RoundRobin), ctx(1, 10, now))
+        .unwrap();
+    hs.register(&b, pe(2, Policy::Random), ctx(1, 10, now))
+        .unwrap();
+    hs.register(&b, pe(3, Policy::Random), ctx(1, 11, now))
+        .unwrap();
     let mut removed = hs.remove_association(10);
     removed.sort_by_key(|(_, e)| e.id);
-    assert_eq!(removed.iter().map(|(h, e)| (h.clone(), e.id.0)).collect::<Vec<_>>(), vec![(a.clone(), 1), (b.clone(), 2)]);
+    assert_eq!(
+        removed
+            .iter()
+            .map(|(h, e)| (h.clone(), e.id.0))
+            .collect::<Vec<_>>(),
+        vec![(a.clone(), 1), (b.clone(), 2)]
+    );
     assert!(hs.pool(&a).is_none());
     assert_eq!(hs.pool(&b).map(|p| p.len()), Some(1));
     assert_eq!(hs.association_elements(10).count(), 0);
@@ -302,34 +392,58 @@ fn closing_an_association_removes_all_its_pes_in_all_pools() {
 
 #[test]
 fn unreachable_reports_count_distinct_reporters() {
-    let (mut hs, h) = pool_with(&[(1, Policy::RoundRobin), (2, Policy::RoundRobin)], HandlespaceConfig::default());
+    let (mut hs, h) = pool_with(
+        &[(1, Policy::RoundRobin), (2, Policy::RoundRobin)],
+        HandlespaceConfig::default(),
+    );
     // One PU reporting over and over cannot impeach the PE.
     for _ in 0..10 {
-        assert_eq!(hs.report_unreachable(&h, PeId(1), 77, 3), UnreachableOutcome::Counted(1));
+        assert_eq!(
+            hs.report_unreachable(&h, PeId(1), 77, 3),
+            UnreachableOutcome::Counted(1)
+        );
     }
-    assert_eq!(hs.report_unreachable(&h, PeId(1), 78, 3), UnreachableOutcome::Counted(2));
+    assert_eq!(
+        hs.report_unreachable(&h, PeId(1), 78, 3),
+        UnreachableOutcome::Counted(2)
+    );
     assert_eq!(hs.get(&h, PeId(1)).unwrap().unreachable_reports(), 2);
     match hs.report_unreachable(&h, PeId(1), 79, 3) {
         UnreachableOutcome::Removed(e) => assert_eq!(e.id, PeId(1)),
         other => panic!("expected removal, got {other:?}"),
     }
-    assert_eq!(hs.report_unreachable(&h, PeId(1), 80, 3), UnreachableOutcome::UnknownPe);
+    assert_eq!(
+        hs.report_unreachable(&h, PeId(1), 80, 3),
+        UnreachableOutcome::UnknownPe
+    );
     // Threshold 1 (and 0, treated as 1): one report suffices.
-    assert!(matches!(hs.report_unreachable(&h, PeId(2), 1, 0), UnreachableOutcome::Removed(_)));
+    assert!(matches!(
+        hs.report_unreachable(&h, PeId(2), 1, 0),
+        UnreachableOutcome::Removed(_)
+    ));
     assert!(hs.is_empty());
     hs.check_invariants().unwrap();
 }
 
 #[test]
 fn unreachable_reporters_are_bounded_and_can_be_cleared() {
-    let config = HandlespaceConfig { max_unreachable_reporters: 4, ..HandlespaceConfig::default() };
+    let config = HandlespaceConfig {
+        max_unreachable_reporters: 4,
+        ..HandlespaceConfig::default()
+    };
     let (mut hs, h) = pool_with(&[(1, Policy::RoundRobin)], config);
     for reporter in 0..100 {
-        assert!(matches!(hs.report_unreachable(&h, PeId(1), reporter, 1000), UnreachableOutcome::Counted(_)));
+        assert!(matches!(
+            hs.report_unreachable(&h, PeId(1), reporter, 1000),
+            UnreachableOutcome::Counted(_)
+        ));
     }
     assert_eq!(hs.get(&h, PeId(1)).unwrap().unreachable_reports(), 4);
     assert!(hs.clear_unreachable_reports(&h, PeId(1)));
-    assert_eq!(hs.report_unreachable(&h, PeId(1), 5, 1000), UnreachableOutcome::Counted(1));
+    assert_eq!(
+        hs.report_unreachable(&h, PeId(1), 5, 1000),
+        UnreachableOutcome::Counted(1)
+    );
     assert!(!hs.clear_unreachable_reports(&h, PeId(9)));
     hs.check_invariants().unwrap();
 }
@@ -348,11 +462,18 @@ fn registration_life_expires() {
     hs.register(&h, long.clone(), ctx(1, 1, t0)).unwrap();
     hs.register(&h, forever, ctx(1, 1, t0)).unwrap();
     assert_eq!(hs.next_expiry(), Some(t0 + Duration::from_secs(1)));
-    assert!(hs.remove_expired(t0 + Duration::from_millis(999)).is_empty());
+    assert!(
+        hs.remove_expired(t0 + Duration::from_millis(999))
+            .is_empty()
+    );
     let removed = hs.remove_expired(t0 + Duration::from_secs(1));
-    assert_eq!(removed.iter().map(|(_, e)| e.id.0).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(
+        removed.iter().map(|(_, e)| e.id.0).collect::<Vec<_>>(),
+        vec![1]
+    );
     // Re-registration pushes the expiry out.
-    hs.register(&h, long, ctx(1, 1, t0 + Duration::from_secs(4))).unwrap();
+    hs.register(&h, long, ctx(1, 1, t0 + Duration::from_secs(4)))
+        .unwrap();
     assert_eq!(hs.next_expiry(), Some(t0 + Duration::from_secs(9)));
     assert!(hs.remove_expired(t0 + Duration::from_secs(6)).is_empty());
     assert_eq!(hs.remove_expired(t0 + Duration::from_secs(100)).len(), 1);
@@ -368,12 +489,22 @@ fn checksum_matches_a_hand_computed_value() {
     let mut hs = Handlespace::new(HandlespaceConfig::default());
     assert_eq!(hs.checksum(), 0xffff);
     assert_eq!(hs.owner_checksum(1), 0xffff);
-    hs.register(&handle("abc"), pe(0x0102_0304, Policy::RoundRobin), ctx(1, 1, Instant::now())).unwrap();
+    hs.register(
+        &handle("abc"),
+        pe(0x0102_0304, Policy::RoundRobin),
+        ctx(1, 1, Instant::now()),
+    )
+    .unwrap();
     assert_eq!(hs.checksum(), 0x3797);
     assert_eq!(hs.owner_checksum(1), 0x3797);
     assert_eq!(hs.owner_checksum(2), 0xffff);
     // Carries fold: two PEs whose sum overflows 16 bits.
-    hs.register(&handle("abc"), pe(0xffff_ffff, Policy::RoundRobin), ctx(2, 1, Instant::now())).unwrap();
+    hs.register(
+        &handle("abc"),
+        pe(0xffff_ffff, Policy::RoundRobin),
+        ctx(2, 1, Instant::now()),
+    )
+    .unwrap();
     // 0xC868 + 0x6162 + 0x6300 + 0xffff + 0xffff = 0x3_8CC8 -> 0x8CCB -> !0x8CCB = 0x7334
     assert_eq!(hs.checksum(), 0x7334);
     assert_eq!(hs.owner_checksum(1), 0x3797);
@@ -385,13 +516,19 @@ fn ownership_transfer_moves_checksums_and_owner_ids() {
     let mut hs = Handlespace::new(HandlespaceConfig::default());
     let now = Instant::now();
     let h = handle("p");
-    hs.register(&h, pe(1, Policy::RoundRobin), ctx(10, 1, now)).unwrap();
-    hs.register(&h, pe(2, Policy::RoundRobin), ctx(10, 1, now)).unwrap();
-    hs.register(&h, pe(3, Policy::RoundRobin), ctx(20, 1, now)).unwrap();
+    hs.register(&h, pe(1, Policy::RoundRobin), ctx(10, 1, now))
+        .unwrap();
+    hs.register(&h, pe(2, Policy::RoundRobin), ctx(10, 1, now))
+        .unwrap();
+    hs.register(&h, pe(3, Policy::RoundRobin), ctx(20, 1, now))
+        .unwrap();
     let before_all = hs.checksum();
     let before_10 = hs.owner_checksum(10);
     let moved = hs.transfer_ownership(10, 20);
-    assert_eq!(moved.iter().map(|(_, id)| id.0).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        moved.iter().map(|(_, id)| id.0).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
     assert_eq!(hs.owner_checksum(10), 0xffff);
     assert_ne!(hs.owner_checksum(20), before_10);
     assert_eq!(hs.checksum(), before_all);
@@ -405,8 +542,14 @@ fn ownership_transfer_moves_checksums_and_owner_ids() {
 
 #[test]
 fn snapshots_compare_contents() {
-    let (mut a, h) = pool_with(&[(1, Policy::RoundRobin), (2, Policy::RoundRobin)], HandlespaceConfig::default());
-    let (b, _) = pool_with(&[(2, Policy::RoundRobin), (1, Policy::RoundRobin)], HandlespaceConfig::default());
+    let (mut a, h) = pool_with(
+        &[(1, Policy::RoundRobin), (2, Policy::RoundRobin)],
+        HandlespaceConfig::default(),
+    );
+    let (b, _) = pool_with(
+        &[(2, Policy::RoundRobin), (1, Policy::RoundRobin)],
+        HandlespaceConfig::default(),
+    );
     assert_eq!(a.snapshot(), b.snapshot());
     a.resolve(&h, 2, &mut rng()).unwrap();
     assert_eq!(a.snapshot(), b.snapshot(), "selection state is not content");
@@ -432,25 +575,43 @@ fn sample_policy(kind: PolicyKind, i: u32) -> Policy {
         PolicyKind::WeightedRandom => Policy::WeightedRandom { weight: small },
         PolicyKind::Priority => Policy::Priority { priority: small },
         PolicyKind::LeastUsed => Policy::LeastUsed { load },
-        PolicyKind::LeastUsedDegradation => Policy::LeastUsedDegradation { load, degradation: pct(5) },
-        PolicyKind::PriorityLeastUsed => Policy::PriorityLeastUsed { load, degradation: pct(5) },
+        PolicyKind::LeastUsedDegradation => Policy::LeastUsedDegradation {
+            load,
+            degradation: pct(5),
+        },
+        PolicyKind::PriorityLeastUsed => Policy::PriorityLeastUsed {
+            load,
+            degradation: pct(5),
+        },
         PolicyKind::RandomizedLeastUsed => Policy::RandomizedLeastUsed { load },
-        PolicyKind::RandomizedPriorityLeastUsed => {
-            Policy::RandomizedPriorityLeastUsed { load, degradation: pct(5) }
-        }
-        PolicyKind::RandomizedLeastUsedDegradation => {
-            Policy::RandomizedLeastUsedDegradation { load, degradation: pct(5) }
-        }
-        PolicyKind::PriorityLeastUsedDegradation => {
-            Policy::PriorityLeastUsedDegradation { load, degradation: pct(5) }
-        }
+        PolicyKind::RandomizedPriorityLeastUsed => Policy::RandomizedPriorityLeastUsed {
+            load,
+            degradation: pct(5),
+        },
+        PolicyKind::RandomizedLeastUsedDegradation => Policy::RandomizedLeastUsedDegradation {
+            load,
+            degradation: pct(5),
+        },
+        PolicyKind::PriorityLeastUsedDegradation => Policy::PriorityLeastUsedDegradation {
+            load,
+            degradation: pct(5),
+        },
         PolicyKind::RandomizedPriorityLeastUsedDegradation => {
-            Policy::RandomizedPriorityLeastUsedDegradation { load, degradation: pct(5) }
+            Policy::RandomizedPriorityLeastUsedDegradation {
+                load,
+                degradation: pct(5),
+            }
         }
-        PolicyKind::WeightedRandomDpf => {
-            Policy::WeightedRandomDpf { weight: small * 100, weight_dpf: pct(1), distance: i % 10 }
-        }
-        PolicyKind::LeastUsedDpf => Policy::LeastUsedDpf { load, load_dpf: pct(1), distance: i % 10 },
+        PolicyKind::WeightedRandomDpf => Policy::WeightedRandomDpf {
+            weight: small * 100,
+            weight_dpf: pct(1),
+            distance: i % 10,
+        },
+        PolicyKind::LeastUsedDpf => Policy::LeastUsedDpf {
+            load,
+            load_dpf: pct(1),
+            distance: i % 10,
+        },
         PolicyKind::LeastUsedDegradationDpf => Policy::LeastUsedDegradationDpf {
             load,
             degradation: pct(5),
@@ -465,8 +626,13 @@ fn every_policy_with_zero_and_one_pe() {
     for kind in ALL_POLICY_KINDS {
         let mut hs = Handlespace::new(HandlespaceConfig::default());
         let h = handle("p");
-        assert_eq!(hs.resolve(&h, 3, &mut rng()), Err(UnknownPool), "{kind:?} empty");
-        hs.register(&h, pe(9, sample_policy(kind, 1)), ctx(1, 1, Instant::now())).unwrap();
+        assert_eq!(
+            hs.resolve(&h, 3, &mut rng()),
+            Err(UnknownPool),
+            "{kind:?} empty"
+        );
+        hs.register(&h, pe(9, sample_policy(kind, 1)), ctx(1, 1, Instant::now()))
+            .unwrap();
         for items in [1, 3, 128] {
             let r = hs.resolve(&h, items, &mut rng()).unwrap();
             assert_eq!(ids(&r), vec![9], "{kind:?} items {items}");
@@ -474,7 +640,11 @@ fn every_policy_with_zero_and_one_pe() {
         }
         assert!(hs.resolve(&h, 0, &mut rng()).unwrap().elements.is_empty());
         hs.deregister(&h, PeId(9));
-        assert_eq!(hs.resolve(&h, 1, &mut rng()), Err(UnknownPool), "{kind:?} emptied");
+        assert_eq!(
+            hs.resolve(&h, 1, &mut rng()),
+            Err(UnknownPool),
+            "{kind:?} emptied"
+        );
         hs.check_invariants().unwrap();
     }
 }
@@ -492,9 +662,19 @@ fn every_policy_answers_distinct_pes_and_the_whole_pool_when_asked_for_more() {
             assert_distinct(&answer);
         }
         let all = ids(&hs.resolve(&h, 50, &mut rng).unwrap());
-        assert_eq!(all.iter().copied().collect::<BTreeSet<_>>(), (1..=12).collect(), "{kind:?}");
-        hs.check_invariants().unwrap_or_else(|e| panic!("{kind:?}: {e}"));
-        let handed_out: u64 = hs.pool(&h).unwrap().elements().map(|e| e.selection_count()).sum();
+        assert_eq!(
+            all.iter().copied().collect::<BTreeSet<_>>(),
+            (1..=12).collect(),
+            "{kind:?}"
+        );
+        hs.check_invariants()
+            .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        let handed_out: u64 = hs
+            .pool(&h)
+            .unwrap()
+            .elements()
+            .map(|e| e.selection_count())
+            .sum();
         let expected: u64 = (0..200).map(|r| (r % 7 + 1) as u64).sum::<u64>() + 12;
         assert_eq!(handed_out, expected, "{kind:?} selection counters");
     }
@@ -509,23 +689,35 @@ fn round_robin_cycles_in_order_and_head_advances_by_one() {
     let members: Vec<_> = (1..=5).map(|i| (i, Policy::RoundRobin)).collect();
     let (mut hs, h) = pool_with(&members, HandlespaceConfig::default());
     let mut rng = rng();
-    let firsts: Vec<u32> = (0..10).map(|_| ids(&hs.resolve(&h, 1, &mut rng).unwrap())[0]).collect();
+    let firsts: Vec<u32> = (0..10)
+        .map(|_| ids(&hs.resolve(&h, 1, &mut rng).unwrap())[0])
+        .collect();
     assert_eq!(firsts, vec![1, 2, 3, 4, 5, 1, 2, 3, 4, 5]);
     // Three items: the list starts at the head, then the head moves by one (MaxIncrement 1).
-    let answers: Vec<Vec<u32>> = (0..3).map(|_| ids(&hs.resolve(&h, 3, &mut rng).unwrap())).collect();
+    let answers: Vec<Vec<u32>> = (0..3)
+        .map(|_| ids(&hs.resolve(&h, 3, &mut rng).unwrap()))
+        .collect();
     assert_eq!(answers, vec![vec![1, 2, 3], vec![2, 3, 4], vec![3, 4, 5]]);
 }
 
 #[test]
 fn round_robin_head_advances_by_max_increment() {
     let members: Vec<_> = (1..=5).map(|i| (i, Policy::RoundRobin)).collect();
-    let config = HandlespaceConfig { max_increment: Some(3), ..HandlespaceConfig::default() };
+    let config = HandlespaceConfig {
+        max_increment: Some(3),
+        ..HandlespaceConfig::default()
+    };
     let (mut hs, h) = pool_with(&members, config);
     let mut rng = rng();
-    let answers: Vec<Vec<u32>> = (0..3).map(|_| ids(&hs.resolve(&h, 3, &mut rng).unwrap())).collect();
+    let answers: Vec<Vec<u32>> = (0..3)
+        .map(|_| ids(&hs.resolve(&h, 3, &mut rng).unwrap()))
+        .collect();
     assert_eq!(answers, vec![vec![1, 2, 3], vec![4, 5, 1], vec![2, 3, 4]]);
     // MaxIncrement 0: the head never moves.
-    let config = HandlespaceConfig { max_increment: Some(0), ..HandlespaceConfig::default() };
+    let config = HandlespaceConfig {
+        max_increment: Some(0),
+        ..HandlespaceConfig::default()
+    };
     let (mut hs, h) = pool_with(&members, config);
     for _ in 0..3 {
         assert_eq!(ids(&hs.resolve(&h, 2, &mut rng).unwrap()), vec![1, 2]);
@@ -538,26 +730,40 @@ fn round_robin_newcomer_joins_at_the_end_of_the_cycle() {
     let (mut hs, h) = pool_with(&members, HandlespaceConfig::default());
     let mut rng = rng();
     assert_eq!(ids(&hs.resolve(&h, 1, &mut rng).unwrap()), vec![1]);
-    hs.register(&h, pe(4, Policy::RoundRobin), ctx(1, 4, Instant::now())).unwrap();
-    let firsts: Vec<u32> = (0..4).map(|_| ids(&hs.resolve(&h, 1, &mut rng).unwrap())[0]).collect();
+    hs.register(&h, pe(4, Policy::RoundRobin), ctx(1, 4, Instant::now()))
+        .unwrap();
+    let firsts: Vec<u32> = (0..4)
+        .map(|_| ids(&hs.resolve(&h, 1, &mut rng).unwrap())[0])
+        .collect();
     assert_eq!(firsts, vec![2, 3, 1, 4]);
 }
 
 #[test]
 fn weighted_round_robin_gives_exact_shares_per_round_and_spreads_them() {
     let weights = [(1u32, 3u32), (2, 2), (3, 1)];
-    let members: Vec<_> = weights.iter().map(|&(id, weight)| (id, Policy::WeightedRoundRobin { weight })).collect();
+    let members: Vec<_> = weights
+        .iter()
+        .map(|&(id, weight)| (id, Policy::WeightedRoundRobin { weight }))
+        .collect();
     let (mut hs, h) = pool_with(&members, HandlespaceConfig::default());
     let mut rng = rng();
     let round_len: u32 = weights.iter().map(|w| w.1).sum();
     for round in 0..20 {
-        let seq: Vec<u32> =
-            (0..round_len).map(|_| ids(&hs.resolve(&h, 1, &mut rng).unwrap())[0]).collect();
+        let seq: Vec<u32> = (0..round_len)
+            .map(|_| ids(&hs.resolve(&h, 1, &mut rng).unwrap())[0])
+            .collect();
         for &(id, weight) in &weights {
-            assert_eq!(seq.iter().filter(|&&x| x == id).count() as u32, weight, "round {round}: {seq:?}");
+            assert_eq!(
+                seq.iter().filter(|&&x| x == id).count() as u32,
+                weight,
+                "round {round}: {seq:?}"
+            );
         }
         // Spread (RFC 5356 §4.2.2): no PE twice in a row inside a round with these weights.
-        assert!(seq.windows(2).all(|w| w[0] != w[1]), "round {round} clustered: {seq:?}");
+        assert!(
+            seq.windows(2).all(|w| w[0] != w[1]),
+            "round {round} clustered: {seq:?}"
+        );
     }
     hs.check_invariants().unwrap();
 }
@@ -581,7 +787,12 @@ fn weighted_round_robin_with_items_and_zero_weight() {
     }
     assert_eq!(counts, [0, 40, 10, 0]);
     // Raising the weight by re-registration makes it selectable.
-    hs.register(&h, pe(3, Policy::WeightedRoundRobin { weight: 5 }), ctx(1, 3, Instant::now())).unwrap();
+    hs.register(
+        &h,
+        pe(3, Policy::WeightedRoundRobin { weight: 5 }),
+        ctx(1, 3, Instant::now()),
+    )
+    .unwrap();
     hs.check_invariants().unwrap();
     let mut counts = [0u32; 4];
     for _ in 0..100 {
@@ -592,23 +803,39 @@ fn weighted_round_robin_with_items_and_zero_weight() {
 
 #[test]
 fn weighted_round_robin_newcomer_joins_at_the_current_virtual_time() {
-    let members = [(1, Policy::WeightedRoundRobin { weight: 1 }), (2, Policy::WeightedRoundRobin { weight: 1 })];
+    let members = [
+        (1, Policy::WeightedRoundRobin { weight: 1 }),
+        (2, Policy::WeightedRoundRobin { weight: 1 }),
+    ];
     let (mut hs, h) = pool_with(&members, HandlespaceConfig::default());
     let mut rng = rng();
     // Half a round done, then a heavy PE joins.
     assert_eq!(ids(&hs.resolve(&h, 1, &mut rng).unwrap()), vec![1]);
-    hs.register(&h, pe(3, Policy::WeightedRoundRobin { weight: 4 }), ctx(1, 3, Instant::now())).unwrap();
+    hs.register(
+        &h,
+        pe(3, Policy::WeightedRoundRobin { weight: 4 }),
+        ctx(1, 3, Instant::now()),
+    )
+    .unwrap();
     hs.check_invariants().unwrap();
     // The rest of the round: PE 2 is not overtaken, and the newcomer gets the half of its four
     // picks that lie in the remaining half round, not all four.
-    let rest: Vec<u32> = (0..3).map(|_| ids(&hs.resolve(&h, 1, &mut rng).unwrap())[0]).collect();
+    let rest: Vec<u32> = (0..3)
+        .map(|_| ids(&hs.resolve(&h, 1, &mut rng).unwrap())[0])
+        .collect();
     assert_eq!(rest, vec![2, 3, 3]);
     // Then full rounds with shares 1:1:4, spread by Sainte-Laguë midpoints.
     for _ in 0..3 {
-        let seq: Vec<u32> = (0..6).map(|_| ids(&hs.resolve(&h, 1, &mut rng).unwrap())[0]).collect();
+        let seq: Vec<u32> = (0..6)
+            .map(|_| ids(&hs.resolve(&h, 1, &mut rng).unwrap())[0])
+            .collect();
         let count = |id| seq.iter().filter(|&&x| x == id).count();
         assert_eq!((count(1), count(2), count(3)), (1, 1, 4), "{seq:?}");
-        assert_eq!(seq.chunk_by(|a, b| a == b).map(|run| run.len()).max(), Some(2), "{seq:?}");
+        assert_eq!(
+            seq.chunk_by(|a, b| a == b).map(|run| run.len()).max(),
+            Some(2),
+            "{seq:?}"
+        );
     }
 }
 
@@ -664,29 +891,50 @@ fn least_used_never_prefers_a_more_loaded_pe_and_rotates_equal_loads() {
     for _ in 0..6 {
         let answer = ids(&hs.resolve(&h, 5, &mut rng).unwrap());
         let loads: Vec<u32> = answer.iter().map(|&id| load(id)).collect();
-        assert!(loads.windows(2).all(|w| w[0] <= w[1]), "not ascending: {answer:?}");
+        assert!(
+            loads.windows(2).all(|w| w[0] <= w[1]),
+            "not ascending: {answer:?}"
+        );
         firsts.push(answer[0]);
     }
     assert_eq!(firsts, vec![1, 3, 5, 1, 3, 5]);
     // A load update by re-registration re-sorts.
-    hs.register(&h, pe(2, Policy::LeastUsed { load: 0 }), ctx(1, 2, Instant::now())).unwrap();
+    hs.register(
+        &h,
+        pe(2, Policy::LeastUsed { load: 0 }),
+        ctx(1, 2, Instant::now()),
+    )
+    .unwrap();
     assert_eq!(ids(&hs.resolve(&h, 1, &mut rng).unwrap()), vec![2]);
-    assert_eq!(ids(&hs.resolve(&h, 1, &mut rng).unwrap()), vec![2], "the only least-loaded PE stays first");
+    assert_eq!(
+        ids(&hs.resolve(&h, 1, &mut rng).unwrap()),
+        vec![2],
+        "the only least-loaded PE stays first"
+    );
 }
 
 #[test]
 fn least_used_degradation_raises_the_key_per_hand_out_and_resets_on_reregistration() {
-    let a = Policy::LeastUsedDegradation { load: 0, degradation: pct(10) };
-    let b = Policy::LeastUsedDegradation { load: pct(25), degradation: 0 };
+    let a = Policy::LeastUsedDegradation {
+        load: 0,
+        degradation: pct(10),
+    };
+    let b = Policy::LeastUsedDegradation {
+        load: pct(25),
+        degradation: 0,
+    };
     let (mut hs, h) = pool_with(&[(1, a), (2, b)], HandlespaceConfig::default());
     let mut rng = rng();
-    let firsts: Vec<u32> = (0..5).map(|_| ids(&hs.resolve(&h, 1, &mut rng).unwrap())[0]).collect();
+    let firsts: Vec<u32> = (0..5)
+        .map(|_| ids(&hs.resolve(&h, 1, &mut rng).unwrap())[0])
+        .collect();
     // A: keys 0 %, 10 %, 20 % (< 25 %), then 30 % > 25 %: B, whose key never grows.
     assert_eq!(firsts, vec![1, 1, 1, 2, 2]);
     assert_eq!(hs.get(&h, PeId(1)).unwrap().degradation(), 3 * pct(10));
     assert_eq!(hs.get(&h, PeId(2)).unwrap().degradation(), 0);
     // Re-registration resets the counter (RFC 5356 §5.2.2).
-    hs.register(&h, pe(1, a), ctx(1, 1, Instant::now())).unwrap();
+    hs.register(&h, pe(1, a), ctx(1, 1, Instant::now()))
+        .unwrap();
     assert_eq!(hs.get(&h, PeId(1)).unwrap().degradation(), 0);
     assert_eq!(ids(&hs.resolve(&h, 1, &mut rng).unwrap()), vec![1]);
     hs.check_invariants().unwrap();
@@ -694,15 +942,25 @@ fn least_used_degradation_raises_the_key_per_hand_out_and_resets_on_reregistrati
 
 #[test]
 fn least_used_degradation_degrades_only_max_increment_pes_per_answer() {
-    let p = Policy::LeastUsedDegradation { load: 0, degradation: pct(10) };
+    let p = Policy::LeastUsedDegradation {
+        load: 0,
+        degradation: pct(10),
+    };
     let (mut hs, h) = pool_with(&[(1, p), (2, p), (3, p)], HandlespaceConfig::default());
     hs.resolve(&h, 3, &mut rng()).unwrap();
-    let degr: Vec<u32> = (1..=3).map(|i| hs.get(&h, PeId(i)).unwrap().degradation()).collect();
+    let degr: Vec<u32> = (1..=3)
+        .map(|i| hs.get(&h, PeId(i)).unwrap().degradation())
+        .collect();
     assert_eq!(degr, vec![pct(10), 0, 0]);
-    let config = HandlespaceConfig { max_increment: Some(3), ..HandlespaceConfig::default() };
+    let config = HandlespaceConfig {
+        max_increment: Some(3),
+        ..HandlespaceConfig::default()
+    };
     let (mut hs, h) = pool_with(&[(1, p), (2, p), (3, p)], config);
     hs.resolve(&h, 3, &mut rng()).unwrap();
-    let degr: Vec<u32> = (1..=3).map(|i| hs.get(&h, PeId(i)).unwrap().degradation()).collect();
+    let degr: Vec<u32> = (1..=3)
+        .map(|i| hs.get(&h, PeId(i)).unwrap().degradation())
+        .collect();
     assert_eq!(degr, vec![pct(10); 3]);
 }
 
@@ -710,9 +968,27 @@ fn least_used_degradation_degrades_only_max_increment_pes_per_answer() {
 fn priority_least_used_orders_by_load_plus_degradation_without_growing() {
     // RFC 5356 §5.3.1's example: A 50 %+10 % beats B 50 %+50 %; C 55 %+0 % beats A.
     let members = [
-        (1, Policy::PriorityLeastUsed { load: pct(50), degradation: pct(10) }),
-        (2, Policy::PriorityLeastUsed { load: pct(50), degradation: pct(50) }),
-        (3, Policy::PriorityLeastUsed { load: pct(55), degradation: 0 }),
+        (
+            1,
+            Policy::PriorityLeastUsed {
+                load: pct(50),
+                degradation: pct(10),
+            },
+        ),
+        (
+            2,
+            Policy::PriorityLeastUsed {
+                load: pct(50),
+                degradation: pct(50),
+            },
+        ),
+        (
+            3,
+            Policy::PriorityLeastUsed {
+                load: pct(55),
+                degradation: 0,
+            },
+        ),
     ];
     let (mut hs, h) = pool_with(&members, HandlespaceConfig::default());
     let mut rng = rng();
@@ -726,12 +1002,26 @@ fn priority_least_used_orders_by_load_plus_degradation_without_growing() {
 fn priority_least_used_degradation_adds_the_counter() {
     // rsplib's PLUD: key = load + load degradation + accumulated degradation.
     let members = [
-        (1, Policy::PriorityLeastUsedDegradation { load: pct(10), degradation: pct(10) }),
-        (2, Policy::PriorityLeastUsedDegradation { load: pct(35), degradation: pct(1) }),
+        (
+            1,
+            Policy::PriorityLeastUsedDegradation {
+                load: pct(10),
+                degradation: pct(10),
+            },
+        ),
+        (
+            2,
+            Policy::PriorityLeastUsedDegradation {
+                load: pct(35),
+                degradation: pct(1),
+            },
+        ),
     ];
     let (mut hs, h) = pool_with(&members, HandlespaceConfig::default());
     let mut rng = rng();
-    let firsts: Vec<u32> = (0..4).map(|_| ids(&hs.resolve(&h, 1, &mut rng).unwrap())[0]).collect();
+    let firsts: Vec<u32> = (0..4)
+        .map(|_| ids(&hs.resolve(&h, 1, &mut rng).unwrap())[0])
+        .collect();
     // A: 20 %, 30 %, 40 % ; B: 36 %, 37 %: A A B B(37<40)
     assert_eq!(firsts, vec![1, 1, 2, 2]);
 }
@@ -739,9 +1029,30 @@ fn priority_least_used_degradation_adds_the_counter() {
 #[test]
 fn least_used_dpf_penalises_distance() {
     let members = [
-        (1, Policy::LeastUsedDpf { load: pct(10), load_dpf: pct(1), distance: 50 }), // 10 % + 50 % -> 60 %
-        (2, Policy::LeastUsedDpf { load: pct(40), load_dpf: pct(1), distance: 0 }),  // 40 %
-        (3, Policy::LeastUsedDpf { load: pct(20), load_dpf: pct(1), distance: 10 }), // 30 %
+        (
+            1,
+            Policy::LeastUsedDpf {
+                load: pct(10),
+                load_dpf: pct(1),
+                distance: 50,
+            },
+        ), // 10 % + 50 % -> 60 %
+        (
+            2,
+            Policy::LeastUsedDpf {
+                load: pct(40),
+                load_dpf: pct(1),
+                distance: 0,
+            },
+        ), // 40 %
+        (
+            3,
+            Policy::LeastUsedDpf {
+                load: pct(20),
+                load_dpf: pct(1),
+                distance: 10,
+            },
+        ), // 30 %
     ];
     let (mut hs, h) = pool_with(&members, HandlespaceConfig::default());
     assert_eq!(ids(&hs.resolve(&h, 3, &mut rng()).unwrap()), vec![3, 2, 1]);
@@ -750,13 +1061,31 @@ fn least_used_dpf_penalises_distance() {
 #[test]
 fn least_used_degradation_dpf_adds_degradation_and_distance() {
     let members = [
-        (1, Policy::LeastUsedDegradationDpf { load: 0, degradation: pct(20), load_dpf: pct(1), distance: 5 }),
-        (2, Policy::LeastUsedDegradationDpf { load: pct(12), degradation: 0, load_dpf: pct(1), distance: 0 }),
+        (
+            1,
+            Policy::LeastUsedDegradationDpf {
+                load: 0,
+                degradation: pct(20),
+                load_dpf: pct(1),
+                distance: 5,
+            },
+        ),
+        (
+            2,
+            Policy::LeastUsedDegradationDpf {
+                load: pct(12),
+                degradation: 0,
+                load_dpf: pct(1),
+                distance: 0,
+            },
+        ),
     ];
     let (mut hs, h) = pool_with(&members, HandlespaceConfig::default());
     let mut rng = rng();
     // A: 5 % then 25 %; B stays at 12 %.
-    let firsts: Vec<u32> = (0..3).map(|_| ids(&hs.resolve(&h, 1, &mut rng).unwrap())[0]).collect();
+    let firsts: Vec<u32> = (0..3)
+        .map(|_| ids(&hs.resolve(&h, 1, &mut rng).unwrap())[0])
+        .collect();
     assert_eq!(firsts, vec![1, 2, 2]);
 }
 
@@ -775,14 +1104,20 @@ fn random_is_uniform() {
 #[test]
 fn weighted_random_follows_weights() {
     let weights = [1u32, 2, 3, 4];
-    let members: Vec<_> =
-        weights.iter().enumerate().map(|(i, &weight)| (i as u32 + 1, Policy::WeightedRandom { weight })).collect();
+    let members: Vec<_> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, &weight)| (i as u32 + 1, Policy::WeightedRandom { weight }))
+        .collect();
     let (mut hs, h) = pool_with(&members, HandlespaceConfig::default());
     let counts = first_pick_counts(&mut hs, &h, &[1, 2, 3, 4], 20_000);
     let shares: Vec<f64> = weights.iter().map(|&w| f64::from(w)).collect();
     assert!(chi_square(&counts, &shares) < CHI2_999_DF3, "{counts:?}");
     // The same counts are far from uniform: the test would catch ignored weights.
-    assert!(chi_square(&counts, &[1.0; 4]) > 100.0 * CHI2_999_DF3, "{counts:?}");
+    assert!(
+        chi_square(&counts, &[1.0; 4]) > 100.0 * CHI2_999_DF3,
+        "{counts:?}"
+    );
 }
 
 #[test]
@@ -831,8 +1166,14 @@ fn randomized_least_used_weighs_by_unload() {
     ];
     let (mut hs, h) = pool_with(&members, HandlespaceConfig::default());
     let counts = first_pick_counts(&mut hs, &h, &[1, 2, 3], 20_000);
-    assert!(chi_square(&counts, &[4.0, 2.0, 1.0]) < CHI2_999_DF2, "{counts:?}");
-    assert!(chi_square(&counts, &[1.0; 3]) > 100.0 * CHI2_999_DF2, "{counts:?}");
+    assert!(
+        chi_square(&counts, &[4.0, 2.0, 1.0]) < CHI2_999_DF2,
+        "{counts:?}"
+    );
+    assert!(
+        chi_square(&counts, &[1.0; 3]) > 100.0 * CHI2_999_DF2,
+        "{counts:?}"
+    );
     // RLU keeps no degradation.
     assert!((1..=3).all(|i| hs.get(&h, PeId(i)).unwrap().degradation() == 0));
 }
@@ -841,14 +1182,38 @@ fn randomized_least_used_weighs_by_unload() {
 fn randomized_priority_least_used_subtracts_load_degradation() {
     // Unload minus degradation: 100-0-50 = 50 %, 100-50-0 = 50 %, 100-0-0 = 100 % -> 1:1:2.
     let members = [
-        (1, Policy::RandomizedPriorityLeastUsed { load: 0, degradation: pct(50) }),
-        (2, Policy::RandomizedPriorityLeastUsed { load: pct(50), degradation: 0 }),
-        (3, Policy::RandomizedPriorityLeastUsed { load: 0, degradation: 0 }),
+        (
+            1,
+            Policy::RandomizedPriorityLeastUsed {
+                load: 0,
+                degradation: pct(50),
+            },
+        ),
+        (
+            2,
+            Policy::RandomizedPriorityLeastUsed {
+                load: pct(50),
+                degradation: 0,
+            },
+        ),
+        (
+            3,
+            Policy::RandomizedPriorityLeastUsed {
+                load: 0,
+                degradation: 0,
+            },
+        ),
     ];
     let (mut hs, h) = pool_with(&members, HandlespaceConfig::default());
     let counts = first_pick_counts(&mut hs, &h, &[1, 2, 3], 20_000);
-    assert!(chi_square(&counts, &[1.0, 1.0, 2.0]) < CHI2_999_DF2, "{counts:?}");
-    assert!(chi_square(&counts, &[1.0; 3]) > 10.0 * CHI2_999_DF2, "{counts:?}");
+    assert!(
+        chi_square(&counts, &[1.0, 1.0, 2.0]) < CHI2_999_DF2,
+        "{counts:?}"
+    );
+    assert!(
+        chi_square(&counts, &[1.0; 3]) > 10.0 * CHI2_999_DF2,
+        "{counts:?}"
+    );
 }
 
 #[test]
@@ -856,23 +1221,44 @@ fn randomized_degradation_variants_degrade_the_drawn_pe() {
     for (kind, make) in [
         (
             PolicyKind::RandomizedLeastUsedDegradation,
-            (|d| Policy::RandomizedLeastUsedDegradation { load: 0, degradation: d }) as fn(u32) -> Policy,
+            (|d| Policy::RandomizedLeastUsedDegradation {
+                load: 0,
+                degradation: d,
+            }) as fn(u32) -> Policy,
         ),
-        (
-            PolicyKind::RandomizedPriorityLeastUsedDegradation,
-            |d| Policy::RandomizedPriorityLeastUsedDegradation { load: 0, degradation: d },
-        ),
+        (PolicyKind::RandomizedPriorityLeastUsedDegradation, |d| {
+            Policy::RandomizedPriorityLeastUsedDegradation {
+                load: 0,
+                degradation: d,
+            }
+        }),
     ] {
-        let (mut hs, h) = pool_with(&[(1, make(pct(30))), (2, make(pct(30)))], HandlespaceConfig::default());
+        let (mut hs, h) = pool_with(
+            &[(1, make(pct(30))), (2, make(pct(30)))],
+            HandlespaceConfig::default(),
+        );
         let mut rng = rng();
         let first = ids(&hs.resolve(&h, 1, &mut rng).unwrap())[0];
         let other = 3 - first;
-        assert_eq!(hs.get(&h, PeId(first)).unwrap().degradation(), pct(30), "{kind:?}");
-        assert_eq!(hs.get(&h, PeId(other)).unwrap().degradation(), 0, "{kind:?}");
+        assert_eq!(
+            hs.get(&h, PeId(first)).unwrap().degradation(),
+            pct(30),
+            "{kind:?}"
+        );
+        assert_eq!(
+            hs.get(&h, PeId(other)).unwrap().degradation(),
+            0,
+            "{kind:?}"
+        );
         hs.check_invariants().unwrap();
         // Re-registration resets it.
-        hs.register(&h, pe(first, make(pct(30))), ctx(1, 1, Instant::now())).unwrap();
-        assert_eq!(hs.get(&h, PeId(first)).unwrap().degradation(), 0, "{kind:?}");
+        hs.register(&h, pe(first, make(pct(30))), ctx(1, 1, Instant::now()))
+            .unwrap();
+        assert_eq!(
+            hs.get(&h, PeId(first)).unwrap().degradation(),
+            0,
+            "{kind:?}"
+        );
         hs.check_invariants().unwrap();
     }
 }
@@ -883,7 +1269,10 @@ fn randomized_least_used_degradation_accumulates_per_draw() {
     // many draws every PE's degradation is 5 % × its draws, and the weights follow (checked by
     // `check_invariants`, which recomputes every Fenwick weight from load and degradation).
     let step = pct(5);
-    let p = Policy::RandomizedLeastUsedDegradation { load: 0, degradation: step };
+    let p = Policy::RandomizedLeastUsedDegradation {
+        load: 0,
+        degradation: step,
+    };
     let (mut hs, h) = pool_with(&[(1, p), (2, p), (3, p)], HandlespaceConfig::default());
     let counts = first_pick_counts(&mut hs, &h, &[1, 2, 3], 12);
     for (id, count) in (1..=3).zip(counts) {
@@ -897,21 +1286,85 @@ fn randomized_least_used_degradation_accumulates_per_draw() {
 fn weighted_random_dpf_penalises_distance() {
     // 1000 × (1 − 0 × ...), 1000 × (1 − 50 × 1 %) = 500, 1000 × (1 − 75 × 1 %) = 250 -> 4:2:1.
     let members = [
-        (1, Policy::WeightedRandomDpf { weight: 1000, weight_dpf: pct(1), distance: 0 }),
-        (2, Policy::WeightedRandomDpf { weight: 1000, weight_dpf: pct(1), distance: 50 }),
-        (3, Policy::WeightedRandomDpf { weight: 1000, weight_dpf: pct(1), distance: 75 }),
+        (
+            1,
+            Policy::WeightedRandomDpf {
+                weight: 1000,
+                weight_dpf: pct(1),
+                distance: 0,
+            },
+        ),
+        (
+            2,
+            Policy::WeightedRandomDpf {
+                weight: 1000,
+                weight_dpf: pct(1),
+                distance: 50,
+            },
+        ),
+        (
+            3,
+            Policy::WeightedRandomDpf {
+                weight: 1000,
+                weight_dpf: pct(1),
+                distance: 75,
+            },
+        ),
     ];
     let (mut hs, h) = pool_with(&members, HandlespaceConfig::default());
     let counts = first_pick_counts(&mut hs, &h, &[1, 2, 3], 20_000);
-    assert!(chi_square(&counts, &[4.0, 2.0, 1.0]) < CHI2_999_DF2, "{counts:?}");
-    assert!(chi_square(&counts, &[1.0; 3]) > 100.0 * CHI2_999_DF2, "{counts:?}");
+    assert!(
+        chi_square(&counts, &[4.0, 2.0, 1.0]) < CHI2_999_DF2,
+        "{counts:?}"
+    );
+    assert!(
+        chi_square(&counts, &[1.0; 3]) > 100.0 * CHI2_999_DF2,
+        "{counts:?}"
+    );
 }
 
 #[test]
 fn policy_default_max_increments_match_rsplib() {
     use PolicyKind::*;
     for kind in ALL_POLICY_KINDS {
-        let expected = if matches!(kind, Random | WeightedRandom | WeightedRandomDpf) { 0 } else { 1 };
+        let expected = if matches!(kind, Random | WeightedRandom | WeightedRandomDpf) {
+            0
+        } else {
+            1
+        };
         assert_eq!(kind.default_max_increment(), expected, "{kind:?}");
+    }
+}
+
+#[test]
+fn randomized_degradation_respects_max_increment() {
+    let p = Policy::RandomizedLeastUsedDegradation {
+        load: 0,
+        degradation: pct(10),
+    };
+    let members: Vec<_> = (1..=4).map(|i| (i, p)).collect();
+    for (max_increment, degraded) in [(None, 1), (Some(2), 2), (Some(0), 0), (Some(9), 3)] {
+        let config = HandlespaceConfig {
+            max_increment,
+            ..HandlespaceConfig::default()
+        };
+        let (mut hs, h) = pool_with(&members, config);
+        let answer = ids(&hs.resolve(&h, 3, &mut rng()).unwrap());
+        assert_eq!(answer.len(), 3);
+        let degraded_ids: Vec<u32> = (1..=4)
+            .filter(|&i| hs.get(&h, PeId(i)).unwrap().degradation() > 0)
+            .collect();
+        assert_eq!(
+            degraded_ids.len(),
+            degraded,
+            "max_increment {max_increment:?}"
+        );
+        // The degraded ones are the first drawn.
+        assert!(
+            degraded_ids
+                .iter()
+                .all(|id| answer[..degraded].contains(id))
+        );
+        hs.check_invariants().unwrap();
     }
 }
