@@ -61,28 +61,11 @@ pub enum TransportUse {
 /// A transport address parameter (0x3-0x7, 0x10).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TransportAddress {
-    Dccp {
-        port: u16,
-        service_code: u32,
-        address: IpAddr,
-    },
-    Sctp {
-        port: u16,
-        transport_use: TransportUse,
-        addresses: Vec<IpAddr>,
-    },
-    Tcp {
-        port: u16,
-        address: IpAddr,
-    },
-    Udp {
-        port: u16,
-        address: IpAddr,
-    },
-    UdpLite {
-        port: u16,
-        address: IpAddr,
-    },
+    Dccp { port: u16, service_code: u32, address: IpAddr },
+    Sctp { port: u16, transport_use: TransportUse, addresses: Vec<IpAddr> },
+    Tcp { port: u16, address: IpAddr },
+    Udp { port: u16, address: IpAddr },
+    UdpLite { port: u16, address: IpAddr },
     Opaque(Vec<u8>),
 }
 

@@ -33,22 +33,9 @@ pub enum Policy {
     /// 0xb0001004, rsplib.
     RandomizedPriorityLeastUsedDegradation { load: u32, degradation: u32 },
     /// 0xb0002001, rsplib (draft-dreibholz-rserpool-delay).
-    WeightedRandomDpf {
-        weight: u32,
-        weight_dpf: u32,
-        distance: u32,
-    },
+    WeightedRandomDpf { weight: u32, weight_dpf: u32, distance: u32 },
     /// 0xb0002002, rsplib.
-    LeastUsedDpf {
-        load: u32,
-        load_dpf: u32,
-        distance: u32,
-    },
+    LeastUsedDpf { load: u32, load_dpf: u32, distance: u32 },
     /// 0xb0002003, rsplib.
-    LeastUsedDegradationDpf {
-        load: u32,
-        degradation: u32,
-        load_dpf: u32,
-        distance: u32,
-    },
+    LeastUsedDegradationDpf { load: u32, degradation: u32, load_dpf: u32, distance: u32 },
 }
