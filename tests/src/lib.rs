@@ -28,7 +28,9 @@ pub fn bin_dir() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("path of the test binary");
     let deps = exe.parent().expect("test binary has a directory");
-    deps.parent().expect("deps directory has a parent").to_path_buf()
+    deps.parent()
+        .expect("deps directory has a parent")
+        .to_path_buf()
 }
 
 /// Path of one of the workspace's programs; fails with a hint when it has not been built.
@@ -97,7 +99,11 @@ impl Log {
                 let tail: Vec<_> = st.lines.iter().rev().take(30).rev().cloned().collect();
                 bail!(
                     "{} waiting for a log line; last lines:\n{}",
-                    if st.closed { "output closed" } else { "timed out" },
+                    if st.closed {
+                        "output closed"
+                    } else {
+                        "timed out"
+                    },
                     tail.join("\n")
                 );
             }
@@ -113,7 +119,14 @@ impl Log {
 
     /// Counts lines containing `needle` so far.
     pub fn count(&self, needle: &str) -> usize {
-        self.state.0.lock().expect("log lock").lines.iter().filter(|l| l.contains(needle)).count()
+        self.state
+            .0
+            .lock()
+            .expect("log lock")
+            .lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 }
 
@@ -137,17 +150,28 @@ impl Proc {
     pub fn spawn(name: &str, program: PathBuf, args: &[String]) -> Result<Proc> {
         let mut cmd = Command::new(&program);
         cmd.args(args)
-            .env("RUST_LOG", std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", program.display()))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
         let log = Log::default();
         log.state.0.lock().expect("log lock").open_streams = 2;
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -166,7 +190,11 @@ impl Proc {
                 log.close();
             });
         }
-        Ok(Proc { name: name.to_string(), child, log })
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            log,
+        })
     }
 
     pub fn pid(&self) -> i32 {
@@ -207,7 +235,11 @@ impl Drop for Proc {
         let _ = self.child.wait();
         if std::thread::panicking() {
             let tail: Vec<_> = self.log.lines().into_iter().rev().take(40).rev().collect();
-            eprintln!("---- last output of {} ----\n{}", self.name, tail.join("\n"));
+            eprintln!(
+                "---- last output of {} ----\n{}",
+                self.name,
+                tail.join("\n")
+            );
         }
     }
 }
@@ -215,5 +247,8 @@ impl Drop for Proc {
 /// True while a process with this pid exists (and is not a zombie we own).
 pub fn pid_alive(pid: i32) -> bool {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    !status.is_empty() && !status.lines().any(|l| l.starts_with("State:") && l.contains('Z'))
+    !status.is_empty()
+        && !status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
 }

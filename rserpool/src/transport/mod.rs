@@ -75,17 +75,11 @@ pub use tcp::{TcpFramed, TcpFramedListener};
 
 /// PPID reserved for transport heartbeats; never delivered to, nor accepted from, applications.
 pub const PPID_HEARTBEAT: u32 = 0;
-/// PPID of ASAP (RFC 5352).
-pub const PPID_ASAP: u32 = 11;
-/// PPID of ENRP (RFC 5353).
-pub const PPID_ENRP: u32 = 12;
+pub use crate::wire::{PPID_ASAP, PPID_ENRP};
 /// PPID of the Fractal Generator Protocol (rsplib).
 pub const PPID_FGP: u32 = 32;
 
-/// IANA port of ASAP (registrars listen here for PEs and PUs).
-pub const ASAP_PORT: u16 = 3863;
-/// IANA port of ENRP (registrars listen here for peers).
-pub const ENRP_PORT: u16 = 9901;
+pub use crate::wire::{ASAP_PORT, ENRP_PORT};
 
 /// Settings of one association.
 #[derive(Clone, Debug, PartialEq, Eq)]
