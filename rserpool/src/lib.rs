@@ -1,5 +1,7 @@
 //! Reliable Server Pooling (RSerPool, RFC 5351-5356).
 
+pub mod discovery;
 pub mod handlespace;
+pub mod logging;
 pub mod transport;
 pub mod wire;

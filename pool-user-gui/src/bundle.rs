@@ -1,0 +1,1 @@
+//! The bundled demo deployment: a registrar and pool elements started as child processes.
