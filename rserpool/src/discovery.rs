@@ -154,7 +154,16 @@ impl RegistrarTable {
     /// among equals, most recently announced first, then configured ones in configuration
     /// order. Expired announced registrars are left out.
     pub fn candidates(&self, now: Instant) -> Vec<KnownRegistrar> {
-        let mut list: Vec<(bool, u8, Option<Instant>, usize, SocketAddr, &Entry)> = self
+        // Sort key: penalised last; announced before configured-only; most recently heard
+        // first; then configuration order; then address (for a stable order).
+        type SortKey = (
+            bool,
+            bool,
+            std::cmp::Reverse<Option<Instant>>,
+            usize,
+            SocketAddr,
+        );
+        let mut list: Vec<(SortKey, KnownRegistrar)> = self
             .entries
             .iter()
             .filter(|(_, entry)| {
@@ -172,31 +181,23 @@ impl RegistrarTable {
                     .iter()
                     .position(|a| a == address)
                     .unwrap_or(usize::MAX);
-                let announced_rank = u8::from(entry.last_heard.is_none());
-                (
+                let key = (
                     penalised,
-                    announced_rank,
-                    entry.last_heard,
+                    entry.last_heard.is_none(),
+                    std::cmp::Reverse(entry.last_heard),
                     order,
                     *address,
-                    entry,
-                )
+                );
+                let registrar = KnownRegistrar {
+                    address: *address,
+                    id: entry.id,
+                    configured: entry.configured,
+                };
+                (key, registrar)
             })
             .collect();
-        list.sort_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then(a.1.cmp(&b.1))
-                .then(b.2.cmp(&a.2))
-                .then(a.3.cmp(&b.3))
-                .then(a.4.cmp(&b.4))
-        });
-        list.into_iter()
-            .map(|(_, _, _, _, address, entry)| KnownRegistrar {
-                address,
-                id: entry.id,
-                configured: entry.configured,
-            })
-            .collect()
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list.into_iter().map(|(_, registrar)| registrar).collect()
     }
 
     /// Whether any registrar is known at all.
