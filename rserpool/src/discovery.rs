@@ -196,7 +196,7 @@ impl RegistrarTable {
                 (key, registrar)
             })
             .collect();
-        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list.sort_by_key(|entry| entry.0);
         list.into_iter().map(|(_, registrar)| registrar).collect()
     }
 
