@@ -80,6 +80,8 @@ enum Input {
 
 /// Frames buffered between the association tasks and the core.
 const INPUT_QUEUE: usize = 4096;
+/// Least send queue (frames) of an accepted association.
+const MIN_SEND_QUEUE: usize = 4096;
 /// Bound on closing every association at shutdown.
 const SHUTDOWN_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -102,9 +104,11 @@ impl std::fmt::Debug for Input {
 
 /// Binds the ASAP listener and starts the registrar's tasks.
 pub async fn start(config: DriverConfig) -> io::Result<RunningRegistrar> {
-    let listener = TcpFramed::new(config.association.clone())
-        .bind(config.asap)
-        .await?;
+    let mut association = config.association.clone();
+    // Answers are queued with `try_send`; a pipelining client must not be taken for a stalled
+    // one merely because one burst of requests was answered faster than the socket drained.
+    association.send_queue = association.send_queue.max(MIN_SEND_QUEUE);
+    let listener = TcpFramed::new(association).bind(config.asap).await?;
     let local_addr = listener.local_addr()?;
     let id = config.registrar.id;
     let (inputs, input_rx) = mpsc::channel(INPUT_QUEUE);
