@@ -128,7 +128,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         _ = interrupt.recv() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",
     };
-    info!(signal = signal_name, "registrar shutting down");
+    info!(signal = %signal_name, "registrar shutting down");
     registrar.shutdown().await;
     info!("registrar stopped");
     Ok(())

@@ -412,7 +412,7 @@ fn log_event(event: &RegistrarEvent) {
         RegistrarEvent::Removed { pool, pe, reason } => info!(
             pool = %pool_name(pool),
             pe = %format!("0x{:08x}", pe.0),
-            reason = reason.as_str(),
+            reason = %reason.as_str(),
             "pe removed"
         ),
         RegistrarEvent::UnreachableReport {
