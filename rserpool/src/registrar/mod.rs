@@ -490,7 +490,7 @@ impl Registrar {
         } else {
             usize::try_from(capped).unwrap_or(usize::MAX)
         };
-        let response = match self.handlespace.resolve(&pool, count, &mut self.rng) {
+        let mut response = match self.handlespace.resolve(&pool, count, &mut self.rng) {
             Ok(resolution) => AsapMessage::HandleResolutionResponse {
                 accepted: false,
                 pool_handle: pool,
@@ -515,6 +515,12 @@ impl Registrar {
                 ))),
             },
         };
+        // An ASAP message is at most 64 KiB: answer "all" of a huge pool with as many PEs as
+        // fit (about 1,500 with IPv4 transports) rather than not at all.
+        if let AsapMessage::HandleResolutionResponse { pool_elements, .. } = &mut response {
+            let fitting = elements_that_fit(pool_elements);
+            pool_elements.truncate(fitting);
+        }
         self.send(association, &response);
     }
 
@@ -545,6 +551,28 @@ impl Registrar {
             UnreachableOutcome::UnknownPe => {}
         }
     }
+}
+
+/// How many of `elements` (a prefix) fit one ASAP message next to the other parameters of a
+/// Handle Resolution Response, which take well under 1 KiB. Each PE is encoded once.
+fn elements_that_fit(elements: &[PoolElement]) -> usize {
+    const BUDGET: usize = u16::MAX as usize - 1024;
+    let mut total = 0usize;
+    let mut out = Vec::new();
+    for (index, element) in elements.iter().enumerate() {
+        out.clear();
+        if Parameter::PoolElement(element.clone())
+            .encode(&mut out)
+            .is_err()
+        {
+            return index;
+        }
+        total += out.len();
+        if total > BUDGET {
+            return index;
+        }
+    }
+    elements.len()
 }
 
 /// The pool handle as printed in logs (UTF-8, lossy).

@@ -476,6 +476,25 @@ fn handle_resolution_items_default_all_cap_and_unknown_pool() {
 }
 
 #[test]
+fn resolving_all_of_a_huge_pool_answers_as_many_as_fit() {
+    let mut r = registrar(config());
+    let now = Instant::now();
+    for id in 1..=3000 {
+        r.handle_message(
+            1,
+            &registration("big", pe(id, ip(1), Policy::RoundRobin)),
+            now,
+        );
+    }
+    assert_eq!(r.handlespace().pool_element_count(), 3000);
+    sent(&mut r);
+    let answer = resolve(&mut r, 2, "big", Some(HANDLE_RESOLUTION_ALL));
+    let n = resolved_ids(&answer).len();
+    assert!(n > 1000 && n < 3000, "{n} PEs");
+    assert!(bytes(&answer).len() <= usize::from(u16::MAX) + 3);
+}
+
+#[test]
 fn keepalive_timeout_removes_a_silent_pe_and_acks_keep_it() {
     let mut r = registrar(config());
     let t0 = Instant::now();
