@@ -112,6 +112,8 @@ fn registration_resolution_close_and_sigterm() -> Result<()> {
         for id in 1..=3 {
             register(&mut pe_assoc, "e2e", id).await?;
         }
+        // A re-registration updates, it does not add.
+        register(&mut pe_assoc, "e2e", 2).await?;
         let mut pu = connect(asap).await?;
         let all = resolve_all(&mut pu, "e2e").await?;
         assert_eq!(
@@ -126,6 +128,10 @@ fn registration_resolution_close_and_sigterm() -> Result<()> {
     assert_eq!(field(&line, "pool").as_deref(), Some("e2e"));
     assert_eq!(field(&line, "pe").as_deref(), Some("0x00000001"));
     assert_eq!(field(&line, "addr").as_deref(), Some("127.0.0.1:9001"));
+    let line = registrar
+        .log
+        .wait_for_text("pe reregistered", READY_TIMEOUT)?;
+    assert_eq!(field(&line, "pe").as_deref(), Some("0x00000002"));
 
     rt.block_on(async { pe_assoc.close().await })?;
     for _ in 0..3 {

@@ -396,7 +396,7 @@ fn log_event(event: &RegistrarEvent) {
             let pe = format!("0x{:08x}", pe.0);
             let addr = transport_addr(user_transport);
             if *reregistration {
-                debug!(pool = %pool, pe = %pe, addr = %addr, "pe reregistered");
+                info!(pool = %pool, pe = %pe, addr = %addr, "pe reregistered");
             } else {
                 info!(pool = %pool, pe = %pe, addr = %addr, "pe registered");
             }
