@@ -92,6 +92,21 @@ fn resident_kib(pid: Option<u32>) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// CPU time (user + system) a process has used, from /proc (clock ticks of 10 ms).
+fn cpu_time(pid: Option<u32>) -> Option<Duration> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 /// Where the registrar runs.
 enum Target {
     Child(Child),
@@ -413,6 +428,7 @@ async fn main() -> Result<()> {
     let progress = Arc::new(AtomicU64::new(0));
     let spinner = ProgressBar::new_spinner();
     let mut clients = Vec::new();
+    let cpu_before = cpu_time(pid);
     let load_started = Instant::now();
     for client in 0..args.clients {
         let spec = ClientSpec {
@@ -441,6 +457,9 @@ async fn main() -> Result<()> {
     }
     let measured = load_started.elapsed();
     let answered_at_stop = progress.load(Ordering::Relaxed);
+    let cpu_used = cpu_time(pid)
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     stop.store(true, Ordering::Relaxed);
     spinner.finish_and_clear();
     let mut latencies = Vec::new();
@@ -490,6 +509,15 @@ async fn main() -> Result<()> {
         answered,
         bad
     );
+    if let Some(cpu) = cpu_used.filter(|_| answered_at_stop > 0) {
+        let per_request = cpu.as_secs_f64() / answered_at_stop as f64;
+        println!(
+            "  registrar CPU: {:.2} s for {answered_at_stop} answers = {:.1} us each (one core could answer {:.0}/s)",
+            cpu.as_secs_f64(),
+            per_request * 1e6,
+            1.0 / per_request
+        );
+    }
     println!(
         "  latency under that load: p50 {:.1} us, p99 {:.1} us, max {:.1} us",
         percentile(&latencies, 50.0).as_secs_f64() * 1e6,
