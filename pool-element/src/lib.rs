@@ -21,9 +21,7 @@ use rserpool::discovery::{
 };
 use rserpool::pe::driver::{self as registration, RegistrationHandle};
 use rserpool::pe::{Event, RegistrationConfig};
-use rserpool::transport::{
-    self, Association, AssociationConfig, Listener, PPID_ASAP, PPID_FGP,
-};
+use rserpool::transport::{self, Association, AssociationConfig, Listener, PPID_ASAP, PPID_FGP};
 use rserpool::wire::{AsapMessage, PeId, Policy, PoolHandle, TransportAddress};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -43,7 +41,10 @@ const DEREGISTRATION_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Command line of the pool element.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "pool-element", about = "Fractal Generator pool element (RSerPool ASAP + FGP)")]
+#[command(
+    name = "pool-element",
+    about = "Fractal Generator pool element (RSerPool ASAP + FGP)"
+)]
 pub struct Cli {
     /// Registrar ASAP address (repeatable); none: listen for Server Announces.
     #[arg(long = "registrar", value_name = "ADDR:PORT")]
@@ -316,7 +317,12 @@ fn finished(id: u64, peer: SocketAddr, reason: &str, data: u64) {
     tracing::info!(session = id, peer = %peer, reason, data, "session finished");
 }
 
-async fn serve(association: Association, id: u64, shared: &Shared, mut shutdown: watch::Receiver<bool>) {
+async fn serve(
+    association: Association,
+    id: u64,
+    shared: &Shared,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let peer = association.peer_addr();
     let (sender, mut receiver) = association.split();
     let first = tokio::select! {

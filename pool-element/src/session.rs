@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use fractal_protocol::cookie::{Cookie, CookieError};
 use fractal_protocol::kernel::{KernelChoice, View};
-use fractal_protocol::message::{DecodeError, Data, MAX_POINTS_PER_DATA, Parameter, ParameterError};
+use fractal_protocol::message::{
+    Data, DecodeError, MAX_POINTS_PER_DATA, Parameter, ParameterError,
+};
 use rserpool::transport::{PPID_ASAP, PPID_FGP};
 use rserpool::wire::{AsapMessage, WireError};
 
@@ -223,7 +225,9 @@ impl Session {
         {
             self.emit_data(now, out);
         }
-        if !self.done && now.saturating_duration_since(self.last_cookie) >= self.config.cookie_max_time {
+        if !self.done
+            && now.saturating_duration_since(self.last_cookie) >= self.config.cookie_max_time
+        {
             self.last_cookie = now;
             if self.emitted != self.cookie_position {
                 self.emit_cookie(now, out);
@@ -289,8 +293,7 @@ impl Session {
             self.done = true;
             return;
         }
-        if self.data_since_cookie >= self.config.cookie_max_packets.max(1) && self.remaining() > 0
-        {
+        if self.data_since_cookie >= self.config.cookie_max_packets.max(1) && self.remaining() > 0 {
             self.emit_cookie(now, out);
         }
     }

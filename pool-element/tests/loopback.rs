@@ -31,9 +31,12 @@ struct FakeRegistrar {
 
 impl FakeRegistrar {
     async fn start() -> FakeRegistrar {
-        let listener = transport::bind("127.0.0.1:0".parse().expect("address"), AssociationConfig::default())
-            .await
-            .expect("bind");
+        let listener = transport::bind(
+            "127.0.0.1:0".parse().expect("address"),
+            AssociationConfig::default(),
+        )
+        .await
+        .expect("bind");
         let address = listener.local_addr().expect("bound");
         let (tx, messages) = mpsc::unbounded_channel();
         let associations = Arc::new(Mutex::new(Vec::new()));
@@ -46,16 +49,19 @@ impl FakeRegistrar {
                 tokio::spawn(async move {
                     while let Ok(frame) = receiver.recv().await {
                         assert_eq!(frame.ppid, PPID_ASAP);
-                        let message = AsapMessage::decode(&frame.payload).expect("valid ASAP").message;
+                        let message = AsapMessage::decode(&frame.payload)
+                            .expect("valid ASAP")
+                            .message;
                         let reply = match &message {
-                            AsapMessage::Registration { pool_handle, pool_element } => {
-                                Some(AsapMessage::RegistrationResponse {
-                                    rejected: false,
-                                    pool_handle: pool_handle.clone(),
-                                    pe_id: pool_element.id,
-                                    error: None,
-                                })
-                            }
+                            AsapMessage::Registration {
+                                pool_handle,
+                                pool_element,
+                            } => Some(AsapMessage::RegistrationResponse {
+                                rejected: false,
+                                pool_handle: pool_handle.clone(),
+                                pe_id: pool_element.id,
+                                error: None,
+                            }),
                             AsapMessage::Deregistration { pool_handle, pe_id } => {
                                 Some(AsapMessage::DeregistrationResponse {
                                     pool_handle: pool_handle.clone(),
@@ -67,13 +73,20 @@ impl FakeRegistrar {
                         };
                         let _ = tx.send(message);
                         if let Some(reply) = reply {
-                            let _ = sender.send(PPID_ASAP, reply.to_bytes().expect("encodable")).await;
+                            let _ = sender
+                                .send(PPID_ASAP, reply.to_bytes().expect("encodable"))
+                                .await;
                         }
                     }
                 });
             }
         });
-        FakeRegistrar { address, messages, associations, task }
+        FakeRegistrar {
+            address,
+            messages,
+            associations,
+            task,
+        }
     }
 
     /// The next message satisfying `pred` (others are skipped).
@@ -93,7 +106,9 @@ impl FakeRegistrar {
     async fn send_to_all(&self, message: AsapMessage) {
         let senders = self.associations.lock().expect("lock").clone();
         for sender in senders {
-            let _ = sender.send(PPID_ASAP, message.to_bytes().expect("encodable")).await;
+            let _ = sender
+                .send(PPID_ASAP, message.to_bytes().expect("encodable"))
+                .await;
         }
     }
 
@@ -131,8 +146,15 @@ impl RunningPe {
             },
             Some(ready_tx),
         ));
-        let data = timeout(WAIT, ready_rx).await.expect("ready in time").expect("ready");
-        RunningPe { data, stop: Some(stop_tx), task }
+        let data = timeout(WAIT, ready_rx)
+            .await
+            .expect("ready in time")
+            .expect("ready");
+        RunningPe {
+            data,
+            stop: Some(stop_tx),
+            task,
+        }
     }
 
     async fn stop(mut self) {
@@ -179,21 +201,30 @@ enum Received {
 async fn receive_all(association: &mut Association) -> (Vec<Received>, bool) {
     let mut frames = Vec::new();
     loop {
-        match timeout(WAIT, association.recv()).await.expect("session progresses") {
-            Ok(frame) if frame.ppid == PPID_FGP => {
-                frames.push(Received::Data(Data::decode(&frame.payload).expect("valid Data")))
-            }
+        match timeout(WAIT, association.recv())
+            .await
+            .expect("session progresses")
+        {
+            Ok(frame) if frame.ppid == PPID_FGP => frames.push(Received::Data(
+                Data::decode(&frame.payload).expect("valid Data"),
+            )),
             Ok(frame) if frame.ppid == PPID_ASAP => {
-                match AsapMessage::decode(&frame.payload).expect("valid ASAP").message {
-                    AsapMessage::Cookie { cookie } => {
-                        frames.push(Received::Cookie(Cookie::decode(&cookie).expect("valid cookie")))
-                    }
+                match AsapMessage::decode(&frame.payload)
+                    .expect("valid ASAP")
+                    .message
+                {
+                    AsapMessage::Cookie { cookie } => frames.push(Received::Cookie(
+                        Cookie::decode(&cookie).expect("valid cookie"),
+                    )),
                     other => panic!("unexpected {other:?}"),
                 }
             }
             Ok(frame) => panic!("unexpected PPID {}", frame.ppid),
             Err(error) => {
-                return (frames, matches!(error, transport::AssociationError::ClosedByPeer));
+                return (
+                    frames,
+                    matches!(error, transport::AssociationError::ClosedByPeer),
+                );
             }
         }
     }
@@ -224,29 +255,52 @@ fn paint(p: &Parameter, frames: &[Received], image: &mut [u32], writes: &mut [u3
 }
 
 async fn connect(address: SocketAddr) -> Association {
-    transport::connect(address, AssociationConfig::default()).await.expect("connect")
+    transport::connect(address, AssociationConfig::default())
+        .await
+        .expect("connect")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_and_computes_a_session_exactly() {
     let mut registrar = FakeRegistrar::start().await;
     let pe = RunningPe::start(registrar.address, &[]).await;
-    let registration = registrar.expect("registration", |m| matches!(m, AsapMessage::Registration { .. })).await;
-    let AsapMessage::Registration { pool_handle, pool_element } = registration else { unreachable!() };
-    assert_eq!(pool_handle, PoolHandle::new("FractalGeneratorPool").expect("valid"));
+    let registration = registrar
+        .expect("registration", |m| {
+            matches!(m, AsapMessage::Registration { .. })
+        })
+        .await;
+    let AsapMessage::Registration {
+        pool_handle,
+        pool_element,
+    } = registration
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        pool_handle,
+        PoolHandle::new("FractalGeneratorPool").expect("valid")
+    );
     assert_eq!(pool_element.id.0, 0x5eed);
     assert_eq!(pool_element.registration_life_ms, 15_000);
     assert_eq!(
         pool_element.user_transport,
-        TransportAddress::Tcp { port: pe.data.port(), address: pe.data.ip() }
+        TransportAddress::Tcp {
+            port: pe.data.port(),
+            address: pe.data.ip()
+        }
     );
 
     let p = parameter(150, 90, 400);
     let mut session = connect(pe.data).await;
-    session.send(PPID_FGP, p.encode().to_vec()).await.expect("send");
+    session
+        .send(PPID_FGP, p.encode().to_vec())
+        .await
+        .expect("send");
     let (frames, graceful) = receive_all(&mut session).await;
     assert!(graceful, "closed gracefully after the finalizer");
-    assert!(matches!(frames.first(), Some(Received::Cookie(c)) if c.current_x == 0 && c.current_y == 0));
+    assert!(
+        matches!(frames.first(), Some(Received::Cookie(c)) if c.current_x == 0 && c.current_y == 0)
+    );
     assert!(matches!(frames.last(), Some(Received::Data(d)) if d.is_finalizer()));
     let mut image = vec![u32::MAX; 150 * 90];
     let mut writes = vec![0; 150 * 90];
@@ -254,7 +308,11 @@ async fn registers_and_computes_a_session_exactly() {
     assert_eq!(image, reference(&p));
     assert!(writes.iter().all(|&w| w == 1));
     pe.stop().await;
-    registrar.expect("deregistration", |m| matches!(m, AsapMessage::Deregistration { .. })).await;
+    registrar
+        .expect("deregistration", |m| {
+            matches!(m, AsapMessage::Deregistration { .. })
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,17 +320,34 @@ async fn fifth_session_is_refused_and_load_is_reported() {
     let mut registrar = FakeRegistrar::start().await;
     let pe = RunningPe::start(
         registrar.address,
-        &["--max-sessions", "4", "--capacity", "20000", "--policy", "LeastUsed"],
+        &[
+            "--max-sessions",
+            "4",
+            "--capacity",
+            "20000",
+            "--policy",
+            "LeastUsed",
+        ],
     )
     .await;
-    registrar.expect("registration", |m| matches!(m, AsapMessage::Registration { .. })).await;
+    registrar
+        .expect("registration", |m| {
+            matches!(m, AsapMessage::Registration { .. })
+        })
+        .await;
     let p = parameter(300, 300, 1000);
     let mut busy = Vec::new();
     for _ in 0..4 {
         let mut session = connect(pe.data).await;
-        session.send(PPID_FGP, p.encode().to_vec()).await.expect("send");
+        session
+            .send(PPID_FGP, p.encode().to_vec())
+            .await
+            .expect("send");
         // The start cookie proves the session was accepted.
-        let first = timeout(WAIT, session.recv()).await.expect("in time").expect("a frame");
+        let first = timeout(WAIT, session.recv())
+            .await
+            .expect("in time")
+            .expect("a frame");
         assert_eq!(first.ppid, PPID_ASAP);
         busy.push(session);
     }
@@ -285,7 +360,10 @@ async fn fifth_session_is_refused_and_load_is_reported() {
     let mut fifth = connect(pe.data).await;
     let _ = fifth.send(PPID_FGP, p.encode().to_vec()).await;
     let outcome = timeout(WAIT, fifth.recv()).await.expect("answered in time");
-    assert!(outcome.is_err(), "refused without any frame, got {outcome:?}");
+    assert!(
+        outcome.is_err(),
+        "refused without any frame, got {outcome:?}"
+    );
     // The four keep computing: each still streams.
     for session in &mut busy {
         let frame = timeout(WAIT, session.recv()).await.expect("in time");
@@ -303,21 +381,38 @@ async fn fifth_session_is_refused_and_load_is_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_resume_from_cookie_yields_the_whole_view() {
     let registrar = FakeRegistrar::start().await;
-    let failing = RunningPe::start(registrar.address, &["--fail-after", "5", "--cookie-max-packets", "2"]).await;
+    let failing = RunningPe::start(
+        registrar.address,
+        &["--fail-after", "5", "--cookie-max-packets", "2"],
+    )
+    .await;
     let p = parameter(200, 100, 300);
     let mut session = connect(failing.data).await;
-    session.send(PPID_FGP, p.encode().to_vec()).await.expect("send");
+    session
+        .send(PPID_FGP, p.encode().to_vec())
+        .await
+        .expect("send");
     let (first, graceful) = receive_all(&mut session).await;
     assert!(graceful);
-    let data = first.iter().filter(|f| matches!(f, Received::Data(_))).count();
+    let data = first
+        .iter()
+        .filter(|f| matches!(f, Received::Data(_)))
+        .count();
     assert_eq!(data, 5, "fail-after 5");
-    let Some(Received::Cookie(cookie)) = first.last() else { panic!("a cookie last: {first:?}") };
+    let Some(Received::Cookie(cookie)) = first.last() else {
+        panic!("a cookie last: {first:?}")
+    };
     assert_eq!(cookie.pixels_done(), 5 * 324);
 
     let healthy = RunningPe::start(registrar.address, &[]).await;
     let mut resumed = connect(healthy.data).await;
-    let echo = AsapMessage::CookieEcho { cookie: cookie.encode().to_vec() };
-    resumed.send(PPID_ASAP, echo.to_bytes().expect("encodable")).await.expect("send");
+    let echo = AsapMessage::CookieEcho {
+        cookie: cookie.encode().to_vec(),
+    };
+    resumed
+        .send(PPID_ASAP, echo.to_bytes().expect("encodable"))
+        .await
+        .expect("send");
     let (second, graceful) = receive_all(&mut resumed).await;
     assert!(graceful);
     let mut image = vec![u32::MAX; 200 * 100];
@@ -335,21 +430,42 @@ async fn malformed_first_messages_close_the_association() {
     let registrar = FakeRegistrar::start().await;
     let pe = RunningPe::start(registrar.address, &[]).await;
     let bad: Vec<(u32, Vec<u8>)> = vec![
-        (PPID_ASAP, AsapMessage::CookieEcho { cookie: b"<FG-TD1> too short".to_vec() }.to_bytes().expect("encodable")),
+        (
+            PPID_ASAP,
+            AsapMessage::CookieEcho {
+                cookie: b"<FG-TD1> too short".to_vec(),
+            }
+            .to_bytes()
+            .expect("encodable"),
+        ),
         (PPID_FGP, vec![1, 0, 0, 60, 0, 0]),
-        (PPID_FGP, Parameter { width: 70_000, ..parameter(1, 1, 1) }.encode().to_vec()),
+        (
+            PPID_FGP,
+            Parameter {
+                width: 70_000,
+                ..parameter(1, 1, 1)
+            }
+            .encode()
+            .to_vec(),
+        ),
         (77, vec![0; 8]),
     ];
     for (ppid, payload) in bad {
         let mut session = connect(pe.data).await;
         session.send(ppid, payload).await.expect("send");
         let outcome = timeout(WAIT, session.recv()).await.expect("closed in time");
-        assert!(outcome.is_err(), "no frame for malformed input, got {outcome:?}");
+        assert!(
+            outcome.is_err(),
+            "no frame for malformed input, got {outcome:?}"
+        );
     }
     // Still serving.
     let p = parameter(20, 20, 50);
     let mut session = connect(pe.data).await;
-    session.send(PPID_FGP, p.encode().to_vec()).await.expect("send");
+    session
+        .send(PPID_FGP, p.encode().to_vec())
+        .await
+        .expect("send");
     let (frames, graceful) = receive_all(&mut session).await;
     assert!(graceful && frames.len() >= 3);
     pe.stop().await;
@@ -359,35 +475,65 @@ async fn malformed_first_messages_close_the_association() {
 async fn shutdown_sends_final_cookies_then_deregisters() {
     let mut registrar = FakeRegistrar::start().await;
     let pe = RunningPe::start(registrar.address, &["--capacity", "50000"]).await;
-    registrar.expect("registration", |m| matches!(m, AsapMessage::Registration { .. })).await;
+    registrar
+        .expect("registration", |m| {
+            matches!(m, AsapMessage::Registration { .. })
+        })
+        .await;
     let p = parameter(400, 400, 1000);
     let mut session = connect(pe.data).await;
-    session.send(PPID_FGP, p.encode().to_vec()).await.expect("send");
+    session
+        .send(PPID_FGP, p.encode().to_vec())
+        .await
+        .expect("send");
     // Wait for some Data, then stop the PE.
     loop {
-        let frame = timeout(WAIT, session.recv()).await.expect("in time").expect("frame");
+        let frame = timeout(WAIT, session.recv())
+            .await
+            .expect("in time")
+            .expect("frame");
         if frame.ppid == PPID_FGP {
             break;
         }
     }
     let stopping = tokio::spawn(pe.stop());
     let (frames, _) = receive_all(&mut session).await;
-    let Some(Received::Cookie(last)) = frames.last() else { panic!("final cookie last: {frames:?}") };
+    let Some(Received::Cookie(last)) = frames.last() else {
+        panic!("final cookie last: {frames:?}")
+    };
     assert!(last.pixels_done() > 0 && !last.is_complete());
     stopping.await.expect("stopped");
-    registrar.expect("deregistration", |m| matches!(m, AsapMessage::Deregistration { .. })).await;
+    registrar
+        .expect("deregistration", |m| {
+            matches!(m, AsapMessage::Deregistration { .. })
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alives_reregistration_and_registrar_loss() {
     let mut registrar = FakeRegistrar::start().await;
-    let pe = RunningPe::start(registrar.address, &["--rereg-interval", "300", "--capacity", "20000"]).await;
-    registrar.expect("registration", |m| matches!(m, AsapMessage::Registration { .. })).await;
+    let pe = RunningPe::start(
+        registrar.address,
+        &["--rereg-interval", "300", "--capacity", "20000"],
+    )
+    .await;
+    registrar
+        .expect("registration", |m| {
+            matches!(m, AsapMessage::Registration { .. })
+        })
+        .await;
     // A running session must survive the registrar's loss.
     let p = parameter(300, 300, 1000);
     let mut session = connect(pe.data).await;
-    session.send(PPID_FGP, p.encode().to_vec()).await.expect("send");
-    timeout(WAIT, session.recv()).await.expect("in time").expect("start cookie");
+    session
+        .send(PPID_FGP, p.encode().to_vec())
+        .await
+        .expect("send");
+    timeout(WAIT, session.recv())
+        .await
+        .expect("in time")
+        .expect("start cookie");
 
     registrar
         .send_to_all(AsapMessage::EndpointKeepAlive {
@@ -397,7 +543,11 @@ async fn keep_alives_reregistration_and_registrar_loss() {
             pe_id: None,
         })
         .await;
-    let ack = registrar.expect("keep-alive ack", |m| matches!(m, AsapMessage::EndpointKeepAliveAck { .. })).await;
+    let ack = registrar
+        .expect("keep-alive ack", |m| {
+            matches!(m, AsapMessage::EndpointKeepAliveAck { .. })
+        })
+        .await;
     assert!(matches!(ack, AsapMessage::EndpointKeepAliveAck { pe_id, .. } if pe_id.0 == 0x5eed));
     // Periodic re-registration (300 ms) carries the adopted home registrar.
     registrar
@@ -408,7 +558,11 @@ async fn keep_alives_reregistration_and_registrar_loss() {
     // Registrar "restart": the association breaks, the PE registers again.
     registrar.drop_associations();
     while registrar.messages.try_recv().is_ok() {}
-    registrar.expect("registration after loss", |m| matches!(m, AsapMessage::Registration { .. })).await;
+    registrar
+        .expect("registration after loss", |m| {
+            matches!(m, AsapMessage::Registration { .. })
+        })
+        .await;
     // The session kept streaming throughout.
     for _ in 0..3 {
         let frame = timeout(WAIT, session.recv()).await.expect("in time");

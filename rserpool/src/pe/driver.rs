@@ -63,7 +63,9 @@ pub fn spawn(
 }
 
 /// A table with a static list of registrars.
-pub fn static_table(registrars: impl IntoIterator<Item = std::net::SocketAddr>) -> SharedRegistrarTable {
+pub fn static_table(
+    registrars: impl IntoIterator<Item = std::net::SocketAddr>,
+) -> SharedRegistrarTable {
     Arc::new(Mutex::new(RegistrarTable::new(registrars)))
 }
 

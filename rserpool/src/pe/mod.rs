@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use crate::discovery::SharedRegistrarTable;
 use crate::wire::policy::fraction_to_wire;
-use crate::wire::{AsapMessage, CauseCode, PeId, Policy, PoolElement, PoolHandle, TransportAddress};
+use crate::wire::{
+    AsapMessage, CauseCode, PeId, Policy, PoolElement, PoolHandle, TransportAddress,
+};
 
 /// rsplib's `-registrarrequesttimeout` / `-registrarresponsetimeout` default.
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -401,10 +403,11 @@ impl Registration {
             State::Connected {
                 registered: true, ..
             } => {
-                self.actions.push_back(Action::Send(AsapMessage::Deregistration {
-                    pool_handle: self.config.pool_handle.clone(),
-                    pe_id: self.config.pe_id,
-                }));
+                self.actions
+                    .push_back(Action::Send(AsapMessage::Deregistration {
+                        pool_handle: self.config.pool_handle.clone(),
+                        pe_id: self.config.pe_id,
+                    }));
                 self.state = State::Deregistering {
                     deadline: now + self.config.response_timeout,
                 };
@@ -471,7 +474,8 @@ impl Registration {
         // our home's; H additionally asks us to treat it as home from now on.
         if server_id != self.home {
             self.home = server_id;
-            self.events.push_back(Event::HomeChanged { home: server_id });
+            self.events
+                .push_back(Event::HomeChanged { home: server_id });
             // A new home we know at another address: move there (re-register with it).
             let elsewhere = self.table.lock().ok().and_then(|table| {
                 table

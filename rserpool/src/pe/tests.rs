@@ -74,7 +74,10 @@ impl Harness {
         self.core.on_connected(self.now);
         let sent = self.actions();
         assert!(
-            matches!(sent.as_slice(), [Action::Send(AsapMessage::Registration { .. })]),
+            matches!(
+                sent.as_slice(),
+                [Action::Send(AsapMessage::Registration { .. })]
+            ),
             "{sent:?}"
         );
         self.grant();
@@ -172,10 +175,7 @@ fn load_change_of_one_percent_reregisters_under_adaptive_policies() {
     assert_eq!(registration_count(&h.actions()), 0, "below 1 %");
     h.core.set_load(0.25, h.now);
     let actions = h.actions();
-    let [
-        Action::Send(AsapMessage::Registration { pool_element, .. }),
-    ] = actions.as_slice()
-    else {
+    let [Action::Send(AsapMessage::Registration { pool_element, .. })] = actions.as_slice() else {
         panic!("expected an immediate re-registration, got {actions:?}");
     };
     assert_eq!(pool_element.policy.load(), fraction_to_wire(0.25));
@@ -221,10 +221,7 @@ fn keep_alive_is_acked_and_names_home() {
     h.actions();
     h.advance(Duration::from_secs(5));
     let actions = h.actions();
-    let [
-        Action::Send(AsapMessage::Registration { pool_element, .. }),
-    ] = actions.as_slice()
-    else {
+    let [Action::Send(AsapMessage::Registration { pool_element, .. })] = actions.as_slice() else {
         panic!("{actions:?}");
     };
     assert_eq!(pool_element.home_registrar, 0xdef);
@@ -274,7 +271,10 @@ fn h_flag_from_a_known_registrar_elsewhere_moves_there() {
         h.now,
     );
     let actions = h.actions();
-    assert!(matches!(actions.first(), Some(Action::Send(AsapMessage::EndpointKeepAliveAck { .. }))));
+    assert!(matches!(
+        actions.first(),
+        Some(Action::Send(AsapMessage::EndpointKeepAliveAck { .. }))
+    ));
     assert_eq!(actions.get(1), Some(&Action::Disconnect));
     h.core.handle_timeout(h.now);
     assert_eq!(h.actions(), vec![Action::Connect(addr(2))]);
@@ -400,5 +400,8 @@ fn shutdown_without_answer_stops_after_the_timeout() {
     h.core.shutdown(h.now);
     h.advance(DEFAULT_RESPONSE_TIMEOUT);
     assert!(h.core.is_stopped());
-    assert!(h.events().contains(&Event::Deregistered { confirmed: false }));
+    assert!(
+        h.events()
+            .contains(&Event::Deregistered { confirmed: false })
+    );
 }
