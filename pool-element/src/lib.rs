@@ -65,13 +65,13 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
     /// Most concurrent sessions; more are refused (load = sessions / max).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sessions: u32,
     /// Iterations per second for all sessions together [default: unlimited].
     #[arg(long, value_name = "ITERATIONS_PER_S", value_parser = clap::value_parser!(u64).range(1..))]
     pub capacity: Option<u64>,
     /// A cookie after this many Data messages.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub cookie_max_packets: u32,
     /// A cookie at least this often while computing, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]

@@ -27,7 +27,10 @@ fn help_lists_every_option() {
         "--crash-after",
         "--test-mode",
     ] {
-        assert!(help.contains(option), "{option} missing from --help:\n{help}");
+        assert!(
+            help.contains(option),
+            "{option} missing from --help:\n{help}"
+        );
     }
 }
 
