@@ -256,25 +256,25 @@ fn log_event(event: &Event, pe_id: PeId, pool: &str) {
             home,
             first: true,
         } => tracing::info!(
-            pe = %pe_id, pool, registrar = %registrar, home = %format_args!("{home:#010x}"),
+            pe = %pe_id, pool = %pool, registrar = %registrar, home = %format_args!("{home:#010x}"),
             "pool element registered"
         ),
         Event::Registered { registrar, .. } => {
             tracing::debug!(pe = %pe_id, registrar = %registrar, "pool element reregistered")
         }
         Event::Rejected { registrar, cause } => tracing::warn!(
-            pe = %pe_id, pool, registrar = %registrar,
-            cause = cause.map_or("none", |c| c.name()),
+            pe = %pe_id, pool = %pool, registrar = %registrar,
+            cause = %cause.map_or("none", |c| c.name()),
             "registration rejected"
         ),
         Event::HomeChanged { home } => {
             tracing::info!(pe = %pe_id, home = %format_args!("{home:#010x}"), "home registrar changed")
         }
         Event::RegistrarLost { registrar, reason } => {
-            tracing::warn!(registrar = %registrar, reason = reason.as_str(), "registrar lost")
+            tracing::warn!(registrar = %registrar, reason = %reason.as_str(), "registrar lost")
         }
         Event::Deregistered { confirmed } => {
-            tracing::info!(pe = %pe_id, pool, confirmed, "pool element deregistered")
+            tracing::info!(pe = %pe_id, pool = %pool, confirmed, "pool element deregistered")
         }
     }
 }
@@ -314,7 +314,7 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 /// How a session ended, for the log.
 fn finished(id: u64, peer: SocketAddr, reason: &str, data: u64) {
-    tracing::info!(session = id, peer = %peer, reason, data, "session finished");
+    tracing::info!(session = id, peer = %peer, reason = %reason, data, "session finished");
 }
 
 async fn serve(
@@ -339,7 +339,7 @@ async fn serve(
             return;
         }
         Err(_) => {
-            tracing::warn!(session = id, peer = %peer, reason = "no request", "session aborted");
+            tracing::warn!(session = id, peer = %peer, reason = %"no-request", "session aborted");
             sender.abort();
             return;
         }
