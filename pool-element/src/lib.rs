@@ -110,6 +110,9 @@ struct Shared {
     data_total: AtomicU64,
     crash_after: Option<u64>,
     load: watch::Sender<f64>,
+    /// Keep-alives from other registrars go to the registration client.
+    foreign_keep_alives: mpsc::UnboundedSender<(bool, u32)>,
+    keep_alive_ack: AsapMessage,
 }
 
 impl Shared {
@@ -209,6 +212,11 @@ pub async fn run_until(
         data_total: AtomicU64::new(0),
         crash_after: cli.crash_after,
         load: load_tx,
+        foreign_keep_alives: registration.foreign_keep_alives(),
+        keep_alive_ack: AsapMessage::EndpointKeepAliveAck {
+            pool_handle: pool.clone(),
+            pe_id,
+        },
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -307,6 +315,43 @@ fn accept(
     });
 }
 
+/// Answers Endpoint Keep-Alives on a non-session association and passes them to the
+/// registration client (an H flag makes the sender our home), until the peer closes, sends
+/// anything else, or we shut down.
+async fn serve_keep_alives(
+    mut message: AsapMessage,
+    sender: rserpool::transport::AssociationSender,
+    mut receiver: rserpool::transport::AssociationReceiver,
+    shared: &Shared,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let peer = sender.peer_addr();
+    while let AsapMessage::EndpointKeepAlive {
+        home, server_id, ..
+    } = message
+    {
+        tracing::info!(peer = %peer, home, server = %format_args!("{server_id:#010x}"), "keep-alive from another registrar");
+        let _ = shared.foreign_keep_alives.send((home, server_id));
+        if let Ok(bytes) = shared.keep_alive_ack.to_bytes()
+            && sender.send(PPID_ASAP, bytes).await.is_err()
+        {
+            return;
+        }
+        let frame = tokio::select! {
+            frame = receiver.recv() => frame,
+            _ = stopped(&mut shutdown) => break,
+        };
+        message = match frame {
+            Ok(frame) if frame.ppid == PPID_ASAP => match AsapMessage::decode(&frame.payload) {
+                Ok(decoded) => decoded.message,
+                Err(_) => break,
+            },
+            _ => break,
+        };
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), sender.close()).await;
+}
+
 /// Completes once shutdown was requested (or its sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
@@ -344,6 +389,17 @@ async fn serve(
             return;
         }
     };
+    if frame.ppid == PPID_ASAP
+        && let Ok(decoded) = AsapMessage::decode(&frame.payload)
+        && let AsapMessage::EndpointKeepAlive { .. } = decoded.message
+    {
+        // Not a session: a registrar taking over from our home reaches us here.
+        shared.active.fetch_sub(1, Ordering::AcqRel);
+        shared.publish_load();
+        serve_keep_alives(decoded.message, sender, receiver, shared, shutdown).await;
+        shared.active.fetch_add(1, Ordering::AcqRel);
+        return;
+    }
     let start = match decode_first(frame.ppid, &frame.payload) {
         Ok(start) => start,
         Err(error) => {

@@ -571,3 +571,40 @@ async fn keep_alives_reregistration_and_registrar_loss() {
     drop(session);
     pe.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_keep_alive_on_the_data_address_is_acked_and_adopted() {
+    let mut registrar = FakeRegistrar::start().await;
+    let pe = RunningPe::start(registrar.address, &["--rereg-interval", "200"]).await;
+    registrar
+        .expect("registration", |m| {
+            matches!(m, AsapMessage::Registration { .. })
+        })
+        .await;
+    // Another registrar, taking over, reaches the PE at its registered (data) address.
+    let mut takeover = connect(pe.data).await;
+    let keep_alive = AsapMessage::EndpointKeepAlive {
+        home: true,
+        server_id: 0x7777,
+        pool_handle: PoolHandle::new("FractalGeneratorPool").expect("valid"),
+        pe_id: None,
+    };
+    takeover
+        .send(PPID_ASAP, keep_alive.to_bytes().expect("encodable"))
+        .await
+        .expect("send");
+    let frame = timeout(WAIT, takeover.recv())
+        .await
+        .expect("in time")
+        .expect("ack");
+    assert_eq!(frame.ppid, PPID_ASAP);
+    let ack = AsapMessage::decode(&frame.payload).expect("valid").message;
+    assert!(matches!(ack, AsapMessage::EndpointKeepAliveAck { pe_id, .. } if pe_id.0 == 0x5eed));
+    registrar
+        .expect("re-registration naming the new home", |m| {
+            matches!(m, AsapMessage::Registration { pool_element, .. } if pool_element.home_registrar == 0x7777)
+        })
+        .await;
+    drop(takeover);
+    pe.stop().await;
+}

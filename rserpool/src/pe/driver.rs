@@ -23,6 +23,7 @@ type ConnectFuture =
 #[derive(Debug)]
 pub struct RegistrationHandle {
     load: watch::Sender<f64>,
+    foreign_keep_alives: mpsc::UnboundedSender<(bool, u32)>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -31,6 +32,11 @@ impl RegistrationHandle {
     /// Reports the current load (fraction of capacity in use).
     pub fn set_load(&self, fraction: f64) {
         let _ = self.load.send(fraction);
+    }
+
+    /// A sender for keep-alives received on other associations: `(H flag, server id)`.
+    pub fn foreign_keep_alives(&self) -> mpsc::UnboundedSender<(bool, u32)> {
+        self.foreign_keep_alives.clone()
     }
 
     /// Deregisters and waits (at most `timeout`) for the task to finish.
@@ -53,10 +59,19 @@ pub fn spawn(
 ) -> RegistrationHandle {
     let (load_tx, load_rx) = watch::channel(0.0);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (foreign_tx, foreign_rx) = mpsc::unbounded_channel();
     let core = Registration::new(config, table, Instant::now());
-    let task = tokio::spawn(run(core, association, events, load_rx, shutdown_rx));
+    let task = tokio::spawn(run(
+        core,
+        association,
+        events,
+        load_rx,
+        shutdown_rx,
+        foreign_rx,
+    ));
     RegistrationHandle {
         load: load_tx,
+        foreign_keep_alives: foreign_tx,
         shutdown: shutdown_tx,
         task,
     }
@@ -75,6 +90,7 @@ async fn run(
     events: mpsc::UnboundedSender<Event>,
     mut load: watch::Receiver<f64>,
     mut shutdown: watch::Receiver<bool>,
+    mut foreign_keep_alives: mpsc::UnboundedReceiver<(bool, u32)>,
 ) {
     let mut association: Option<Association> = None;
     let mut connecting: Option<ConnectFuture> = None;
@@ -157,6 +173,9 @@ async fn run(
                     let fraction = *load.borrow_and_update();
                     core.set_load(fraction, Instant::now());
                 }
+            }
+            Some((home, server_id)) = foreign_keep_alives.recv() => {
+                core.on_foreign_keep_alive(home, server_id, Instant::now());
             }
             changed = shutdown.changed(), if !shutdown_seen => {
                 // A dropped handle counts as shutdown too.

@@ -465,33 +465,73 @@ impl Registration {
         let State::Connected { registrar, .. } = self.state else {
             return;
         };
-        self.actions
-            .push_back(Action::Send(AsapMessage::EndpointKeepAliveAck {
-                pool_handle: self.config.pool_handle.clone(),
-                pe_id: self.config.pe_id,
-            }));
+        self.actions.push_back(Action::Send(self.keep_alive_ack()));
         // Only the home registrar sends keep-alives on our association, so its identifier is
         // our home's; H additionally asks us to treat it as home from now on.
         if server_id != self.home {
-            self.home = server_id;
-            self.events
-                .push_back(Event::HomeChanged { home: server_id });
-            // A new home we know at another address: move there (re-register with it).
-            let elsewhere = self.table.lock().ok().and_then(|table| {
-                table
-                    .candidates(now)
-                    .into_iter()
-                    .find(|r| r.id == Some(server_id) && r.address != registrar)
-                    .map(|r| r.address)
-            });
-            if home_flag && let Some(address) = elsewhere {
-                self.preferred = Some(address);
+            self.adopt_home(server_id, home_flag, Some(registrar), now);
+        }
+    }
+
+    /// An Endpoint Keep-Alive that arrived on another association (a registrar taking over
+    /// from our failed home connects to our data address). With the H flag its sender becomes
+    /// our home; if we know where it listens, we register with it there. The caller answers
+    /// with [`Registration::keep_alive_ack`].
+    pub fn on_foreign_keep_alive(&mut self, home_flag: bool, server_id: u32, now: Instant) {
+        if !home_flag || server_id == self.home || self.is_stopped() {
+            return;
+        }
+        let current = match self.state {
+            State::Connected { registrar, .. } | State::Connecting { registrar } => Some(registrar),
+            _ => None,
+        };
+        self.adopt_home(server_id, true, current, now);
+    }
+
+    /// The Keep-Alive Ack this PE answers keep-alives with.
+    pub fn keep_alive_ack(&self) -> AsapMessage {
+        AsapMessage::EndpointKeepAliveAck {
+            pool_handle: self.config.pool_handle.clone(),
+            pe_id: self.config.pe_id,
+        }
+    }
+
+    fn adopt_home(
+        &mut self,
+        server_id: u32,
+        home_flag: bool,
+        current: Option<SocketAddr>,
+        now: Instant,
+    ) {
+        self.home = server_id;
+        self.events
+            .push_back(Event::HomeChanged { home: server_id });
+        if !home_flag {
+            return;
+        }
+        // A new home we know at another address: move there (re-register with it).
+        let elsewhere = self.table.lock().ok().and_then(|table| {
+            table
+                .candidates(now)
+                .into_iter()
+                .find(|r| r.id == Some(server_id) && Some(r.address) != current)
+                .map(|r| r.address)
+        });
+        let Some(address) = elsewhere else { return };
+        self.preferred = Some(address);
+        match current {
+            Some(registrar) => {
                 self.actions.push_back(Action::Disconnect);
                 self.events.push_back(Event::RegistrarLost {
                     registrar,
                     reason: LossReason::HomeMoved,
                 });
                 self.state = State::Searching { retry_at: now };
+            }
+            None => {
+                if let State::Searching { retry_at } = &mut self.state {
+                    *retry_at = now;
+                }
             }
         }
     }

@@ -405,3 +405,41 @@ fn shutdown_without_answer_stops_after_the_timeout() {
             .contains(&Event::Deregistered { confirmed: false })
     );
 }
+
+#[test]
+fn h_flagged_keep_alive_from_elsewhere_moves_to_the_announced_home() {
+    let now = Instant::now();
+    let table = RegistrarTable::new([addr(1)]);
+    let announce = AsapMessage::ServerAnnounce {
+        server_id: 0x55,
+        transports: vec![TransportAddress::Tcp {
+            port: 3,
+            address: Ipv4Addr::LOCALHOST.into(),
+        }],
+    }
+    .to_bytes()
+    .expect("encodable");
+    let table = std::sync::Arc::new(std::sync::Mutex::new(table));
+    let mut h = Harness {
+        core: Registration::new(config(Policy::RoundRobin), table.clone(), now),
+        now,
+    };
+    assert_eq!(h.register(), addr(1));
+    h.events();
+    // Without H, or from an unknown server: home changes at most, no move.
+    h.core.on_foreign_keep_alive(false, 0x55, h.now);
+    assert!(h.actions().is_empty() && h.events().is_empty());
+    h.core.on_foreign_keep_alive(true, 0x66, h.now);
+    assert!(h.actions().is_empty());
+    assert_eq!(h.events(), vec![Event::HomeChanged { home: 0x66 }]);
+    // Known by announce: move there.
+    table
+        .lock()
+        .expect("lock")
+        .on_announce(addr(9), &announce, h.now);
+    h.core.on_foreign_keep_alive(true, 0x55, h.now);
+    assert_eq!(h.actions(), vec![Action::Disconnect]);
+    h.core.handle_timeout(h.now);
+    assert_eq!(h.actions(), vec![Action::Connect(addr(3))]);
+    assert_eq!(h.core.home(), 0x55);
+}
