@@ -134,7 +134,13 @@ struct RunningPe {
 impl RunningPe {
     async fn start(registrar: SocketAddr, extra: &[&str]) -> RunningPe {
         let registrar = registrar.to_string();
-        let mut args = vec!["pool-element", "--registrar", &registrar, "--id", "0x5eed"];
+        let mut args = vec!["--registrar", &registrar];
+        args.extend_from_slice(extra);
+        RunningPe::start_with(&args).await
+    }
+
+    async fn start_with(extra: &[&str]) -> RunningPe {
+        let mut args = vec!["pool-element", "--id", "0x5eed"];
         args.extend_from_slice(extra);
         let cli = Cli::try_parse_from(args).expect("valid command line");
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -606,5 +612,52 @@ async fn takeover_keep_alive_on_the_data_address_is_acked_and_adopted() {
         })
         .await;
     drop(takeover);
+    pe.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finds_a_registrar_by_server_announce() {
+    let mut registrar = FakeRegistrar::start().await;
+    // A free UDP port for the announces (unicast: no multicast needed on the test host).
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("bound")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let pe = RunningPe::start_with(&["--announce-listen", &listen]).await;
+    let announce = AsapMessage::ServerAnnounce {
+        server_id: 0x1111,
+        transports: vec![TransportAddress::Tcp {
+            port: registrar.address.port(),
+            address: registrar.address.ip(),
+        }],
+    }
+    .to_bytes()
+    .expect("encodable");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let registered = async {
+        registrar
+            .expect("registration", |m| {
+                matches!(m, AsapMessage::Registration { .. })
+            })
+            .await
+    };
+    let announcing = async {
+        loop {
+            let _ = socket.send_to(&announce, &listen).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let registration = tokio::select! {
+        registration = registered => registration,
+        _ = announcing => unreachable!(),
+    };
+    // The announced identifier is the home registrar the PE registers with.
+    assert!(
+        matches!(registration, AsapMessage::Registration { pool_element, .. } if pool_element.home_registrar == 0x1111)
+    );
     pe.stop().await;
 }
