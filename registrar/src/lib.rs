@@ -133,3 +133,82 @@ pub async fn run(cli: Cli) -> Result<()> {
     info!("registrar stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("registrar").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_follow_rsplib() {
+        let config = parse(&[]).expect("defaults parse").driver_config();
+        assert_eq!(config.asap, "0.0.0.0:3863".parse().expect("address"));
+        let announce = config.announce.expect("announces on by default");
+        assert_eq!(announce.destination, DEFAULT_ANNOUNCE);
+        assert_eq!(announce.interval, Duration::from_secs(1));
+        assert_eq!(config.registrar.keepalive, KeepAliveConfig::default());
+        assert_eq!(config.registrar.max_bad_pe_reports, 3);
+        assert_eq!(config.registrar.default_hr_items, 3);
+        assert_eq!(config.registrar.max_hr_items, None);
+        assert_ne!(config.registrar.id, 0);
+    }
+
+    #[test]
+    fn options_reach_the_configuration() {
+        let cli = parse(&[
+            "--asap",
+            "127.0.0.1:0",
+            "--announce",
+            "OFF",
+            "--keepalive-interval",
+            "250",
+            "--keepalive-timeout",
+            "750",
+            "--max-bad-pe-reports",
+            "1",
+            "--max-hr-items",
+            "8",
+            "--id",
+            "0x00C0FFEE",
+        ])
+        .expect("parses");
+        let config = cli.driver_config();
+        assert_eq!(config.announce, None);
+        assert_eq!(
+            config.registrar.keepalive.interval,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            config.registrar.keepalive.timeout,
+            Duration::from_millis(750)
+        );
+        assert_eq!(config.registrar.max_bad_pe_reports, 1);
+        assert_eq!(config.registrar.max_hr_items, Some(8));
+        assert_eq!(config.registrar.id, 0x00c0_ffee);
+        assert_eq!(parse(&["--id", "4096"]).expect("decimal").id, Some(4096));
+        assert_eq!(
+            parse(&["--announce", "10.1.2.3:9000"])
+                .expect("unicast")
+                .announce,
+            Announce::To("10.1.2.3:9000".parse().expect("address"))
+        );
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        for args in [
+            &["--id", "0"][..],
+            &["--id", "0x"],
+            &["--id", "0x1ffffffff"],
+            &["--announce", "239.0.0.50"],
+            &["--max-bad-pe-reports", "0"],
+            &["--max-hr-items", "0"],
+            &["--keepalive-timeout", "-5"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} accepted");
+        }
+    }
+}

@@ -343,3 +343,47 @@ async fn hostile_input_leaves_the_handlespace_unchanged_and_others_served() {
     );
     registrar.shutdown().await;
 }
+
+#[tokio::test]
+async fn multicast_announces_on_loopback_carry_the_asap_address() {
+    use rserpool::registrar::driver::AnnounceConfig;
+    use rserpool::transport::announce::{AnnounceReceiver, AnnounceReceiverConfig};
+    // A port of our own (from the pid) so parallel tests and programs do not hear each other.
+    let port = 40_000 + (std::process::id() % 20_000) as u16;
+    let group = SocketAddr::from((Ipv4Addr::new(239, 0, 0, 50), port));
+    let mut receiver_config = AnnounceReceiverConfig::new(group);
+    receiver_config.multicast_interface_v4 = Ipv4Addr::LOCALHOST;
+    let receiver = AnnounceReceiver::new(&receiver_config).expect("receiver");
+    let registrar = driver::start(DriverConfig {
+        asap: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        announce: Some(AnnounceConfig {
+            destination: group,
+            interval: Duration::from_millis(100),
+        }),
+        registrar: RegistrarConfig {
+            id: 0x0a0b_0c0d,
+            ..RegistrarConfig::default()
+        },
+        association: AssociationConfig::default(),
+    })
+    .await
+    .expect("registrar starts");
+    let asap = registrar.local_addr();
+    let (payload, source) = timeout(T, receiver.recv())
+        .await
+        .expect("announce in time")
+        .expect("announce");
+    assert!(source.ip().is_loopback());
+    let message = AsapMessage::decode(&payload).expect("decodable").message;
+    assert_eq!(
+        message,
+        AsapMessage::ServerAnnounce {
+            server_id: 0x0a0b_0c0d,
+            transports: vec![TransportAddress::Tcp {
+                port: asap.port(),
+                address: asap.ip(),
+            }],
+        }
+    );
+    registrar.shutdown().await;
+}
