@@ -500,9 +500,8 @@ async fn serve(
     } else {
         let _ = sender.close().await;
     }
-    if let Some(handle) = worker {
-        // The worker has returned or will at its next check; do not block the runtime on it.
-        drop(handle);
-    }
+    // The worker has returned or will at its next check (cancelled above); its thread is
+    // detached rather than joined so the runtime never blocks on it.
+    drop(worker);
     finished(id, peer, reason, data);
 }

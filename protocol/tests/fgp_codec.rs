@@ -536,10 +536,7 @@ fn unknown_algorithms_are_computable_as_the_test_pattern() {
         algorithm: AlgorithmId(7),
         ..golden_parameter_value()
     };
-    assert_eq!(
-        unknown.validate(),
-        Err(ParameterError::UnknownAlgorithm(7))
-    );
+    assert_eq!(unknown.validate(), Err(ParameterError::UnknownAlgorithm(7)));
     assert_eq!(unknown.validate_computable(), Ok(()));
     // A cookie for it resumes; one beyond rsplib's limits still does not.
     let cookie = Cookie::start(unknown);

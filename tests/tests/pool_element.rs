@@ -305,3 +305,111 @@ async fn crash_after_aborts_the_process_without_a_final_cookie() {
         Some(nix::sys::signal::Signal::SIGABRT as i32)
     );
 }
+
+/// Starts the real registrar on `asap` (port 0: ephemeral) without announces; returns it and
+/// its bound ASAP address.
+fn start_registrar(asap: &str) -> (Proc, SocketAddr) {
+    let args: Vec<String> = [
+        "--asap",
+        asap,
+        "--announce",
+        "off",
+        "--keepalive-interval",
+        "500",
+        "--keepalive-timeout",
+        "500",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let registrar = Proc::spawn("registrar", bin("registrar"), &args).expect("starts");
+    let line = registrar
+        .log
+        .wait_for_text("registrar ready", READY_TIMEOUT)
+        .expect("ready line");
+    let address = field(&line, "asap")
+        .expect("asap field")
+        .parse()
+        .expect("an address");
+    (registrar, address)
+}
+
+#[test]
+fn pool_element_registers_with_the_real_registrar_and_again_after_its_restart() {
+    let (registrar, asap) = start_registrar("127.0.0.1:0");
+    let pe = Proc::spawn(
+        "pool-element",
+        bin("pool-element"),
+        &[
+            "--registrar".to_string(),
+            asap.to_string(),
+            "--id".into(),
+            "0x0000abcd".into(),
+            "--rereg-interval".into(),
+            "1000".into(),
+        ],
+    )
+    .expect("starts");
+    let line = pe
+        .log
+        .wait_for_text("pool element listening", READY_TIMEOUT)
+        .expect("listening");
+    let data = field(&line, "data").expect("data field");
+    let seen = registrar
+        .log
+        .wait_for(READY_TIMEOUT, |l| {
+            l.contains("pe registered") && l.contains("pe=0x0000abcd")
+        })
+        .expect("registrar saw the registration");
+    assert_eq!(field(&seen, "addr").as_deref(), Some(data.as_str()));
+    pe.log
+        .wait_for_text("pool element registered", READY_TIMEOUT)
+        .expect("PE registered line");
+    // Keep-alives (every 500 ms, 500 ms to answer) name the home registrar and are acked:
+    // the PE is never removed; periodic re-registrations reach the registrar.
+    let ready = registrar
+        .log
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("registrar ready"))
+        .expect("ready line");
+    let home = pe
+        .log
+        .wait_for_text("home registrar changed", READY_TIMEOUT)
+        .expect("a keep-alive reached the PE");
+    assert_eq!(field(&home, "home"), field(&ready, "id"));
+    for _ in 0..2 {
+        registrar
+            .log
+            .wait_for(READY_TIMEOUT, |l| {
+                l.contains("pe reregistered") && l.contains("pe=0x0000abcd")
+            })
+            .expect("re-registration");
+    }
+    assert_eq!(
+        registrar.log.count("pe removed"),
+        0,
+        "{:?}",
+        registrar.log.lines()
+    );
+
+    // Registrar restart on the same port: the PE notices and registers again.
+    registrar
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .expect("kill");
+    drop(registrar);
+    pe.log
+        .wait_for_text("registrar lost", READY_TIMEOUT)
+        .expect("PE noticed the loss");
+    let (restarted, again) = start_registrar(&asap.to_string());
+    assert_eq!(again, asap);
+    restarted
+        .log
+        .wait_for(READY_TIMEOUT, |l| {
+            l.contains("pe registered") && l.contains("pe=0x0000abcd")
+        })
+        .expect("registered again after the restart");
+    pe.log
+        .wait_for_text("pool element registered", READY_TIMEOUT)
+        .expect("PE registered again");
+}
