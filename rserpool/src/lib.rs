@@ -3,5 +3,6 @@
 pub mod discovery;
 pub mod handlespace;
 pub mod logging;
+pub mod pu;
 pub mod transport;
 pub mod wire;
