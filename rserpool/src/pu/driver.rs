@@ -279,7 +279,10 @@ impl Session {
                     None => std::future::pending().await,
                 }
             };
+            // Biased: frames that are already waiting count before a timer that expired
+            // while the application was busy.
             tokio::select! {
+                biased;
                 frame = received => {
                     let now = Instant::now();
                     match frame {
