@@ -1,1 +1,508 @@
-//! Pool element.
+//! The Fractal Generator pool element: registers with a registrar (ASAP) and computes
+//! Mandelbrot views for pool users (FGP), one worker thread per session.
+//!
+//! [`run`] is the whole program; `main.rs` and the GUI bundle's `pool-user pool-element`
+//! subcommand call it with a parsed [`Cli`].
+
+pub mod limiter;
+pub mod session;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use fractal_protocol::kernel::KernelChoice;
+use rserpool::discovery::{
+    RegistrarTable, SharedRegistrarTable, announce_receiver_config, listen_for_announces,
+};
+use rserpool::pe::driver::{self as registration, RegistrationHandle};
+use rserpool::pe::{Event, RegistrationConfig};
+use rserpool::transport::{self, Association, AssociationConfig, Listener, PPID_ASAP, PPID_FGP};
+use rserpool::wire::{AsapMessage, PeId, Policy, PoolHandle, TransportAddress};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::limiter::RateLimiter;
+use crate::session::{Output, Session, SessionConfig, decode_first};
+use crate::worker::WorkerControl;
+
+/// Data at least this often while computing, so that a slow PE is not taken for a hung one.
+pub const DATA_MAX_TIME: Duration = Duration::from_millis(250);
+/// How long a new association may stay silent before its first message.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on sessions' final cookies and closes at shutdown.
+const SESSION_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on the deregistration at shutdown.
+const DEREGISTRATION_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Command line of the pool element.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "pool-element",
+    about = "Fractal Generator pool element (RSerPool ASAP + FGP)"
+)]
+pub struct Cli {
+    /// Registrar ASAP address (repeatable); none: listen for Server Announces.
+    #[arg(long = "registrar", value_name = "ADDR:PORT")]
+    pub registrars: Vec<SocketAddr>,
+    /// Where to listen for Server Announces when no --registrar is given.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "239.0.0.50:3863")]
+    pub announce_listen: SocketAddr,
+    /// Pool handle to register under.
+    #[arg(long, default_value = "FractalGeneratorPool")]
+    pub pool: String,
+    /// Pool member selection policy, rsplib's grammar (e.g. LeastUsed, WeightedRoundRobin:3, Priority:5).
+    #[arg(long, default_value = "RoundRobin")]
+    pub policy: Policy,
+    /// Pool element identifier, hexadecimal (0x...) or decimal [default: random].
+    #[arg(long, value_name = "HEX|DEC", value_parser = parse_id)]
+    pub id: Option<u32>,
+    /// Address for pool users' sessions (port 0: ephemeral); this address is registered.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Most concurrent sessions; more are refused (load = sessions / max).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions: u32,
+    /// Iterations per second for all sessions together [default: unlimited].
+    #[arg(long, value_name = "ITERATIONS_PER_S", value_parser = clap::value_parser!(u64).range(1..))]
+    pub capacity: Option<u64>,
+    /// A cookie after this many Data messages.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cookie_max_packets: u32,
+    /// A cookie at least this often while computing, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub cookie_max_time: u64,
+    /// Re-registration interval in milliseconds (registration life = 3x).
+    #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub rereg_interval: u64,
+    /// After the N-th Data message of a session: send a cookie, then close (failover demo) [default: off].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub fail_after: Option<u32>,
+    /// Abort the whole process after N Data messages in total, without a final cookie [default: off].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub crash_after: Option<u64>,
+    /// Compute the test pattern (x*y mod 256) instead of the fractal.
+    #[arg(long)]
+    pub test_mode: bool,
+}
+
+/// Parses `0x1a2b` (hexadecimal) or `1234` (decimal).
+fn parse_id(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("\"{text}\" is not a 32-bit identifier: {e}"))
+}
+
+/// What the session tasks share.
+struct Shared {
+    config: SessionConfig,
+    limiter: Option<Arc<RateLimiter>>,
+    max_sessions: usize,
+    active: AtomicUsize,
+    next_session: AtomicU64,
+    data_total: AtomicU64,
+    crash_after: Option<u64>,
+    load: watch::Sender<f64>,
+    /// Keep-alives from other registrars go to the registration client.
+    foreign_keep_alives: mpsc::UnboundedSender<(bool, u32)>,
+    keep_alive_ack: AsapMessage,
+}
+
+impl Shared {
+    fn publish_load(&self) {
+        let active = self.active.load(Ordering::Acquire);
+        let _ = self.load.send(active as f64 / self.max_sessions as f64);
+    }
+}
+
+/// Runs the pool element until SIGINT/SIGTERM, then gives each session a final cookie, closes
+/// them, deregisters and returns.
+pub async fn run(cli: Cli) -> Result<()> {
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let signalled = async move {
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+        }
+    };
+    run_until(cli, signalled, None).await
+}
+
+/// [`run`] with another shutdown trigger; `ready` receives the bound data address (for tests
+/// and embedding).
+pub async fn run_until(
+    cli: Cli,
+    shutdown: impl std::future::Future<Output = ()>,
+    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> Result<()> {
+    let pool = PoolHandle::new(cli.pool.as_bytes())
+        .map_err(|e| anyhow::anyhow!("--pool {:?}: {e}", cli.pool))?;
+    if cli.listen.ip().is_unspecified() && cli.listen.is_ipv6() {
+        bail!("--listen: use an IPv4 address or 0.0.0.0");
+    }
+    let listener = transport::bind(cli.listen, AssociationConfig::default())
+        .await
+        .with_context(|| format!("listening on {}", cli.listen))?;
+    let data_addr = listener.local_addr()?;
+    tracing::info!(data = %data_addr, "pool element listening");
+    if let Some(ready) = ready {
+        let _ = ready.send(data_addr);
+    }
+
+    let pe_id = PeId(cli.id.unwrap_or_else(rand::random));
+    let config = RegistrationConfig::new(
+        pool.clone(),
+        pe_id,
+        cli.policy,
+        TransportAddress::Tcp {
+            port: data_addr.port(),
+            // 0.0.0.0 tells the registrar to use the address we connect from.
+            address: data_addr.ip(),
+        },
+        Duration::from_millis(cli.rereg_interval),
+    );
+    let table: SharedRegistrarTable = Arc::new(std::sync::Mutex::new(RegistrarTable::new(
+        cli.registrars.iter().copied(),
+    )));
+    let announce_task = cli.registrars.is_empty().then(|| {
+        let receiver = announce_receiver_config(cli.announce_listen, Some(data_addr.ip()));
+        let table = table.clone();
+        tokio::spawn(async move {
+            let error = listen_for_announces(receiver, table).await;
+            tracing::warn!(%error, "announce listener failed");
+        })
+    });
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let registration: RegistrationHandle =
+        registration::spawn(config, table, AssociationConfig::default(), events_tx);
+    let pool_name = String::from_utf8_lossy(pool.as_bytes()).into_owned();
+    let events_task = tokio::spawn(async move {
+        while let Some(event) = events_rx.recv().await {
+            log_event(&event, pe_id, &pool_name);
+        }
+    });
+
+    let (load_tx, mut load_rx) = watch::channel(0.0);
+    let shared = Arc::new(Shared {
+        config: SessionConfig {
+            cookie_max_packets: cli.cookie_max_packets,
+            cookie_max_time: Duration::from_millis(cli.cookie_max_time),
+            data_max_time: DATA_MAX_TIME,
+            fail_after: cli.fail_after,
+            kernel: if cli.test_mode {
+                KernelChoice::TestMode
+            } else {
+                KernelChoice::Fast
+            },
+        },
+        limiter: cli
+            .capacity
+            .map(|rate| Arc::new(RateLimiter::new(rate, Instant::now()))),
+        max_sessions: cli.max_sessions as usize,
+        active: AtomicUsize::new(0),
+        next_session: AtomicU64::new(1),
+        data_total: AtomicU64::new(0),
+        crash_after: cli.crash_after,
+        load: load_tx,
+        foreign_keep_alives: registration.foreign_keep_alives(),
+        keep_alive_ack: AsapMessage::EndpointKeepAliveAck {
+            pool_handle: pool.clone(),
+            pe_id,
+        },
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut sessions = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(association) => accept(association, &shared, &shutdown_rx, &mut sessions),
+                Err(error) => tracing::warn!(%error, "accept failed"),
+            },
+            changed = load_rx.changed() => {
+                if changed.is_ok() {
+                    registration.set_load(*load_rx.borrow_and_update());
+                }
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            _ = &mut shutdown => break,
+        }
+    }
+    tracing::info!(sessions = sessions.len(), "pool element shutting down");
+    drop(listener);
+    let _ = shutdown_tx.send(true);
+    let drained = tokio::time::timeout(SESSION_SHUTDOWN_TIMEOUT, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("sessions did not close in time; aborting them");
+        sessions.abort_all();
+    }
+    registration.shutdown(DEREGISTRATION_TIMEOUT).await;
+    if let Some(task) = announce_task {
+        task.abort();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), events_task).await;
+    tracing::info!("pool element stopped");
+    Ok(())
+}
+
+fn log_event(event: &Event, pe_id: PeId, pool: &str) {
+    match event {
+        Event::Registered {
+            registrar,
+            home,
+            first: true,
+        } => tracing::info!(
+            pe = %pe_id, pool = %pool, registrar = %registrar, home = %format_args!("{home:#010x}"),
+            "pool element registered"
+        ),
+        Event::Registered { registrar, .. } => {
+            tracing::debug!(pe = %pe_id, registrar = %registrar, "pool element reregistered")
+        }
+        Event::Rejected { registrar, cause } => tracing::warn!(
+            pe = %pe_id, pool = %pool, registrar = %registrar,
+            cause = %cause.map_or("none", |c| c.name()),
+            "registration rejected"
+        ),
+        Event::HomeChanged { home } => {
+            tracing::info!(pe = %pe_id, home = %format_args!("{home:#010x}"), "home registrar changed")
+        }
+        Event::RegistrarLost { registrar, reason } => {
+            tracing::warn!(registrar = %registrar, reason = %reason.as_str(), "registrar lost")
+        }
+        Event::Deregistered { confirmed } => {
+            tracing::info!(pe = %pe_id, pool = %pool, confirmed, "pool element deregistered")
+        }
+    }
+}
+
+fn accept(
+    association: Association,
+    shared: &Arc<Shared>,
+    shutdown: &watch::Receiver<bool>,
+    sessions: &mut JoinSet<()>,
+) {
+    let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let peer = association.peer_addr();
+    let active = shared.active.load(Ordering::Acquire);
+    if active >= shared.max_sessions {
+        tracing::info!(session = id, peer = %peer, active, max = shared.max_sessions, "session refused");
+        // Closed before any frame: the PU fails over without reporting us unreachable.
+        tokio::spawn(async move {
+            let _ = association.close().await;
+        });
+        return;
+    }
+    shared.active.fetch_add(1, Ordering::AcqRel);
+    shared.publish_load();
+    let shared = shared.clone();
+    let shutdown = shutdown.clone();
+    sessions.spawn(async move {
+        serve(association, id, &shared, shutdown).await;
+        shared.active.fetch_sub(1, Ordering::AcqRel);
+        shared.publish_load();
+    });
+}
+
+/// Answers Endpoint Keep-Alives on a non-session association and passes them to the
+/// registration client (an H flag makes the sender our home), until the peer closes, sends
+/// anything else, or we shut down.
+async fn serve_keep_alives(
+    mut message: AsapMessage,
+    sender: rserpool::transport::AssociationSender,
+    mut receiver: rserpool::transport::AssociationReceiver,
+    shared: &Shared,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let peer = sender.peer_addr();
+    while let AsapMessage::EndpointKeepAlive {
+        home, server_id, ..
+    } = message
+    {
+        tracing::info!(peer = %peer, home, server = %format_args!("{server_id:#010x}"), "keep-alive from another registrar");
+        let _ = shared.foreign_keep_alives.send((home, server_id));
+        if let Ok(bytes) = shared.keep_alive_ack.to_bytes()
+            && sender.send(PPID_ASAP, bytes).await.is_err()
+        {
+            return;
+        }
+        let frame = tokio::select! {
+            frame = receiver.recv() => frame,
+            _ = stopped(&mut shutdown) => break,
+        };
+        message = match frame {
+            Ok(frame) if frame.ppid == PPID_ASAP => match AsapMessage::decode(&frame.payload) {
+                Ok(decoded) => decoded.message,
+                Err(_) => break,
+            },
+            _ => break,
+        };
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), sender.close()).await;
+}
+
+/// Completes once shutdown was requested (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// How a session ended, for the log.
+fn finished(id: u64, peer: SocketAddr, reason: &str, data: u64) {
+    tracing::info!(session = id, peer = %peer, reason = %reason, data, "session finished");
+}
+
+async fn serve(
+    association: Association,
+    id: u64,
+    shared: &Shared,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let peer = association.peer_addr();
+    let (sender, mut receiver) = association.split();
+    let first = tokio::select! {
+        first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, receiver.recv()) => first,
+        _ = stopped(&mut shutdown) => {
+            sender.abort();
+            return;
+        }
+    };
+    let frame = match first {
+        Ok(Ok(frame)) => frame,
+        Ok(Err(error)) => {
+            tracing::debug!(session = id, peer = %peer, %error, "association ended before a request");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(session = id, peer = %peer, reason = %"no-request", "session aborted");
+            sender.abort();
+            return;
+        }
+    };
+    if frame.ppid == PPID_ASAP
+        && let Ok(decoded) = AsapMessage::decode(&frame.payload)
+        && let AsapMessage::EndpointKeepAlive { .. } = decoded.message
+    {
+        // Not a session: a registrar taking over from our home reaches us here.
+        shared.active.fetch_sub(1, Ordering::AcqRel);
+        shared.publish_load();
+        serve_keep_alives(decoded.message, sender, receiver, shared, shutdown).await;
+        shared.active.fetch_add(1, Ordering::AcqRel);
+        return;
+    }
+    let start = match decode_first(frame.ppid, &frame.payload) {
+        Ok(start) => start,
+        Err(error) => {
+            tracing::warn!(session = id, peer = %peer, reason = %error, "session aborted");
+            sender.abort();
+            return;
+        }
+    };
+    let (session, initial) = Session::new(start, shared.config.clone(), Instant::now());
+    let resumed = matches!(start, session::Start::Resume(_));
+    let (x, y) = match start {
+        session::Start::Resume(cookie) => (cookie.current_x, cookie.current_y),
+        session::Start::Compute(_) => (0, 0),
+    };
+    let parameter = *session.parameter();
+    tracing::info!(
+        session = id, peer = %peer, resumed, x, y,
+        width = parameter.width, height = parameter.height,
+        max_iterations = parameter.max_iterations, algorithm = parameter.algorithm.0,
+        "session started"
+    );
+    let (tx, mut rx) = mpsc::channel(16);
+    for output in initial {
+        // Fits: the channel holds 16 and a start produces at most 2.
+        let _ = tx.try_send(output);
+    }
+    let control = Arc::new(WorkerControl::default());
+    let mut worker = None;
+    if !session.is_done() {
+        match worker::spawn(session, control.clone(), shared.limiter.clone(), tx) {
+            Ok(handle) => worker = Some(handle),
+            Err(error) => {
+                tracing::error!(session = id, %error, "cannot start a worker thread");
+                sender.abort();
+                return;
+            }
+        }
+    } else {
+        drop(tx);
+    }
+    let mut data = 0u64;
+    let mut stopping = false;
+    let reason = loop {
+        tokio::select! {
+            output = rx.recv() => match output {
+                Some(Output::Data(message)) => {
+                    let finalizer = message.is_finalizer();
+                    let Ok(bytes) = message.encode() else { break "encode-error" };
+                    if sender.send(PPID_FGP, bytes).await.is_err() {
+                        break "peer-closed";
+                    }
+                    if !finalizer {
+                        data += 1;
+                        let total = shared.data_total.fetch_add(1, Ordering::AcqRel) + 1;
+                        if shared.crash_after.is_some_and(|limit| total >= limit) {
+                            tracing::warn!(data = total, "crash-after reached: aborting the process");
+                            std::process::abort();
+                        }
+                    }
+                }
+                Some(Output::Cookie(cookie)) => {
+                    let message = AsapMessage::Cookie { cookie: cookie.encode().to_vec() };
+                    let Ok(bytes) = message.to_bytes() else { break "encode-error" };
+                    if sender.send(PPID_ASAP, bytes).await.is_err() {
+                        break "peer-closed";
+                    }
+                }
+                Some(Output::Finished) => break "completed",
+                Some(Output::FailureInjected) => break "fail-after",
+                // The worker stopped: after a final cookie on shutdown, or it was cancelled.
+                None => break if stopping { "shutdown" } else { "worker-ended" },
+            },
+            frame = receiver.recv() => match frame {
+                Ok(frame) if frame.ppid == PPID_ASAP
+                    && matches!(AsapMessage::decode(&frame.payload), Ok(d) if matches!(d.message, AsapMessage::CookieEcho { .. })) => {
+                    // rsplib aborts on a Cookie Echo in the middle of a session.
+                    control.cancel();
+                    sender.abort();
+                    finished(id, peer, "unexpected-cookie-echo", data);
+                    return;
+                }
+                Ok(frame) => tracing::debug!(session = id, ppid = frame.ppid, "ignoring message during computation"),
+                Err(_) => {
+                    control.cancel();
+                    finished(id, peer, "peer-closed", data);
+                    return;
+                }
+            },
+            _ = stopped(&mut shutdown), if !stopping => {
+                stopping = true;
+                control.stop();
+            }
+        }
+    };
+    control.cancel();
+    if reason == "peer-closed" {
+        sender.abort();
+    } else {
+        let _ = sender.close().await;
+    }
+    if let Some(handle) = worker {
+        // The worker has returned or will at its next check; do not block the runtime on it.
+        drop(handle);
+    }
+    finished(id, peer, reason, data);
+}

@@ -93,8 +93,9 @@ impl Cookie {
     }
 
     /// Decodes and checks a cookie: size 76, ID, embedded type Parameter with Length 4 or 60,
-    /// a valid Parameter ([`Parameter::validate`]) and a position inside the picture or exactly
-    /// at its end.
+    /// a computable Parameter ([`Parameter::validate_computable`]: unknown algorithms are the
+    /// test pattern) and a position inside the picture or exactly at its end. CurrentX at or
+    /// beyond the width (before the last row) is normalised to the start of the next row.
     pub fn decode(bytes: &[u8]) -> Result<Cookie, CookieError> {
         if bytes.len() != COOKIE_LEN {
             return Err(CookieError::BadSize(bytes.len()));
@@ -122,12 +123,18 @@ impl Cookie {
         let y_bytes: [u8; 4] = y_bytes
             .try_into()
             .map_err(|_| CookieError::BadSize(bytes.len()))?;
-        let cookie = Cookie {
+        let mut cookie = Cookie {
             parameter,
             current_x: u32::from_be_bytes(*x_bytes),
             current_y: u32::from_be_bytes(y_bytes),
         };
-        parameter.validate()?;
+        parameter.validate_computable()?;
+        // rsplib can send CurrentX = Width (its row loop had just finished); it resumes such a
+        // cookie at the start of the next row, and so do we.
+        if cookie.current_x >= parameter.width && cookie.current_y < parameter.height {
+            cookie.current_x = 0;
+            cookie.current_y += 1;
+        }
         if !cookie.position_is_valid() {
             return Err(CookieError::PositionOutsideView {
                 x: cookie.current_x,

@@ -304,6 +304,15 @@ impl Parameter {
     /// height at most 65536, MaxIterations at most 1,000,000) plus a non-empty picture, a known
     /// algorithm, finite corners, a finite pixel step and (for MandelbrotN) a finite exponent.
     pub fn validate(&self) -> Result<(), ParameterError> {
+        if !self.algorithm.is_known() {
+            return Err(ParameterError::UnknownAlgorithm(self.algorithm.0));
+        }
+        self.validate_computable()
+    }
+
+    /// The checks a PE applies before computing: those of [`Parameter::validate`] except that
+    /// an unknown algorithm is accepted (a PE answers it with the test pattern, as rsplib does).
+    pub fn validate_computable(&self) -> Result<(), ParameterError> {
         if self.width == 0 || self.height == 0 {
             return Err(ParameterError::EmptyPicture {
                 width: self.width,
@@ -318,9 +327,6 @@ impl Parameter {
         }
         if self.max_iterations > MAX_ITERATIONS_LIMIT {
             return Err(ParameterError::TooManyIterations(self.max_iterations));
-        }
-        if !self.algorithm.is_known() {
-            return Err(ParameterError::UnknownAlgorithm(self.algorithm.0));
         }
         let corners = [self.c1_real, self.c1_imag, self.c2_real, self.c2_imag];
         if !corners.iter().all(|value| value.is_finite()) {

@@ -244,11 +244,16 @@ fn cookie_errors_are_typed() {
     assert!(Cookie::decode(&at(399, 249)).is_ok());
     let end = Cookie::decode(&at(0, 250)).expect("the end position is valid");
     assert!(end.is_complete());
+    // rsplib's "row just finished" position resumes at the next row.
+    let wrapped = Cookie::decode(&at(400, 0)).expect("CurrentX = Width is normalised");
+    assert_eq!((wrapped.current_x, wrapped.current_y), (0, 1));
+    let wrapped = Cookie::decode(&at(u32::MAX, 249)).expect("normalised to the end");
+    assert!(wrapped.is_complete());
     assert_eq!(
-        Cookie::decode(&at(400, 0)),
+        Cookie::decode(&at(400, 250)),
         Err(CookieError::PositionOutsideView {
             x: 400,
-            y: 0,
+            y: 250,
             width: 400,
             height: 250
         })
@@ -470,7 +475,7 @@ proptest! {
         }
         if let Ok(cookie) = Cookie::decode(&bytes) {
             prop_assert!(cookie.position_is_valid());
-            prop_assert!(cookie.parameter.validate().is_ok());
+            prop_assert!(cookie.parameter.validate_computable().is_ok());
         }
     }
 
@@ -523,4 +528,30 @@ proptest! {
         let decoded = Cookie::decode(&cookie.encode()).expect("valid cookie decodes");
         prop_assert!(decoded.bitwise_eq(&cookie));
     }
+}
+
+#[test]
+fn unknown_algorithms_are_computable_as_the_test_pattern() {
+    let unknown = Parameter {
+        algorithm: AlgorithmId(7),
+        ..golden_parameter_value()
+    };
+    assert_eq!(
+        unknown.validate(),
+        Err(ParameterError::UnknownAlgorithm(7))
+    );
+    assert_eq!(unknown.validate_computable(), Ok(()));
+    // A cookie for it resumes; one beyond rsplib's limits still does not.
+    let cookie = Cookie::start(unknown);
+    assert!(Cookie::decode(&cookie.encode()).is_ok());
+    let too_big = Cookie::start(Parameter {
+        max_iterations: 1_000_001,
+        ..unknown
+    });
+    assert_eq!(
+        Cookie::decode(&too_big.encode()),
+        Err(CookieError::InvalidParameter(
+            ParameterError::TooManyIterations(1_000_001)
+        ))
+    );
 }

@@ -1,1 +1,135 @@
-//! Registrar.
+//! The RSerPool registrar program: command line and run loop over
+//! [`rserpool::registrar::driver`]. `main.rs` only sets up logging and a runtime, so the same
+//! [`Cli`] and [`run`] serve as a subcommand of other programs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use rserpool::handlespace::HandlespaceConfig;
+use rserpool::registrar::RegistrarConfig;
+use rserpool::registrar::driver::{self, AnnounceConfig, DriverConfig};
+use rserpool::registrar::keepalive::KeepAliveConfig;
+use rserpool::transport::AssociationConfig;
+use rserpool::transport::announce::ASAP_ANNOUNCE_ADDR;
+use tracing::info;
+
+/// RSerPool registrar (PR): keeps the handlespace, serves ASAP over framed TCP, announces itself.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "registrar", version)]
+pub struct Cli {
+    /// Address to accept ASAP associations on (port 0 = ephemeral)
+    #[arg(long, default_value = "0.0.0.0:3863")]
+    pub asap: SocketAddr,
+    /// Where to send Server Announces: multicast group, unicast or broadcast ADDR:PORT, or `off`
+    #[arg(long, default_value = "239.0.0.50:3863", value_parser = parse_announce)]
+    pub announce: Announce,
+    /// Time between Server Announces in ms (spread ±12.5 %)
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub announce_interval: u64,
+    /// Time from a PE's last sign of life to its next Endpoint Keep-Alive in ms (spread ±12.5 %)
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keepalive_interval: u64,
+    /// Time a PE has to acknowledge a Keep-Alive before it is removed, in ms
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keepalive_timeout: u64,
+    /// Distinct Endpoint Unreachable reporters that remove a PE (MAX-BAD-PE-REPORT)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_bad_pe_reports: u64,
+    /// Most PEs in one Handle Resolution Response, whatever the request asks [default: no limit]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_hr_items: Option<u32>,
+    /// Registrar identifier, hexadecimal (0x...) or decimal, non-zero [default: random]
+    #[arg(long, value_parser = parse_id)]
+    pub id: Option<u32>,
+}
+
+/// The `--announce` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Announce {
+    Off,
+    To(SocketAddr),
+}
+
+fn parse_announce(text: &str) -> Result<Announce, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Announce::Off);
+    }
+    text.parse()
+        .map(Announce::To)
+        .map_err(|e| format!("expected ADDR:PORT or off: {e}"))
+}
+
+fn parse_id(text: &str) -> Result<u32, String> {
+    let id = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    }
+    .map_err(|e| format!("expected a 32-bit number (hex with 0x, or decimal): {e}"))?;
+    if id == 0 {
+        return Err("the registrar identifier must not be 0".into());
+    }
+    Ok(id)
+}
+
+impl Cli {
+    /// The driver configuration these options describe.
+    pub fn driver_config(&self) -> DriverConfig {
+        let id = self.id.unwrap_or_else(|| rand::random::<u32>().max(1));
+        DriverConfig {
+            asap: self.asap,
+            announce: match self.announce {
+                Announce::Off => None,
+                Announce::To(destination) => Some(AnnounceConfig {
+                    destination,
+                    interval: Duration::from_millis(self.announce_interval),
+                }),
+            },
+            registrar: RegistrarConfig {
+                id,
+                keepalive: KeepAliveConfig {
+                    interval: Duration::from_millis(self.keepalive_interval),
+                    timeout: Duration::from_millis(self.keepalive_timeout),
+                },
+                max_bad_pe_reports: usize::try_from(self.max_bad_pe_reports).unwrap_or(usize::MAX),
+                default_hr_items: 3,
+                max_hr_items: self.max_hr_items,
+                handlespace: HandlespaceConfig::default(),
+                seed: rand::random(),
+            },
+            association: AssociationConfig::default(),
+        }
+    }
+}
+
+/// The default announce destination (rsplib's ASAP group).
+pub const DEFAULT_ANNOUNCE: SocketAddr = ASAP_ANNOUNCE_ADDR;
+
+/// Runs a registrar until SIGINT or SIGTERM, then shuts it down cleanly.
+pub async fn run(cli: Cli) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let registrar = driver::start(cli.driver_config())
+        .await
+        .with_context(|| format!("starting the registrar on {}", cli.asap))?;
+    let announce = registrar
+        .announce_destination()
+        .map_or_else(|| "off".to_string(), |a| a.to_string());
+    info!(
+        asap = %registrar.local_addr(),
+        id = %format!("0x{:08x}", registrar.id()),
+        announce = %announce,
+        "registrar ready"
+    );
+    let signal_name = tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    info!(signal = %signal_name, "registrar shutting down");
+    registrar.shutdown().await;
+    info!("registrar stopped");
+    Ok(())
+}

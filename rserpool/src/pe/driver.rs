@@ -1,0 +1,196 @@
+//! Tokio driver for [`Registration`]: one framed-TCP association to the current registrar.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::{Action, Event, Registration, RegistrationConfig};
+use crate::discovery::{RegistrarTable, SharedRegistrarTable};
+use crate::transport::{self, Association, AssociationConfig, PPID_ASAP};
+use crate::wire::AsapMessage;
+
+/// Bound on closing a registrar association gracefully.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+type ConnectFuture =
+    Pin<Box<dyn std::future::Future<Output = std::io::Result<Association>> + Send>>;
+
+/// Handle of a running registration task.
+#[derive(Debug)]
+pub struct RegistrationHandle {
+    load: watch::Sender<f64>,
+    foreign_keep_alives: mpsc::UnboundedSender<(bool, u32)>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RegistrationHandle {
+    /// Reports the current load (fraction of capacity in use).
+    pub fn set_load(&self, fraction: f64) {
+        let _ = self.load.send(fraction);
+    }
+
+    /// A sender for keep-alives received on other associations: `(H flag, server id)`.
+    pub fn foreign_keep_alives(&self) -> mpsc::UnboundedSender<(bool, u32)> {
+        self.foreign_keep_alives.clone()
+    }
+
+    /// Deregisters and waits (at most `timeout`) for the task to finish.
+    pub async fn shutdown(self, timeout: Duration) {
+        let _ = self.shutdown.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(timeout, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
+/// Starts registering `config` with registrars from `table` (shared with an announce
+/// listener, if any). Events are sent to `events` (dropped if nobody listens).
+pub fn spawn(
+    config: RegistrationConfig,
+    table: SharedRegistrarTable,
+    association: AssociationConfig,
+    events: mpsc::UnboundedSender<Event>,
+) -> RegistrationHandle {
+    let (load_tx, load_rx) = watch::channel(0.0);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (foreign_tx, foreign_rx) = mpsc::unbounded_channel();
+    let core = Registration::new(config, table, Instant::now());
+    let task = tokio::spawn(run(
+        core,
+        association,
+        events,
+        load_rx,
+        shutdown_rx,
+        foreign_rx,
+    ));
+    RegistrationHandle {
+        load: load_tx,
+        foreign_keep_alives: foreign_tx,
+        shutdown: shutdown_tx,
+        task,
+    }
+}
+
+/// A table with a static list of registrars.
+pub fn static_table(
+    registrars: impl IntoIterator<Item = std::net::SocketAddr>,
+) -> SharedRegistrarTable {
+    Arc::new(Mutex::new(RegistrarTable::new(registrars)))
+}
+
+async fn run(
+    mut core: Registration,
+    association_config: AssociationConfig,
+    events: mpsc::UnboundedSender<Event>,
+    mut load: watch::Receiver<f64>,
+    mut shutdown: watch::Receiver<bool>,
+    mut foreign_keep_alives: mpsc::UnboundedReceiver<(bool, u32)>,
+) {
+    let mut association: Option<Association> = None;
+    let mut connecting: Option<ConnectFuture> = None;
+    let mut shutdown_seen = false;
+    loop {
+        while let Some(action) = core.poll_action() {
+            match action {
+                Action::Connect(address) => {
+                    let config = association_config.clone();
+                    connecting = Some(Box::pin(transport::connect(address, config)));
+                }
+                Action::Send(message) => {
+                    let Some(assoc) = &association else { continue };
+                    match message.to_bytes() {
+                        // A full queue means the registrar is not reading; the response
+                        // timeout handles that, so dropping here is safe.
+                        Ok(bytes) => {
+                            if assoc.try_send(PPID_ASAP, bytes).is_err() {
+                                tracing::debug!(message = message.name(), "registrar send failed");
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, "cannot encode ASAP message"),
+                    }
+                }
+                Action::Disconnect => {
+                    connecting = None;
+                    if let Some(assoc) = association.take() {
+                        // Graceful: queued messages (a Deregistration) go out first; bounded so
+                        // that a dead registrar does not hold us up.
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, assoc.close()).await;
+                    }
+                }
+            }
+        }
+        while let Some(event) = core.poll_event() {
+            let _ = events.send(event);
+        }
+        if core.is_stopped() {
+            break;
+        }
+        let deadline = core.poll_timeout();
+        tokio::select! {
+            result = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
+                connecting = None;
+                match result {
+                    Ok(assoc) => {
+                        association = Some(assoc);
+                        core.on_connected(Instant::now());
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "cannot connect to registrar");
+                        core.on_connect_failed(Instant::now());
+                    }
+                }
+            }
+            frame = async { association.as_mut().expect("guarded").recv().await }, if association.is_some() => {
+                match frame {
+                    Ok(frame) if frame.ppid == PPID_ASAP => match AsapMessage::decode(&frame.payload) {
+                        Ok(decoded) => core.on_message(decoded.message, Instant::now()),
+                        Err(error) => {
+                            tracing::debug!(%error, "undecodable ASAP message from registrar");
+                            if let (Some(reply), Some(assoc)) = (AsapMessage::error_reply(&error), &association)
+                                && let Ok(bytes) = reply.to_bytes()
+                            {
+                                let _ = assoc.try_send(PPID_ASAP, bytes);
+                            }
+                        }
+                    },
+                    Ok(frame) => tracing::debug!(ppid = frame.ppid, "ignoring non-ASAP frame from registrar"),
+                    Err(error) => {
+                        tracing::debug!(%error, "registrar association ended");
+                        association = None;
+                        core.on_disconnected(Instant::now());
+                    }
+                }
+            }
+            _ = sleep_until(deadline) => core.handle_timeout(Instant::now()),
+            changed = load.changed(), if !shutdown_seen => {
+                if changed.is_ok() {
+                    let fraction = *load.borrow_and_update();
+                    core.set_load(fraction, Instant::now());
+                }
+            }
+            Some((home, server_id)) = foreign_keep_alives.recv() => {
+                core.on_foreign_keep_alive(home, server_id, Instant::now());
+            }
+            changed = shutdown.changed(), if !shutdown_seen => {
+                // A dropped handle counts as shutdown too.
+                if changed.is_err() || *shutdown.borrow_and_update() {
+                    shutdown_seen = true;
+                    core.shutdown(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}

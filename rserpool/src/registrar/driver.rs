@@ -1,0 +1,434 @@
+//! Thin tokio driver of the [`Registrar`] core over framed TCP.
+//!
+//! One task accepts associations, one task per association forwards received frames, and a
+//! single task owns the core (no locks on the handlespace): it feeds frames, openings and
+//! closings to the core, arms one timer at the core's next deadline, hands the core's answers
+//! to the associations with `try_send` (an association whose send queue is full is too slow
+//! to keep and is aborted, so one stalled peer never holds up everyone else) and logs the
+//! core's events. A further task sends Server Announces.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::keepalive::spread;
+use super::{Registrar, RegistrarConfig, RegistrarEvent, RegistrarStats, Transmit, pool_name};
+use crate::handlespace::{AssociationKey, HandlespaceSnapshot};
+use crate::transport::announce::{AnnounceSender, AnnounceSenderConfig};
+use crate::transport::{
+    AssociationConfig, AssociationReceiver, AssociationSender, Listener, PPID_ASAP, TcpFramed,
+    Transport, TrySendError,
+};
+use crate::wire::{AsapMessage, TransportAddress};
+
+/// Server Announce settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnounceConfig {
+    /// Multicast group, unicast or broadcast address.
+    pub destination: SocketAddr,
+    /// Time between announces (rsplib 1 s), spread ±12.5 %.
+    pub interval: Duration,
+}
+
+/// Settings of a running registrar.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// Where to accept ASAP associations (port 0 = ephemeral).
+    pub asap: SocketAddr,
+    /// Server Announces; `None` = off.
+    pub announce: Option<AnnounceConfig>,
+    /// The core's settings.
+    pub registrar: RegistrarConfig,
+    /// Settings of accepted associations.
+    pub association: AssociationConfig,
+}
+
+/// A look at a running registrar's state (tests, benchmarks).
+#[derive(Clone, Debug)]
+pub struct Inspection {
+    pub snapshot: HandlespaceSnapshot,
+    pub checksum: u16,
+    pub pool_element_count: usize,
+    pub associations: usize,
+    pub stats: RegistrarStats,
+}
+
+enum Input {
+    Opened {
+        key: AssociationKey,
+        sender: AssociationSender,
+    },
+    Frame {
+        key: AssociationKey,
+        ppid: u32,
+        payload: Vec<u8>,
+    },
+    Closed {
+        key: AssociationKey,
+        why: String,
+    },
+    Inspect(oneshot::Sender<Inspection>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Frames buffered between the association tasks and the core.
+const INPUT_QUEUE: usize = 4096;
+/// Least send queue (frames) of an accepted association.
+const MIN_SEND_QUEUE: usize = 4096;
+/// Bound on closing every association at shutdown.
+const SHUTDOWN_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A registrar running on the current tokio runtime.
+#[derive(Debug)]
+pub struct RunningRegistrar {
+    local_addr: SocketAddr,
+    id: u32,
+    announce: Option<SocketAddr>,
+    inputs: mpsc::Sender<Input>,
+    core: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Input")
+    }
+}
+
+/// Binds the ASAP listener and starts the registrar's tasks.
+pub async fn start(config: DriverConfig) -> io::Result<RunningRegistrar> {
+    let mut association = config.association.clone();
+    // Answers are queued with `try_send`; a pipelining client must not be taken for a stalled
+    // one merely because one burst of requests was answered faster than the socket drained.
+    association.send_queue = association.send_queue.max(MIN_SEND_QUEUE);
+    let listener = TcpFramed::new(association).bind(config.asap).await?;
+    let local_addr = listener.local_addr()?;
+    let id = config.registrar.id;
+    let (inputs, input_rx) = mpsc::channel(INPUT_QUEUE);
+
+    let mut background = Vec::new();
+    let mut announce = None;
+    if let Some(announce_config) = &config.announce {
+        let sender = announce_sender(announce_config, local_addr)?;
+        announce = Some(sender.destination());
+        background.push(tokio::spawn(announce_loop(
+            sender,
+            announce_config.interval,
+            id,
+            local_addr,
+        )));
+    }
+    background.push(tokio::spawn(accept_loop(listener, inputs.clone())));
+    let core = tokio::spawn(core_loop(Registrar::new(config.registrar), input_rx));
+    Ok(RunningRegistrar {
+        local_addr,
+        id,
+        announce,
+        inputs,
+        core,
+        background,
+    })
+}
+
+impl RunningRegistrar {
+    /// The bound ASAP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Our registrar identifier.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Where announces go, if on.
+    pub fn announce_destination(&self) -> Option<SocketAddr> {
+        self.announce
+    }
+
+    /// A copy of the handlespace and counters; `None` once the registrar stopped.
+    pub async fn inspect(&self) -> Option<Inspection> {
+        let (tx, rx) = oneshot::channel();
+        self.inputs.send(Input::Inspect(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Stops accepting, closes every association (gracefully, bounded) and waits for the core.
+    pub async fn shutdown(self) {
+        for task in &self.background {
+            task.abort();
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.inputs.send(Input::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let _ = self.core.await;
+    }
+}
+
+fn announce_sender(config: &AnnounceConfig, asap: SocketAddr) -> io::Result<AnnounceSender> {
+    let mut sender_config = AnnounceSenderConfig::new(config.destination);
+    if let (IpAddr::V4(ip), SocketAddr::V4(_)) = (asap.ip(), config.destination) {
+        // rsplib receivers take the port from the UDP source: send from our ASAP port.
+        sender_config.bind = SocketAddr::new(IpAddr::V4(ip), asap.port());
+        if ip.is_loopback() {
+            sender_config.multicast_interface_v4 = Some(Ipv4Addr::LOCALHOST);
+        }
+    }
+    AnnounceSender::new(&sender_config).or_else(|error| {
+        debug!(%error, "announce socket cannot use the ASAP port; using a free one");
+        sender_config.bind.set_port(0);
+        AnnounceSender::new(&sender_config)
+    })
+}
+
+async fn announce_loop(sender: AnnounceSender, interval: Duration, id: u32, asap: SocketAddr) {
+    let announce = AsapMessage::ServerAnnounce {
+        server_id: id,
+        transports: vec![TransportAddress::Tcp {
+            port: asap.port(),
+            address: asap.ip(),
+        }],
+    };
+    let payload = match announce.to_bytes() {
+        Ok(payload) => payload,
+        Err(error) => {
+            warn!(%error, "cannot encode the server announce; announces off");
+            return;
+        }
+    };
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    loop {
+        if let Err(error) = sender.send(&payload).await {
+            debug!(%error, destination = %sender.destination(), "announce not sent");
+        }
+        tokio::time::sleep(spread(interval, &mut rng)).await;
+    }
+}
+
+async fn accept_loop<L: Listener>(listener: L, inputs: mpsc::Sender<Input>) {
+    let mut next_key: AssociationKey = 1;
+    loop {
+        let association = match listener.accept().await {
+            Ok(association) => association,
+            Err(error) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let key = next_key;
+        next_key += 1;
+        let (sender, receiver) = association.split();
+        if inputs.send(Input::Opened { key, sender }).await.is_err() {
+            return;
+        }
+        tokio::spawn(read_loop(key, receiver, inputs.clone()));
+    }
+}
+
+async fn read_loop(
+    key: AssociationKey,
+    mut receiver: AssociationReceiver,
+    inputs: mpsc::Sender<Input>,
+) {
+    let why = loop {
+        match receiver.recv().await {
+            Ok(frame) => {
+                let input = Input::Frame {
+                    key,
+                    ppid: frame.ppid,
+                    payload: frame.payload,
+                };
+                if inputs.send(input).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => break error.to_string(),
+        }
+    };
+    let _ = inputs.send(Input::Closed { key, why }).await;
+}
+
+async fn core_loop(mut registrar: Registrar, mut inputs: mpsc::Receiver<Input>) {
+    let mut senders: HashMap<AssociationKey, AssociationSender> = HashMap::new();
+    loop {
+        let deadline = registrar.next_deadline();
+        let input = tokio::select! {
+            input = inputs.recv() => input,
+            () = sleep_until(deadline) => {
+                registrar.handle_timeout(std::time::Instant::now());
+                flush(&mut registrar, &mut senders);
+                continue;
+            }
+        };
+        let Some(input) = input else { break };
+        match input {
+            Input::Opened { key, sender } => {
+                debug!(association = key, peer = %sender.peer_addr(), "association opened");
+                registrar.association_opened(key, sender.peer_addr());
+                senders.insert(key, sender);
+            }
+            Input::Frame { key, ppid, payload } => {
+                if ppid == PPID_ASAP {
+                    registrar.handle_message(key, &payload, std::time::Instant::now());
+                } else {
+                    debug!(association = key, ppid, "non-ASAP frame discarded");
+                }
+            }
+            Input::Closed { key, why } => {
+                debug!(association = key, %why, "association closed");
+                senders.remove(&key);
+                registrar.association_closed(key);
+            }
+            Input::Inspect(reply) => {
+                let hs = registrar.handlespace();
+                let _ = reply.send(Inspection {
+                    snapshot: hs.snapshot(),
+                    checksum: hs.checksum(),
+                    pool_element_count: hs.pool_element_count(),
+                    associations: registrar.association_count(),
+                    stats: registrar.stats(),
+                });
+            }
+            Input::Shutdown(done) => {
+                let closing: Vec<_> = senders.drain().map(|(_, s)| s).collect();
+                let close_all = async {
+                    for sender in &closing {
+                        let _ = sender.close().await;
+                    }
+                };
+                if tokio::time::timeout(SHUTDOWN_CLOSE_TIMEOUT, close_all)
+                    .await
+                    .is_err()
+                {
+                    for sender in &closing {
+                        sender.abort();
+                    }
+                }
+                let _ = done.send(());
+                return;
+            }
+        }
+        flush(&mut registrar, &mut senders);
+    }
+}
+
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Hands the core's answers to the associations and logs its events.
+fn flush(registrar: &mut Registrar, senders: &mut HashMap<AssociationKey, AssociationSender>) {
+    while let Some(transmit) = registrar.poll_transmit() {
+        match transmit {
+            Transmit::Send {
+                association,
+                payload,
+            } => {
+                let Some(sender) = senders.get(&association) else {
+                    continue;
+                };
+                match sender.try_send(PPID_ASAP, payload) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        warn!(association, peer = %sender.peer_addr(), "peer does not read its answers; aborting the association");
+                        sender.abort();
+                        senders.remove(&association);
+                        registrar.association_closed(association);
+                    }
+                    // Closing already; its reader reports the end.
+                    Err(TrySendError::Rejected(_)) => {}
+                }
+            }
+            Transmit::Close { association } => {
+                if let Some(sender) = senders.remove(&association) {
+                    sender.abort();
+                }
+                registrar.association_closed(association);
+            }
+        }
+    }
+    while let Some(event) = registrar.poll_event() {
+        log_event(&event);
+    }
+}
+
+/// `IP:PORT` of a user transport, for logs.
+pub fn transport_addr(transport: &TransportAddress) -> String {
+    match transport {
+        TransportAddress::Tcp { port, address }
+        | TransportAddress::Udp { port, address }
+        | TransportAddress::UdpLite { port, address }
+        | TransportAddress::Dccp { port, address, .. } => {
+            SocketAddr::new(*address, *port).to_string()
+        }
+        TransportAddress::Sctp {
+            port, addresses, ..
+        } => addresses
+            .first()
+            .map(|a| SocketAddr::new(*a, *port).to_string())
+            .unwrap_or_else(|| "-".into()),
+        TransportAddress::Opaque(_) => "opaque".into(),
+    }
+}
+
+fn log_event(event: &RegistrarEvent) {
+    match event {
+        RegistrarEvent::Registered {
+            pool,
+            pe,
+            user_transport,
+            reregistration,
+        } => {
+            let pool = pool_name(pool);
+            let pe = format!("0x{:08x}", pe.0);
+            let addr = transport_addr(user_transport);
+            if *reregistration {
+                info!(pool = %pool, pe = %pe, addr = %addr, "pe reregistered");
+            } else {
+                info!(pool = %pool, pe = %pe, addr = %addr, "pe registered");
+            }
+        }
+        RegistrarEvent::RegistrationRejected {
+            pool,
+            pe,
+            cause,
+            reason,
+        } => {
+            info!(pool = %pool_name(pool), pe = %format!("0x{:08x}", pe.0), cause = %format!("{:#x}", cause.0), %reason, "registration rejected")
+        }
+        RegistrarEvent::Removed { pool, pe, reason } => info!(
+            pool = %pool_name(pool),
+            pe = %format!("0x{:08x}", pe.0),
+            reason = %reason.as_str(),
+            "pe removed"
+        ),
+        RegistrarEvent::UnreachableReport {
+            pool,
+            pe,
+            reporter,
+            count,
+        } => info!(
+            pool = %pool_name(pool),
+            pe = %format!("0x{:08x}", pe.0),
+            reporter,
+            count,
+            "unreachable report"
+        ),
+        RegistrarEvent::BadMessage { association, error } => {
+            debug!(association, %error, "bad message")
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The real `pool-element` binary on loopback with a fake registrar (built from the wire
+//! codecs in this test): registration, a whole session over TCP, SIGTERM with a final cookie
+//! and deregistration, `--crash-after`.
+
+use std::net::SocketAddr;
+
+use e2e::{Proc, READY_TIMEOUT, bin, field};
+use fractal_protocol::cookie::Cookie;
+use fractal_protocol::kernel::{KernelChoice, View};
+use fractal_protocol::message::{AlgorithmId, Data, Parameter};
+use rserpool::transport::{self, AssociationConfig, Listener, PPID_ASAP, PPID_FGP};
+use rserpool::wire::{AsapMessage, TransportAddress};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+/// Grants every registration, answers deregistrations, reports every message.
+async fn fake_registrar() -> (SocketAddr, mpsc::UnboundedReceiver<AsapMessage>) {
+    let listener = transport::bind(
+        "127.0.0.1:0".parse().expect("address"),
+        AssociationConfig::default(),
+    )
+    .await
+    .expect("bind");
+    let address = listener.local_addr().expect("bound");
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(mut association) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Ok(frame) = association.recv().await {
+                    let Ok(decoded) = AsapMessage::decode(&frame.payload) else {
+                        continue;
+                    };
+                    let reply = match &decoded.message {
+                        AsapMessage::Registration {
+                            pool_handle,
+                            pool_element,
+                        } => Some(AsapMessage::RegistrationResponse {
+                            rejected: false,
+                            pool_handle: pool_handle.clone(),
+                            pe_id: pool_element.id,
+                            error: None,
+                        }),
+                        AsapMessage::Deregistration { pool_handle, pe_id } => {
+                            Some(AsapMessage::DeregistrationResponse {
+                                pool_handle: pool_handle.clone(),
+                                pe_id: *pe_id,
+                                error: None,
+                            })
+                        }
+                        _ => None,
+                    };
+                    let _ = tx.send(decoded.message);
+                    if let Some(reply) = reply {
+                        let bytes = reply.to_bytes().expect("encodable");
+                        let _ = association.send(PPID_ASAP, bytes).await;
+                    }
+                }
+            });
+        }
+    });
+    (address, rx)
+}
+
+async fn expect(
+    messages: &mut mpsc::UnboundedReceiver<AsapMessage>,
+    what: &str,
+    pred: impl Fn(&AsapMessage) -> bool,
+) -> AsapMessage {
+    timeout(READY_TIMEOUT, async {
+        loop {
+            let message = messages.recv().await.expect("registrar running");
+            if pred(&message) {
+                return message;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+fn start_pe(registrar: SocketAddr, extra: &[&str]) -> (Proc, SocketAddr) {
+    let mut args = vec![
+        "--registrar".to_string(),
+        registrar.to_string(),
+        "--id".into(),
+        "0x00c0ffee".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let pe = Proc::spawn("pool-element", bin("pool-element"), &args).expect("starts");
+    let line = pe
+        .log
+        .wait_for_text("pool element listening", READY_TIMEOUT)
+        .expect("listening line");
+    let data = field(&line, "data")
+        .expect("data field")
+        .parse()
+        .expect("an address");
+    (pe, data)
+}
+
+fn parameter(width: u32, height: u32, max_iterations: u32) -> Parameter {
+    Parameter {
+        width,
+        height,
+        max_iterations,
+        algorithm: AlgorithmId::MANDELBROT,
+        c1_real: -1.8,
+        c1_imag: -1.0,
+        c2_real: 1.4,
+        c2_imag: 1.0,
+        n: 2.0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_element_registers_and_serves_a_session() {
+    let (registrar, mut messages) = fake_registrar().await;
+    let (mut pe, data) = start_pe(registrar, &[]);
+    let registration = expect(&mut messages, "registration", |m| {
+        matches!(m, AsapMessage::Registration { .. })
+    })
+    .await;
+    let AsapMessage::Registration { pool_element, .. } = registration else {
+        unreachable!()
+    };
+    assert_eq!(pool_element.id.0, 0x00c0_ffee);
+    assert_eq!(
+        pool_element.user_transport,
+        TransportAddress::Tcp {
+            port: data.port(),
+            address: data.ip()
+        }
+    );
+    let line = pe
+        .log
+        .wait_for_text("pool element registered", READY_TIMEOUT)
+        .expect("registered line");
+    assert_eq!(field(&line, "pe").as_deref(), Some("0x00c0ffee"));
+    assert_eq!(field(&line, "registrar"), Some(registrar.to_string()));
+
+    // One whole session over TCP, compared with the reference kernel.
+    let p = parameter(160, 100, 500);
+    let mut session = transport::connect(data, AssociationConfig::default())
+        .await
+        .expect("connect");
+    session
+        .send(PPID_FGP, p.encode().to_vec())
+        .await
+        .expect("send");
+    let mut image = vec![u32::MAX; 160 * 100];
+    let mut emitted = 0usize;
+    let mut finalized = false;
+    loop {
+        let frame = match timeout(READY_TIMEOUT, session.recv())
+            .await
+            .expect("progress")
+        {
+            Ok(frame) => frame,
+            Err(_) => break,
+        };
+        match frame.ppid {
+            PPID_FGP => {
+                let d = Data::decode(&frame.payload).expect("valid Data");
+                if d.is_finalizer() {
+                    finalized = true;
+                    continue;
+                }
+                let start = (d.start_y * p.width + d.start_x) as usize;
+                assert_eq!(start, emitted, "contiguous Data");
+                image[start..start + d.points.len()].copy_from_slice(&d.points);
+                emitted += d.points.len();
+            }
+            PPID_ASAP => {
+                let AsapMessage::Cookie { cookie } =
+                    AsapMessage::decode(&frame.payload).expect("ASAP").message
+                else {
+                    panic!("only cookies expected");
+                };
+                let cookie = Cookie::decode(&cookie).expect("valid cookie");
+                assert!(
+                    cookie.pixels_done() as usize <= emitted,
+                    "cookie ahead of data"
+                );
+            }
+            other => panic!("unexpected PPID {other}"),
+        }
+    }
+    assert!(finalized);
+    let mut expected = vec![0; 160 * 100];
+    View::new(&p, KernelChoice::Scalar)
+        .compute((0, 0), &mut expected)
+        .expect("whole view");
+    assert_eq!(image, expected);
+    pe.log
+        .wait_for_text("session finished", READY_TIMEOUT)
+        .expect("finished line");
+
+    // SIGTERM: deregistration and exit 0.
+    pe.signal(nix::sys::signal::Signal::SIGTERM)
+        .expect("signal");
+    expect(&mut messages, "deregistration", |m| {
+        matches!(m, AsapMessage::Deregistration { .. })
+    })
+    .await;
+    let status = pe.wait_exit(READY_TIMEOUT).expect("exits");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_running_sessions_a_final_cookie() {
+    let (registrar, mut messages) = fake_registrar().await;
+    let (mut pe, data) = start_pe(registrar, &["--capacity", "100000"]);
+    expect(&mut messages, "registration", |m| {
+        matches!(m, AsapMessage::Registration { .. })
+    })
+    .await;
+    let p = parameter(500, 500, 1000);
+    let mut session = transport::connect(data, AssociationConfig::default())
+        .await
+        .expect("connect");
+    session
+        .send(PPID_FGP, p.encode().to_vec())
+        .await
+        .expect("send");
+    let mut emitted = 0usize;
+    let mut last_cookie = None;
+    let mut signalled = false;
+    loop {
+        let frame = match timeout(READY_TIMEOUT, session.recv())
+            .await
+            .expect("progress")
+        {
+            Ok(frame) => frame,
+            Err(_) => break,
+        };
+        if frame.ppid == PPID_FGP {
+            let d = Data::decode(&frame.payload).expect("Data");
+            assert!(
+                !d.is_finalizer(),
+                "a 250,000-pixel view at 100,000 it/s cannot finish"
+            );
+            emitted += d.points.len();
+            if !signalled {
+                pe.signal(nix::sys::signal::Signal::SIGTERM)
+                    .expect("signal");
+                signalled = true;
+            }
+            last_cookie = None;
+        } else if let AsapMessage::Cookie { cookie } =
+            AsapMessage::decode(&frame.payload).expect("ASAP").message
+        {
+            last_cookie = Some(Cookie::decode(&cookie).expect("cookie"));
+        }
+    }
+    let cookie = last_cookie.expect("the last frame is a cookie");
+    assert_eq!(
+        cookie.pixels_done() as usize,
+        emitted,
+        "final cookie covers all Data"
+    );
+    expect(&mut messages, "deregistration", |m| {
+        matches!(m, AsapMessage::Deregistration { .. })
+    })
+    .await;
+    assert!(pe.wait_exit(READY_TIMEOUT).expect("exits").success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_aborts_the_process_without_a_final_cookie() {
+    let (registrar, _messages) = fake_registrar().await;
+    let (mut pe, data) = start_pe(
+        registrar,
+        &["--crash-after", "3", "--cookie-max-packets", "100"],
+    );
+    let p = parameter(324, 50, 50);
+    let mut session = transport::connect(data, AssociationConfig::default())
+        .await
+        .expect("connect");
+    session
+        .send(PPID_FGP, p.encode().to_vec())
+        .await
+        .expect("send");
+    let mut data_messages = 0;
+    let mut cookies = 0;
+    while let Ok(frame) = timeout(READY_TIMEOUT, session.recv())
+        .await
+        .expect("progress")
+    {
+        match frame.ppid {
+            PPID_FGP => data_messages += 1,
+            _ => cookies += 1,
+        }
+    }
+    // At most 3 Data reach us (the abort may cut the last one); only the start cookie.
+    assert!(data_messages <= 3, "{data_messages}");
+    assert_eq!(cookies, 1);
+    pe.log
+        .wait_for_text("crash-after reached", READY_TIMEOUT)
+        .expect("crash line");
+    let status = pe.wait_exit(READY_TIMEOUT).expect("exits");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(nix::sys::signal::Signal::SIGABRT as i32)
+    );
+}
