@@ -203,7 +203,8 @@ async fn fail_after_on_every_pe_gives_deterministic_failovers_without_lost_work(
     assert_eq!(result.stats.recomputed_pixels, 0);
     assert_eq!(result.stats.restarts_from_scratch, 0);
     assert_eq!(result.stats.pes_used, 2);
-    assert_eq!(registrar.reports_of(0x41) + registrar.reports_of(0x42), 5);
+    // Graceful closes after a cookie: the PEs are alive, nobody is reported.
+    assert_eq!(registrar.reports_of(0x41) + registrar.reports_of(0x42), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

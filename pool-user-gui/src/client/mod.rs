@@ -405,6 +405,21 @@ fn account(event: &ClientEvent, assembly: &ImageAssembly, tally: &mut Tally) {
                 "failover completed"
             );
         }
+        ClientEvent::SessionConnected {
+            session,
+            pe,
+            resumed_at,
+            ..
+        } => {
+            tracing::info!(
+                session,
+                pe = format_args!("{:#010x}", pe.id),
+                address = %pe.address,
+                resumed_at = resumed_at.unwrap_or(0),
+                resumed = resumed_at.is_some(),
+                "session connected"
+            );
+        }
         ClientEvent::UnreachableReported { pe_id } => {
             tracing::info!(
                 pe = format_args!("{pe_id:#010x}"),

@@ -11,9 +11,13 @@
 //!    again, for ever (until the application drops the session).
 //! 3. Connected: send the Cookie Echo with the last cookie, or the application's first message
 //!    if no cookie came yet. Frames from the PE are handed up; ASAP Cookies are stored.
-//! 4. Failure of the PE (association closed or reset, heartbeat loss, no frame for the session
-//!    timeout, or the application says so): report it once with Endpoint Unreachable, avoid it
-//!    for a while, resolve again (bypassing the cache) and go to 2.
+//! 4. Failure of the PE (association reset, heartbeat loss, no frame for the session timeout, or
+//!    the application says so): report it once with Endpoint Unreachable, avoid it for a while,
+//!    resolve again (bypassing the cache) and go to 2. A graceful close after data (a PE that
+//!    gives up the session with a cookie, or shuts down) is failed over the same way but not
+//!    reported, and the PE is avoided only briefly: it is alive. (A killed process's socket
+//!    is closed by its kernel and may look graceful too; if it is chosen again, the refused
+//!    connect reports it.)
 //! 5. Refusal (the association closes before the PE sent any frame: a PE at its session
 //!    limit): try another PE without reporting this one, which is avoided only briefly.
 //! 6. [`SessionState::finish`]: the application got everything; close gracefully.
@@ -33,7 +37,8 @@ pub struct SessionConfig {
     pub session_timeout: Duration,
     /// A PE that failed is not chosen again for this long, even if the registrar lists it.
     pub avoid_failed_for: Duration,
-    /// A PE that refused the session (full) is not chosen again for this long.
+    /// A PE that refused the session (full), or closed it gracefully after sending data (e.g.
+    /// `--fail-after`, or shutting down), is not chosen again for this long.
     pub avoid_refused_for: Duration,
     /// First wait after finding the pool empty; doubled on each retry ...
     pub backoff_initial: Duration,
@@ -363,7 +368,14 @@ impl SessionState {
             self.resolve(false);
         } else {
             let silent_for = now.saturating_duration_since(last_frame);
-            self.fail_over(now, pe, FailureKind::from_association(error), silent_for);
+            let report = !matches!(error, AssociationError::ClosedByPeer);
+            self.fail_over(
+                now,
+                pe,
+                FailureKind::from_association(error),
+                silent_for,
+                report,
+            );
         }
     }
 
@@ -376,7 +388,7 @@ impl SessionState {
             {
                 let (pe, silent_for) = (pe.clone(), now.saturating_duration_since(*last_frame));
                 self.actions.push_back(Action::Abort);
-                self.fail_over(now, pe, FailureKind::DataSilence, silent_for);
+                self.fail_over(now, pe, FailureKind::DataSilence, silent_for, true);
             }
             _ => {}
         }
@@ -387,7 +399,7 @@ impl SessionState {
         if let Phase::Connected { pe, last_frame, .. } = &self.phase {
             let (pe, silent_for) = (pe.clone(), now.saturating_duration_since(*last_frame));
             self.actions.push_back(Action::Abort);
-            self.fail_over(now, pe, reason, silent_for);
+            self.fail_over(now, pe, reason, silent_for, true);
         }
     }
 
@@ -412,8 +424,22 @@ impl SessionState {
         self.emit(SessionEvent::Finished);
     }
 
-    fn fail_over(&mut self, now: Instant, pe: PeCandidate, reason: FailureKind, silent: Duration) {
-        self.report_and_avoid(&pe);
+    fn fail_over(
+        &mut self,
+        now: Instant,
+        pe: PeCandidate,
+        reason: FailureKind,
+        silent: Duration,
+        report: bool,
+    ) {
+        if report {
+            self.report_and_avoid(&pe);
+        } else {
+            self.actions.push_back(Action::Avoid {
+                pe_id: pe.id,
+                duration: self.config.avoid_refused_for,
+            });
+        }
         self.emit(SessionEvent::FailoverStarted {
             pe: pe.clone(),
             reason,

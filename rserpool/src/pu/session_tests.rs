@@ -128,7 +128,7 @@ fn connection_loss_fails_over_with_the_last_cookie() {
     );
     assert_eq!(state.cookie(), Some(&b"second"[..]));
     let t1 = t0 + Duration::from_millis(100);
-    state.on_closed(t1, &AssociationError::ClosedByPeer);
+    state.on_closed(t1, &AssociationError::Reset);
     let actions = drain(&mut state);
     assert_eq!(reports(&actions), vec![1]);
     assert!(actions.contains(&Action::Avoid {
@@ -336,4 +336,28 @@ fn failed_pe_is_not_chosen_again_while_the_registrar_lists_it() {
     }
     assert_eq!(chosen, vec![1, 2], "PE 1 was not chosen again");
     assert_eq!(total_reports, 1);
+}
+
+#[test]
+fn graceful_close_after_data_fails_over_without_report() {
+    let t0 = Instant::now();
+    let mut state = connected(t0);
+    state.on_frame(t0, cookie_frame(b"c"));
+    drain(&mut state);
+    state.on_closed(t0, &AssociationError::ClosedByPeer);
+    let actions = drain(&mut state);
+    assert!(reports(&actions).is_empty(), "{actions:?}");
+    assert!(actions.contains(&Action::Avoid {
+        pe_id: 1,
+        duration: SessionConfig::default().avoid_refused_for
+    }));
+    assert!(events(&actions).iter().any(|e| matches!(
+        e,
+        SessionEvent::FailoverStarted {
+            have_cookie: true,
+            reason: FailureKind::ConnectionLost(_),
+            ..
+        }
+    )));
+    assert!(actions.contains(&Action::Resolve { fresh: true }));
 }
