@@ -23,10 +23,10 @@ struct Registrar {
 }
 
 fn registrar(extra: &[&str]) -> Result<Registrar> {
-    let mut args: Vec<String> = ["--asap", "127.0.0.1:0", "--announce", "off"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = vec!["--asap".into(), "127.0.0.1:0".into()];
+    if !extra.contains(&"--announce") {
+        args.extend(["--announce".into(), "off".into()]);
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     let proc = Proc::spawn("registrar", bin("registrar"), &args)?;
     let ready = proc.log.wait_for_text("registrar ready", READY_TIMEOUT)?;
@@ -347,5 +347,45 @@ fn fail_after_on_every_pe_gives_deterministic_failovers() -> Result<()> {
     assert_eq!(number(&stats, "recomputed_pixels"), 0, "{stats}");
     assert_eq!(number(&stats, "restarts_from_scratch"), 0, "{stats}");
     assert_eq!(number(&stats, "pes_used"), 2, "{stats}");
+    Ok(())
+}
+
+#[test]
+fn pool_user_finds_the_registrar_by_announces() -> Result<()> {
+    // A port of our own for unicast announces, so parallel tests do not hear each other.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let announce = format!("127.0.0.1:{port}");
+    let registrar = registrar(&["--announce", &announce, "--announce-interval", "100"])?;
+    let _pe = pool_element(&registrar, 0xf1, &[])?;
+    let dir = tempfile::tempdir()?;
+    let picture = Picture {
+        width: 64,
+        height: 48,
+        sessions: 1,
+        preset: "full-set",
+        max_iterations: 200,
+    };
+    let mut args: Vec<String> = vec![
+        "--headless".into(),
+        "--announce-listen".into(),
+        announce.clone(),
+        "--width".into(),
+        "64".into(),
+        "--height".into(),
+        "48".into(),
+        "--preset".into(),
+        "full-set".into(),
+        "--max-iterations".into(),
+        "200".into(),
+        "--iterations-out".into(),
+        dir.path().join("iterations.bin").display().to_string(),
+        "--stats-json".into(),
+        dir.path().join("stats.json").display().to_string(),
+    ];
+    args.push("--no-progress".into());
+    let mut pu = Proc::spawn("pool-user", bin("pool-user"), &args)?;
+    finish_and_check(&mut pu, &picture, dir.path())?;
     Ok(())
 }
