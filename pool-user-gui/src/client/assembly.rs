@@ -128,3 +128,91 @@ impl ImageAssembly {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started() -> ClientEvent {
+        ClientEvent::ImageStarted {
+            image: 3,
+            width: 5,
+            height: 2,
+            max_iterations: 10,
+            preset: "p".into(),
+            tiles: vec![
+                TileRect {
+                    session: 0,
+                    x: 0,
+                    y: 0,
+                    width: 2,
+                    height: 2,
+                },
+                TileRect {
+                    session: 1,
+                    x: 2,
+                    y: 0,
+                    width: 3,
+                    height: 2,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn tile_pixels_land_in_place_and_failovers_mark_generations() {
+        let mut picture = ImageAssembly::from_started(&started()).expect("assembly");
+        assert_eq!(picture.pixel_index(1, 0), Some(2));
+        assert_eq!(picture.pixel_index(1, 3), Some(7));
+        assert_eq!(picture.pixel_index(1, 6), None);
+        assert_eq!(picture.pixel_index(2, 0), None);
+        picture.apply(&ClientEvent::TileData {
+            image: 3,
+            session: 1,
+            pe_id: 7,
+            first: 2,
+            iterations: vec![4, 10],
+        });
+        assert_eq!(picture.iterations, vec![0, 0, 0, 0, 4, 0, 0, 10, 0, 0]);
+        // 4 escaped: 5 evaluations; 10 = max: 10 evaluations.
+        assert_eq!(picture.iterations_in(1, 2, 2), 15);
+        assert_eq!(picture.iterations_in(1, 0, 2), 0, "nothing received there");
+        picture.apply(&ClientEvent::FailoverCompleted {
+            image: 3,
+            session: 1,
+            old_pe: 7,
+            new_pe: super::super::events::PeInfo {
+                id: 8,
+                address: "127.0.0.1:1".parse().expect("address"),
+            },
+            resumed_at: 2,
+            recomputed_pixels: 2,
+            took: std::time::Duration::ZERO,
+        });
+        picture.apply(&ClientEvent::TileData {
+            image: 3,
+            session: 1,
+            pe_id: 8,
+            first: 5,
+            iterations: vec![1],
+        });
+        assert_eq!(picture.generation[9], 1);
+        assert_eq!(picture.generation[7], 0);
+        assert_eq!(picture.pe_of_pixel[9], 8);
+        // Events of another image are ignored.
+        picture.apply(&ClientEvent::TileCompleted {
+            image: 4,
+            session: 0,
+        });
+        assert!(!picture.is_complete());
+        picture.apply(&ClientEvent::TileCompleted {
+            image: 3,
+            session: 0,
+        });
+        picture.apply(&ClientEvent::TileCompleted {
+            image: 3,
+            session: 1,
+        });
+        assert!(picture.is_complete());
+    }
+}
