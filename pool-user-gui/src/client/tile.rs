@@ -120,6 +120,7 @@ pub(crate) async fn run_tile(
                 if pool_empty_since.is_none() {
                     tracing::warn!(
                         session = session_index,
+                        retry_ms = retry_in.as_millis() as u64,
                         detail = detail.as_deref().unwrap_or("no pool element registered"),
                         "pool empty, retrying"
                     );

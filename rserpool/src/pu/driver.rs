@@ -372,7 +372,14 @@ impl Session {
                     selector.store(&resolution.elements, now);
                     selector.choose(now, rng)
                 });
-                self.state.on_resolved(now, chosen, None);
+                // Listed but all avoided: full (refused) or failed moments ago.
+                let detail = (chosen.is_none() && !resolution.elements.is_empty()).then(|| {
+                    format!(
+                        "all {} listed pool elements refused or failed just now",
+                        resolution.elements.len()
+                    )
+                });
+                self.state.on_resolved(now, chosen, detail);
             }
             Err(error) => self
                 .state
