@@ -1,1 +1,70 @@
-fn main() {}
+//! `pool-user`: the Fractal Generator pool user. `--headless` computes pictures without a
+//! window; otherwise (feature `gui`) the demo window opens. The hidden subcommands `registrar`
+//! and `pool-element` run those programs from this binary (the GUI's bundled demo starts them
+//! as child processes so that they can really be killed).
+
+use clap::{Parser, Subcommand};
+use pool_user_gui::headless::{self, HeadlessArgs};
+
+/// Fractal Generator pool user (RSerPool): splits pictures into tiles, computes them on the
+/// pool's elements and fails over when one dies.
+#[derive(Parser, Debug)]
+#[command(name = "pool-user", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Compute pictures without a window (see the options below), then exit.
+    #[arg(long)]
+    headless: bool,
+    #[command(flatten)]
+    options: HeadlessArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a registrar (as the `registrar` program).
+    #[command(hide = true)]
+    Registrar(registrar::Cli),
+    /// Run a pool element (as the `pool-element` program).
+    #[command(hide = true)]
+    PoolElement(pool_element::Cli),
+}
+
+fn main() -> anyhow::Result<()> {
+    rserpool::logging::init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Registrar(args)) => {
+            // The registrar program runs single-threaded as well.
+            return tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(registrar::run(args));
+        }
+        Some(Command::PoolElement(args)) => {
+            return tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(pool_element::run(args));
+        }
+        None => {}
+    }
+    if cli.headless {
+        return tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(headless::run(cli.options));
+    }
+    run_gui(cli.options)
+}
+
+#[cfg(feature = "gui")]
+fn run_gui(_options: HeadlessArgs) -> anyhow::Result<()> {
+    // LEAD: call `pool_user_gui::gui::run(...)` here (written by the GUI helper).
+    anyhow::bail!("the GUI is not wired up yet; use --headless")
+}
+
+#[cfg(not(feature = "gui"))]
+fn run_gui(_options: HeadlessArgs) -> anyhow::Result<()> {
+    anyhow::bail!("GUI not built in (built without the `gui` feature); use --headless")
+}

@@ -1,0 +1,307 @@
+//! Pool user benchmark (issue 5): failover latency from SIGKILL of the serving PE to the first
+//! Data from the new PE, and the pool's overhead for one picture against the fast kernel with
+//! two threads in one process.
+//!
+//! `cargo run --release -p pool-user-gui --no-default-features --bin pool-bench -- [--kills 25]`
+//! (builds `pool-user` too; the registrar and PEs run as `pool-user registrar|pool-element`
+//! child processes so that they can really be killed).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use fractal_protocol::kernel;
+use fractal_protocol::preset::Preset;
+use pool_user_gui::client::events::ClientEvent;
+use pool_user_gui::client::{ClientConfig, FractalClient, ImageRequest};
+use rserpool::pu::PoolUserConfig;
+use std::io::{BufRead, BufReader};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// PE kills to measure failover latency over.
+    #[arg(long, default_value_t = 25)]
+    kills: usize,
+    /// Repetitions of each end-to-end picture (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Session counts to measure the end-to-end picture with.
+    #[arg(long, value_delimiter = ',', default_value = "2,4,8")]
+    sessions: Vec<usize>,
+    /// The `pool-user` binary [default: next to this one].
+    #[arg(long)]
+    pool_user: Option<PathBuf>,
+}
+
+/// A child process killed when dropped.
+struct Spawned {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Spawned {
+    fn spawn(program: &PathBuf, args: &[String]) -> Result<Spawned> {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Spawned { child, lines })
+    }
+
+    fn wait_for(&self, needle: &str) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .with_context(|| format!("waiting for {needle:?}"))?;
+            if line.contains(needle) {
+                return Ok(line);
+            }
+        }
+    }
+}
+
+fn field(line: &str, key: &str) -> Option<String> {
+    let pattern = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&pattern))
+        .map(str::to_string)
+}
+
+struct Pool {
+    program: PathBuf,
+    registrar: String,
+    _registrar_proc: Spawned,
+    pes: Vec<(u32, Spawned)>,
+    next_id: u32,
+}
+
+impl Pool {
+    fn start(program: PathBuf) -> Result<Pool> {
+        let args: Vec<String> = ["registrar", "--asap", "127.0.0.1:0", "--announce", "off"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let registrar_proc = Spawned::spawn(&program, &args)?;
+        let ready = registrar_proc.wait_for("registrar ready")?;
+        let registrar = field(&ready, "asap").context("asap=")?;
+        Ok(Pool {
+            program,
+            registrar,
+            _registrar_proc: registrar_proc,
+            pes: Vec::new(),
+            next_id: 0x100,
+        })
+    }
+
+    fn add_pe(&mut self, extra: &[&str]) -> Result<u32> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut args: Vec<String> = vec![
+            "pool-element".into(),
+            "--registrar".into(),
+            self.registrar.clone(),
+            "--id".into(),
+            id.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let pe = Spawned::spawn(&self.program, &args)?;
+        pe.wait_for("pool element registered")?;
+        self.pes.push((id, pe));
+        Ok(id)
+    }
+
+    fn kill(&mut self, id: u32) -> Result<Instant> {
+        let index = self
+            .pes
+            .iter()
+            .position(|(pe, _)| *pe == id)
+            .context("no such PE")?;
+        let (_, mut pe) = self.pes.remove(index);
+        let pid = nix::unistd::Pid::from_raw(pe.child.id() as i32);
+        let at = Instant::now();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)?;
+        let _ = pe.child.wait();
+        Ok(at)
+    }
+
+    fn client(
+        &self,
+    ) -> Result<(
+        FractalClient,
+        tokio::sync::mpsc::UnboundedReceiver<ClientEvent>,
+    )> {
+        let pool_user = PoolUserConfig {
+            registrars: vec![self.registrar.parse()?],
+            announce: None,
+            ..PoolUserConfig::default()
+        };
+        FractalClient::start(ClientConfig {
+            pool_user,
+            ..ClientConfig::default()
+        })
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+async fn failover_latency(program: PathBuf, kills: usize) -> Result<Vec<Duration>> {
+    let mut pool = Pool::start(program)?;
+    // Slow PEs so that one picture outlasts every kill.
+    let slow = ["--capacity", "20000000"];
+    pool.add_pe(&slow)?;
+    pool.add_pe(&slow)?;
+    let (client, mut events) = pool.client()?;
+    let client = Arc::new(client);
+    let preset = Preset::by_name("full-set").context("preset")?;
+    let mut view = preset.parameter(3000, 3000);
+    view.max_iterations = 1000;
+    let runner = client.clone();
+    let image = tokio::spawn(async move {
+        runner
+            .compute_image(ImageRequest {
+                view,
+                sessions: 1,
+                preset: preset.name,
+            })
+            .await
+    });
+    let mut latencies = Vec::new();
+    let mut serving: Option<u32> = None;
+    while latencies.len() < kills {
+        // Let the serving PE deliver for a while.
+        let settle = Instant::now() + Duration::from_millis(150);
+        while serving.is_none() || Instant::now() < settle {
+            match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
+                Ok(Some(ClientEvent::TileData { pe_id, .. })) => serving = Some(pe_id),
+                Ok(Some(_)) => {}
+                _ => bail!("no data from the pool"),
+            }
+        }
+        let victim = serving.take().context("serving PE")?;
+        let killed_at = pool.kill(victim)?;
+        let latency = loop {
+            match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
+                Ok(Some(ClientEvent::TileData { pe_id, .. })) if pe_id != victim => {
+                    serving = Some(pe_id);
+                    break killed_at.elapsed();
+                }
+                Ok(Some(ClientEvent::ImageCompleted { .. })) => bail!("picture too short"),
+                Ok(Some(_)) => {}
+                _ => bail!("no failover"),
+            }
+        };
+        latencies.push(latency);
+        // Keep two PEs in the pool.
+        pool.add_pe(&slow)?;
+    }
+    image.abort();
+    Ok(latencies)
+}
+
+async fn overhead(program: PathBuf, sessions: &[usize], repeat: usize) -> Result<()> {
+    let preset = Preset::by_name("full-set").context("preset")?;
+    let mut view = preset.parameter(1024, 768);
+    view.max_iterations = 1000;
+    let mut local = Vec::new();
+    let mut reference = Vec::new();
+    for _ in 0..repeat {
+        let start = Instant::now();
+        reference = kernel::compute_image_parallel(&view, 2);
+        local.push(start.elapsed());
+    }
+    local.sort();
+    let local_median = local[local.len() / 2];
+    println!(
+        "local fast kernel, 2 threads, 1024x768 at 1000 iterations: median {:.1} ms",
+        local_median.as_secs_f64() * 1e3
+    );
+    let mut pool = Pool::start(program)?;
+    pool.add_pe(&["--max-sessions", "8"])?;
+    pool.add_pe(&["--max-sessions", "8"])?;
+    let (client, _events) = pool.client()?;
+    for &count in sessions {
+        let mut times = Vec::new();
+        for _ in 0..repeat {
+            let result = client
+                .compute_image(ImageRequest {
+                    view,
+                    sessions: count,
+                    preset: preset.name.clone(),
+                })
+                .await?;
+            if count == 1 && result.assembly.iterations != reference {
+                bail!("pool picture differs from the local one");
+            }
+            times.push(Duration::from_secs_f64(result.stats.wall_time_s));
+        }
+        times.sort();
+        let median = times[times.len() / 2];
+        println!(
+            "pool (registrar + 2 PEs + PU), {count} sessions: median {:.1} ms, ratio pool/local {:.3} (overhead {:+.1} %)",
+            median.as_secs_f64() * 1e3,
+            median.as_secs_f64() / local_median.as_secs_f64(),
+            (median.as_secs_f64() / local_median.as_secs_f64() - 1.0) * 100.0
+        );
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let program = match args.pool_user {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary directory")?
+            .join("pool-user"),
+    };
+    if !program.is_file() {
+        bail!("{} not found (build pool-user first)", program.display());
+    }
+    let mut latencies = failover_latency(program.clone(), args.kills).await?;
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "failover latency over {} SIGKILLs (kill -> first Data from the new PE): p50 {:.2} ms, p99 {:.2} ms, min {:.2} ms, max {:.2} ms",
+        latencies.len(),
+        ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 99.0)),
+        ms(latencies[0]),
+        ms(latencies[latencies.len() - 1]),
+    );
+    overhead(program, &args.sessions, args.repeat).await
+}

@@ -1,0 +1,276 @@
+//! Fake registrar and fake pool elements for the client tests: built from the wire codecs and
+//! the reference kernel, in-process.
+
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fractal_protocol::cookie::Cookie;
+use fractal_protocol::kernel::{KernelChoice, View};
+use fractal_protocol::message::{Data, MAX_POINTS_PER_DATA, PPID_FGP, Parameter};
+use rserpool::transport::{self, AssociationConfig, Listener, PPID_ASAP};
+use rserpool::wire::{AsapMessage, PeId, Policy, PoolElement, TransportAddress};
+use tokio::sync::watch;
+
+pub const POOL: &str = "FractalGeneratorPool";
+
+/// A registrar that lists whatever PEs the test puts in `elements` and records unreachable
+/// reports.
+pub struct FakeRegistrar {
+    pub address: SocketAddr,
+    pub elements: Arc<Mutex<Vec<PoolElement>>>,
+    pub reports: Arc<Mutex<Vec<u32>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeRegistrar {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeRegistrar {
+    pub async fn start() -> FakeRegistrar {
+        let listener = transport::bind(local(0), AssociationConfig::default())
+            .await
+            .expect("bind registrar");
+        let address = listener.local_addr().expect("registrar address");
+        let elements = Arc::new(Mutex::new(Vec::new()));
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let (list, seen) = (elements.clone(), reports.clone());
+        let task = tokio::spawn(async move {
+            let mut associations = tokio::task::JoinSet::new();
+            while let Ok(mut association) = listener.accept().await {
+                let (list, seen) = (list.clone(), seen.clone());
+                associations.spawn(async move {
+                    while let Ok(frame) = association.recv().await {
+                        let Ok(decoded) = AsapMessage::decode(&frame.payload) else {
+                            continue;
+                        };
+                        match decoded.message {
+                            AsapMessage::HandleResolution { pool_handle, .. } => {
+                                let pool_elements = list.lock().expect("list").clone();
+                                let answer = AsapMessage::HandleResolutionResponse {
+                                    accepted: true,
+                                    pool_handle,
+                                    policy: Some(Policy::RoundRobin),
+                                    pool_elements,
+                                    error: None,
+                                };
+                                let bytes = answer.to_bytes().expect("encodable");
+                                if association.send(PPID_ASAP, bytes).await.is_err() {
+                                    return;
+                                }
+                            }
+                            AsapMessage::EndpointUnreachable { pe_id, .. } => {
+                                seen.lock().expect("reports").push(pe_id.0)
+                            }
+                            _ => {}
+                        }
+                    }
+                });
+            }
+        });
+        FakeRegistrar {
+            address,
+            elements,
+            reports,
+            task,
+        }
+    }
+
+    pub fn add(&self, pe: &FakePe) {
+        self.elements.lock().expect("list").push(PoolElement {
+            id: PeId(pe.id),
+            home_registrar: 1,
+            registration_life_ms: 15_000,
+            user_transport: TransportAddress::Tcp {
+                port: pe.address.port(),
+                address: pe.address.ip(),
+            },
+            policy: Policy::RoundRobin,
+            asap_transport: None,
+        });
+    }
+
+    pub fn reports_of(&self, pe_id: u32) -> usize {
+        let reports = self.reports.lock().expect("reports");
+        reports.iter().filter(|&&id| id == pe_id).count()
+    }
+}
+
+/// How a fake PE misbehaves.
+#[derive(Clone, Copy, Default)]
+pub struct Behaviour {
+    /// Send a cookie after every this many Data messages (0 = never).
+    pub cookie_every: u64,
+    /// Like `--fail-after`: after this many Data messages of a session, cookie, then close.
+    pub fail_after: Option<u64>,
+    /// Like SIGKILL: after this many Data messages in total, every association and the
+    /// listener vanish without a final cookie.
+    pub crash_after: Option<u64>,
+    /// Like SIGSTOP: after this many Data messages in total, nothing is sent any more (new
+    /// associations are accepted but never served).
+    pub hang_after: Option<u64>,
+    /// Refuse sessions beyond this many at once (close before any frame).
+    pub max_sessions: Option<u64>,
+    /// Pause between Data messages.
+    pub pace: Duration,
+}
+
+pub struct FakePe {
+    pub id: u32,
+    pub address: SocketAddr,
+    pub data_sent: Arc<AtomicU64>,
+    pub refused: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakePe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakePe {
+    pub async fn start(id: u32, behaviour: Behaviour) -> FakePe {
+        let listener = transport::bind(local(0), AssociationConfig::default())
+            .await
+            .expect("bind PE");
+        let address = listener.local_addr().expect("PE address");
+        let data_sent = Arc::new(AtomicU64::new(0));
+        let sessions = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
+        let (crash, mut crashed) = watch::channel(false);
+        let (total, active, refusals) = (data_sent.clone(), sessions.clone(), refused.clone());
+        let task = tokio::spawn(async move {
+            let mut running = tokio::task::JoinSet::new();
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = crashed.wait_for(|&c| c) => return,
+                };
+                let Ok(association) = accepted else { return };
+                let full = behaviour
+                    .max_sessions
+                    .is_some_and(|max| active.load(Ordering::SeqCst) >= max);
+                if full {
+                    refusals.fetch_add(1, Ordering::SeqCst);
+                    drop(association);
+                    continue;
+                }
+                active.fetch_add(1, Ordering::SeqCst);
+                let (total, active, crash) = (total.clone(), active.clone(), crash.clone());
+                running.spawn(async move {
+                    serve(association, behaviour, &total, &crash).await;
+                    active.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        FakePe {
+            id,
+            address,
+            data_sent,
+            refused,
+            task,
+        }
+    }
+}
+
+async fn serve(
+    mut association: transport::Association,
+    behaviour: Behaviour,
+    total: &AtomicU64,
+    crash: &watch::Sender<bool>,
+) {
+    let hung = |total: &AtomicU64| {
+        behaviour
+            .hang_after
+            .is_some_and(|n| total.load(Ordering::SeqCst) >= n)
+    };
+    if hung(total) {
+        std::future::pending::<()>().await;
+    }
+    let Ok(first) = association.recv().await else {
+        return;
+    };
+    let (parameter, mut position) = match first.ppid {
+        PPID_FGP => match Parameter::decode(&first.payload) {
+            Ok(parameter) => (parameter, (0, 0)),
+            Err(_) => return association.abort(),
+        },
+        PPID_ASAP => match AsapMessage::decode(&first.payload).map(|d| d.message) {
+            Ok(AsapMessage::CookieEcho { cookie }) => match Cookie::decode(&cookie) {
+                Ok(cookie) => (cookie.parameter, (cookie.current_x, cookie.current_y)),
+                Err(_) => return association.abort(),
+            },
+            _ => return association.abort(),
+        },
+        _ => return association.abort(),
+    };
+    let view = View::new(&parameter, KernelChoice::Scalar);
+    let send_cookie = |position: (u32, u32)| {
+        let cookie = Cookie {
+            parameter,
+            current_x: position.0,
+            current_y: position.1,
+        };
+        let message = AsapMessage::Cookie {
+            cookie: cookie.encode().to_vec(),
+        };
+        message.to_bytes().expect("encodable")
+    };
+    let mut sent_here = 0u64;
+    let mut buffer = vec![0u32; MAX_POINTS_PER_DATA];
+    loop {
+        let remaining = view.remaining_from(position);
+        if remaining == 0 {
+            break;
+        }
+        let count = remaining.min(MAX_POINTS_PER_DATA as u64) as usize;
+        view.compute(position, &mut buffer[..count])
+            .expect("inside the view");
+        let data = Data::new(position.0, position.1, buffer[..count].to_vec());
+        if association
+            .send(PPID_FGP, data.encode().expect("encodable"))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        position = view
+            .advance(position, count as u64)
+            .expect("advance within view");
+        sent_here += 1;
+        let sent_total = total.fetch_add(1, Ordering::SeqCst) + 1;
+        if behaviour.cookie_every > 0 && sent_here.is_multiple_of(behaviour.cookie_every) {
+            let _ = association.send(PPID_ASAP, send_cookie(position)).await;
+        }
+        if behaviour.crash_after.is_some_and(|n| sent_total >= n) {
+            let _ = crash.send(true);
+            association.abort();
+            return;
+        }
+        if hung(total) {
+            std::future::pending::<()>().await;
+        }
+        if behaviour.fail_after == Some(sent_here) {
+            let _ = association.send(PPID_ASAP, send_cookie(position)).await;
+            let _ = association.close().await;
+            return;
+        }
+        if !behaviour.pace.is_zero() {
+            tokio::time::sleep(behaviour.pace).await;
+        }
+    }
+    let finalizer = Data::finalizer().encode().expect("encodable");
+    let _ = association.send(PPID_FGP, finalizer).await;
+    let _ = association.close().await;
+}
+
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}

@@ -1,0 +1,326 @@
+//! The fractal client against an in-process fake registrar and fake pool elements (built from
+//! the wire codecs and the reference kernel): exact pictures with one and many sessions, and
+//! failovers that lose nothing.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{Behaviour, FakePe, FakeRegistrar, POOL};
+use fractal_protocol::kernel;
+use fractal_protocol::message::{AlgorithmId, MAX_POINTS_PER_DATA, Parameter};
+use fractal_protocol::tiling;
+use pool_user_gui::client::events::{ClientEvent, FailureReason};
+use pool_user_gui::client::{ClientConfig, FractalClient, ImageRequest, ImageResult};
+use rserpool::pu::PoolUserConfig;
+use tokio::sync::mpsc;
+
+fn view(width: u32, height: u32, max_iterations: u32) -> Parameter {
+    Parameter {
+        width,
+        height,
+        max_iterations,
+        algorithm: AlgorithmId::MANDELBROT,
+        c1_real: -1.6,
+        c1_imag: 1.1,
+        c2_real: 0.7,
+        c2_imag: -1.1,
+        n: 2.0,
+    }
+}
+
+fn client(
+    registrar: &FakeRegistrar,
+    session_timeout: Duration,
+) -> (FractalClient, mpsc::UnboundedReceiver<ClientEvent>) {
+    let pool_user = PoolUserConfig {
+        registrars: vec![registrar.address],
+        announce: None,
+        ..PoolUserConfig::default()
+    }
+    .with_session_timeout(session_timeout);
+    FractalClient::start(ClientConfig {
+        pool: POOL.into(),
+        pool_user,
+    })
+    .expect("client starts")
+}
+
+/// The picture as the pool must deliver it: each tile computed locally from its own Parameter
+/// (equal to the untiled picture within the tiling guarantee; bit for bit with one tile).
+fn expected_picture(view: &Parameter, sessions: usize) -> Vec<u32> {
+    let mut picture = vec![0u32; (view.width * view.height) as usize];
+    for tile in tiling::split(view, sessions) {
+        let values = kernel::compute_image(&tile.parameter);
+        for (index, value) in values.into_iter().enumerate() {
+            let x = tile.x + index as u32 % tile.width;
+            let y = tile.y + index as u32 / tile.width;
+            picture[(y * view.width + x) as usize] = value;
+        }
+    }
+    picture
+}
+
+async fn compute(client: &FractalClient, view: Parameter, sessions: usize) -> ImageResult {
+    let request = ImageRequest {
+        view,
+        sessions,
+        preset: "test".into(),
+    };
+    tokio::time::timeout(Duration::from_secs(60), client.compute_image(request))
+        .await
+        .expect("image finishes in time")
+        .expect("image computed")
+}
+
+fn drain(events: &mut mpsc::UnboundedReceiver<ClientEvent>) -> Vec<ClientEvent> {
+    std::iter::from_fn(|| events.try_recv().ok()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_session_gives_the_exact_untiled_picture() {
+    let registrar = FakeRegistrar::start().await;
+    let pe = FakePe::start(0x11, Behaviour::default()).await;
+    registrar.add(&pe);
+    let (client, mut events) = client(&registrar, Duration::from_secs(2));
+    let view = view(83, 47, 300);
+    let result = compute(&client, view, 1).await;
+    assert_eq!(result.assembly.iterations, kernel::compute_image(&view));
+    assert!(result.assembly.received.iter().all(|&r| r));
+    assert_eq!(result.stats.failovers, 0);
+    assert_eq!(result.stats.pes_used, 1);
+    assert_eq!(result.stats.pixels, 83 * 47);
+    assert_eq!(result.stats.iterations, result.assembly.total_iterations());
+    let events = drain(&mut events);
+    assert!(matches!(
+        events.first(),
+        Some(ClientEvent::ImageStarted { .. })
+    ));
+    assert!(matches!(
+        events.last(),
+        Some(ClientEvent::ImageCompleted { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_sessions_give_the_tiled_picture_over_several_pes() {
+    let registrar = FakeRegistrar::start().await;
+    let a = FakePe::start(0x21, Behaviour::default()).await;
+    let b = FakePe::start(0x22, Behaviour::default()).await;
+    registrar.add(&a);
+    registrar.add(&b);
+    let (client, _events) = client(&registrar, Duration::from_secs(2));
+    let view = view(131, 77, 200);
+    let result = compute(&client, view, 9).await;
+    assert_eq!(result.assembly.iterations, expected_picture(&view, 9));
+    assert_eq!(result.stats.sessions, 9);
+    assert_eq!(result.stats.pes_used, 2, "round robin spreads the sessions");
+    assert_eq!(result.stats.failovers, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_pes_lose_nothing() {
+    let registrar = FakeRegistrar::start().await;
+    let cookie_every = 3;
+    let pace = Duration::from_millis(2);
+    let crash = |after| Behaviour {
+        cookie_every,
+        crash_after: Some(after),
+        pace,
+        ..Behaviour::default()
+    };
+    let pes = [
+        FakePe::start(0x31, crash(7)).await,
+        FakePe::start(0x32, crash(20)).await,
+        FakePe::start(
+            0x33,
+            Behaviour {
+                cookie_every,
+                pace,
+                ..Behaviour::default()
+            },
+        )
+        .await,
+    ];
+    for pe in &pes {
+        registrar.add(pe);
+    }
+    let (client, mut events) = client(&registrar, Duration::from_secs(2));
+    let view = view(200, 150, 250);
+    let result = compute(&client, view, 4).await;
+    assert_eq!(result.assembly.iterations, expected_picture(&view, 4));
+    let stats = &result.stats;
+    assert!(stats.failovers >= 2, "{stats:?}");
+    // Each failover recomputes at most what came after the last cookie.
+    let interval = cookie_every * MAX_POINTS_PER_DATA as u64;
+    assert!(
+        stats.recomputed_pixels <= stats.failovers * interval,
+        "{stats:?}"
+    );
+    assert!(registrar.reports_of(0x31) >= 1);
+    assert!(registrar.reports_of(0x32) >= 1);
+    assert_eq!(registrar.reports_of(0x33), 0);
+    let events = drain(&mut events);
+    let started = events
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::FailoverStarted { .. }))
+        .count() as u64;
+    let completed: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::FailoverCompleted {
+                recomputed_pixels, ..
+            } => Some(*recomputed_pixels),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, stats.failovers);
+    assert!(!completed.is_empty());
+    assert!(completed.iter().all(|&r| r <= interval), "{completed:?}");
+    assert_eq!(completed.iter().sum::<u64>(), stats.recomputed_pixels);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_after_on_every_pe_gives_deterministic_failovers_without_lost_work() {
+    let registrar = FakeRegistrar::start().await;
+    let behaviour = Behaviour {
+        cookie_every: 2,
+        fail_after: Some(3),
+        ..Behaviour::default()
+    };
+    let a = FakePe::start(0x41, behaviour).await;
+    let b = FakePe::start(0x42, behaviour).await;
+    registrar.add(&a);
+    registrar.add(&b);
+    let (client, _events) = client(&registrar, Duration::from_secs(2));
+    // One tile of 64x81 = 5184 pixels = exactly 16 Data messages: the PEs close after
+    // messages 3, 6, 9, 12, 15 (five failovers), and message 16 plus the finalizer complete it.
+    let view = view(64, 81, 100);
+    let result = compute(&client, view, 1).await;
+    assert_eq!(result.assembly.iterations, kernel::compute_image(&view));
+    assert_eq!(result.stats.failovers, 5);
+    assert_eq!(result.stats.recomputed_pixels, 0);
+    assert_eq!(result.stats.restarts_from_scratch, 0);
+    assert_eq!(result.stats.pes_used, 2);
+    // Graceful closes after a cookie: the PEs are alive, nobody is reported.
+    assert_eq!(registrar.reports_of(0x41) + registrar.reports_of(0x42), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_pe_is_detected_reported_and_not_chosen_again() {
+    let registrar = FakeRegistrar::start().await;
+    let session_timeout = Duration::from_millis(400);
+    let hanging = FakePe::start(
+        0x51,
+        Behaviour {
+            cookie_every: 1,
+            hang_after: Some(2),
+            pace: Duration::from_millis(5),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let healthy = FakePe::start(
+        0x52,
+        Behaviour {
+            cookie_every: 1,
+            pace: Duration::from_millis(5),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    registrar.add(&hanging);
+    registrar.add(&healthy);
+    let (client, mut events) = client(&registrar, session_timeout);
+    let view = view(120, 90, 150);
+    let result = compute(&client, view, 4).await;
+    assert_eq!(result.assembly.iterations, expected_picture(&view, 4));
+    let events = drain(&mut events);
+    let silence: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::FailoverStarted {
+                pe,
+                reason: FailureReason::DataSilence,
+                silent_for,
+                ..
+            } => Some((pe.id, *silent_for)),
+            _ => None,
+        })
+        .collect();
+    assert!(!silence.is_empty(), "the hang was detected");
+    for (pe, silent_for) in &silence {
+        assert_eq!(*pe, 0x51);
+        // Detected at the session timeout (plus scheduling slack), not seconds later.
+        assert!(*silent_for >= session_timeout && *silent_for < session_timeout * 3);
+    }
+    assert_eq!(registrar.reports_of(0x51), silence.len());
+    // After the first detection, no session connects to the hung PE again although the
+    // registrar still lists it.
+    let first_detection = events
+        .iter()
+        .position(|e| matches!(e, ClientEvent::FailoverStarted { .. }))
+        .expect("a failover");
+    assert!(
+        !events[first_detection..]
+            .iter()
+            .any(|e| matches!(e, ClientEvent::SessionConnected { pe, .. } if pe.id == 0x51))
+    );
+    assert!(hanging.data_sent.load(Ordering::SeqCst) >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_pool_is_waited_for() {
+    let registrar = FakeRegistrar::start().await;
+    let (client, mut events) = client(&registrar, Duration::from_secs(2));
+    let view = view(40, 30, 100);
+    let request = ImageRequest {
+        view,
+        sessions: 2,
+        preset: "test".into(),
+    };
+    let image = client.compute_image(request);
+    tokio::pin!(image);
+    // Several retries while the pool is empty.
+    let mut empty_reports = 0;
+    while empty_reports < 6 {
+        tokio::select! {
+            _ = &mut image => panic!("finished without a pool element"),
+            event = events.recv() => {
+                if matches!(event, Some(ClientEvent::PoolEmpty { .. })) {
+                    empty_reports += 1;
+                }
+            }
+        }
+    }
+    let pe = FakePe::start(0x61, Behaviour::default()).await;
+    registrar.add(&pe);
+    let result = tokio::time::timeout(Duration::from_secs(30), image)
+        .await
+        .expect("finishes once a PE is there")
+        .expect("image computed");
+    assert_eq!(result.assembly.iterations, expected_picture(&view, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_pes_refuse_without_being_reported() {
+    let registrar = FakeRegistrar::start().await;
+    let behaviour = Behaviour {
+        max_sessions: Some(1),
+        pace: Duration::from_millis(1),
+        ..Behaviour::default()
+    };
+    let a = FakePe::start(0x71, behaviour).await;
+    let b = FakePe::start(0x72, behaviour).await;
+    registrar.add(&a);
+    registrar.add(&b);
+    let (client, _events) = client(&registrar, Duration::from_secs(2));
+    let view = view(90, 60, 100);
+    let result = compute(&client, view, 6).await;
+    assert_eq!(result.assembly.iterations, expected_picture(&view, 6));
+    assert_eq!(registrar.reports_of(0x71) + registrar.reports_of(0x72), 0);
+    assert_eq!(result.stats.failovers, 0);
+    // Six sessions on two PEs that take one each: there were refusals.
+    assert!(a.refused.load(Ordering::SeqCst) + b.refused.load(Ordering::SeqCst) > 0);
+}

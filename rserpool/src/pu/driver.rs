@@ -1,0 +1,397 @@
+//! The tokio driver: [`PoolUser`] (registrar access, shared cache) and [`Session`] (runs a
+//! [`SessionState`] over real associations).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::discovery::{RegistrarTable, announce_receiver_config, listen_for_announces};
+use crate::transport::{self, Association, AssociationConfig, Frame, HeartbeatConfig};
+use crate::wire::PoolHandle;
+
+use super::registrar_client::{ALL_ITEMS, RegistrarClient, Request, Resolution, ResolveError};
+use super::selector::{DEFAULT_STALE_CACHE, PeCandidate, PeSelector};
+use super::session::{Action, FailureKind, SessionConfig, SessionEvent, SessionState};
+
+/// Default address ASAP Server Announces are listened for (rsplib's).
+pub const DEFAULT_ANNOUNCE_ADDRESS: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::new(239, 0, 0, 50),
+    3863,
+));
+
+/// Settings of a pool user.
+#[derive(Clone, Debug)]
+pub struct PoolUserConfig {
+    /// Registrars to use (`--registrar`); empty = learn them from announces.
+    pub registrars: Vec<SocketAddr>,
+    /// Where to listen for announces when `registrars` is empty (`None`: do not listen).
+    pub announce: Option<SocketAddr>,
+    /// How long a Handle Resolution answer is used without asking again.
+    pub stale_cache: Duration,
+    /// Failover timing.
+    pub session: SessionConfig,
+    /// Associations to registrars.
+    pub registrar_association: AssociationConfig,
+    /// How long to wait for a registrar's answer.
+    pub registrar_timeout: Duration,
+    /// Associations to pool elements (heartbeat timeout follows the session timeout).
+    pub pe_association: AssociationConfig,
+}
+
+impl Default for PoolUserConfig {
+    fn default() -> Self {
+        PoolUserConfig {
+            registrars: Vec::new(),
+            announce: Some(DEFAULT_ANNOUNCE_ADDRESS),
+            stale_cache: DEFAULT_STALE_CACHE,
+            session: SessionConfig::default(),
+            registrar_association: AssociationConfig {
+                connect_timeout: Duration::from_secs(2),
+                ..AssociationConfig::default()
+            },
+            registrar_timeout: Duration::from_secs(2),
+            pe_association: AssociationConfig {
+                connect_timeout: Duration::from_secs(2),
+                close_timeout: Duration::from_secs(1),
+                ..AssociationConfig::default()
+            },
+        }
+    }
+}
+
+impl PoolUserConfig {
+    /// Sets the session timeout and derives the PE association's heartbeat and connect
+    /// timeouts from it (a PE silent for that long is dead either way).
+    pub fn with_session_timeout(mut self, timeout: Duration) -> Self {
+        let timeout = timeout.max(Duration::from_millis(10));
+        self.session.session_timeout = timeout;
+        self.pe_association.heartbeat = Some(HeartbeatConfig {
+            interval: (timeout / 4).min(Duration::from_secs(1)),
+            timeout,
+        });
+        self.pe_association.connect_timeout = timeout;
+        self
+    }
+}
+
+struct Inner {
+    config: PoolUserConfig,
+    requests: mpsc::Sender<Request>,
+    selectors: Mutex<HashMap<PoolHandle, PeSelector>>,
+    announce_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.announce_task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A pool user: registrar access and the per-pool cache shared by its sessions. Cheap to
+/// clone; the background tasks end when the last clone is dropped.
+#[derive(Clone)]
+pub struct PoolUser {
+    inner: Arc<Inner>,
+}
+
+impl PoolUser {
+    /// Starts the registrar client (and the announce listener when no registrar is
+    /// configured). Must be called inside a tokio runtime.
+    pub fn start(config: PoolUserConfig) -> PoolUser {
+        let table = Arc::new(Mutex::new(RegistrarTable::new(config.registrars.clone())));
+        let announce_task = match (config.registrars.is_empty(), config.announce) {
+            (true, Some(address)) => {
+                let receiver = announce_receiver_config(address, None);
+                let table = table.clone();
+                Some(tokio::spawn(async move {
+                    let error = listen_for_announces(receiver, table).await;
+                    tracing::warn!(%error, %address, "listening for registrar announces failed");
+                }))
+            }
+            _ => None,
+        };
+        let (requests, receiver) = mpsc::channel(256);
+        let client = RegistrarClient {
+            table,
+            association: config.registrar_association.clone(),
+            answer_timeout: config.registrar_timeout,
+            current: None,
+        };
+        tokio::spawn(client.run(receiver));
+        PoolUser {
+            inner: Arc::new(Inner {
+                config,
+                requests,
+                selectors: Mutex::new(HashMap::new()),
+                announce_task,
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PoolUserConfig {
+        &self.inner.config
+    }
+
+    /// Handle Resolution for every PE of `pool` (option 0x803f = 0xffffffff), e.g. for a pool
+    /// panel. Also refreshes the sessions' cache.
+    pub async fn list_pool(&self, pool: &PoolHandle) -> Result<Resolution, ResolveError> {
+        let resolution = self.resolve(pool, ALL_ITEMS).await?;
+        self.with_selector(pool, |selector| {
+            selector.store(&resolution.elements, Instant::now())
+        });
+        Ok(resolution)
+    }
+
+    /// One Handle Resolution asking for `items` PEs.
+    pub async fn resolve(&self, pool: &PoolHandle, items: u32) -> Result<Resolution, ResolveError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .requests
+            .send(Request::Resolve {
+                pool: pool.clone(),
+                items,
+                reply,
+            })
+            .await
+            .map_err(|_| ResolveError::Stopped)?;
+        answer.await.map_err(|_| ResolveError::Stopped)?
+    }
+
+    /// Sends Endpoint Unreachable for `pe_id` (queued; never waits for the registrar).
+    pub fn report_unreachable(&self, pool: &PoolHandle, pe_id: u32) {
+        let request = Request::Unreachable {
+            pool: pool.clone(),
+            pe_id,
+        };
+        if self.inner.requests.try_send(request).is_err() {
+            tracing::debug!(
+                pe = format_args!("{pe_id:#010x}"),
+                "unreachable report dropped (queue full)"
+            );
+        }
+    }
+
+    /// A session with `pool` that will start with `first_message` (not started yet: the first
+    /// [`Session::next_event`] starts it).
+    pub fn session(&self, pool: PoolHandle, first_message: Frame) -> Session {
+        let state = SessionState::new(self.inner.config.session.clone(), first_message);
+        Session {
+            pool_user: self.clone(),
+            pool,
+            state,
+            association: None,
+            events: VecDeque::new(),
+            rng: StdRng::from_rng(&mut rand::rng()),
+        }
+    }
+
+    fn with_selector<T>(&self, pool: &PoolHandle, f: impl FnOnce(&mut PeSelector) -> T) -> T {
+        let mut selectors = self
+            .inner
+            .selectors
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let selector = selectors
+            .entry(pool.clone())
+            .or_insert_with(|| PeSelector::new(self.inner.config.stale_cache));
+        f(selector)
+    }
+}
+
+/// One session with a pool: connects, receives, fails over. Drive it by calling
+/// [`Session::next_event`] in a loop; dropping it aborts its association.
+pub struct Session {
+    pool_user: PoolUser,
+    pool: PoolHandle,
+    state: SessionState,
+    association: Option<Association>,
+    events: VecDeque<SessionEvent>,
+    rng: StdRng,
+}
+
+impl Session {
+    /// The PE currently serving the session.
+    pub fn current_pe(&self) -> Option<&PeCandidate> {
+        self.state.current_pe()
+    }
+
+    /// The latest cookie.
+    pub fn cookie(&self) -> Option<&[u8]> {
+        self.state.cookie()
+    }
+
+    /// The application is done: closes the association gracefully (in the background).
+    pub fn finish(&mut self) {
+        self.state.finish(Instant::now());
+        // Finishing only produces actions that need no waiting.
+        while let Some(action) = self.state.poll_action() {
+            match action {
+                Action::Close => self.close(),
+                Action::Event(event) => self.events.push_back(event),
+                other => tracing::debug!(?other, "unexpected action after finish"),
+            }
+        }
+    }
+
+    /// The application rejects the current PE: fail over to another one (carried out by the
+    /// next [`Session::next_event`]).
+    pub fn fail(&mut self, reason: FailureKind) {
+        self.state.fail(Instant::now(), reason);
+    }
+
+    /// Drops the stored cookie: the next PE starts from the first message.
+    pub fn forget_cookie(&mut self) {
+        self.state.forget_cookie();
+    }
+
+    /// Runs the session until it has something to report. After [`SessionEvent::Finished`] it
+    /// keeps returning `Finished`.
+    pub async fn next_event(&mut self) -> SessionEvent {
+        self.state.start(Instant::now());
+        loop {
+            while let Some(action) = self.state.poll_action() {
+                self.execute(action).await;
+            }
+            if let Some(event) = self.events.pop_front() {
+                return event;
+            }
+            if self.state.is_finished() {
+                return SessionEvent::Finished;
+            }
+            let deadline = self.state.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let received = async {
+                match self.association.as_mut() {
+                    Some(association) => association.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            // Biased: frames that are already waiting count before a timer that expired
+            // while the application was busy.
+            tokio::select! {
+                biased;
+                frame = received => {
+                    let now = Instant::now();
+                    match frame {
+                        Ok(frame) => self.state.on_frame(now, frame),
+                        Err(error) => {
+                            self.association = None;
+                            self.state.on_closed(now, &error);
+                        }
+                    }
+                }
+                () = sleep => self.state.on_timeout(Instant::now()),
+            }
+        }
+    }
+
+    async fn execute(&mut self, action: Action) {
+        match action {
+            Action::Resolve { fresh } => self.resolve(fresh).await,
+            Action::Connect(pe) => {
+                let config = self.pool_user.inner.config.pe_association.clone();
+                match transport::connect(pe.address, config).await {
+                    Ok(association) => {
+                        self.association = Some(association);
+                        self.state.on_connected(Instant::now());
+                    }
+                    Err(error) => self
+                        .state
+                        .on_connect_failed(Instant::now(), format!("{}: {error}", pe.address)),
+                }
+            }
+            Action::Send(frame) => {
+                if let Some(association) = self.association.as_ref()
+                    && let Err(error) = association.send(frame.ppid, frame.payload).await
+                {
+                    // The receive side reports the association's end.
+                    tracing::debug!(%error, "send to pool element failed");
+                }
+            }
+            Action::Abort => {
+                if let Some(association) = self.association.take() {
+                    association.abort();
+                }
+            }
+            Action::Close => self.close(),
+            Action::ReportUnreachable { pe_id } => {
+                self.pool_user.report_unreachable(&self.pool, pe_id);
+                self.events
+                    .push_back(SessionEvent::UnreachableReported { pe_id });
+            }
+            Action::Avoid { pe_id, duration } => {
+                self.pool_user.with_selector(&self.pool, |selector| {
+                    selector.avoid(pe_id, Instant::now(), duration)
+                });
+            }
+            Action::Event(event) => self.events.push_back(event),
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(association) = self.association.take() {
+            tokio::spawn(async move {
+                let _ = association.close().await;
+            });
+        }
+    }
+
+    /// Chooses a PE: from a fresh cache when allowed, else after asking the registrar.
+    async fn resolve(&mut self, fresh: bool) {
+        let now = Instant::now();
+        let rng = &mut self.rng;
+        let cached = self.pool_user.with_selector(&self.pool, |selector| {
+            if !fresh && selector.is_fresh(now) {
+                selector.choose(now, rng)
+            } else {
+                None
+            }
+        });
+        if let Some(pe) = cached {
+            self.state.on_resolved(now, Some(pe), None);
+            return;
+        }
+        match self.pool_user.resolve(&self.pool, ALL_ITEMS).await {
+            Ok(resolution) => {
+                let now = Instant::now();
+                let rng = &mut self.rng;
+                let chosen = self.pool_user.with_selector(&self.pool, |selector| {
+                    selector.store(&resolution.elements, now);
+                    selector.choose(now, rng)
+                });
+                // Listed but all avoided: full (refused) or failed moments ago.
+                let detail = (chosen.is_none() && !resolution.elements.is_empty()).then(|| {
+                    format!(
+                        "all {} listed pool elements refused or failed just now",
+                        resolution.elements.len()
+                    )
+                });
+                self.state.on_resolved(now, chosen, detail);
+            }
+            Err(error) => self
+                .state
+                .on_resolved(Instant::now(), None, Some(error.to_string())),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(association) = self.association.take() {
+            association.abort();
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The pool user's ASAP association to a registrar: Handle Resolution and Endpoint
+//! Unreachable (a tokio task serving requests one at a time, so that answers match requests).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::discovery::SharedRegistrarTable;
+use crate::transport::{self, Association, AssociationConfig, PPID_ASAP};
+use crate::wire::param::HANDLE_RESOLUTION_ALL;
+use crate::wire::{AsapMessage, PeId, Policy, PoolElement, PoolHandle};
+
+/// A registrar's answer to a Handle Resolution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolution {
+    /// The registrar that answered.
+    pub registrar: SocketAddr,
+    /// The pool's policy, when the answer named one.
+    pub policy: Option<Policy>,
+    /// The PEs, in the registrar's order; empty for an empty or unknown pool.
+    pub elements: Vec<PoolElement>,
+}
+
+/// Why a Handle Resolution got no answer.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ResolveError {
+    /// No registrar is known (none configured, no announce heard yet).
+    #[error("no registrar known")]
+    NoRegistrar,
+    /// Every known registrar failed (connect, send, or no answer in time).
+    #[error("no registrar reachable: {0}")]
+    Unreachable(String),
+    /// The pool user is shutting down.
+    #[error("pool user stopped")]
+    Stopped,
+}
+
+pub(crate) enum Request {
+    Resolve {
+        pool: PoolHandle,
+        items: u32,
+        reply: oneshot::Sender<Result<Resolution, ResolveError>>,
+    },
+    Unreachable {
+        pool: PoolHandle,
+        pe_id: u32,
+    },
+}
+
+pub(crate) struct RegistrarClient {
+    pub(crate) table: SharedRegistrarTable,
+    pub(crate) association: AssociationConfig,
+    pub(crate) answer_timeout: Duration,
+    pub(crate) current: Option<Association>,
+}
+
+impl RegistrarClient {
+    pub(crate) async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
+        while let Some(request) = requests.recv().await {
+            match request {
+                Request::Resolve { pool, items, reply } => {
+                    let answer = self.resolve(&pool, items).await;
+                    let _ = reply.send(answer);
+                }
+                Request::Unreachable { pool, pe_id } => {
+                    let message = AsapMessage::EndpointUnreachable {
+                        pool_handle: pool,
+                        pe_id: PeId(pe_id),
+                    };
+                    if let Err(error) = self.send_only(&message).await {
+                        tracing::debug!(%error, pe = format_args!("{pe_id:#010x}"), "endpoint unreachable not sent");
+                    }
+                }
+            }
+        }
+        if let Some(association) = self.current.take() {
+            let _ = association.close().await;
+        }
+    }
+
+    /// Connects to the best known registrar unless already connected; drains anything the
+    /// registrar sent unasked and notices a closed association.
+    async fn ensure_connected(&mut self) -> Result<(), ResolveError> {
+        if let Some(association) = self.current.as_mut() {
+            loop {
+                match association.try_recv() {
+                    Ok(Some(frame)) => {
+                        tracing::trace!(ppid = frame.ppid, "ignoring unsolicited registrar message")
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(error) => {
+                        tracing::info!(%error, registrar = %association.peer_addr(), "registrar association lost");
+                        let lost = association.peer_addr();
+                        self.current = None;
+                        self.mark_failed(lost);
+                        break;
+                    }
+                }
+            }
+        }
+        let candidates = match self.table.lock() {
+            Ok(mut table) => {
+                let now = Instant::now();
+                table.expire(now);
+                table.candidates(now)
+            }
+            Err(_) => Vec::new(),
+        };
+        if candidates.is_empty() {
+            return Err(ResolveError::NoRegistrar);
+        }
+        let mut last_error = String::new();
+        for candidate in candidates {
+            match transport::connect(candidate.address, self.association.clone()).await {
+                Ok(association) => {
+                    tracing::debug!(registrar = %candidate.address, "registrar association up");
+                    if let Ok(mut table) = self.table.lock() {
+                        table.mark_working(candidate.address);
+                    }
+                    self.current = Some(association);
+                    return Ok(());
+                }
+                Err(error) => {
+                    last_error = format!("{}: {error}", candidate.address);
+                    self.mark_failed(candidate.address);
+                }
+            }
+        }
+        Err(ResolveError::Unreachable(last_error))
+    }
+
+    fn mark_failed(&self, address: SocketAddr) {
+        if let Ok(mut table) = self.table.lock() {
+            table.mark_failed(address, Instant::now());
+        }
+    }
+
+    fn drop_current(&mut self) {
+        if let Some(association) = self.current.take() {
+            association.abort();
+            self.mark_failed(association.peer_addr());
+        }
+    }
+
+    async fn send_only(&mut self, message: &AsapMessage) -> Result<(), ResolveError> {
+        let bytes = message
+            .to_bytes()
+            .map_err(|error| ResolveError::Unreachable(error.to_string()))?;
+        for _ in 0..2 {
+            self.ensure_connected().await?;
+            if let Some(association) = self.current.as_ref()
+                && association.send(PPID_ASAP, bytes.clone()).await.is_ok()
+            {
+                return Ok(());
+            }
+            self.drop_current();
+        }
+        Err(ResolveError::Unreachable("send failed".into()))
+    }
+
+    /// One Handle Resolution, trying a second registrar if the first fails.
+    async fn resolve(&mut self, pool: &PoolHandle, items: u32) -> Result<Resolution, ResolveError> {
+        let request = AsapMessage::HandleResolution {
+            subscribe: false,
+            pool_handle: pool.clone(),
+            items: Some(items),
+        };
+        let mut last_error = ResolveError::NoRegistrar;
+        for _ in 0..2 {
+            if let Err(error) = self.send_only(&request).await {
+                last_error = error;
+                continue;
+            }
+            match self.await_answer(pool).await {
+                Ok(resolution) => return Ok(resolution),
+                Err(error) => {
+                    last_error = error;
+                    self.drop_current();
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn await_answer(&mut self, pool: &PoolHandle) -> Result<Resolution, ResolveError> {
+        let Some(association) = self.current.as_mut() else {
+            return Err(ResolveError::Unreachable("no association".into()));
+        };
+        let registrar = association.peer_addr();
+        let deadline = tokio::time::Instant::now() + self.answer_timeout;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, association.recv())
+                .await
+                .map_err(|_| ResolveError::Unreachable(format!("{registrar}: no answer in time")))?
+                .map_err(|error| ResolveError::Unreachable(format!("{registrar}: {error}")))?;
+            if frame.ppid != PPID_ASAP {
+                continue;
+            }
+            let Ok(decoded) = AsapMessage::decode(&frame.payload) else {
+                tracing::debug!(%registrar, "undecodable message from registrar ignored");
+                continue;
+            };
+            match decoded.message {
+                AsapMessage::HandleResolutionResponse {
+                    pool_handle,
+                    policy,
+                    pool_elements,
+                    error,
+                    ..
+                } if &pool_handle == pool => {
+                    if let Some(error) = error {
+                        tracing::debug!(%registrar, cause = ?error.first_code(), "negative handle resolution");
+                    }
+                    return Ok(Resolution {
+                        registrar,
+                        policy,
+                        elements: pool_elements,
+                    });
+                }
+                AsapMessage::Error { error } => {
+                    return Err(ResolveError::Unreachable(format!(
+                        "{registrar}: operation error {:?}",
+                        error.first_code()
+                    )));
+                }
+                other => tracing::trace!(message = other.name(), "ignoring registrar message"),
+            }
+        }
+    }
+}
+
+/// `items` for "every PE of the pool".
+pub const ALL_ITEMS: u32 = HANDLE_RESOLUTION_ALL;

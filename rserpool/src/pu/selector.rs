@@ -1,0 +1,319 @@
+//! The pool user's handle-resolution cache and its choice of a pool element (sans-I/O).
+//!
+//! A [`PeSelector`] keeps the latest Handle Resolution answer for one pool (fresh for the
+//! configured stale-cache time), chooses a PE from it according to the pool's policy, and
+//! remembers PEs that just failed so that they are not chosen again for a while even if the
+//! registrar still lists them (rsplib forgets timeout failures and hands out the dead PE again).
+//!
+//! Local choice per policy (the registrar already ordered its answer by policy; the local
+//! choice spreads successive sessions over the cached PEs instead of piling them on the first):
+//! * load-based policies (LU, LUD, PLU, RLU, DPF variants): lowest load first;
+//! * Priority: highest priority first;
+//! * weighted random (WRAND, WRAND-DPF): random in proportion to the weight (weight 0 = never);
+//! * Random: uniformly at random;
+//! * round robin (RR, WRR) and anything else: in the registrar's order.
+//!
+//! Within equal keys, the PE this selector handed out least often wins, then answer order.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, RngExt};
+
+use crate::wire::{Policy, PoolElement, TransportAddress};
+
+/// A pool element a session can connect to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeCandidate {
+    /// Pool element identifier.
+    pub id: u32,
+    /// Its data address (the TCP transport it registered).
+    pub address: SocketAddr,
+    /// Its policy with the registrar's policy information (load, weight, ...).
+    pub policy: Policy,
+}
+
+impl PeCandidate {
+    /// The candidate for a Pool Element parameter; `None` without a usable TCP address.
+    pub fn from_pool_element(element: &PoolElement) -> Option<PeCandidate> {
+        let address = match &element.user_transport {
+            TransportAddress::Tcp { port, address } if *port != 0 && !address.is_unspecified() => {
+                SocketAddr::new(*address, *port)
+            }
+            _ => return None,
+        };
+        Some(PeCandidate {
+            id: element.id.0,
+            address,
+            policy: element.policy,
+        })
+    }
+}
+
+/// Default time a cached Handle Resolution answer is used without asking again.
+pub const DEFAULT_STALE_CACHE: Duration = Duration::from_millis(1000);
+/// Default time a PE that failed is not chosen again.
+pub const DEFAULT_AVOID_FOR: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+struct Cached {
+    elements: Vec<PeCandidate>,
+    fetched_at: Instant,
+}
+
+/// Handle-resolution cache, failure memory and local PE choice for one pool.
+#[derive(Clone, Debug)]
+pub struct PeSelector {
+    stale_cache: Duration,
+    cache: Option<Cached>,
+    /// PE id -> not to be chosen before this instant.
+    avoid_until: HashMap<u32, Instant>,
+    /// PE id -> how often this selector handed it out.
+    uses: HashMap<u32, u64>,
+}
+
+impl PeSelector {
+    /// A selector whose cached answers are fresh for `stale_cache` (zero: always ask).
+    pub fn new(stale_cache: Duration) -> Self {
+        PeSelector {
+            stale_cache,
+            cache: None,
+            avoid_until: HashMap::new(),
+            uses: HashMap::new(),
+        }
+    }
+
+    /// Whether a fresh cached answer exists at `now`.
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        self.cache
+            .as_ref()
+            .is_some_and(|c| now.saturating_duration_since(c.fetched_at) < self.stale_cache)
+    }
+
+    /// Stores a Handle Resolution answer received at `now` (PEs without a usable TCP data
+    /// address are left out).
+    pub fn store(&mut self, elements: &[PoolElement], now: Instant) {
+        let elements = elements
+            .iter()
+            .filter_map(PeCandidate::from_pool_element)
+            .collect();
+        self.cache = Some(Cached {
+            elements,
+            fetched_at: now,
+        });
+    }
+
+    /// Forgets the cached answer (the next resolution asks the registrar).
+    pub fn invalidate(&mut self) {
+        self.cache = None;
+    }
+
+    /// Records that `pe_id` failed at `now`: it is not chosen for `avoid_for`, whatever the
+    /// registrar says.
+    pub fn avoid(&mut self, pe_id: u32, now: Instant, avoid_for: Duration) {
+        let until = now + avoid_for;
+        let entry = self.avoid_until.entry(pe_id).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// Whether `pe_id` is being avoided at `now`.
+    pub fn is_avoided(&self, pe_id: u32, now: Instant) -> bool {
+        self.avoid_until
+            .get(&pe_id)
+            .is_some_and(|&until| now < until)
+    }
+
+    /// Cached PEs not being avoided at `now` (fresh or not), in answer order.
+    pub fn usable(&self, now: Instant) -> Vec<PeCandidate> {
+        self.cache
+            .iter()
+            .flat_map(|c| c.elements.iter())
+            .filter(|pe| !self.is_avoided(pe.id, now))
+            .cloned()
+            .collect()
+    }
+
+    /// Chooses a PE from the cached answer (see the module docs), or `None` when no cached PE
+    /// is usable. Stale answers are used too: the caller decides when to refresh.
+    pub fn choose<R: Rng + ?Sized>(&mut self, now: Instant, rng: &mut R) -> Option<PeCandidate> {
+        self.avoid_until.retain(|_, until| now < *until);
+        let usable = self.usable(now);
+        let chosen = choose_by_policy(&usable, &self.uses, rng)?.clone();
+        *self.uses.entry(chosen.id).or_insert(0) += 1;
+        Some(chosen)
+    }
+}
+
+fn choose_by_policy<'a, R: Rng + ?Sized>(
+    usable: &'a [PeCandidate],
+    uses: &HashMap<u32, u64>,
+    rng: &mut R,
+) -> Option<&'a PeCandidate> {
+    let first = usable.first()?;
+    let used = |pe: &PeCandidate| uses.get(&pe.id).copied().unwrap_or(0);
+    match first.policy {
+        Policy::Random => usable.get(rng.random_range(0..usable.len())),
+        Policy::WeightedRandom { .. } | Policy::WeightedRandomDpf { .. } => {
+            let weight = |pe: &PeCandidate| u64::from(pe.policy.weight().unwrap_or(0));
+            let total: u64 = usable.iter().map(weight).sum();
+            if total == 0 {
+                return None;
+            }
+            let mut point = rng.random_range(0..total);
+            usable.iter().find(|pe| {
+                let w = weight(pe);
+                if point < w {
+                    true
+                } else {
+                    point -= w;
+                    false
+                }
+            })
+        }
+        policy if policy.load().is_some() => usable
+            .iter()
+            .enumerate()
+            .min_by_key(|(order, pe)| (pe.policy.load().unwrap_or(u32::MAX), used(pe), *order))
+            .map(|(_, pe)| pe),
+        Policy::Priority { .. } => usable
+            .iter()
+            .enumerate()
+            .min_by_key(|(order, pe)| {
+                (
+                    std::cmp::Reverse(pe.policy.priority().unwrap_or(0)),
+                    used(pe),
+                    *order,
+                )
+            })
+            .map(|(_, pe)| pe),
+        _ => usable
+            .iter()
+            .enumerate()
+            .min_by_key(|(order, pe)| (used(pe), *order))
+            .map(|(_, pe)| pe),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::PeId;
+    use std::net::Ipv4Addr;
+
+    fn element(id: u32, policy: Policy) -> PoolElement {
+        PoolElement {
+            id: PeId(id),
+            home_registrar: 1,
+            registration_life_ms: 15_000,
+            user_transport: TransportAddress::Tcp {
+                port: 10_000 + id as u16,
+                address: Ipv4Addr::LOCALHOST.into(),
+            },
+            policy,
+            asap_transport: None,
+        }
+    }
+
+    fn rng() -> rand::rngs::StdRng {
+        rand::SeedableRng::seed_from_u64(7)
+    }
+
+    #[test]
+    fn round_robin_spreads_over_cached_elements() {
+        let now = Instant::now();
+        let mut selector = PeSelector::new(DEFAULT_STALE_CACHE);
+        selector.store(
+            &[
+                element(1, Policy::RoundRobin),
+                element(2, Policy::RoundRobin),
+            ],
+            now,
+        );
+        assert!(selector.is_fresh(now));
+        assert!(!selector.is_fresh(now + DEFAULT_STALE_CACHE));
+        let ids: Vec<u32> = (0..4)
+            .filter_map(|_| selector.choose(now, &mut rng()).map(|pe| pe.id))
+            .collect();
+        assert_eq!(ids, vec![1, 2, 1, 2]);
+    }
+
+    #[test]
+    fn failed_element_is_avoided_even_if_still_listed() {
+        let now = Instant::now();
+        let mut selector = PeSelector::new(DEFAULT_STALE_CACHE);
+        let answer = [
+            element(1, Policy::RoundRobin),
+            element(2, Policy::RoundRobin),
+        ];
+        selector.store(&answer, now);
+        selector.avoid(1, now, Duration::from_secs(5));
+        // The registrar still lists PE 1.
+        selector.store(&answer, now + Duration::from_millis(10));
+        for _ in 0..3 {
+            let chosen = selector.choose(now + Duration::from_secs(1), &mut rng());
+            assert_eq!(chosen.map(|pe| pe.id), Some(2));
+        }
+        selector.avoid(2, now, Duration::from_secs(5));
+        assert_eq!(
+            selector.choose(now + Duration::from_secs(1), &mut rng()),
+            None
+        );
+        // After the avoid time PE 1 is usable again.
+        let later = now + Duration::from_secs(5);
+        assert!(selector.choose(later, &mut rng()).is_some());
+    }
+
+    #[test]
+    fn least_used_prefers_lowest_load_and_priority_highest() {
+        let now = Instant::now();
+        let mut selector = PeSelector::new(DEFAULT_STALE_CACHE);
+        selector.store(
+            &[
+                element(1, Policy::LeastUsed { load: 900 }),
+                element(2, Policy::LeastUsed { load: 100 }),
+            ],
+            now,
+        );
+        assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id), Some(2));
+        selector.store(
+            &[
+                element(1, Policy::Priority { priority: 1 }),
+                element(2, Policy::Priority { priority: 5 }),
+            ],
+            now,
+        );
+        assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id), Some(2));
+    }
+
+    #[test]
+    fn weighted_random_never_picks_weight_zero() {
+        let now = Instant::now();
+        let mut selector = PeSelector::new(DEFAULT_STALE_CACHE);
+        selector.store(
+            &[
+                element(1, Policy::WeightedRandom { weight: 0 }),
+                element(2, Policy::WeightedRandom { weight: 3 }),
+            ],
+            now,
+        );
+        let mut rng = rng();
+        for _ in 0..50 {
+            assert_eq!(selector.choose(now, &mut rng).map(|pe| pe.id), Some(2));
+        }
+    }
+
+    #[test]
+    fn elements_without_tcp_address_are_left_out() {
+        let now = Instant::now();
+        let mut selector = PeSelector::new(DEFAULT_STALE_CACHE);
+        let mut unusable = element(3, Policy::RoundRobin);
+        unusable.user_transport = TransportAddress::Tcp {
+            port: 5,
+            address: Ipv4Addr::UNSPECIFIED.into(),
+        };
+        selector.store(&[unusable], now);
+        assert!(selector.usable(now).is_empty());
+        assert_eq!(selector.choose(now, &mut rng()), None);
+    }
+}

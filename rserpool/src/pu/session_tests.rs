@@ -1,0 +1,363 @@
+//! Simulated-time tests of the failover state machine.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::transport::{AssociationError, Frame, PPID_ASAP};
+use crate::wire::{AsapMessage, PeId, Policy, PoolElement, TransportAddress};
+
+use super::selector::{PeCandidate, PeSelector};
+use super::session::{Action, FailureKind, SessionConfig, SessionEvent, SessionState};
+
+const FGP: u32 = 32;
+
+fn pe(id: u32) -> PeCandidate {
+    PeCandidate {
+        id,
+        address: SocketAddr::from((Ipv4Addr::LOCALHOST, 9000 + id as u16)),
+        policy: Policy::RoundRobin,
+    }
+}
+
+fn element(id: u32) -> PoolElement {
+    PoolElement {
+        id: PeId(id),
+        home_registrar: 1,
+        registration_life_ms: 15_000,
+        user_transport: TransportAddress::Tcp {
+            port: 9000 + id as u16,
+            address: Ipv4Addr::LOCALHOST.into(),
+        },
+        policy: Policy::RoundRobin,
+        asap_transport: None,
+    }
+}
+
+fn first_message() -> Frame {
+    Frame::new(FGP, vec![1, 2, 3])
+}
+
+fn cookie_frame(bytes: &[u8]) -> Frame {
+    let message = AsapMessage::Cookie {
+        cookie: bytes.to_vec(),
+    };
+    Frame::new(PPID_ASAP, message.to_bytes().expect("encodable"))
+}
+
+fn drain(state: &mut SessionState) -> Vec<Action> {
+    std::iter::from_fn(|| state.poll_action()).collect()
+}
+
+fn events(actions: &[Action]) -> Vec<&SessionEvent> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reports(actions: &[Action]) -> Vec<u32> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ReportUnreachable { pe_id } => Some(*pe_id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A session connected to `pe(1)` at `t0` that has received one data frame.
+fn connected(t0: Instant) -> SessionState {
+    let mut state = SessionState::new(SessionConfig::default(), first_message());
+    state.start(t0);
+    assert_eq!(drain(&mut state), vec![Action::Resolve { fresh: false }]);
+    state.on_resolved(t0, Some(pe(1)), None);
+    assert_eq!(drain(&mut state), vec![Action::Connect(pe(1))]);
+    state.on_connected(t0);
+    let actions = drain(&mut state);
+    assert_eq!(actions[0], Action::Send(first_message()));
+    state.on_frame(t0, Frame::new(FGP, vec![9]));
+    drain(&mut state);
+    state
+}
+
+#[test]
+fn data_silence_is_detected_after_the_session_timeout_and_reported_once() {
+    let t0 = Instant::now();
+    let mut state = connected(t0);
+    let timeout = state.config().session_timeout;
+    assert_eq!(state.poll_timeout(), Some(t0 + timeout));
+    // Just before the timeout nothing happens.
+    state.on_timeout(t0 + timeout - Duration::from_millis(1));
+    assert!(drain(&mut state).is_empty());
+    // Frames push the deadline.
+    let t1 = t0 + Duration::from_millis(1500);
+    state.on_frame(t1, Frame::new(FGP, vec![1]));
+    drain(&mut state);
+    state.on_timeout(t0 + timeout);
+    assert!(drain(&mut state).is_empty());
+    state.on_timeout(t1 + timeout);
+    let actions = drain(&mut state);
+    assert_eq!(actions[0], Action::Abort);
+    assert_eq!(reports(&actions), vec![1]);
+    assert!(actions.contains(&Action::Resolve { fresh: true }));
+    assert!(events(&actions).iter().any(|e| matches!(
+        e,
+        SessionEvent::FailoverStarted { reason: FailureKind::DataSilence, silent_for, pe: p, .. }
+            if *silent_for == timeout && p.id == 1
+    )));
+    // The old association closing afterwards does not report again.
+    state.on_closed(t1 + timeout, &AssociationError::Reset);
+    state.on_timeout(t1 + timeout * 3);
+    assert!(reports(&drain(&mut state)).is_empty());
+}
+
+#[test]
+fn connection_loss_fails_over_with_the_last_cookie() {
+    let t0 = Instant::now();
+    let mut state = connected(t0);
+    state.on_frame(t0, cookie_frame(b"first"));
+    state.on_frame(t0, cookie_frame(b"second"));
+    let actions = drain(&mut state);
+    assert_eq!(
+        events(&actions).len(),
+        2,
+        "each cookie is reported: {actions:?}"
+    );
+    assert_eq!(state.cookie(), Some(&b"second"[..]));
+    let t1 = t0 + Duration::from_millis(100);
+    state.on_closed(t1, &AssociationError::Reset);
+    let actions = drain(&mut state);
+    assert_eq!(reports(&actions), vec![1]);
+    assert!(actions.contains(&Action::Avoid {
+        pe_id: 1,
+        duration: SessionConfig::default().avoid_failed_for
+    }));
+    assert!(events(&actions).iter().any(|e| matches!(
+        e,
+        SessionEvent::FailoverStarted {
+            have_cookie: true,
+            reason: FailureKind::ConnectionLost(_),
+            ..
+        }
+    )));
+    state.on_resolved(t1, Some(pe(2)), None);
+    assert_eq!(drain(&mut state), vec![Action::Connect(pe(2))]);
+    let t2 = t1 + Duration::from_millis(5);
+    state.on_connected(t2);
+    let actions = drain(&mut state);
+    let echo = AsapMessage::CookieEcho {
+        cookie: b"second".to_vec(),
+    }
+    .to_bytes()
+    .expect("encodable");
+    assert_eq!(actions[0], Action::Send(Frame::new(PPID_ASAP, echo)));
+    // Completed only when the new PE delivers.
+    assert!(
+        !events(&actions)
+            .iter()
+            .any(|e| matches!(e, SessionEvent::FailoverCompleted { .. }))
+    );
+    let t3 = t2 + Duration::from_millis(3);
+    state.on_frame(t3, Frame::new(FGP, vec![7]));
+    let actions = drain(&mut state);
+    assert!(events(&actions).iter().any(|e| matches!(
+        e,
+        SessionEvent::FailoverCompleted { old_pe, new_pe, took, resumed: true }
+            if old_pe.id == 1 && new_pe.id == 2 && *took == t3 - t1
+    )));
+}
+
+#[test]
+fn failure_before_any_cookie_restarts_with_the_first_message() {
+    let t0 = Instant::now();
+    let mut state = connected(t0);
+    state.on_closed(t0, &AssociationError::Reset);
+    let actions = drain(&mut state);
+    assert!(events(&actions).iter().any(|e| matches!(
+        e,
+        SessionEvent::FailoverStarted {
+            have_cookie: false,
+            ..
+        }
+    )));
+    state.on_resolved(t0, Some(pe(2)), None);
+    drain(&mut state);
+    state.on_connected(t0);
+    assert_eq!(drain(&mut state)[0], Action::Send(first_message()));
+}
+
+#[test]
+fn refusal_tries_another_pe_without_reporting() {
+    let t0 = Instant::now();
+    let mut state = SessionState::new(SessionConfig::default(), first_message());
+    state.start(t0);
+    drain(&mut state);
+    state.on_resolved(t0, Some(pe(1)), None);
+    state.on_connected(t0);
+    drain(&mut state);
+    // Closed before any frame: a full PE.
+    state.on_closed(t0, &AssociationError::ClosedByPeer);
+    let actions = drain(&mut state);
+    assert!(reports(&actions).is_empty(), "{actions:?}");
+    assert!(actions.contains(&Action::Avoid {
+        pe_id: 1,
+        duration: SessionConfig::default().avoid_refused_for
+    }));
+    assert!(events(&actions).contains(&&SessionEvent::Refused { pe: pe(1) }));
+    assert!(actions.contains(&Action::Resolve { fresh: false }));
+    // A heartbeat timeout before any frame is a failure, not a refusal.
+    state.on_resolved(t0, Some(pe(2)), None);
+    state.on_connected(t0);
+    drain(&mut state);
+    state.on_closed(
+        t0,
+        &AssociationError::HeartbeatTimeout {
+            silent_for: Duration::from_secs(2),
+        },
+    );
+    assert_eq!(reports(&drain(&mut state)), vec![2]);
+}
+
+#[test]
+fn connect_failure_is_reported_and_avoided() {
+    let t0 = Instant::now();
+    let mut state = SessionState::new(SessionConfig::default(), first_message());
+    state.start(t0);
+    drain(&mut state);
+    state.on_resolved(t0, Some(pe(3)), None);
+    drain(&mut state);
+    state.on_connect_failed(t0, "refused".into());
+    let actions = drain(&mut state);
+    assert_eq!(reports(&actions), vec![3]);
+    assert!(actions.contains(&Action::Resolve { fresh: true }));
+}
+
+#[test]
+fn empty_pool_backs_off_with_a_cap_and_never_gives_up() {
+    let config = SessionConfig::default();
+    let mut state = SessionState::new(config.clone(), first_message());
+    let mut now = Instant::now();
+    state.start(now);
+    drain(&mut state);
+    let mut waits = Vec::new();
+    for _ in 0..12 {
+        state.on_resolved(now, None, None);
+        let actions = drain(&mut state);
+        let retry_in = events(&actions)
+            .iter()
+            .find_map(|e| match e {
+                SessionEvent::PoolEmpty { retry_in, .. } => Some(*retry_in),
+                _ => None,
+            })
+            .expect("PoolEmpty reported");
+        assert_eq!(state.poll_timeout(), Some(now + retry_in));
+        // Not before the wait is over.
+        state.on_timeout(now + retry_in - Duration::from_millis(1));
+        assert!(drain(&mut state).is_empty());
+        now += retry_in;
+        state.on_timeout(now);
+        assert_eq!(drain(&mut state), vec![Action::Resolve { fresh: true }]);
+        waits.push(retry_in);
+    }
+    assert_eq!(waits[0], config.backoff_initial);
+    assert_eq!(waits[1], config.backoff_initial * 2);
+    assert!(waits.iter().all(|w| *w <= config.backoff_max));
+    assert_eq!(*waits.last().expect("waits"), config.backoff_max);
+    // A PE at last: the session goes on, and the backoff starts over after its first frame.
+    state.on_resolved(now, Some(pe(1)), None);
+    state.on_connected(now);
+    state.on_frame(now, Frame::new(FGP, vec![1]));
+    state.on_closed(now, &AssociationError::Reset);
+    drain(&mut state);
+    state.on_resolved(now, None, None);
+    let actions = drain(&mut state);
+    assert!(events(&actions).contains(&&SessionEvent::PoolEmpty {
+        retry_in: config.backoff_initial,
+        detail: None
+    }));
+}
+
+#[test]
+fn finish_closes_and_later_closure_is_not_a_failure() {
+    let t0 = Instant::now();
+    let mut state = connected(t0);
+    state.finish(t0);
+    let actions = drain(&mut state);
+    assert_eq!(actions[0], Action::Close);
+    assert!(events(&actions).contains(&&SessionEvent::Finished));
+    state.on_closed(t0, &AssociationError::ClosedByPeer);
+    state.on_timeout(t0 + Duration::from_secs(60));
+    assert!(drain(&mut state).is_empty());
+    assert_eq!(state.poll_timeout(), None);
+}
+
+/// The session and the shared selector together, as the driver combines them: a PE that
+/// failed is not chosen again although the registrar keeps listing it.
+#[test]
+fn failed_pe_is_not_chosen_again_while_the_registrar_lists_it() {
+    let mut rng: rand::rngs::StdRng = rand::SeedableRng::seed_from_u64(1);
+    let mut selector = PeSelector::new(Duration::ZERO);
+    let mut now = Instant::now();
+    let mut state = SessionState::new(SessionConfig::default(), first_message());
+    state.start(now);
+    let mut chosen = Vec::new();
+    let mut total_reports = 0;
+    for round in 0..6 {
+        // Run the actions like the driver does, with a registrar that always lists 1 and 2.
+        while let Some(action) = state.poll_action() {
+            match action {
+                Action::Resolve { .. } => {
+                    selector.store(&[element(1), element(2)], now);
+                    let pe = selector.choose(now, &mut rng);
+                    state.on_resolved(now, pe, None);
+                }
+                Action::Connect(pe) => {
+                    chosen.push(pe.id);
+                    state.on_connected(now);
+                }
+                Action::Avoid { pe_id, duration } => selector.avoid(pe_id, now, duration),
+                Action::ReportUnreachable { .. } => total_reports += 1,
+                _ => {}
+            }
+        }
+        if round == 0 {
+            state.on_frame(now, Frame::new(FGP, vec![0]));
+            // PE hangs: detected by silence.
+            now += state.config().session_timeout;
+            state.on_timeout(now);
+        } else {
+            // Keep the current PE alive.
+            now += Duration::from_millis(100);
+            state.on_frame(now, Frame::new(FGP, vec![0]));
+        }
+    }
+    assert_eq!(chosen, vec![1, 2], "PE 1 was not chosen again");
+    assert_eq!(total_reports, 1);
+}
+
+#[test]
+fn graceful_close_after_data_fails_over_without_report() {
+    let t0 = Instant::now();
+    let mut state = connected(t0);
+    state.on_frame(t0, cookie_frame(b"c"));
+    drain(&mut state);
+    state.on_closed(t0, &AssociationError::ClosedByPeer);
+    let actions = drain(&mut state);
+    assert!(reports(&actions).is_empty(), "{actions:?}");
+    assert!(actions.contains(&Action::Avoid {
+        pe_id: 1,
+        duration: SessionConfig::default().avoid_refused_for
+    }));
+    assert!(events(&actions).iter().any(|e| matches!(
+        e,
+        SessionEvent::FailoverStarted {
+            have_cookie: true,
+            reason: FailureKind::ConnectionLost(_),
+            ..
+        }
+    )));
+    assert!(actions.contains(&Action::Resolve { fresh: true }));
+}

@@ -1,0 +1,391 @@
+//! Issue 5's "must show": the real registrar, pool elements and headless pool user on
+//! loopback. Pictures through the pool equal the local reference; SIGKILLed, SIGSTOPped and
+//! `--fail-after` PEs lose nothing; an emptied pool is waited for.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use e2e::{Proc, READY_TIMEOUT, bin, field};
+use fractal_protocol::kernel;
+use fractal_protocol::message::{MAX_POINTS_PER_DATA, Parameter};
+use fractal_protocol::preset::Preset;
+use fractal_protocol::tiling;
+use nix::sys::signal::Signal;
+
+/// How long a whole picture may take on a loaded 2-core machine.
+const IMAGE_TIMEOUT: Duration = Duration::from_secs(120);
+
+struct Registrar {
+    /// Kept so that the process lives as long as the test.
+    _proc: Proc,
+    address: String,
+}
+
+fn registrar(extra: &[&str]) -> Result<Registrar> {
+    let mut args: Vec<String> = vec!["--asap".into(), "127.0.0.1:0".into()];
+    if !extra.contains(&"--announce") {
+        args.extend(["--announce".into(), "off".into()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let proc = Proc::spawn("registrar", bin("registrar"), &args)?;
+    let ready = proc.log.wait_for_text("registrar ready", READY_TIMEOUT)?;
+    let address = field(&ready, "asap").context("asap= in the ready line")?;
+    Ok(Registrar {
+        _proc: proc,
+        address,
+    })
+}
+
+struct Pe {
+    proc: Proc,
+    id: String,
+}
+
+/// A pool element registered at `registrar` with id `id` (printed as 0x%08x in logs).
+fn pool_element(registrar: &Registrar, id: u32, extra: &[&str]) -> Result<Pe> {
+    let mut args = vec![
+        "--registrar".to_string(),
+        registrar.address.clone(),
+        "--id".to_string(),
+        format!("{id:#x}"),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let proc = Proc::spawn(&format!("pe-{id:#x}"), bin("pool-element"), &args)?;
+    proc.log
+        .wait_for_text("pool element registered", READY_TIMEOUT)?;
+    Ok(Pe {
+        proc,
+        id: format!("{id:#010x}"),
+    })
+}
+
+struct Picture {
+    width: u32,
+    height: u32,
+    sessions: usize,
+    preset: &'static str,
+    max_iterations: u32,
+}
+
+impl Picture {
+    fn view(&self) -> Parameter {
+        let preset = Preset::by_name(self.preset).expect("built-in preset");
+        let mut view = preset.parameter(self.width, self.height);
+        view.max_iterations = self.max_iterations;
+        view
+    }
+
+    /// What the pool must deliver: each tile computed locally from its own Parameter (with one
+    /// session that is exactly the untiled reference picture).
+    fn expected(&self) -> Vec<u32> {
+        let view = self.view();
+        if self.sessions == 1 {
+            return kernel::compute_image(&view);
+        }
+        let mut picture = vec![0u32; (self.width * self.height) as usize];
+        for tile in tiling::split(&view, self.sessions) {
+            for (index, value) in kernel::compute_image(&tile.parameter)
+                .into_iter()
+                .enumerate()
+            {
+                let x = tile.x + index as u32 % tile.width;
+                let y = tile.y + index as u32 / tile.width;
+                picture[(y * self.width + x) as usize] = value;
+            }
+        }
+        picture
+    }
+
+    /// Starts `pool-user --headless` for this picture, writing into `dir`.
+    fn start_pool_user(&self, registrar: &Registrar, dir: &Path, extra: &[&str]) -> Result<Proc> {
+        let mut args: Vec<String> = vec![
+            "--headless".into(),
+            "--registrar".into(),
+            registrar.address.clone(),
+            "--width".into(),
+            self.width.to_string(),
+            "--height".into(),
+            self.height.to_string(),
+            "--sessions".into(),
+            self.sessions.to_string(),
+            "--preset".into(),
+            self.preset.into(),
+            "--max-iterations".into(),
+            self.max_iterations.to_string(),
+            "--iterations-out".into(),
+            dir.join("iterations.bin").display().to_string(),
+            "--stats-json".into(),
+            dir.join("stats.json").display().to_string(),
+            "--out".into(),
+            dir.join("picture.png").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Proc::spawn("pool-user", bin("pool-user"), &args)
+    }
+}
+
+/// Waits for the pool user to finish, then checks the picture bit for bit and returns the
+/// statistics of the image.
+fn finish_and_check(pu: &mut Proc, picture: &Picture, dir: &Path) -> Result<serde_json::Value> {
+    let status = pu.wait_exit(IMAGE_TIMEOUT)?;
+    anyhow::ensure!(status.success(), "pool-user failed: {status}");
+    let bytes = std::fs::read(dir.join("iterations.bin"))?;
+    let got: Vec<u32> = bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let expected = picture.expected();
+    anyhow::ensure!(
+        got.len() == expected.len(),
+        "iterations file has the wrong size"
+    );
+    let wrong = got.iter().zip(&expected).filter(|(a, b)| a != b).count();
+    anyhow::ensure!(wrong == 0, "{wrong} pixels differ from the reference");
+    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("stats.json"))?)?;
+    Ok(stats[0].clone())
+}
+
+fn number(stats: &serde_json::Value, key: &str) -> u64 {
+    stats[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} in {stats}"))
+}
+
+#[test]
+fn pool_pictures_equal_the_local_reference() -> Result<()> {
+    let registrar = registrar(&[])?;
+    let _a = pool_element(&registrar, 0xa1, &[])?;
+    let _b = pool_element(&registrar, 0xa2, &[])?;
+    for sessions in [1, 6] {
+        let dir = tempfile::tempdir()?;
+        let picture = Picture {
+            width: 257,
+            height: 163,
+            sessions,
+            preset: "seahorse-valley",
+            max_iterations: 400,
+        };
+        let mut pu = picture.start_pool_user(&registrar, dir.path(), &[])?;
+        let stats = finish_and_check(&mut pu, &picture, dir.path())?;
+        assert_eq!(number(&stats, "failovers"), 0);
+        assert_eq!(number(&stats, "pixels"), 257 * 163);
+        assert!(dir.path().join("picture.png").is_file());
+        pu.log.wait_for_text("image completed", READY_TIMEOUT)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn sigkilled_pes_lose_nothing() -> Result<()> {
+    let registrar = registrar(&[])?;
+    // Slow PEs (capacity in iterations/s) so that the picture takes seconds and kills land
+    // in the middle of it.
+    let slow = ["--capacity", "4000000", "--cookie-max-packets", "10"];
+    let mut pes = Vec::new();
+    for id in 0xb1..=0xb4 {
+        pes.push(pool_element(&registrar, id, &slow)?);
+    }
+    let dir = tempfile::tempdir()?;
+    let picture = Picture {
+        width: 400,
+        height: 300,
+        sessions: 4,
+        preset: "full-set",
+        max_iterations: 1000,
+    };
+    let mut pu = picture.start_pool_user(&registrar, dir.path(), &[])?;
+    let mut killed = Vec::new();
+    for round in 0..2 {
+        // Kill a PE that is serving a session right now, a different one each time.
+        let line = pu.log.wait_for(READY_TIMEOUT, |l| {
+            l.contains("session connected")
+                && field(l, "pe").is_some_and(|pe| !killed.contains(&pe))
+        })?;
+        let pe_id = field(&line, "pe").context("pe=")?;
+        std::thread::sleep(Duration::from_millis(400));
+        let victim = pes
+            .iter_mut()
+            .find(|pe| pe.id == pe_id)
+            .context("a PE of ours")?;
+        victim.proc.signal(Signal::SIGKILL)?;
+        killed.push(pe_id.clone());
+        let started = pu.log.wait_for_text("failover started", READY_TIMEOUT)?;
+        assert_eq!(
+            field(&started, "pe").as_deref(),
+            Some(pe_id.as_str()),
+            "round {round}"
+        );
+        pu.log.wait_for_text("failover completed", READY_TIMEOUT)?;
+    }
+    let stats = finish_and_check(&mut pu, &picture, dir.path())?;
+    assert!(number(&stats, "failovers") >= 2, "{stats}");
+    // Recomputed work per failover: at most one cookie interval (10 Data messages).
+    let interval = 10 * MAX_POINTS_PER_DATA as u64;
+    for line in pu
+        .log
+        .lines()
+        .iter()
+        .filter(|l| l.contains("failover completed"))
+    {
+        let recomputed: u64 = field(line, "recomputed_pixels")
+            .context("recomputed_pixels=")?
+            .parse()?;
+        assert!(recomputed <= interval, "{line}");
+    }
+    Ok(())
+}
+
+#[test]
+fn sigstopped_pe_is_detected_reported_and_avoided() -> Result<()> {
+    // The registrar keeps listing the hung PE (it would take 100 reports to drop it): the
+    // pool user must avoid it on its own.
+    let registrar = registrar(&[
+        "--max-bad-pe-reports",
+        "100",
+        "--keepalive-timeout",
+        "60000",
+    ])?;
+    let slow = ["--capacity", "3000000"];
+    let hung = pool_element(&registrar, 0xc1, &slow)?;
+    let _healthy = pool_element(&registrar, 0xc2, &slow)?;
+    let dir = tempfile::tempdir()?;
+    let picture = Picture {
+        width: 300,
+        height: 200,
+        sessions: 2,
+        preset: "full-set",
+        max_iterations: 1000,
+    };
+    let session_timeout = Duration::from_millis(1000);
+    let mut pu = picture.start_pool_user(&registrar, dir.path(), &["--session-timeout", "1000"])?;
+    pu.log.wait_for(READY_TIMEOUT, |l| {
+        l.contains("session connected") && field(l, "pe").as_deref() == Some(hung.id.as_str())
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
+    hung.proc.signal(Signal::SIGSTOP)?;
+    let started = pu.log.wait_for_text("failover started", READY_TIMEOUT)?;
+    assert_eq!(field(&started, "pe").as_deref(), Some(hung.id.as_str()));
+    assert!(
+        started.contains("DataSilence") || started.contains("HeartbeatTimeout"),
+        "{started}"
+    );
+    let silent_ms: u64 = field(&started, "silent_ms")
+        .context("silent_ms=")?
+        .parse()?;
+    let timeout_ms = session_timeout.as_millis() as u64;
+    assert!(
+        silent_ms >= timeout_ms && silent_ms < 3 * timeout_ms,
+        "{started}"
+    );
+    pu.log
+        .wait_for_text("endpoint unreachable reported", READY_TIMEOUT)?;
+    let result = finish_and_check(&mut pu, &picture, dir.path());
+    hung.proc.signal(Signal::SIGCONT)?;
+    result?;
+    // Not chosen again while it hung: no session connected to it after the detection.
+    let lines = pu.log.lines();
+    let detected = lines
+        .iter()
+        .position(|l| l.contains("failover started"))
+        .context("failover line")?;
+    assert!(
+        !lines[detected..]
+            .iter()
+            .any(|l| l.contains("session connected")
+                && field(l, "pe").as_deref() == Some(hung.id.as_str())),
+        "the hung PE was chosen again"
+    );
+    Ok(())
+}
+
+#[test]
+fn all_pes_gone_then_one_restarted() -> Result<()> {
+    let registrar = registrar(&[])?;
+    let first = pool_element(&registrar, 0xd1, &["--capacity", "3000000"])?;
+    let dir = tempfile::tempdir()?;
+    let picture = Picture {
+        width: 240,
+        height: 160,
+        sessions: 2,
+        preset: "full-set",
+        max_iterations: 1000,
+    };
+    let mut pu = picture.start_pool_user(&registrar, dir.path(), &[])?;
+    pu.log.wait_for_text("session connected", READY_TIMEOUT)?;
+    std::thread::sleep(Duration::from_millis(300));
+    first.proc.signal(Signal::SIGKILL)?;
+    pu.log.wait_for_text("pool empty", READY_TIMEOUT)?;
+    // The pool user keeps waiting.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(pu.is_running(), "the pool user gave up");
+    let _second = pool_element(&registrar, 0xd2, &[])?;
+    let stats = finish_and_check(&mut pu, &picture, dir.path())?;
+    assert!(number(&stats, "failovers") >= 1);
+    Ok(())
+}
+
+#[test]
+fn fail_after_on_every_pe_gives_deterministic_failovers() -> Result<()> {
+    let registrar = registrar(&[])?;
+    let _a = pool_element(&registrar, 0xe1, &["--fail-after", "5"])?;
+    let _b = pool_element(&registrar, 0xe2, &["--fail-after", "5"])?;
+    let dir = tempfile::tempdir()?;
+    let picture = Picture {
+        width: 200,
+        height: 150,
+        sessions: 1,
+        preset: "seahorse-valley",
+        max_iterations: 300,
+    };
+    let mut pu = picture.start_pool_user(&registrar, dir.path(), &[])?;
+    let stats = finish_and_check(&mut pu, &picture, dir.path())?;
+    // 30000 pixels = 93 Data messages of up to 324 points; every PE closes after 5 of them
+    // with a cookie: 18 failovers, nothing recomputed, never from scratch.
+    let messages = (200u64 * 150).div_ceil(MAX_POINTS_PER_DATA as u64);
+    assert_eq!(number(&stats, "failovers"), messages / 5, "{stats}");
+    assert_eq!(number(&stats, "recomputed_pixels"), 0, "{stats}");
+    assert_eq!(number(&stats, "restarts_from_scratch"), 0, "{stats}");
+    assert_eq!(number(&stats, "pes_used"), 2, "{stats}");
+    Ok(())
+}
+
+#[test]
+fn pool_user_finds_the_registrar_by_announces() -> Result<()> {
+    // A port of our own for unicast announces, so parallel tests do not hear each other.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let announce = format!("127.0.0.1:{port}");
+    let registrar = registrar(&["--announce", &announce, "--announce-interval", "100"])?;
+    let _pe = pool_element(&registrar, 0xf1, &[])?;
+    let dir = tempfile::tempdir()?;
+    let picture = Picture {
+        width: 64,
+        height: 48,
+        sessions: 1,
+        preset: "full-set",
+        max_iterations: 200,
+    };
+    let mut args: Vec<String> = vec![
+        "--headless".into(),
+        "--announce-listen".into(),
+        announce.clone(),
+        "--width".into(),
+        "64".into(),
+        "--height".into(),
+        "48".into(),
+        "--preset".into(),
+        "full-set".into(),
+        "--max-iterations".into(),
+        "200".into(),
+        "--iterations-out".into(),
+        dir.path().join("iterations.bin").display().to_string(),
+        "--stats-json".into(),
+        dir.path().join("stats.json").display().to_string(),
+    ];
+    args.push("--no-progress".into());
+    let mut pu = Proc::spawn("pool-user", bin("pool-user"), &args)?;
+    finish_and_check(&mut pu, &picture, dir.path())?;
+    Ok(())
+}
