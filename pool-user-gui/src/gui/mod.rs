@@ -1,0 +1,211 @@
+//! The eframe window of the pool user (feature `gui`).
+//!
+//! * [`model`]: what is shown, as data; [`model::GuiState::apply`] folds client events in.
+//! * [`app`]: drawing and controls ([`app::PoolUserApp`]).
+//! * [`control`]: the interfaces to the client ([`control::ClientControl`]) and to the bundled
+//!   processes ([`control::PoolControl`]).
+//! * [`synthetic`]: a stand-in client for `--demo-synthetic`.
+//! * [`link`]: connects the window to the real fractal client.
+
+pub mod app;
+pub mod control;
+pub mod link;
+pub mod model;
+pub mod synthetic;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use fractal_protocol::palette::Palette;
+use fractal_protocol::preset::Preset;
+
+use crate::bundle::{Bundle, BundleConfig};
+use app::{PoolUserApp, PresetChoice, Settings, TestHooks};
+use control::{ClientConfig, ClientControl, ClientFactory, EventSink, PoolControl};
+
+/// Options of the window (`pool-user` without `--headless`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct GuiOptions {
+    /// Registrar to use, ADDR:PORT (repeatable). Without any, a bundled registrar and pool
+    /// elements are started on loopback (the one-command demo).
+    #[arg(long = "registrar", value_name = "ADDR:PORT")]
+    pub registrars: Vec<SocketAddr>,
+    /// Pool handle of the fractal generator pool.
+    #[arg(long, default_value = "FractalGeneratorPool")]
+    pub pool: String,
+    /// Parallel sessions (tiles) per image, 1 to 400 (default 16).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=400))]
+    pub sessions: u16,
+    /// View: a built-in preset name, a path to an `.fsf` file, or `random` (default: random).
+    #[arg(long, default_value = "random")]
+    pub preset: String,
+    /// Palette: `rsplib HSV`, `Smooth gradient` or `Greyscale` (default: rsplib HSV).
+    #[arg(long, default_value = "rsplib HSV")]
+    pub palette: String,
+    /// Pause between images with auto-continue, in milliseconds (default 5000).
+    #[arg(long, default_value_t = 5000)]
+    pub pause: u64,
+    /// Do not start the next image by itself.
+    #[arg(long)]
+    pub no_auto_continue: bool,
+    /// Bundled pool elements to start (default 4), when no --registrar is given.
+    #[arg(long, default_value_t = 4)]
+    pub bundled_pes: usize,
+    /// Policy of the bundled pool elements (rsplib text form, default LeastUsed).
+    #[arg(long, default_value = "LeastUsed")]
+    pub bundled_policy: String,
+    /// Directory Save PNG writes to (default: current directory).
+    #[arg(long, default_value = ".")]
+    pub save_dir: PathBuf,
+    /// Initial window size in points, WIDTHxHEIGHT (default 1400x860).
+    #[arg(long, default_value = "1400x860", value_parser = parse_size)]
+    pub window_size: (u32, u32),
+    /// Test/demo: compute the picture in-process with a scripted failover instead of a pool.
+    #[arg(long, hide = true)]
+    pub demo_synthetic: bool,
+    /// Test hook: SIGKILL the busiest bundled PE once the first picture is this many percent done.
+    #[arg(long, hide = true)]
+    pub demo_kill_at_percent: Option<f64>,
+    /// Test hook: close the window after this many completed images.
+    #[arg(long, hide = true)]
+    pub quit_after_images: Option<u64>,
+    /// Test hook: fixed picture size WIDTHxHEIGHT instead of following the window.
+    #[arg(long, hide = true, value_parser = parse_size)]
+    pub picture_size: Option<(u32, u32)>,
+}
+
+fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let (width, height) = text
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{text:?}: expected WIDTHxHEIGHT"))?;
+    let parse = |part: &str| {
+        part.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|&value| (16..=8192).contains(&value))
+            .ok_or_else(|| format!("{part:?}: expected 16 to 8192"))
+    };
+    Ok((parse(width)?, parse(height)?))
+}
+
+impl GuiOptions {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let preset = match self.preset.as_str() {
+            "random" => PresetChoice::Random,
+            name => match Preset::by_name(name) {
+                Some(preset) => PresetChoice::Fixed(preset),
+                None => PresetChoice::Fixed(
+                    Preset::from_fsf_file(name)
+                        .with_context(|| format!("--preset {name}: not a built-in preset"))?,
+                ),
+            },
+        };
+        let palette = Palette::from_name(&self.palette)
+            .with_context(|| format!("--palette {}: unknown palette", self.palette))?;
+        let mut settings = Settings {
+            sessions: usize::from(self.sessions),
+            preset,
+            auto_continue: !self.no_auto_continue,
+            pause_s: self.pause as f32 / 1000.0,
+            save_dir: self.save_dir.clone(),
+            ..Settings::default()
+        };
+        settings.colours.palette = palette;
+        Ok(settings)
+    }
+
+    fn hooks(&self) -> TestHooks {
+        TestHooks {
+            kill_at_percent: self.demo_kill_at_percent,
+            quit_after_images: self.quit_after_images,
+            fixed_size: self.picture_size,
+        }
+    }
+}
+
+/// Opens the window with the real fractal client; returns when the window is closed.
+pub fn run(options: GuiOptions) -> anyhow::Result<()> {
+    let factory: ClientFactory = if options.demo_synthetic {
+        Box::new(|_config, sink| {
+            Ok(Box::new(synthetic::SyntheticClient::new(sink)) as Box<dyn ClientControl>)
+        })
+    } else {
+        link::client_factory()
+    };
+    run_with(options, factory)
+}
+
+/// Opens the window with the client `factory` builds.
+pub fn run_with(options: GuiOptions, factory: ClientFactory) -> anyhow::Result<()> {
+    let settings = options.settings()?;
+    let hooks = options.hooks();
+    let bundle = if options.registrars.is_empty() && !options.demo_synthetic {
+        let config = BundleConfig {
+            pool: options.pool.clone(),
+            policy: options.bundled_policy.clone(),
+            capacities: BundleConfig::demo_capacities(options.bundled_pes),
+            ..BundleConfig::default()
+        };
+        Some(Bundle::start(config).context("starting the bundled demo pool")?)
+    } else {
+        None
+    };
+    let registrars = match &bundle {
+        Some(bundle) => bundle.registrar_address().into_iter().collect(),
+        None => options.registrars.clone(),
+    };
+    let kill_switch = bundle.as_ref().map(Bundle::kill_switch);
+    if let Some(switch) = kill_switch.clone() {
+        crate::bundle::kill_on_signals(switch);
+    }
+    let client_config = ClientConfig {
+        registrars,
+        pool: options.pool.clone(),
+    };
+    let pool_name = options.pool.clone();
+    let (width, height) = options.window_size;
+    let native = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title(format!("Fractal Generator - pool {pool_name}"))
+            .with_app_id("rserpool-fractal-generator")
+            .with_inner_size([width as f32, height as f32])
+            .with_icon(icon()),
+        renderer: eframe::Renderer::Glow,
+        ..eframe::NativeOptions::default()
+    };
+    let result = eframe::run_native(
+        "Fractal Generator",
+        native,
+        Box::new(move |creation| {
+            let (sink, events) = EventSink::new(Some(creation.egui_ctx.clone()));
+            let client = factory(client_config, sink).map_err(|error| format!("{error:#}"));
+            let pool = bundle.map(|bundle| Box::new(bundle) as Box<dyn PoolControl>);
+            Ok(Box::new(PoolUserApp::new(
+                events, client, pool, pool_name, settings, hooks,
+            )))
+        }),
+    );
+    // The app (and the bundle in it) is dropped by now; make sure anyway.
+    if let Some(switch) = kill_switch {
+        switch.kill_all();
+    }
+    result.map_err(|error| anyhow::anyhow!("window: {error}"))
+}
+
+/// The window icon (assets/icon.png).
+fn icon() -> egui::IconData {
+    let bytes = include_bytes!("../../../assets/icon.png");
+    match image::load_from_memory(bytes) {
+        Ok(image) => {
+            let rgba = image.into_rgba8();
+            let (width, height) = rgba.dimensions();
+            egui::IconData {
+                rgba: rgba.into_raw(),
+                width,
+                height,
+            }
+        }
+        Err(_) => egui::IconData::default(),
+    }
+}
