@@ -425,9 +425,8 @@ impl PoolUserApp {
 
     fn controls(&mut self, ui: &mut egui::Ui) {
         ui.horizontal_wrapped(|ui| {
-            ui.label("Sessions");
             let mut sessions = self.settings.sessions;
-            egui::ComboBox::from_id_salt("sessions")
+            egui::ComboBox::from_label("Sessions")
                 .selected_text(sessions.to_string())
                 .width(60.0)
                 .show_ui(ui, |ui| {
@@ -438,13 +437,12 @@ impl PoolUserApp {
             self.set_sessions(sessions);
 
             ui.separator();
-            ui.label("Preset");
             let current = match &self.settings.preset {
                 PresetChoice::Random => "Random".to_owned(),
                 PresetChoice::Fixed(preset) => preset.name.clone(),
             };
             let mut chosen = None;
-            egui::ComboBox::from_id_salt("preset")
+            egui::ComboBox::from_label("Preset")
                 .selected_text(current)
                 .width(150.0)
                 .show_ui(ui, |ui| {
@@ -493,7 +491,7 @@ impl PoolUserApp {
             }
 
             ui.separator();
-            egui::ComboBox::from_id_salt("palette")
+            egui::ComboBox::from_label("Palette")
                 .selected_text(self.settings.colours.palette.name())
                 .show_ui(ui, |ui| {
                     for palette in Palette::ALL {

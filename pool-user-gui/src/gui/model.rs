@@ -491,6 +491,10 @@ impl GuiState {
                     return;
                 };
                 let fresh = picture.store(session, pe_id, first, &iterations);
+                // The PE delivering data is the tile's PE, whatever we heard before.
+                if let Some(progress) = picture.progress.get_mut(session) {
+                    progress.pe = Some(pe_id);
+                }
                 self.speed_window_pixels += fresh;
                 self.log_progress();
             }
