@@ -275,6 +275,7 @@ impl Bundle {
             .spawn()
             .with_context(|| format!("starting {} {name}", self.exe.display()))?;
         self.switch.add(child.id() as i32);
+        tracing::info!(name, pid = child.id(), "bundled process started");
         let (sender, lines) = mpsc::channel();
         if let Some(stderr) = child.stderr.take() {
             let prefix = format!("[{name}] ");

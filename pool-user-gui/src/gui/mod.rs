@@ -52,6 +52,10 @@ pub struct GuiOptions {
     /// Bundled pool elements to start (default 4), when no --registrar is given.
     #[arg(long, default_value_t = 4)]
     pub bundled_pes: usize,
+    /// Capacities of the bundled pool elements in iterations per second, comma-separated,
+    /// `unlimited` allowed (replaces --bundled-pes; default: unlimited,2e8,1e8,5e7 repeating).
+    #[arg(long, value_delimiter = ',', value_parser = parse_capacity)]
+    pub bundled_capacities: Option<Vec<Capacity>>,
     /// Policy of the bundled pool elements (rsplib text form, default LeastUsed).
     #[arg(long, default_value = "LeastUsed")]
     pub bundled_policy: String,
@@ -73,6 +77,24 @@ pub struct GuiOptions {
     /// Test hook: fixed picture size WIDTHxHEIGHT instead of following the window.
     #[arg(long, hide = true, value_parser = parse_size)]
     pub picture_size: Option<(u32, u32)>,
+}
+
+/// A bundled PE's capacity on the command line (iterations per second; None = unlimited).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity(pub Option<u64>);
+
+fn parse_capacity(text: &str) -> Result<Capacity, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("unlimited") {
+        return Ok(Capacity(None));
+    }
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?}: expected iterations per second or `unlimited`"))?;
+    if !(1.0..=1e15).contains(&value) {
+        return Err(format!("{text:?}: expected 1 to 1e15"));
+    }
+    Ok(Capacity(Some(value as u64)))
 }
 
 fn parse_size(text: &str) -> Result<(u32, u32), String> {
@@ -144,7 +166,10 @@ pub fn run_with(options: GuiOptions, factory: ClientFactory) -> anyhow::Result<(
         let config = BundleConfig {
             pool: options.pool.clone(),
             policy: options.bundled_policy.clone(),
-            capacities: BundleConfig::demo_capacities(options.bundled_pes),
+            capacities: match &options.bundled_capacities {
+                Some(list) => list.iter().map(|capacity| capacity.0).collect(),
+                None => BundleConfig::demo_capacities(options.bundled_pes),
+            },
             ..BundleConfig::default()
         };
         Some(Bundle::start(config).context("starting the bundled demo pool")?)
