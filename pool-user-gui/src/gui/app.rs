@@ -29,6 +29,11 @@ const RESTART_DELAY: Duration = Duration::from_millis(500);
 /// Frame interval while data streams in (60 frames/s).
 const STREAMING_FRAME: Duration = Duration::from_millis(16);
 
+/// The keyboard shortcuts, as the window explains them.
+const SHORTCUTS: &str = "N next image · R random preset · Space auto-continue on/off · \
+                         S save PNG · + / - sessions · M failover marks · P PE marks · \
+                         B tile borders";
+
 /// Which preset the next image uses.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PresetChoice {
@@ -508,6 +513,8 @@ impl PoolUserApp {
                 .on_hover_text("P: tint each pixel by the PE that computed it");
             ui.checkbox(&mut self.settings.show_borders, "Tiles")
                 .on_hover_text("B: tile borders and session numbers");
+            ui.separator();
+            ui.label("Keys").on_hover_text(SHORTCUTS);
         });
     }
 
