@@ -101,6 +101,8 @@ pub struct PoolUserApp {
     drawn_with: Option<(u64, ColourOptions)>,
     /// Picture size wanted by the layout (physical pixels).
     wanted_size: Option<(u32, u32)>,
+    /// Window size in points (a change restarts the picture).
+    window_size: Option<egui::Vec2>,
     /// Size and sessions of the image last requested.
     requested: Option<ImageRequest>,
     restart_at: Option<Instant>,
@@ -149,6 +151,7 @@ impl PoolUserApp {
             texture: None,
             drawn_with: None,
             wanted_size: None,
+            window_size: None,
             requested: None,
             restart_at: None,
             next_image_at: None,
@@ -206,16 +209,6 @@ impl PoolUserApp {
     /// Restarts the picture after the calm period (resize, session change).
     fn schedule_restart(&mut self) {
         self.restart_at = Some(Instant::now() + RESTART_DELAY);
-    }
-
-    /// Whether the picture area differs noticeably from the current image's size (small
-    /// layout jitter only rescales the picture).
-    fn size_mismatch(&self) -> bool {
-        let (Some((width, height)), Some(request)) = (self.wanted_size, &self.requested) else {
-            return false;
-        };
-        let differs = |now: u32, then: u32| now.abs_diff(then) > (then / 30).max(8);
-        differs(width, request.width) || differs(height, request.height)
     }
 
     fn set_sessions(&mut self, sessions: usize) {
@@ -276,6 +269,14 @@ impl PoolUserApp {
             pool.poll();
         }
         let now = Instant::now();
+        let window = ctx.content_rect().size();
+        if self.window_size != Some(window) {
+            let resized = self.window_size.is_some();
+            self.window_size = Some(window);
+            if resized && self.requested.is_some() && self.hooks.fixed_size.is_none() {
+                self.schedule_restart();
+            }
+        }
         let size_known = self.hooks.fixed_size.or(self.wanted_size).is_some();
         if self.requested.is_none() && self.restart_at.is_none() && size_known {
             // The first image, once the layout has settled.
@@ -570,12 +571,9 @@ impl PoolUserApp {
             ((available.x * pixels_per_point) as u32).clamp(MIN_SIDE, MAX_SIDE),
             ((available.y * pixels_per_point) as u32).clamp(MIN_SIDE, MAX_SIDE),
         );
-        if self.wanted_size != Some(wanted) {
-            self.wanted_size = Some(wanted);
-            if self.hooks.fixed_size.is_none() && self.requested.is_some() && self.size_mismatch() {
-                self.schedule_restart();
-            }
-        }
+        // Used by the next image; only a window resize restarts the current one (panels that
+        // change width just rescale the picture).
+        self.wanted_size = Some(wanted);
 
         if let Some(error) = &self.client_error {
             ui.centered_and_justified(|ui| {
