@@ -496,3 +496,36 @@ fn sink_reports_a_closed_window() {
     drop(events);
     assert!(!sink.send(ClientEvent::UnreachableReported { pe_id: 2 }));
 }
+
+#[test]
+fn window_resize_restarts_the_picture_at_the_new_size() {
+    let (_sink, events) = EventSink::new(None);
+    let client = RecordingClient::default();
+    let requests = Rc::clone(&client.requests);
+    let app = PoolUserApp::new(
+        events,
+        Ok(Box::new(client)),
+        None,
+        "TestPool".to_owned(),
+        Settings::default(),
+        TestHooks::default(),
+    );
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1600.0, 1000.0))
+        .build_ui_state(|ui, app: &mut PoolUserApp| app.ui(ui), app);
+    std::thread::sleep(Duration::from_millis(600));
+    harness.run();
+    assert_eq!(requests.borrow().len(), 1);
+    let first = requests.borrow()[0].clone();
+    // The picture fills the central area: less than the window, more than half of it.
+    assert!(first.width < 1600 && first.width > 800, "{first:?}");
+    assert!(first.height < 1000 && first.height > 500, "{first:?}");
+
+    harness.set_size(egui::vec2(1200.0, 800.0));
+    harness.run();
+    std::thread::sleep(Duration::from_millis(600));
+    harness.run();
+    let requests = requests.borrow();
+    assert_eq!(requests.len(), 2);
+    assert!(requests[1].width < first.width && requests[1].height < first.height);
+}
