@@ -212,6 +212,9 @@ fn tile_data_shows_up_in_the_picture() {
     assert_eq!(picture.value(20, 11), None);
     assert_eq!(picture.pixel_pe(21, 13), Some(7));
     assert_eq!(picture.tile_at(25, 15), Some(3));
+    // Data alone (without SessionConnected) tells which PE serves which tile.
+    let serving = &setup.harness.state().state.serving;
+    assert_eq!(serving[&7].iter().copied().collect::<Vec<_>>(), vec![0, 3]);
     setup
         .harness
         .get_by_label_contains("Image 1 (full-set) 40x20");

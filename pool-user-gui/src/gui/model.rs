@@ -492,8 +492,17 @@ impl GuiState {
                 };
                 let fresh = picture.store(session, pe_id, first, &iterations);
                 // The PE delivering data is the tile's PE, whatever we heard before.
-                if let Some(progress) = picture.progress.get_mut(session) {
+                let mut moved = false;
+                if let Some(progress) = picture.progress.get_mut(session)
+                    && progress.pe != Some(pe_id)
+                    && !progress.completed
+                {
                     progress.pe = Some(pe_id);
+                    moved = true;
+                }
+                if moved {
+                    self.stop_serving(session);
+                    self.serving.entry(pe_id).or_default().insert(session);
                 }
                 self.speed_window_pixels += fresh;
                 self.log_progress();
