@@ -1017,4 +1017,11 @@ impl eframe::App for PoolUserApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         PoolUserApp::ui(self, ui);
     }
+
+    fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
+        // Close the sessions before the bundled PEs go away with the bundle.
+        if let Some(client) = self.client.as_mut() {
+            client.cancel();
+        }
+    }
 }
