@@ -1,10 +1,60 @@
 //! Connects the window to the real fractal client (`crate::client`).
 //!
-//! MERGE POINT: the client is written on another branch. At merge, implement
-//! [`ClientControl`](super::control::ClientControl) for the client's handle (start_image /
-//! cancel), have the client deliver its `ClientEvent`s through the
-//! [`EventSink`](super::control::EventSink), and return it from [`client_factory`]. Until then
-//! the window says that the client is missing (and `--demo-synthetic` shows a simulated pool).
+//! MERGE POINT: the client is written on another branch (`pu`). Until the merge, the window
+//! says that the client is missing (and `--demo-synthetic` shows a simulated pool). Against the
+//! `pu` branch's API as of this writing (`FractalClient::start(ClientConfig) -> (client,
+//! tokio UnboundedReceiver<ClientEvent>)`, `start_image(&self, client::ImageRequest { view,
+//! sessions, preset })`, `cancel()`, `start_pool_monitor(interval)`; must run inside a tokio
+//! runtime), the adapter is about this:
+//!
+//! ```ignore
+//! struct Linked {
+//!     client: std::sync::Arc<crate::client::FractalClient>,
+//!     runtime: std::sync::Arc<tokio::runtime::Runtime>,
+//! }
+//!
+//! impl ClientControl for Linked {
+//!     fn start_image(&mut self, request: ImageRequest) {
+//!         let view = request.preset.parameter_keep_aspect(request.width, request.height);
+//!         let _guard = self.runtime.enter();
+//!         self.client.start_image(crate::client::ImageRequest {
+//!             view,
+//!             sessions: request.sessions,
+//!             preset: request.preset.name.clone(),
+//!         });
+//!     }
+//!     fn cancel(&mut self) {
+//!         self.client.cancel();
+//!     }
+//! }
+//!
+//! pub fn client_factory() -> ClientFactory {
+//!     Box::new(|config, sink| {
+//!         let runtime = std::sync::Arc::new(tokio::runtime::Runtime::new()?);
+//!         let _guard = runtime.enter();
+//!         let (client, mut events) = crate::client::FractalClient::start(crate::client::ClientConfig {
+//!             pool: config.pool,
+//!             pool_user: rserpool::pu::PoolUserConfig {
+//!                 registrars: config.registrars,
+//!                 ..Default::default()
+//!             },
+//!         })?;
+//!         client.start_pool_monitor(std::time::Duration::from_secs(1));
+//!         // Forward events to the window until it goes away.
+//!         runtime.spawn(async move {
+//!             while let Some(event) = events.recv().await {
+//!                 if !sink.send(event) {
+//!                     break;
+//!                 }
+//!             }
+//!         });
+//!         Ok(Box::new(Linked { client: std::sync::Arc::new(client), runtime }) as Box<dyn ClientControl>)
+//!     })
+//! }
+//! ```
+//!
+//! (Dropping a tokio `Runtime` inside the eframe callback is fine; it is dropped when the
+//! window closes.)
 
 use super::control::ClientFactory;
 

@@ -35,14 +35,24 @@ pub struct GuiOptions {
     #[arg(long, default_value = "FractalGeneratorPool")]
     pub pool: String,
     /// Parallel sessions (tiles) per image, 1 to 400 (default 16).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=400))]
-    pub sessions: u16,
+    #[arg(long, default_value_t = 16, value_parser = parse_sessions)]
+    pub sessions: usize,
     /// View: a built-in preset name, a path to an `.fsf` file, or `random` (default: random).
     #[arg(long, default_value = "random")]
     pub preset: String,
     /// Palette: `rsplib HSV`, `Smooth gradient` or `Greyscale` (default: rsplib HSV).
     #[arg(long, default_value = "rsplib HSV")]
     pub palette: String,
+    /// The window's own options (no name shared with `--headless`).
+    #[command(flatten)]
+    pub window: WindowOptions,
+}
+
+/// Options only the window has; `main.rs` may flatten these next to the headless options and
+/// build [`GuiOptions`] from the shared ones (`--registrar`, `--pool`, `--sessions`, `--preset`,
+/// `--palette`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct WindowOptions {
     /// Pause between images with auto-continue, in milliseconds (default 5000).
     #[arg(long, default_value_t = 5000)]
     pub pause: u64,
@@ -97,6 +107,14 @@ fn parse_capacity(text: &str) -> Result<Capacity, String> {
     Ok(Capacity(Some(value as u64)))
 }
 
+fn parse_sessions(text: &str) -> Result<usize, String> {
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|sessions| (1..=400).contains(sessions))
+        .ok_or_else(|| format!("{text:?}: expected 1 to 400 sessions"))
+}
+
 fn parse_size(text: &str) -> Result<(u32, u32), String> {
     let (width, height) = text
         .split_once(['x', 'X'])
@@ -126,11 +144,11 @@ impl GuiOptions {
         let palette = Palette::from_name(&self.palette)
             .with_context(|| format!("--palette {}: unknown palette", self.palette))?;
         let mut settings = Settings {
-            sessions: usize::from(self.sessions),
+            sessions: self.sessions,
             preset,
-            auto_continue: !self.no_auto_continue,
-            pause_s: self.pause as f32 / 1000.0,
-            save_dir: self.save_dir.clone(),
+            auto_continue: !self.window.no_auto_continue,
+            pause_s: self.window.pause as f32 / 1000.0,
+            save_dir: self.window.save_dir.clone(),
             ..Settings::default()
         };
         settings.colours.palette = palette;
@@ -139,16 +157,16 @@ impl GuiOptions {
 
     fn hooks(&self) -> TestHooks {
         TestHooks {
-            kill_at_percent: self.demo_kill_at_percent,
-            quit_after_images: self.quit_after_images,
-            fixed_size: self.picture_size,
+            kill_at_percent: self.window.demo_kill_at_percent,
+            quit_after_images: self.window.quit_after_images,
+            fixed_size: self.window.picture_size,
         }
     }
 }
 
 /// Opens the window with the real fractal client; returns when the window is closed.
 pub fn run(options: GuiOptions) -> anyhow::Result<()> {
-    let factory: ClientFactory = if options.demo_synthetic {
+    let factory: ClientFactory = if options.window.demo_synthetic {
         Box::new(|_config, sink| {
             Ok(Box::new(synthetic::SyntheticClient::new(sink)) as Box<dyn ClientControl>)
         })
@@ -162,13 +180,13 @@ pub fn run(options: GuiOptions) -> anyhow::Result<()> {
 pub fn run_with(options: GuiOptions, factory: ClientFactory) -> anyhow::Result<()> {
     let settings = options.settings()?;
     let hooks = options.hooks();
-    let bundle = if options.registrars.is_empty() && !options.demo_synthetic {
+    let bundle = if options.registrars.is_empty() && !options.window.demo_synthetic {
         let config = BundleConfig {
             pool: options.pool.clone(),
-            policy: options.bundled_policy.clone(),
-            capacities: match &options.bundled_capacities {
+            policy: options.window.bundled_policy.clone(),
+            capacities: match &options.window.bundled_capacities {
                 Some(list) => list.iter().map(|capacity| capacity.0).collect(),
-                None => BundleConfig::demo_capacities(options.bundled_pes),
+                None => BundleConfig::demo_capacities(options.window.bundled_pes),
             },
             ..BundleConfig::default()
         };
@@ -189,7 +207,7 @@ pub fn run_with(options: GuiOptions, factory: ClientFactory) -> anyhow::Result<(
         pool: options.pool.clone(),
     };
     let pool_name = options.pool.clone();
-    let (width, height) = options.window_size;
+    let (width, height) = options.window.window_size;
     let native = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title(format!("Fractal Generator - pool {pool_name}"))
@@ -232,5 +250,69 @@ fn icon() -> egui::IconData {
             }
         }
         Err(_) => egui::IconData::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        gui: GuiOptions,
+    }
+
+    fn parse(args: &[&str]) -> Result<GuiOptions, clap::Error> {
+        Cli::try_parse_from(std::iter::once("pool-user").chain(args.iter().copied()))
+            .map(|cli| cli.gui)
+    }
+
+    #[test]
+    fn options_parse() {
+        let options = parse(&[
+            "--registrar",
+            "127.0.0.1:3863",
+            "--registrar",
+            "127.0.0.2:3863",
+            "--sessions",
+            "400",
+            "--bundled-capacities",
+            "unlimited,2e8",
+            "--picture-size",
+            "300x200",
+            "--preset",
+            "deep-minibrot",
+        ])
+        .expect("valid options");
+        assert_eq!(options.registrars.len(), 2);
+        assert_eq!(options.sessions, 400);
+        assert_eq!(
+            options.window.bundled_capacities,
+            Some(vec![Capacity(None), Capacity(Some(200_000_000))])
+        );
+        assert_eq!(options.window.picture_size, Some((300, 200)));
+        let settings = options.settings().expect("settings");
+        assert!(
+            matches!(settings.preset, PresetChoice::Fixed(ref preset) if preset.name == "deep-minibrot")
+        );
+        let defaults = parse(&[]).expect("defaults");
+        assert!(defaults.registrars.is_empty());
+        assert_eq!(defaults.sessions, 16);
+        assert_eq!(defaults.window.bundled_pes, 4);
+        assert_eq!(defaults.window.window_size, (1400, 860));
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        assert!(parse(&["--sessions", "0"]).is_err());
+        assert!(parse(&["--sessions", "401"]).is_err());
+        assert!(parse(&["--bundled-capacities", "fast"]).is_err());
+        assert!(parse(&["--picture-size", "300"]).is_err());
+        let unknown_preset = parse(&["--preset", "/nonexistent.fsf"]).expect("parses");
+        assert!(unknown_preset.settings().is_err());
+        let unknown_palette = parse(&["--palette", "plaid"]).expect("parses");
+        assert!(unknown_palette.settings().is_err());
     }
 }
