@@ -95,11 +95,15 @@ impl Default for BundleConfig {
 }
 
 impl BundleConfig {
-    /// `count` PEs of the demo's mix of speeds: unlimited, 200, 100 and 50 M iterations/s,
-    /// repeating.
+    /// `count` PEs of the demo's mix of speeds: 60, 30, 15 and 8 M iterations/s, repeating
+    /// (slow enough that a picture takes a few seconds and one can watch the tiles grow).
     pub fn demo_capacities(count: usize) -> Vec<Option<u64>> {
-        const MIX: [Option<u64>; 4] =
-            [None, Some(200_000_000), Some(100_000_000), Some(50_000_000)];
+        const MIX: [Option<u64>; 4] = [
+            Some(60_000_000),
+            Some(30_000_000),
+            Some(15_000_000),
+            Some(8_000_000),
+        ];
         (0..count).map(|index| MIX[index % MIX.len()]).collect()
     }
 }
@@ -677,9 +681,9 @@ exec sleep 600
     #[test]
     fn demo_mix_repeats() {
         let capacities = BundleConfig::demo_capacities(5);
-        assert_eq!(capacities[0], None);
-        assert_eq!(capacities[3], Some(50_000_000));
-        assert_eq!(capacities[4], None);
+        assert_eq!(capacities[0], Some(60_000_000));
+        assert_eq!(capacities[3], Some(8_000_000));
+        assert_eq!(capacities[4], Some(60_000_000));
     }
 
     #[test]

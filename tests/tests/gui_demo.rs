@@ -160,6 +160,11 @@ fn demo_survives_a_killed_pe_and_leaves_no_processes() -> Result<()> {
         .context("pid of the killed PE")?;
     assert!(pids.contains(&victim), "killed {victim}, bundled {pids:?}");
 
+    // Let the window draw a few frames of the failover before taking its picture.
+    gui.log
+        .wait_for_text("image progress", READY_TIMEOUT)
+        .context("progress after the kill")?;
+    std::thread::sleep(Duration::from_millis(300));
     let shot = bin_dir().join("gui-demo.png");
     display.screenshot(&shot)?;
     let size = std::fs::metadata(&shot)?.len();

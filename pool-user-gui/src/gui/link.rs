@@ -5,17 +5,23 @@
 //! `pu` branch's API as of this writing (`FractalClient::start(ClientConfig) -> (client,
 //! tokio UnboundedReceiver<ClientEvent>)`, `start_image(&self, client::ImageRequest { view,
 //! sessions, preset })`, `cancel()`, `start_pool_monitor(interval)`; must run inside a tokio
-//! runtime), the adapter is about this:
+//! runtime), this adapter was tried with a temporary merge of `pu` (the whole demo, including
+//! the Xvfb test `tests/tests/gui_demo.rs`, passed with it):
 //!
-//! ```ignore
+//! ```text
+//! use super::control::{ClientControl, ClientFactory, ImageRequest};
+//! use std::sync::Arc;
+//!
 //! struct Linked {
-//!     client: std::sync::Arc<crate::client::FractalClient>,
-//!     runtime: std::sync::Arc<tokio::runtime::Runtime>,
+//!     client: Arc<crate::client::FractalClient>,
+//!     runtime: Arc<tokio::runtime::Runtime>,
 //! }
 //!
 //! impl ClientControl for Linked {
 //!     fn start_image(&mut self, request: ImageRequest) {
-//!         let view = request.preset.parameter_keep_aspect(request.width, request.height);
+//!         let view = request
+//!             .preset
+//!             .parameter_keep_aspect(request.width, request.height);
 //!         let _guard = self.runtime.enter();
 //!         self.client.start_image(crate::client::ImageRequest {
 //!             view,
@@ -28,19 +34,20 @@
 //!     }
 //! }
 //!
+//! /// Builds the real client for the window.
 //! pub fn client_factory() -> ClientFactory {
 //!     Box::new(|config, sink| {
-//!         let runtime = std::sync::Arc::new(tokio::runtime::Runtime::new()?);
+//!         let runtime = Arc::new(tokio::runtime::Runtime::new()?);
 //!         let _guard = runtime.enter();
-//!         let (client, mut events) = crate::client::FractalClient::start(crate::client::ClientConfig {
-//!             pool: config.pool,
-//!             pool_user: rserpool::pu::PoolUserConfig {
-//!                 registrars: config.registrars,
-//!                 ..Default::default()
-//!             },
-//!         })?;
+//!         let (client, mut events) =
+//!             crate::client::FractalClient::start(crate::client::ClientConfig {
+//!                 pool: config.pool,
+//!                 pool_user: rserpool::pu::PoolUserConfig {
+//!                     registrars: config.registrars,
+//!                     ..Default::default()
+//!                 },
+//!             })?;
 //!         client.start_pool_monitor(std::time::Duration::from_secs(1));
-//!         // Forward events to the window until it goes away.
 //!         runtime.spawn(async move {
 //!             while let Some(event) = events.recv().await {
 //!                 if !sink.send(event) {
@@ -48,7 +55,10 @@
 //!                 }
 //!             }
 //!         });
-//!         Ok(Box::new(Linked { client: std::sync::Arc::new(client), runtime }) as Box<dyn ClientControl>)
+//!         Ok(Box::new(Linked {
+//!             client: Arc::new(client),
+//!             runtime: runtime.clone(),
+//!         }) as Box<dyn ClientControl>)
 //!     })
 //! }
 //! ```

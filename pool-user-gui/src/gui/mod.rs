@@ -63,7 +63,7 @@ pub struct WindowOptions {
     #[arg(long, default_value_t = 4)]
     pub bundled_pes: usize,
     /// Capacities of the bundled pool elements in iterations per second, comma-separated,
-    /// `unlimited` allowed (replaces --bundled-pes; default: unlimited,2e8,1e8,5e7 repeating).
+    /// `unlimited` allowed (replaces --bundled-pes; default: 6e7,3e7,1.5e7,8e6 repeating).
     #[arg(long, value_delimiter = ',', value_parser = parse_capacity)]
     pub bundled_capacities: Option<Vec<Capacity>>,
     /// Policy of the bundled pool elements (rsplib text form, default LeastUsed).
