@@ -911,8 +911,10 @@ impl PoolUserApp {
     fn plots(&mut self, ui: &mut egui::Ui) {
         ui.heading("Handling speed");
         let failovers = self.state.history.failovers.clone();
+        // Start the time axis at 0 so that failover marks alone do not make a microscopic axis.
         Plot::new("speed")
             .height(120.0)
+            .include_x(0.0)
             .include_y(0.0)
             .allow_drag(false)
             .x_axis_label("s")
