@@ -1,0 +1,735 @@
+//! What the window shows, as plain data: the picture being computed, the pool, the failover
+//! story and the figures over time. [`GuiState::apply`] folds [`ClientEvent`]s into it; drawing
+//! (in `app`) only reads it, so tests feed synthetic events and inspect the result.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use fractal_protocol::palette::{self, Marks, Palette};
+
+use crate::client::events::{ClientEvent, FailureReason, ImageStats, PoolEntry, TileRect};
+
+/// Most entries kept in the failover story.
+const TIMELINE_LIMIT: usize = 500;
+/// Most samples kept per plotted series (one per second: 10 minutes).
+const HISTORY_LIMIT: usize = 600;
+/// Pixel value of a pixel no data arrived for yet.
+const NOT_YET: u32 = u32::MAX;
+/// `pixel_pe` of a pixel without data.
+const NO_PE: u16 = 0;
+
+/// How the picture is coloured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ColourOptions {
+    pub palette: Palette,
+    /// rsplib's colour marks: the palette shifts per image, session and failover.
+    pub failover_marks: bool,
+    /// Tint each pixel with the colour of the PE that computed it.
+    pub pe_marks: bool,
+}
+
+impl Default for ColourOptions {
+    fn default() -> Self {
+        ColourOptions {
+            palette: Palette::RsplibHsv,
+            failover_marks: true,
+            pe_marks: false,
+        }
+    }
+}
+
+/// Progress of one tile.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TileProgress {
+    /// Pixels received (counting each pixel once).
+    pub received: u64,
+    pub completed: bool,
+    /// The PE currently computing it.
+    pub pe: Option<u32>,
+    /// Failovers of this tile's session so far.
+    pub failovers: u32,
+    /// A failover is in progress.
+    pub failing_over: bool,
+    /// Waiting for a PE (pool empty).
+    pub waiting: bool,
+}
+
+/// The picture of the current image: iteration counts plus who computed each pixel.
+#[derive(Clone, Debug)]
+pub struct Picture {
+    pub image: u64,
+    pub width: u32,
+    pub height: u32,
+    pub max_iterations: u32,
+    pub preset: String,
+    pub tiles: Vec<TileRect>,
+    pub progress: Vec<TileProgress>,
+    values: Vec<u32>,
+    /// Per pixel: index + 1 into `pe_order` of the PE that delivered it (0 = none yet).
+    pixel_pe: Vec<u16>,
+    /// Per pixel: failovers of its session when it arrived.
+    pixel_generation: Vec<u8>,
+    /// PE identifiers in order of first appearance (their mark colour index).
+    pe_order: Vec<u32>,
+    received: u64,
+    /// Rows changed since the texture was last updated (inclusive start, exclusive end).
+    dirty_rows: Option<(u32, u32)>,
+    pub started: Instant,
+    pub completed_after: Option<Duration>,
+}
+
+impl Picture {
+    fn new(
+        image: u64,
+        width: u32,
+        height: u32,
+        max_iterations: u32,
+        preset: String,
+        tiles: Vec<TileRect>,
+    ) -> Picture {
+        let pixels = width as usize * height as usize;
+        let progress = vec![TileProgress::default(); tiles.len()];
+        Picture {
+            image,
+            width,
+            height,
+            max_iterations,
+            preset,
+            tiles,
+            progress,
+            values: vec![NOT_YET; pixels],
+            pixel_pe: vec![NO_PE; pixels],
+            pixel_generation: vec![0; pixels],
+            pe_order: Vec::new(),
+            received: 0,
+            dirty_rows: Some((0, height)),
+            started: Instant::now(),
+            completed_after: None,
+        }
+    }
+
+    /// Total pixels of the picture.
+    pub fn pixel_count(&self) -> u64 {
+        u64::from(self.width) * u64::from(self.height)
+    }
+
+    /// Pixels received so far (each once).
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Fraction done, 0 to 1.
+    pub fn fraction(&self) -> f64 {
+        if self.pixel_count() == 0 {
+            return 1.0;
+        }
+        self.received as f64 / self.pixel_count() as f64
+    }
+
+    /// Iteration count of pixel (x, y), if it has arrived.
+    pub fn value(&self, x: u32, y: u32) -> Option<u32> {
+        if x >= self.width || y >= self.height {
+            return None;
+        }
+        let value = *self.values.get(self.index(x, y))?;
+        (value != NOT_YET).then_some(value)
+    }
+
+    /// The PE that delivered pixel (x, y).
+    pub fn pixel_pe(&self, x: u32, y: u32) -> Option<u32> {
+        if x >= self.width || y >= self.height {
+            return None;
+        }
+        let slot = *self.pixel_pe.get(self.index(x, y))?;
+        slot.checked_sub(1)
+            .and_then(|index| self.pe_order.get(usize::from(index)).copied())
+    }
+
+    /// Number of the tile whose rectangle holds pixel (x, y).
+    pub fn tile_at(&self, x: u32, y: u32) -> Option<usize> {
+        self.tiles.iter().position(|tile| {
+            x >= tile.x && y >= tile.y && x - tile.x < tile.width && y - tile.y < tile.height
+        })
+    }
+
+    /// Colour index of a PE for the per-PE marks (stable within an image).
+    pub fn pe_mark_index(&self, pe: u32) -> Option<usize> {
+        self.pe_order.iter().position(|&known| known == pe)
+    }
+
+    fn index(&self, x: u32, y: u32) -> usize {
+        y as usize * self.width as usize + x as usize
+    }
+
+    /// Rows changed since the last call (and forgets them).
+    pub fn take_dirty_rows(&mut self) -> Option<(u32, u32)> {
+        self.dirty_rows.take()
+    }
+
+    /// Marks every row as changed (e.g. after a palette change).
+    pub fn invalidate(&mut self) {
+        self.dirty_rows = Some((0, self.height));
+    }
+
+    fn mark_dirty(&mut self, from: u32, to: u32) {
+        self.dirty_rows = Some(match self.dirty_rows {
+            Some((start, end)) => (start.min(from), end.max(to)),
+            None => (from, to),
+        });
+    }
+
+    fn pe_slot(&mut self, pe: u32) -> u16 {
+        if let Some(index) = self.pe_order.iter().position(|&known| known == pe) {
+            return u16::try_from(index + 1).unwrap_or(u16::MAX);
+        }
+        self.pe_order.push(pe);
+        u16::try_from(self.pe_order.len()).unwrap_or(u16::MAX)
+    }
+
+    /// Stores `iterations` for pixels `first..` of tile `session`; returns the pixels that were
+    /// new (not received before).
+    fn store(&mut self, session: usize, pe: u32, first: u64, iterations: &[u32]) -> u64 {
+        let Some(tile) = self.tiles.get(session).cloned() else {
+            return 0;
+        };
+        let tile_pixels = u64::from(tile.width) * u64::from(tile.height);
+        if tile.width == 0 || first >= tile_pixels {
+            return 0;
+        }
+        let generation = self
+            .progress
+            .get(session)
+            .map_or(0, |progress| progress.failovers.min(255) as u8);
+        let slot = self.pe_slot(pe);
+        let usable = (tile_pixels - first).min(iterations.len() as u64) as usize;
+        let mut fresh = 0;
+        for (offset, &value) in iterations.iter().take(usable).enumerate() {
+            let pixel = first + offset as u64;
+            let x = tile.x + (pixel % u64::from(tile.width)) as u32;
+            let y = tile.y + (pixel / u64::from(tile.width)) as u32;
+            if x >= self.width || y >= self.height {
+                continue;
+            }
+            let index = self.index(x, y);
+            if self.values[index] == NOT_YET {
+                fresh += 1;
+            }
+            self.values[index] = value.min(NOT_YET - 1);
+            self.pixel_pe[index] = slot;
+            self.pixel_generation[index] = generation;
+        }
+        if usable > 0 {
+            let first_row = tile.y + (first / u64::from(tile.width)) as u32;
+            let last_pixel = first + usable as u64 - 1;
+            let last_row = tile.y + (last_pixel / u64::from(tile.width)) as u32;
+            self.mark_dirty(first_row, (last_row + 1).min(self.height));
+        }
+        self.received += fresh;
+        if let Some(progress) = self.progress.get_mut(session) {
+            progress.received += fresh;
+        }
+        fresh
+    }
+
+    /// RGBA pixels of rows `from..to`, coloured per `options`.
+    pub fn render_rows(&self, from: u32, to: u32, options: ColourOptions) -> Vec<[u8; 4]> {
+        let to = to.min(self.height);
+        let mut out = Vec::with_capacity(self.width as usize * to.saturating_sub(from) as usize);
+        let many_sessions = self.tiles.len() > 1;
+        // The tile of each column of the current row band, cached per row.
+        for y in from..to {
+            let mut session_of_x = vec![0usize; self.width as usize];
+            for tile in &self.tiles {
+                if y >= tile.y && y - tile.y < tile.height {
+                    let end = (tile.x + tile.width).min(self.width);
+                    for slot in &mut session_of_x[tile.x as usize..end as usize] {
+                        *slot = tile.session;
+                    }
+                }
+            }
+            for x in 0..self.width {
+                let index = self.index(x, y);
+                let session = session_of_x[x as usize];
+                let value = self.values[index];
+                let rgb = if value == NOT_YET {
+                    if many_sessions && options.failover_marks {
+                        palette::tile_placeholder(session as u32)
+                    } else {
+                        [200, 200, 200]
+                    }
+                } else {
+                    let marks = if options.failover_marks {
+                        Marks::new(
+                            self.image as u32,
+                            u32::from(self.pixel_generation[index]),
+                            if many_sessions { session as u32 } else { 0 },
+                        )
+                    } else {
+                        Marks::NONE
+                    };
+                    let base = options.palette.colour(value, self.max_iterations, marks);
+                    let slot = self.pixel_pe[index];
+                    if options.pe_marks && slot != NO_PE {
+                        palette::blend(base, palette::mark_tint(u32::from(slot - 1)), 110)
+                    } else {
+                        base
+                    }
+                };
+                out.push([rgb[0], rgb[1], rgb[2], 255]);
+            }
+        }
+        out
+    }
+}
+
+/// What kind of story entry it is (decides its colour and icon).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoryKind {
+    Image,
+    Failure,
+    Report,
+    Recovery,
+    Pool,
+    Control,
+}
+
+/// One line of the failover story.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoryEntry {
+    /// Seconds since the window opened.
+    pub at_s: f64,
+    pub kind: StoryKind,
+    pub text: String,
+}
+
+/// Figures over time for the plots.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    /// (seconds, pixels per second).
+    pub speed: VecDeque<[f64; 2]>,
+    /// Per PE: (seconds, load 0..1 as the registrar reports it).
+    pub load: BTreeMap<u32, VecDeque<[f64; 2]>>,
+    /// Per PE: (seconds, sessions it serves for us).
+    pub sessions: BTreeMap<u32, VecDeque<[f64; 2]>>,
+    /// Failover times (seconds), drawn as vertical marks.
+    pub failovers: Vec<f64>,
+}
+
+fn push_limited(series: &mut VecDeque<[f64; 2]>, point: [f64; 2]) {
+    series.push_back(point);
+    while series.len() > HISTORY_LIMIT {
+        series.pop_front();
+    }
+}
+
+/// Registrar status as far as the window knows it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RegistrarStatus {
+    /// Nothing heard yet.
+    Unknown,
+    Up(Option<SocketAddr>),
+    Unavailable(String),
+}
+
+/// Everything the window shows besides widgets' own state.
+#[derive(Debug)]
+pub struct GuiState {
+    pub picture: Option<Picture>,
+    /// Images completed since the window opened.
+    pub images_completed: u64,
+    pub last_stats: Option<ImageStats>,
+    /// Failovers since the window opened.
+    pub failovers: u64,
+    pub pool: Vec<PoolEntry>,
+    pub registrar: RegistrarStatus,
+    /// Sessions (tiles) of the current image each PE serves right now.
+    pub serving: BTreeMap<u32, BTreeSet<usize>>,
+    /// Tiles each PE completed since the window opened.
+    pub tiles_completed_by: HashMap<u32, u64>,
+    pub story: VecDeque<StoryEntry>,
+    pub history: History,
+    /// Sessions waiting for a PE (the pool is empty for them).
+    pub waiting_for_pe: BTreeSet<usize>,
+    /// Pixel throughput over the last second.
+    pub pixels_per_s: f64,
+    opened: Instant,
+    speed_window_start: Instant,
+    speed_window_pixels: u64,
+    last_logged_decile: Option<u64>,
+}
+
+impl Default for GuiState {
+    fn default() -> Self {
+        GuiState::new()
+    }
+}
+
+impl GuiState {
+    pub fn new() -> GuiState {
+        let now = Instant::now();
+        GuiState {
+            picture: None,
+            images_completed: 0,
+            last_stats: None,
+            failovers: 0,
+            pool: Vec::new(),
+            registrar: RegistrarStatus::Unknown,
+            serving: BTreeMap::new(),
+            tiles_completed_by: HashMap::new(),
+            story: VecDeque::new(),
+            history: History::default(),
+            waiting_for_pe: BTreeSet::new(),
+            pixels_per_s: 0.0,
+            opened: now,
+            speed_window_start: now,
+            speed_window_pixels: 0,
+            last_logged_decile: None,
+        }
+    }
+
+    /// Seconds since the window opened.
+    pub fn elapsed_s(&self) -> f64 {
+        self.opened.elapsed().as_secs_f64()
+    }
+
+    /// Adds a line to the failover story (also used for the user's own actions).
+    pub fn note(&mut self, kind: StoryKind, text: impl Into<String>) {
+        let entry = StoryEntry {
+            at_s: self.elapsed_s(),
+            kind,
+            text: text.into(),
+        };
+        self.story.push_back(entry);
+        while self.story.len() > TIMELINE_LIMIT {
+            self.story.pop_front();
+        }
+    }
+
+    fn is_current(&self, image: u64) -> bool {
+        self.picture
+            .as_ref()
+            .is_some_and(|picture| picture.image == image)
+    }
+
+    fn stop_serving(&mut self, session: usize) {
+        for sessions in self.serving.values_mut() {
+            sessions.remove(&session);
+        }
+        self.serving.retain(|_, sessions| !sessions.is_empty());
+    }
+
+    /// Folds one client event into the state.
+    pub fn apply(&mut self, event: ClientEvent) {
+        match event {
+            ClientEvent::ImageStarted {
+                image,
+                width,
+                height,
+                max_iterations,
+                preset,
+                tiles,
+            } => {
+                self.serving.clear();
+                self.waiting_for_pe.clear();
+                self.last_logged_decile = None;
+                self.note(
+                    StoryKind::Image,
+                    format!(
+                        "Image {image}: {preset}, {width}x{height}, {} sessions",
+                        tiles.len()
+                    ),
+                );
+                self.picture = Some(Picture::new(
+                    image,
+                    width,
+                    height,
+                    max_iterations,
+                    preset,
+                    tiles,
+                ));
+            }
+            ClientEvent::SessionConnected {
+                image,
+                session,
+                pe,
+                resumed_at,
+            } => {
+                if !self.is_current(image) {
+                    return;
+                }
+                self.stop_serving(session);
+                self.serving.entry(pe.id).or_default().insert(session);
+                self.waiting_for_pe.remove(&session);
+                if let Some(progress) = self
+                    .picture
+                    .as_mut()
+                    .and_then(|picture| picture.progress.get_mut(session))
+                {
+                    progress.pe = Some(pe.id);
+                    progress.waiting = false;
+                }
+                if let Some(position) = resumed_at {
+                    self.note(
+                        StoryKind::Recovery,
+                        format!(
+                            "Session {} resumed on PE 0x{:08x} at pixel {position}",
+                            session + 1,
+                            pe.id
+                        ),
+                    );
+                }
+            }
+            ClientEvent::TileData {
+                image,
+                session,
+                pe_id,
+                first,
+                iterations,
+            } => {
+                let Some(picture) = self.picture.as_mut().filter(|p| p.image == image) else {
+                    return;
+                };
+                let fresh = picture.store(session, pe_id, first, &iterations);
+                // The PE delivering data is the tile's PE, whatever we heard before.
+                let mut moved = false;
+                if let Some(progress) = picture.progress.get_mut(session)
+                    && progress.pe != Some(pe_id)
+                    && !progress.completed
+                {
+                    progress.pe = Some(pe_id);
+                    moved = true;
+                }
+                if moved {
+                    self.stop_serving(session);
+                    self.serving.entry(pe_id).or_default().insert(session);
+                }
+                self.speed_window_pixels += fresh;
+                self.log_progress();
+            }
+            ClientEvent::CookieStored { .. } => {}
+            ClientEvent::TileCompleted { image, session } => {
+                let Some(picture) = self.picture.as_mut().filter(|p| p.image == image) else {
+                    return;
+                };
+                let mut finished_by = None;
+                if let Some(progress) = picture.progress.get_mut(session) {
+                    progress.completed = true;
+                    progress.failing_over = false;
+                    finished_by = progress.pe;
+                }
+                if let Some(pe) = finished_by {
+                    *self.tiles_completed_by.entry(pe).or_default() += 1;
+                }
+                self.stop_serving(session);
+            }
+            ClientEvent::FailoverStarted {
+                image,
+                session,
+                pe,
+                reason,
+                silent_for,
+            } => {
+                if !self.is_current(image) {
+                    return;
+                }
+                self.stop_serving(session);
+                if let Some(progress) = self
+                    .picture
+                    .as_mut()
+                    .and_then(|picture| picture.progress.get_mut(session))
+                {
+                    progress.failing_over = true;
+                    progress.pe = None;
+                }
+                self.history.failovers.push(self.elapsed_s());
+                self.note(
+                    StoryKind::Failure,
+                    format!(
+                        "Session {}: PE 0x{:08x} failed ({}), detected after {} ms",
+                        session + 1,
+                        pe.id,
+                        describe_reason(&reason),
+                        silent_for.as_millis()
+                    ),
+                );
+            }
+            ClientEvent::UnreachableReported { pe_id } => {
+                self.note(
+                    StoryKind::Report,
+                    format!("Reported PE 0x{pe_id:08x} unreachable to the registrar"),
+                );
+            }
+            ClientEvent::FailoverCompleted {
+                image,
+                session,
+                old_pe,
+                new_pe,
+                resumed_at,
+                recomputed_pixels,
+                took,
+            } => {
+                if !self.is_current(image) {
+                    return;
+                }
+                self.failovers += 1;
+                self.stop_serving(session);
+                self.serving.entry(new_pe.id).or_default().insert(session);
+                self.waiting_for_pe.remove(&session);
+                if let Some(progress) = self
+                    .picture
+                    .as_mut()
+                    .and_then(|picture| picture.progress.get_mut(session))
+                {
+                    progress.failovers += 1;
+                    progress.failing_over = false;
+                    progress.waiting = false;
+                    progress.pe = Some(new_pe.id);
+                }
+                self.note(
+                    StoryKind::Recovery,
+                    format!(
+                        "Session {}: PE 0x{:08x} took over from 0x{old_pe:08x} in {} ms, \
+                         resumed from cookie at pixel {resumed_at}, {recomputed_pixels} pixels recomputed",
+                        session + 1,
+                        new_pe.id,
+                        took.as_millis()
+                    ),
+                );
+            }
+            ClientEvent::PoolEmpty {
+                image,
+                session,
+                retry_in,
+            } => {
+                if !self.is_current(image) {
+                    return;
+                }
+                if self.waiting_for_pe.insert(session) && self.waiting_for_pe.len() == 1 {
+                    self.note(
+                        StoryKind::Pool,
+                        format!(
+                            "No pool element available; retrying every {} ms",
+                            retry_in.as_millis()
+                        ),
+                    );
+                }
+                if let Some(progress) = self
+                    .picture
+                    .as_mut()
+                    .and_then(|picture| picture.progress.get_mut(session))
+                {
+                    progress.waiting = true;
+                }
+            }
+            ClientEvent::ImageCompleted { image, stats } => {
+                if let Some(picture) = self.picture.as_mut().filter(|p| p.image == image) {
+                    picture.completed_after = Some(picture.started.elapsed());
+                    for progress in &mut picture.progress {
+                        progress.completed = true;
+                    }
+                }
+                self.images_completed += 1;
+                tracing::info!(
+                    image,
+                    wall_time_s = stats.wall_time_s,
+                    failovers = stats.failovers,
+                    pes_used = stats.pes_used,
+                    "picture completed"
+                );
+                self.note(
+                    StoryKind::Image,
+                    format!(
+                        "Image {image} complete in {:.1} s: {} PEs, {} failovers, {} pixels recomputed",
+                        stats.wall_time_s, stats.pes_used, stats.failovers, stats.recomputed_pixels
+                    ),
+                );
+                self.last_stats = Some(stats);
+                self.serving.clear();
+            }
+            ClientEvent::PoolSnapshot { registrar, entries } => {
+                let now = self.elapsed_s();
+                let before: BTreeSet<u32> = self.pool.iter().map(|entry| entry.id).collect();
+                let after: BTreeSet<u32> = entries.iter().map(|entry| entry.id).collect();
+                if self.registrar != RegistrarStatus::Unknown {
+                    for gone in before.difference(&after) {
+                        self.note(
+                            StoryKind::Pool,
+                            format!("Registrar removed PE 0x{gone:08x} from the pool"),
+                        );
+                    }
+                    for new in after.difference(&before) {
+                        self.note(StoryKind::Pool, format!("PE 0x{new:08x} joined the pool"));
+                    }
+                }
+                if matches!(self.registrar, RegistrarStatus::Unavailable(_)) {
+                    self.note(StoryKind::Pool, "Registrar reachable again");
+                }
+                for entry in &entries {
+                    if let Some(load) = entry.load {
+                        let series = self.history.load.entry(entry.id).or_default();
+                        push_limited(series, [now, load]);
+                    }
+                }
+                self.registrar = RegistrarStatus::Up(registrar);
+                self.pool = entries;
+            }
+            ClientEvent::RegistrarUnavailable { detail } => {
+                if !matches!(self.registrar, RegistrarStatus::Unavailable(_)) {
+                    self.note(
+                        StoryKind::Pool,
+                        format!("No registrar reachable ({detail}); still trying"),
+                    );
+                }
+                self.registrar = RegistrarStatus::Unavailable(detail);
+            }
+        }
+    }
+
+    /// Closes the one-second speed window when due and samples the plots; call once per frame.
+    pub fn tick(&mut self) {
+        let window = self.speed_window_start.elapsed();
+        if window < Duration::from_secs(1) {
+            return;
+        }
+        self.pixels_per_s = self.speed_window_pixels as f64 / window.as_secs_f64();
+        self.speed_window_pixels = 0;
+        self.speed_window_start = Instant::now();
+        let now = self.elapsed_s();
+        push_limited(&mut self.history.speed, [now, self.pixels_per_s]);
+        let known: Vec<u32> = self
+            .pool
+            .iter()
+            .map(|entry| entry.id)
+            .chain(self.serving.keys().copied())
+            .collect();
+        for pe in known {
+            let count = self.serving.get(&pe).map_or(0, BTreeSet::len) as f64;
+            push_limited(self.history.sessions.entry(pe).or_default(), [now, count]);
+        }
+    }
+
+    /// Logs `image progress percent=..` at each new tenth, for tests and scripts.
+    fn log_progress(&mut self) {
+        let Some(picture) = &self.picture else {
+            return;
+        };
+        let percent = (picture.fraction() * 100.0).floor() as u64;
+        let decile = percent / 10;
+        if self.last_logged_decile != Some(decile) {
+            self.last_logged_decile = Some(decile);
+            tracing::info!(image = picture.image, percent, "image progress");
+        }
+    }
+}
+
+/// Short human text for a failure reason.
+pub fn describe_reason(reason: &FailureReason) -> String {
+    match reason {
+        FailureReason::ConnectionLost(detail) => format!("connection lost: {detail}"),
+        FailureReason::HeartbeatTimeout => "heartbeats unanswered".to_owned(),
+        FailureReason::DataSilence => "no data: hung?".to_owned(),
+        FailureReason::ConnectFailed(detail) => format!("connect failed: {detail}"),
+        FailureReason::ProtocolError(detail) => format!("protocol error: {detail}"),
+    }
+}
