@@ -35,8 +35,9 @@ pub struct HeadlessArgs {
     /// Picture height in pixels.
     #[arg(long, default_value_t = 250)]
     pub height: u32,
-    /// Sessions (tiles) per picture, each computed by its own pool element session.
-    #[arg(long, default_value_t = 1)]
+    /// Sessions (tiles) per picture, each computed by its own pool element session, 1 to 400
+    /// (default: 1 with --headless, 16 in the window).
+    #[arg(long, default_value_t = 1, hide_default_value = true)]
     pub sessions: usize,
     /// Built-in preset name or an rsplib .fsf file (default: a random built-in preset per image).
     #[arg(long, value_name = "NAME|FILE.fsf")]

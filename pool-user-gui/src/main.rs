@@ -3,7 +3,8 @@
 //! and `pool-element` run those programs from this binary (the GUI's bundled demo starts them
 //! as child processes so that they can really be killed).
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use pool_user_gui::headless::{self, HeadlessArgs};
 
 /// Fractal Generator pool user (RSerPool): splits pictures into tiles, computes them on the
@@ -16,6 +17,9 @@ struct Cli {
     headless: bool,
     #[command(flatten)]
     options: HeadlessArgs,
+    #[cfg(feature = "gui")]
+    #[command(flatten)]
+    window: pool_user_gui::gui::WindowOptions,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -32,7 +36,9 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     rserpool::logging::init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    let sessions_given = matches.value_source("sessions") == Some(ValueSource::CommandLine);
     match cli.command {
         Some(Command::Registrar(args)) => {
             // The registrar program runs single-threaded as well.
@@ -55,16 +61,34 @@ fn main() -> anyhow::Result<()> {
             .build()?
             .block_on(headless::run(cli.options));
     }
-    run_gui(cli.options)
+    run_gui(cli, sessions_given)
 }
 
 #[cfg(feature = "gui")]
-fn run_gui(_options: HeadlessArgs) -> anyhow::Result<()> {
-    // LEAD: call `pool_user_gui::gui::run(...)` here (written by the GUI helper).
-    anyhow::bail!("the GUI is not wired up yet; use --headless")
+fn run_gui(cli: Cli, sessions_given: bool) -> anyhow::Result<()> {
+    /// The window's default: enough tiles to watch failovers.
+    const GUI_DEFAULT_SESSIONS: usize = 16;
+    let options = cli.options;
+    let sessions = if sessions_given {
+        options.sessions
+    } else {
+        GUI_DEFAULT_SESSIONS
+    };
+    anyhow::ensure!(
+        (1..=400).contains(&sessions),
+        "--sessions must be between 1 and 400"
+    );
+    pool_user_gui::gui::run(pool_user_gui::gui::GuiOptions {
+        registrars: options.registrars,
+        pool: options.pool,
+        sessions,
+        preset: options.preset.unwrap_or_else(|| "random".to_owned()),
+        palette: options.palette,
+        window: cli.window,
+    })
 }
 
 #[cfg(not(feature = "gui"))]
-fn run_gui(_options: HeadlessArgs) -> anyhow::Result<()> {
+fn run_gui(_cli: Cli, _sessions_given: bool) -> anyhow::Result<()> {
     anyhow::bail!("GUI not built in (built without the `gui` feature); use --headless")
 }
