@@ -67,8 +67,9 @@ pub struct Cli {
     /// Most concurrent sessions; more are refused (load = sessions / max).
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sessions: u32,
-    /// Iterations per second for all sessions together [default: unlimited].
-    #[arg(long, value_name = "ITERATIONS_PER_S", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Iterations per second for all sessions together, e.g. 50000000 or 5e7 [default:
+    /// unlimited].
+    #[arg(long, value_name = "ITERATIONS_PER_S", value_parser = parse_capacity)]
     pub capacity: Option<u64>,
     /// A cookie after this many Data messages.
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
@@ -91,6 +92,18 @@ pub struct Cli {
 }
 
 /// Parses `0x1a2b` (hexadecimal) or `1234` (decimal).
+/// A positive rate; scientific notation welcome (`5e7`), since rates are big numbers.
+fn parse_capacity(text: &str) -> Result<u64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of iterations per second"))?;
+    if !(rate >= 1.0 && rate <= u64::MAX as f64) {
+        return Err(format!("`{text}` must be at least 1 iteration per second"));
+    }
+    // In range by the check above.
+    Ok(rate.round() as u64)
+}
+
 fn parse_id(text: &str) -> Result<u32, String> {
     let text = text.trim();
     let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
@@ -504,4 +517,19 @@ async fn serve(
     // detached rather than joined so the runtime never blocks on it.
     drop(worker);
     finished(id, peer, reason, data);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_capacity;
+
+    #[test]
+    fn capacity_accepts_integers_and_scientific_notation() {
+        assert_eq!(parse_capacity("50000000"), Ok(50_000_000));
+        assert_eq!(parse_capacity("5e7"), Ok(50_000_000));
+        assert_eq!(parse_capacity("1.5e6"), Ok(1_500_000));
+        for bad in ["0", "-5", "0.2", "NaN", "inf", "fast", "1e40"] {
+            assert!(parse_capacity(bad).is_err(), "{bad} accepted");
+        }
+    }
 }
