@@ -23,44 +23,39 @@ use anyhow::{Context as _, bail};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
-#[cfg(feature = "gui")]
-pub use crate::gui::control::{BundledPe, BundledRegistrar, ChildState};
-
-#[cfg(not(feature = "gui"))]
-mod states {
-    //! The same types as the GUI's `control` module, for builds without the window.
-    use std::net::SocketAddr;
-
-    /// Lifecycle of a bundled process.
-    #[derive(Clone, Debug, PartialEq, Eq)]
-    pub enum ChildState {
-        Starting,
-        Running,
-        Hung,
-        Stopping,
-        Exited(String),
-    }
-
-    /// A bundled pool element.
-    #[derive(Clone, Debug, PartialEq)]
-    pub struct BundledPe {
-        pub slot: usize,
-        pub pe_id: Option<u32>,
-        pub pid: Option<u32>,
-        pub capacity: Option<u64>,
-        pub state: ChildState,
-    }
-
-    /// The bundled registrar.
-    #[derive(Clone, Debug, PartialEq)]
-    pub struct BundledRegistrar {
-        pub address: Option<SocketAddr>,
-        pub pid: Option<u32>,
-        pub state: ChildState,
-    }
+/// Lifecycle of a bundled process as the window shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChildState {
+    Starting,
+    Running,
+    /// SIGSTOP'd by the Hang button.
+    Hung,
+    /// SIGTERM sent, waiting for it to exit.
+    Stopping,
+    /// Exited (or killed); the text says how.
+    Exited(String),
 }
-#[cfg(not(feature = "gui"))]
-pub use states::{BundledPe, BundledRegistrar, ChildState};
+
+/// A bundled pool element as the pool panel lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BundledPe {
+    /// Local number (stable across restarts), from 1.
+    pub slot: usize,
+    /// Identifier once the PE has registered.
+    pub pe_id: Option<u32>,
+    pub pid: Option<u32>,
+    /// Iterations per second (None = unlimited).
+    pub capacity: Option<u64>,
+    pub state: ChildState,
+}
+
+/// The bundled registrar as the pool panel shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BundledRegistrar {
+    pub address: Option<SocketAddr>,
+    pub pid: Option<u32>,
+    pub state: ChildState,
+}
 
 /// Environment variable naming the program to run as registrar and pool elements.
 pub const CHILD_EXE_ENV: &str = "POOL_USER_CHILD_EXE";

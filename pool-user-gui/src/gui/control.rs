@@ -68,39 +68,7 @@ pub struct ClientConfig {
 pub type ClientFactory =
     Box<dyn FnOnce(ClientConfig, EventSink) -> anyhow::Result<Box<dyn ClientControl>>>;
 
-/// Lifecycle of a bundled process as the window shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ChildState {
-    Starting,
-    Running,
-    /// SIGSTOP'd by the Hang button.
-    Hung,
-    /// SIGTERM sent, waiting for it to exit.
-    Stopping,
-    /// Exited (or killed); the text says how.
-    Exited(String),
-}
-
-/// A bundled pool element as the pool panel lists it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BundledPe {
-    /// Local number (stable across restarts), from 1.
-    pub slot: usize,
-    /// Identifier once the PE has registered.
-    pub pe_id: Option<u32>,
-    pub pid: Option<u32>,
-    /// Iterations per second (None = unlimited).
-    pub capacity: Option<u64>,
-    pub state: ChildState,
-}
-
-/// The bundled registrar as the pool panel shows it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BundledRegistrar {
-    pub address: Option<SocketAddr>,
-    pub pid: Option<u32>,
-    pub state: ChildState,
-}
+pub use crate::bundle::{BundledPe, BundledRegistrar, ChildState};
 
 /// Control of the processes the GUI started (the bundled demo pool).
 pub trait PoolControl {
