@@ -25,12 +25,12 @@ fn hex_colons(bytes: &[u8]) -> String {
 /// Wireshark's tree walk, which need not be ours).
 #[derive(Default)]
 struct Expected {
-    fields: BTreeMap<&'static str, Vec<String>>,
+    fields: BTreeMap<String, Vec<String>>,
 }
 
 impl Expected {
-    fn add(&mut self, field: &'static str, value: String) {
-        self.fields.entry(field).or_default().push(value);
+    fn add(&mut self, field: impl Into<String>, value: String) {
+        self.fields.entry(field.into()).or_default().push(value);
     }
 
     fn pool_handle(&mut self, prefix: Prefix, handle: &PoolHandle) {
@@ -87,13 +87,12 @@ enum Prefix {
 }
 
 impl Prefix {
-    fn f(self, name: &str) -> &'static str {
-        let full = match self {
+    /// The field's full name under this protocol's dissector.
+    fn f(self, name: &str) -> String {
+        match self {
             Prefix::Asap => format!("asap.{name}"),
             Prefix::Enrp => format!("enrp.{name}"),
-        };
-        // A handful of distinct names per run: leaking them keeps the map keys simple.
-        Box::leak(full.into_boxed_str())
+        }
     }
 }
 
