@@ -370,6 +370,20 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
+/// The worker's next output: the rest of the current batch first, then the next batches. Cancel
+/// safe: a batch is taken over in the same poll that receives it.
+async fn next_output(
+    batch: &mut std::vec::IntoIter<Output>,
+    batches: &mut mpsc::Receiver<Vec<Output>>,
+) -> Option<Output> {
+    loop {
+        if let Some(output) = batch.next() {
+            return Some(output);
+        }
+        *batch = batches.recv().await?.into_iter();
+    }
+}
+
 /// How a session ended, for the log.
 fn finished(id: u64, peer: SocketAddr, reason: &str, data: u64) {
     tracing::info!(session = id, peer = %peer, reason = %reason, data, "session finished");
@@ -434,11 +448,11 @@ async fn serve(
         max_iterations = parameter.max_iterations, algorithm = parameter.algorithm.0,
         "session started"
     );
-    let (tx, mut rx) = mpsc::channel(16);
-    for output in initial {
-        // Fits: the channel holds 16 and a start produces at most 2.
-        let _ = tx.try_send(output);
-    }
+    // Batches of outputs; a few batches of buffer let the worker run ahead of a slow network.
+    let (tx, mut rx) = mpsc::channel(4);
+    // Fits: the channel is empty.
+    let _ = tx.try_send(initial);
+    let mut batch = Vec::new().into_iter();
     let control = Arc::new(WorkerControl::default());
     let mut worker = None;
     if !session.is_done() {
@@ -457,7 +471,7 @@ async fn serve(
     let mut stopping = false;
     let reason = loop {
         tokio::select! {
-            output = rx.recv() => match output {
+            output = next_output(&mut batch, &mut rx) => match output {
                 Some(Output::Data(message)) => {
                     let finalizer = message.is_finalizer();
                     let Ok(bytes) = message.encode() else { break "encode-error" };

@@ -285,10 +285,10 @@ pub fn colour(assembly: &ImageAssembly, palette: Palette, run: u64) -> Vec<u8> {
     assembly
         .iterations
         .iter()
-        .zip(&assembly.generation)
+        .enumerate()
         .zip(&session_of)
-        .flat_map(|((&value, &generation), &session)| {
-            let marks = Marks::new(image_run, generation, session);
+        .flat_map(|((i, &value), &session)| {
+            let marks = Marks::new(image_run, assembly.generation(i), session);
             palette.colour(value, assembly.max_iterations, marks)
         })
         .collect()

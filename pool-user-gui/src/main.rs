@@ -48,7 +48,8 @@ fn main() -> anyhow::Result<()> {
                 .block_on(registrar::run(args));
         }
         Some(Command::PoolElement(args)) => {
-            return tokio::runtime::Builder::new_multi_thread()
+            // As the pool-element program: computation runs on its own threads.
+            return tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
                 .block_on(pool_element::run(args));
@@ -56,7 +57,9 @@ fn main() -> anyhow::Result<()> {
         None => {}
     }
     if cli.headless {
-        return tokio::runtime::Builder::new_multi_thread()
+        // The PEs compute; the pool user only moves and assembles data, which one thread does
+        // without cross-thread wake-ups.
+        return tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
             .block_on(headless::run(cli.options));

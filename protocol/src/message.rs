@@ -402,8 +402,11 @@ impl Data {
         out.extend_from_slice(&self.start_x.to_be_bytes());
         out.extend_from_slice(&self.start_y.to_be_bytes());
         out.extend_from_slice(&(self.points.len() as u32).to_be_bytes());
-        for point in &self.points {
-            out.extend_from_slice(&point.to_be_bytes());
+        // Resized once and filled in place: a loop of pushes would not vectorise.
+        let start = out.len();
+        out.resize(start + 4 * self.points.len(), 0);
+        for (slot, point) in out[start..].chunks_exact_mut(4).zip(&self.points) {
+            slot.copy_from_slice(&point.to_be_bytes());
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use fractal_protocol::kernel;
+use fractal_protocol::message::Parameter;
 use fractal_protocol::preset::Preset;
 use pool_user_gui::client::events::ClientEvent;
 use pool_user_gui::client::{ClientConfig, FractalClient, ImageRequest};
@@ -25,8 +26,8 @@ struct Args {
     /// PE kills to measure failover latency over.
     #[arg(long, default_value_t = 25)]
     kills: usize,
-    /// Repetitions of each end-to-end picture (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    /// Repetitions of each end-to-end picture, local and pooled (medians are reported).
+    #[arg(long, default_value_t = 9)]
     repeat: usize,
     /// Session counts to measure the end-to-end picture with.
     #[arg(long, value_delimiter = ',', default_value = "2,4,8")]
@@ -169,6 +170,40 @@ impl Pool {
     }
 }
 
+/// CPU time (user + system) a process has used so far, from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let Some(rest) = stat.rsplit(')').next() else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+/// Idle time of the whole machine so far (all CPUs, from `/proc/stat`).
+fn machine_idle() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return Duration::ZERO;
+    };
+    // "cpu user nice system idle iowait ...", in USER_HZ (100) ticks.
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .into_iter()
+        .flat_map(|line| line.split_whitespace().skip(4).take(2))
+        .filter_map(|field| field.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -231,30 +266,55 @@ async fn failover_latency(program: PathBuf, kills: usize) -> Result<Vec<Duration
     Ok(latencies)
 }
 
+/// Median of some durations (sorted in place).
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times.get(times.len() / 2).copied().unwrap_or_default()
+}
+
+/// Time of one picture computed locally by the fast kernel on two threads.
+async fn local_picture(view: Parameter) -> Result<(Duration, Vec<u32>)> {
+    // Off the runtime's thread, as the pool's PEs are.
+    tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let image = kernel::compute_image_parallel(&view, 2);
+        (start.elapsed(), image)
+    })
+    .await
+    .context("local computation")
+}
+
 async fn overhead(program: PathBuf, sessions: &[usize], repeat: usize) -> Result<()> {
     let preset = Preset::by_name("full-set").context("preset")?;
     let mut view = preset.parameter(1024, 768);
     view.max_iterations = 1000;
-    let mut local = Vec::new();
-    let mut reference = Vec::new();
-    for _ in 0..repeat {
-        let start = Instant::now();
-        reference = kernel::compute_image_parallel(&view, 2);
-        local.push(start.elapsed());
-    }
-    local.sort();
-    let local_median = local[local.len() / 2];
-    println!(
-        "local fast kernel, 2 threads, 1024x768 at 1000 iterations: median {:.1} ms",
-        local_median.as_secs_f64() * 1e3
-    );
+    let (_, reference) = local_picture(view).await?;
     let mut pool = Pool::start(program)?;
     pool.add_pe(&["--max-sessions", "8"])?;
     pool.add_pe(&["--max-sessions", "8"])?;
-    let (client, _events) = pool.client()?;
+    let (client, mut events) = pool.client()?;
+    // Consumed as a front end would, so that they do not pile up in memory.
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    println!(
+        "1024x768 at 1000 iterations, {repeat} runs each, local and pool runs alternating \
+         (the machine's speed drifts):"
+    );
     for &count in sessions {
-        let mut times = Vec::new();
+        let pids: Vec<u32> = std::iter::once(pool._registrar_proc.child.id())
+            .chain(pool.pes.iter().map(|(_, pe)| pe.child.id()))
+            .chain(std::iter::once(std::process::id()))
+            .collect();
+        let mut cpu_used = vec![Duration::ZERO; pids.len()];
+        let mut idle = [Duration::ZERO; 2];
+        let mut local_times = Vec::new();
+        let mut pool_times = Vec::new();
         for _ in 0..repeat {
+            let idle_before = machine_idle();
+            let (local_time, _) = local_picture(view).await?;
+            local_times.push(local_time);
+            idle[0] += machine_idle().saturating_sub(idle_before);
+            let idle_before = machine_idle();
+            let cpu_before: Vec<Duration> = pids.iter().map(|&pid| cpu_time(pid)).collect();
             let result = client
                 .compute_image(ImageRequest {
                     view,
@@ -262,24 +322,44 @@ async fn overhead(program: PathBuf, sessions: &[usize], repeat: usize) -> Result
                     preset: preset.name.clone(),
                 })
                 .await?;
+            for ((used, &pid), before) in cpu_used.iter_mut().zip(&pids).zip(&cpu_before) {
+                *used += cpu_time(pid).saturating_sub(*before);
+            }
+            idle[1] += machine_idle().saturating_sub(idle_before);
             if count == 1 && result.assembly.iterations != reference {
                 bail!("pool picture differs from the local one");
             }
-            times.push(Duration::from_secs_f64(result.stats.wall_time_s));
+            pool_times.push(Duration::from_secs_f64(result.stats.wall_time_s));
         }
-        times.sort();
-        let median = times[times.len() / 2];
+        let local_median = median(&mut local_times);
+        let pool_median = median(&mut pool_times);
+        let ratio = pool_median.as_secs_f64() / local_median.as_secs_f64();
         println!(
-            "pool (registrar + 2 PEs + PU), {count} sessions: median {:.1} ms, ratio pool/local {:.3} (overhead {:+.1} %)",
-            median.as_secs_f64() * 1e3,
-            median.as_secs_f64() / local_median.as_secs_f64(),
-            (median.as_secs_f64() / local_median.as_secs_f64() - 1.0) * 100.0
+            "  {count:>2} sessions: pool (registrar + 2 PEs + PU) median {:.1} ms, local fast \
+             kernel 2 threads median {:.1} ms, ratio {ratio:.3} (overhead {:+.1} %)",
+            pool_median.as_secs_f64() * 1e3,
+            local_median.as_secs_f64() * 1e3,
+            (ratio - 1.0) * 100.0
+        );
+        let cpu: Vec<String> = cpu_used
+            .iter()
+            .map(|used| format!("{:.0}", used.as_secs_f64() * 1e3 / repeat as f64))
+            .collect();
+        let per_picture = |d: Duration| d.as_secs_f64() * 1e3 / repeat as f64;
+        println!(
+            "      CPU ms per pool picture: PEs {}, PU {}, registrar {}; machine idle ms per \
+             picture: pool {:.0}, local {:.0}",
+            cpu[1..cpu.len() - 1].join(" + "),
+            cpu[cpu.len() - 1],
+            cpu[0],
+            per_picture(idle[1]),
+            per_picture(idle[0]),
         );
     }
     Ok(())
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let args = Args::parse();
     let program = match args.pool_user {

@@ -15,12 +15,11 @@ pub struct ImageAssembly {
     pub tiles: Vec<TileRect>,
     /// Row-major iteration counts (0 where nothing arrived yet).
     pub iterations: Vec<u32>,
-    /// Row-major failover generation of each pixel's session when it arrived.
-    pub generation: Vec<u32>,
+    /// Row-major failover generation of each pixel's session when it arrived; empty (all 0)
+    /// until the first failover, so that a picture without one costs no memory for it.
+    generation: Vec<u32>,
     /// Whether each pixel arrived.
     pub received: Vec<bool>,
-    /// PE that delivered each pixel last (0 = none yet).
-    pub pe_of_pixel: Vec<u32>,
     /// Failovers per session so far.
     pub failovers: Vec<u32>,
     /// Completed tiles.
@@ -49,9 +48,8 @@ impl ImageAssembly {
             max_iterations: *max_iterations,
             tiles: tiles.clone(),
             iterations: vec![0; pixels],
-            generation: vec![0; pixels],
+            generation: Vec::new(),
             received: vec![false; pixels],
-            pe_of_pixel: vec![0; pixels],
             failovers: vec![0; tiles.len()],
             completed: vec![false; tiles.len()],
         })
@@ -85,21 +83,12 @@ impl ImageAssembly {
             ClientEvent::TileData {
                 image,
                 session,
-                pe_id,
                 first,
                 iterations,
+                ..
             } if *image == self.image => {
                 let generation = self.failovers.get(*session).copied().unwrap_or(0);
-                for (offset, value) in iterations.iter().enumerate() {
-                    if let Some(i) = self.pixel_index(*session, first + offset as u64)
-                        && i < self.iterations.len()
-                    {
-                        self.iterations[i] = *value;
-                        self.generation[i] = generation;
-                        self.received[i] = true;
-                        self.pe_of_pixel[i] = *pe_id;
-                    }
-                }
+                self.store(*session, *first, iterations, generation);
             }
             ClientEvent::FailoverCompleted { image, session, .. } if *image == self.image => {
                 if let Some(count) = self.failovers.get_mut(*session) {
@@ -113,6 +102,48 @@ impl ImageAssembly {
             }
             _ => {}
         }
+    }
+
+    /// Stores `values` as pixels `first..` (row-major within the tile) of `session`, a tile row
+    /// at a time; values past the tile's end are dropped.
+    fn store(&mut self, session: usize, first: u64, values: &[u32], generation: u32) {
+        let Some(tile) = self.tiles.get(session) else {
+            return;
+        };
+        let tile_width = u64::from(tile.width);
+        let tile_pixels = tile_width * u64::from(tile.height);
+        let picture_width = u64::from(self.width);
+        let picture_pixels = self.iterations.len() as u64;
+        let mut index = first;
+        let mut rest = values;
+        while !rest.is_empty() && index < tile_pixels {
+            let column = index % tile_width;
+            let run = (tile_width - column).min(rest.len() as u64);
+            let start = (u64::from(tile.y) + index / tile_width) * picture_width
+                + u64::from(tile.x)
+                + column;
+            if start + run > picture_pixels {
+                return;
+            }
+            // Both bounded by the picture's length just above.
+            let (start, run) = (start as usize, run as usize);
+            let (row, tail) = rest.split_at(run);
+            self.iterations[start..start + run].copy_from_slice(row);
+            if generation > 0 && self.generation.is_empty() {
+                self.generation = vec![0; self.iterations.len()];
+            }
+            if let Some(slots) = self.generation.get_mut(start..start + run) {
+                slots.fill(generation);
+            }
+            self.received[start..start + run].fill(true);
+            rest = tail;
+            index += run as u64;
+        }
+    }
+
+    /// Failover generation of the session of pixel `i` (row-major) when the pixel arrived.
+    pub fn generation(&self, i: usize) -> u32 {
+        self.generation.get(i).copied().unwrap_or(0)
     }
 
     /// Whether every tile is complete.
@@ -196,9 +227,8 @@ mod tests {
             first: 5,
             iterations: vec![1],
         });
-        assert_eq!(picture.generation[9], 1);
-        assert_eq!(picture.generation[7], 0);
-        assert_eq!(picture.pe_of_pixel[9], 8);
+        assert_eq!(picture.generation(9), 1);
+        assert_eq!(picture.generation(7), 0);
         // Events of another image are ignored.
         picture.apply(&ClientEvent::TileCompleted {
             image: 4,
@@ -214,5 +244,35 @@ mod tests {
             session: 1,
         });
         assert!(picture.is_complete());
+    }
+
+    #[test]
+    fn runs_across_tile_rows_land_where_pixel_index_says() {
+        let mut picture = ImageAssembly::from_started(&started()).expect("assembly");
+        // Tile 1 is 3 wide and 2 high; values past its end are dropped.
+        for (first, count) in [(0u64, 6usize), (1, 4), (2, 5), (5, 1), (4, 9)] {
+            let values: Vec<u32> = (0..count as u32).map(|v| v + 100 * first as u32).collect();
+            picture.apply(&ClientEvent::TileData {
+                image: 3,
+                session: 1,
+                pe_id: 9,
+                first,
+                iterations: values.clone(),
+            });
+            for (offset, value) in values.iter().enumerate() {
+                if let Some(i) = picture.pixel_index(1, first + offset as u64) {
+                    assert_eq!(
+                        picture.iterations[i], *value,
+                        "first {first} offset {offset}"
+                    );
+                    assert!(picture.received[i]);
+                }
+            }
+        }
+        // Tile 0's pixels were never touched.
+        for index in 0..4 {
+            let i = picture.pixel_index(0, index).expect("in tile 0");
+            assert!(!picture.received[i]);
+        }
     }
 }

@@ -230,13 +230,11 @@ fn accept_data(
             data.start_y
         ));
     }
-    for index in first..end {
-        if let Some(slot) = progress.filled.get_mut(index as usize)
-            && !*slot
-        {
-            *slot = true;
-            progress.missing -= 1;
-        }
+    // Within the tile (checked above), and `filled` has one entry per pixel of the tile.
+    if let Some(slots) = progress.filled.get_mut(first as usize..end as usize) {
+        let newly = slots.iter().filter(|&&filled| !filled).count();
+        slots.fill(true);
+        progress.missing -= newly as u64;
     }
     progress.received_end = progress.received_end.max(end);
     Ok(Some((first, data.points)))

@@ -249,11 +249,8 @@ fn for_each_pixel(
 /// (`value < max_iterations`), `max_iterations` otherwise.
 #[inline]
 pub fn iterations_for(value: u32, max_iterations: u32) -> u64 {
-    if value < max_iterations {
-        u64::from(value) + 1
-    } else {
-        u64::from(max_iterations)
-    }
+    // Branch-free (value + 1 <= max exactly when value < max), so that sums vectorise.
+    u64::from(value.saturating_add(1).min(max_iterations))
 }
 
 /// Row-major pixel buffer for `param`.
