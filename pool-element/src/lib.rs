@@ -1,5 +1,5 @@
 //! The Fractal Generator pool element: registers with a registrar (ASAP) and computes
-//! Mandelbrot views for pool users (FGP), one worker thread per session.
+//! Mandelbrot views for pool users (FGP); all sessions share one computing thread per core.
 //!
 //! [`run`] is the whole program; `main.rs` and the GUI bundle's `pool-user pool-element`
 //! subcommand call it with a parsed [`Cli`].
@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 
 use crate::limiter::RateLimiter;
 use crate::session::{Output, Session, SessionConfig, decode_first};
-use crate::worker::WorkerControl;
+use crate::worker::{ComputePool, WorkerControl};
 
 /// Data at least this often while computing, so that a slow PE is not taken for a hung one.
 pub const DATA_MAX_TIME: Duration = Duration::from_millis(250);
@@ -89,6 +89,9 @@ pub struct Cli {
     /// Compute the test pattern (x*y mod 256) instead of the fractal.
     #[arg(long)]
     pub test_mode: bool,
+    /// Computing threads, shared by all sessions [default: one per core].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
 }
 
 /// Parses `0x1a2b` (hexadecimal) or `1234` (decimal).
@@ -116,7 +119,7 @@ fn parse_id(text: &str) -> Result<u32, String> {
 /// What the session tasks share.
 struct Shared {
     config: SessionConfig,
-    limiter: Option<Arc<RateLimiter>>,
+    compute: ComputePool,
     max_sessions: usize,
     active: AtomicUsize,
     next_session: AtomicU64,
@@ -216,9 +219,15 @@ pub async fn run_until(
                 KernelChoice::Fast
             },
         },
-        limiter: cli
-            .capacity
-            .map(|rate| Arc::new(RateLimiter::new(rate, Instant::now()))),
+        compute: ComputePool::new(
+            cli.threads.map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                |n| n as usize,
+            ),
+            cli.capacity
+                .map(|rate| Arc::new(RateLimiter::new(rate, Instant::now()))),
+        )
+        .context("starting the computing threads")?,
         max_sessions: cli.max_sessions as usize,
         active: AtomicUsize::new(0),
         next_session: AtomicU64::new(1),
@@ -449,24 +458,12 @@ async fn serve(
         "session started"
     );
     // Batches of outputs; a few batches of buffer let the worker run ahead of a slow network.
-    let (tx, mut rx) = mpsc::channel(4);
+    let (tx, mut rx) = mpsc::channel(8);
     // Fits: the channel is empty.
     let _ = tx.try_send(initial);
     let mut batch = Vec::new().into_iter();
     let control = Arc::new(WorkerControl::default());
-    let mut worker = None;
-    if !session.is_done() {
-        match worker::spawn(session, control.clone(), shared.limiter.clone(), tx) {
-            Ok(handle) => worker = Some(handle),
-            Err(error) => {
-                tracing::error!(session = id, %error, "cannot start a worker thread");
-                sender.abort();
-                return;
-            }
-        }
-    } else {
-        drop(tx);
-    }
+    shared.compute.submit(session, control.clone(), tx);
     let mut data = 0u64;
     let mut stopping = false;
     let reason = loop {
@@ -527,9 +524,6 @@ async fn serve(
     } else {
         let _ = sender.close().await;
     }
-    // The worker has returned or will at its next check (cancelled above); its thread is
-    // detached rather than joined so the runtime never blocks on it.
-    drop(worker);
     finished(id, peer, reason, data);
 }
 

@@ -1,7 +1,7 @@
 //! `--capacity`: a token bucket of iterations shared by all sessions of the PE.
 //!
 //! Work is charged after it was done (the cost of a pixel is known only then); a negative
-//! balance is paid back by waiting. Chunks are kept small (see `Session::chunk_for`) so the
+//! balance is paid back by waiting. Pieces are kept small (see `Session::pixels_for`) so the
 //! rate stays smooth rather than bursty.
 
 use std::sync::Mutex;

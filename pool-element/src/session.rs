@@ -2,11 +2,16 @@
 //! time passed in.
 //!
 //! Positions are row-major `(x, y)`; `(0, height)` is the end of the picture. The session keeps
-//! three of them: the next pixel to compute, the start of the points buffered for the next
-//! Data message, and the end of the Data already emitted. Cookies always carry the last one, so
-//! a cookie never claims pixels the PU has not been handed (rsplib's can run up to 323 pixels
-//! ahead).
+//! four of them: the next pixel handed out for computation, the next pixel whose value goes into
+//! a Data message, the start of the points buffered for that message, and the end of the Data
+//! already emitted. Cookies always carry the last one, so a cookie never claims pixels the PU has
+//! not been handed (rsplib's can run up to 323 pixels ahead).
+//!
+//! Computation is split into [`Piece`]s ([`Session::claim`]) that several threads may compute at
+//! once; [`Session::complete`] puts their values back in picture order, so the Data messages are
+//! the same as from one thread.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fractal_protocol::cookie::{Cookie, CookieError};
@@ -101,13 +106,38 @@ pub enum Output {
     FailureInjected,
 }
 
+/// A run of consecutive pixels of a session, handed out for computation.
+#[derive(Clone, Copy, Debug)]
+pub struct Piece {
+    /// What to compute with.
+    pub view: View,
+    /// First pixel.
+    pub start: (u32, u32),
+    /// Number of pixels (at least 1).
+    pub count: usize,
+}
+
+impl Piece {
+    /// Computes the piece's values; returns them and the iterations performed.
+    pub fn compute(&self) -> (Vec<u32>, u64) {
+        let mut values = vec![0; self.count];
+        // A piece lies inside its view by construction (`Session::claim`).
+        let iterations = self.view.compute(self.start, &mut values).unwrap_or(0);
+        (values, iterations)
+    }
+}
+
 /// A session in progress.
 #[derive(Debug)]
 pub struct Session {
     config: SessionConfig,
     parameter: Parameter,
     view: View,
-    /// Next pixel to compute.
+    /// Next pixel to hand out in a piece.
+    claimed: (u32, u32),
+    /// Completed pieces that wait for an earlier one, by start index.
+    completed: BTreeMap<u64, Vec<u32>>,
+    /// Next pixel to put into a Data message.
     next: (u32, u32),
     /// First pixel of `pending`.
     pending_start: (u32, u32),
@@ -136,6 +166,8 @@ impl Session {
             config,
             parameter,
             view,
+            claimed: position,
+            completed: BTreeMap::new(),
             next: position,
             pending_start: position,
             pending: Vec::with_capacity(MAX_POINTS_PER_DATA),
@@ -176,42 +208,111 @@ impl Session {
         self.done
     }
 
-    /// The pixels a chunk of [`Session::compute`] should cover so that one chunk costs at most
-    /// about `iterations` iterations (at least 1 pixel, at most one Data message).
-    pub fn chunk_for(&self, iterations: u64) -> usize {
+    /// How many pixels to compute at once so that it costs at most about `iterations`
+    /// iterations (at least 1 pixel, at most `max_pixels`).
+    pub fn pixels_for(&self, iterations: u64, max_pixels: usize) -> usize {
         let per_pixel = u64::from(self.view.max_iterations().max(1));
         usize::try_from(iterations / per_pixel)
             .unwrap_or(usize::MAX)
-            .clamp(1, MAX_POINTS_PER_DATA)
+            .clamp(1, max_pixels.max(1))
     }
 
     /// Computes up to `max_pixels` pixels (never past the end of the current Data message) and
-    /// emits what is due. Returns the iterations performed.
+    /// emits what is due. Returns the iterations performed. (One thread; see [`Session::claim`]
+    /// for several.)
     pub fn compute(&mut self, max_pixels: usize, now: Instant, out: &mut Vec<Output>) -> u64 {
-        if self.done {
-            return 0;
-        }
         let room = MAX_POINTS_PER_DATA - self.pending.len();
-        let remaining = usize::try_from(self.remaining()).unwrap_or(usize::MAX);
-        let count = max_pixels.max(1).min(room).min(remaining);
-        let old_len = self.pending.len();
-        self.pending.resize(old_len + count, 0);
-        let iterations = match self.pending.get_mut(old_len..) {
-            Some(slice) => self.view.compute(self.next, slice).unwrap_or(0),
-            None => 0,
+        let Some(piece) = self.claim(max_pixels.max(1).min(room)) else {
+            return 0;
+        };
+        let (values, iterations) = piece.compute();
+        self.complete(&piece, values, now, out);
+        iterations
+    }
+
+    /// Hands out the next `max_pixels` (at least 1) not handed out yet, if any and the session
+    /// is not done.
+    pub fn claim(&mut self, max_pixels: usize) -> Option<Piece> {
+        if self.done {
+            return None;
+        }
+        let remaining =
+            usize::try_from(self.view.remaining_from(self.claimed)).unwrap_or(usize::MAX);
+        let count = max_pixels.max(1).min(remaining);
+        if count == 0 {
+            return None;
+        }
+        let piece = Piece {
+            view: self.view,
+            start: self.claimed,
+            count,
         };
         // `count` never exceeds the remaining pixels, so the advance exists.
-        self.next = self
+        self.claimed = self
             .view
-            .advance(self.next, count as u64)
+            .advance(self.claimed, count as u64)
             .unwrap_or((0, self.view.height()));
-        if self.pending.len() == MAX_POINTS_PER_DATA {
-            self.emit_data(now, out);
+        Some(piece)
+    }
+
+    /// Whether pixels remain to be handed out.
+    pub fn has_unclaimed(&self) -> bool {
+        !self.done && self.view.remaining_from(self.claimed) > 0
+    }
+
+    /// Takes the values of a claimed piece and emits, in picture order, what is due. Values of
+    /// a piece that waits for an earlier one are kept until that one completes; values for a
+    /// session that is done (shut down, failure injected) are dropped.
+    pub fn complete(
+        &mut self,
+        piece: &Piece,
+        values: Vec<u32>,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
+        if self.done || values.len() != piece.count {
+            return;
+        }
+        let Some(index) = self.index_of(piece.start) else {
+            return;
+        };
+        self.completed.insert(index, values);
+        while !self.done {
+            let Some(next_index) = self.index_of(self.next) else {
+                break;
+            };
+            let Some(values) = self.completed.remove(&next_index) else {
+                break;
+            };
+            self.append(&values, now, out);
         }
         if !self.done && self.remaining() == 0 {
             self.finish(now, out);
         }
-        iterations
+    }
+
+    /// Row-major index of a position of the view (the end included).
+    fn index_of(&self, (x, y): (u32, u32)) -> Option<u64> {
+        let width = u64::from(self.view.width());
+        let index = u64::from(y) * width + u64::from(x);
+        (u64::from(x) < width.max(1) && index <= self.view.pixel_count()).then_some(index)
+    }
+
+    /// Appends the values of the pixels at `next` to the Data being filled, emitting full ones.
+    fn append(&mut self, mut values: &[u32], now: Instant, out: &mut Vec<Output>) {
+        while !values.is_empty() && !self.done {
+            let room = MAX_POINTS_PER_DATA - self.pending.len();
+            let (taken, rest) = values.split_at(room.min(values.len()));
+            self.pending.extend_from_slice(taken);
+            self.next = self
+                .view
+                .advance(self.next, taken.len() as u64)
+                .unwrap_or((0, self.view.height()));
+            if self.pending.len() == MAX_POINTS_PER_DATA {
+                self.emit_data(now, out);
+            }
+            values = rest;
+        }
     }
 
     /// Emits what the timers ask for: a partial Data message after `data_max_time` without

@@ -1,34 +1,42 @@
-//! Runs one [`Session`] on its own thread and streams its outputs to the async side through a
-//! bounded channel (a slow PU slows the worker down instead of piling up memory).
+//! The computing threads of a pool element: one per core, shared by all sessions.
 //!
-//! Outputs travel in batches of a few milliseconds of computation: one hand-over (a thread
-//! wake-up on each side) per batch instead of one per 324-pixel Data message, which on a
-//! 2-core machine otherwise costs as much CPU as a third of the computation itself.
+//! Each thread takes the next session with work (round robin), claims a [`Piece`](crate::session::Piece) of it,
+//! computes the piece outside any lock and hands the values back; the session puts pieces back
+//! in picture order ([`Session::complete`]). So one session can use every core, and a session
+//! that ends early leaves no core idle while another still has work: with a thread per session,
+//! the operating system's uneven sharing of cores between them left a core idle for a third of
+//! a picture's end.
+//!
+//! Outputs go to each session's async side through a bounded channel, a piece's worth at a time
+//! (one hand-over per few milliseconds of work instead of one per 324-pixel Data message). A
+//! session whose channel is full is skipped until its pool user catches up, so a slow pool user
+//! slows only its own session.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use fractal_protocol::message::MAX_POINTS_PER_DATA;
 use tokio::sync::mpsc;
 
 use crate::limiter::RateLimiter;
 use crate::session::{Output, Session};
 
-/// Iterations of one batch without `--capacity`: a few milliseconds of work, so that timers
-/// (Data every 250 ms, cookies) and shutdown requests are noticed promptly.
-const CHUNK_ITERATIONS: u64 = 16_000_000;
-/// Longest computation of one batch (cheap pixels make many Data messages per iteration).
-const BATCH_TIME: Duration = Duration::from_millis(10);
-/// Iterations of one chunk under `--capacity`, in seconds of capacity: keeps the rate smooth.
-const CAPACITY_CHUNK_SECONDS: f64 = 0.02;
+/// Iterations of one piece without `--capacity`: a few milliseconds of work, so that timers
+/// (Data every 250 ms, cookies) and stop requests are noticed promptly.
+const PIECE_ITERATIONS: u64 = 4_000_000;
+/// Most pixels of one piece (12 Data messages): cheap pixels still hand over regularly.
+const PIECE_MAX_PIXELS: usize = 12 * MAX_POINTS_PER_DATA;
+/// Iterations of one piece under `--capacity`, in seconds of capacity: keeps the rate smooth.
+const CAPACITY_PIECE_SECONDS: f64 = 0.02;
+/// Longest single sleep or wait, so that stop requests and timers are noticed.
+const MAX_SLEEP: Duration = Duration::from_millis(20);
 /// Nice value of the computing threads: above the protocol threads' 0, so that the runtime
 /// (session starts, Data forwarding, keep-alives) and a pool user on the same machine get a core
-/// as soon as they have work instead of waiting behind a crowd of computing threads.
+/// as soon as they have work instead of waiting behind the computation.
 const WORKER_NICE: libc::c_int = 5;
-/// Longest single sleep, so that stop requests are noticed.
-const MAX_SLEEP: Duration = Duration::from_millis(50);
 
-/// Requests from the async side to a worker.
+/// Requests from the async side to a session's computation.
 #[derive(Debug, Default)]
 pub struct WorkerControl {
     stop: AtomicBool,
@@ -47,19 +55,217 @@ impl WorkerControl {
     }
 }
 
-/// Spawns the worker thread for `session`.
-pub fn spawn(
-    session: Session,
+/// One session in the pool.
+struct Job {
+    session: Mutex<Session>,
     control: Arc<WorkerControl>,
-    limiter: Option<Arc<RateLimiter>>,
     outputs: mpsc::Sender<Vec<Output>>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("fgp-session".into())
-        .spawn(move || {
-            lower_priority();
-            run(session, &control, limiter.as_deref(), &outputs)
-        })
+    /// Pixels per piece.
+    piece_pixels: usize,
+    /// Nothing more to do (done, cancelled or its receiver gone).
+    finished: AtomicBool,
+    /// Pixels remain to be claimed (kept under the session lock).
+    unclaimed: AtomicBool,
+}
+
+impl Job {
+    fn lock(&self) -> MutexGuard<'_, Session> {
+        // A poisoned lock means a computing thread panicked; the session's state is still whole.
+        self.session.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a thread has something to do for this job now.
+    fn wants_a_thread(&self) -> bool {
+        if self.finished.load(Ordering::Acquire) {
+            return false;
+        }
+        let requested = self.control.stop.load(Ordering::Acquire)
+            || self.control.cancel.load(Ordering::Acquire);
+        requested || (self.unclaimed.load(Ordering::Acquire) && self.outputs.capacity() > 0)
+    }
+
+    /// Sends `out` (under the session lock, so that batches keep their order) and records the
+    /// session's state.
+    fn publish(&self, session: &Session, out: Vec<Output>) {
+        let gone = !out.is_empty() && self.outputs.blocking_send(out).is_err();
+        self.unclaimed
+            .store(session.has_unclaimed(), Ordering::Release);
+        if gone || session.is_done() {
+            self.finished.store(true, Ordering::Release);
+        }
+    }
+
+    /// One turn: timers, stop requests, and at most one piece. Returns the iterations computed.
+    fn turn(&self) -> u64 {
+        let piece = {
+            let Ok(mut session) = self.session.try_lock() else {
+                // Another thread is at it; the caller goes on with another job.
+                return 0;
+            };
+            if self.control.cancel.load(Ordering::Acquire) {
+                self.finished.store(true, Ordering::Release);
+                return 0;
+            }
+            let mut out = Vec::new();
+            let now = Instant::now();
+            if self.control.stop.load(Ordering::Acquire) {
+                session.shutdown(now, &mut out);
+            } else {
+                session.on_timer(now, &mut out);
+            }
+            let piece = session.claim(self.piece_pixels);
+            self.publish(&session, out);
+            piece
+        };
+        let Some(piece) = piece else { return 0 };
+        let (values, iterations) = piece.compute();
+        let mut session = self.lock();
+        if !self.finished.load(Ordering::Acquire) && !self.control.cancel.load(Ordering::Acquire) {
+            let mut out = Vec::new();
+            let now = Instant::now();
+            session.complete(&piece, values, now, &mut out);
+            session.on_timer(now, &mut out);
+            self.publish(&session, out);
+        }
+        iterations
+    }
+}
+
+/// What the pool's threads share.
+struct PoolShared {
+    jobs: Mutex<Vec<Arc<Job>>>,
+    /// Signalled when a job arrives and when the pool closes.
+    arrived: Condvar,
+    /// Round-robin position among the jobs.
+    cursor: Mutex<usize>,
+    limiter: Option<Arc<RateLimiter>>,
+    closed: AtomicBool,
+}
+
+impl PoolShared {
+    fn jobs(&self) -> MutexGuard<'_, Vec<Arc<Job>>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next job that wants a thread, round robin; waits (bounded) when none does. `None`
+    /// once the pool is closed.
+    fn next_job(&self) -> Option<Arc<Job>> {
+        let mut jobs = self.jobs();
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            jobs.retain(|job| !job.finished.load(Ordering::Acquire));
+            if !jobs.is_empty() {
+                let mut cursor = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+                for offset in 0..jobs.len() {
+                    let index = (*cursor + offset) % jobs.len();
+                    if jobs[index].wants_a_thread() {
+                        *cursor = index + 1;
+                        return Some(jobs[index].clone());
+                    }
+                }
+            }
+            // Nothing to claim: wait for a new job, or re-check stop requests and full channels
+            // soon.
+            jobs = match self.arrived.wait_timeout(jobs, MAX_SLEEP) {
+                Ok((jobs, _)) => jobs,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+}
+
+/// The pool element's computing threads. Dropping it stops them after their current piece.
+pub struct ComputePool {
+    shared: Arc<PoolShared>,
+}
+
+impl ComputePool {
+    /// Starts `threads` computing threads (at least 1); `limiter` caps their total rate.
+    pub fn new(threads: usize, limiter: Option<Arc<RateLimiter>>) -> std::io::Result<ComputePool> {
+        let shared = Arc::new(PoolShared {
+            jobs: Mutex::new(Vec::new()),
+            arrived: Condvar::new(),
+            cursor: Mutex::new(0),
+            limiter,
+            closed: AtomicBool::new(false),
+        });
+        for index in 0..threads.max(1) {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("fgp-compute-{index}"))
+                .spawn(move || run_thread(&shared))?;
+        }
+        Ok(ComputePool { shared })
+    }
+
+    /// Computes `session` until it is done, stopped or cancelled through `control`, sending its
+    /// outputs to `outputs`.
+    pub fn submit(
+        &self,
+        session: Session,
+        control: Arc<WorkerControl>,
+        outputs: mpsc::Sender<Vec<Output>>,
+    ) {
+        let piece_pixels = match &self.shared.limiter {
+            Some(limiter) => session.pixels_for(
+                (limiter.rate() * CAPACITY_PIECE_SECONDS) as u64,
+                PIECE_MAX_PIXELS,
+            ),
+            None => session.pixels_for(PIECE_ITERATIONS, PIECE_MAX_PIXELS),
+        };
+        self.submit_in_pieces(session, control, outputs, piece_pixels);
+    }
+
+    /// [`ComputePool::submit`] with pieces of `piece_pixels` pixels.
+    fn submit_in_pieces(
+        &self,
+        session: Session,
+        control: Arc<WorkerControl>,
+        outputs: mpsc::Sender<Vec<Output>>,
+        piece_pixels: usize,
+    ) {
+        let job = Arc::new(Job {
+            unclaimed: AtomicBool::new(session.has_unclaimed()),
+            finished: AtomicBool::new(session.is_done()),
+            session: Mutex::new(session),
+            control,
+            outputs,
+            piece_pixels,
+        });
+        self.shared.jobs().push(job);
+        self.shared.arrived.notify_all();
+    }
+}
+
+impl Drop for ComputePool {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.arrived.notify_all();
+    }
+}
+
+fn run_thread(shared: &PoolShared) {
+    lower_priority();
+    while let Some(job) = shared.next_job() {
+        let iterations = job.turn();
+        if let Some(limiter) = &shared.limiter {
+            let now = Instant::now();
+            let resume_at = now + limiter.charge(iterations, now);
+            // Sleep in slices so that stop requests are noticed.
+            while !job.finished.load(Ordering::Acquire) && !shared.closed.load(Ordering::Acquire) {
+                let now = Instant::now();
+                if now >= resume_at {
+                    break;
+                }
+                std::thread::sleep(resume_at.saturating_duration_since(now).min(MAX_SLEEP));
+                if job.control.stop.load(Ordering::Acquire) {
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Gives the calling thread [`WORKER_NICE`] (best effort: a failure only loses the priority).
@@ -72,66 +278,91 @@ fn lower_priority() {
     }
 }
 
-fn run(
-    mut session: Session,
-    control: &WorkerControl,
-    limiter: Option<&RateLimiter>,
-    outputs: &mpsc::Sender<Vec<Output>>,
-) {
-    let chunk_iterations = match limiter {
-        Some(limiter) => (limiter.rate() * CAPACITY_CHUNK_SECONDS) as u64,
-        None => CHUNK_ITERATIONS,
-    };
-    let chunk = session.chunk_for(chunk_iterations);
-    let mut resume_at = Instant::now();
-    loop {
-        if control.cancel.load(Ordering::Acquire) {
-            return;
-        }
-        let mut out = Vec::new();
-        let now = Instant::now();
-        if control.stop.load(Ordering::Acquire) {
-            session.shutdown(now, &mut out);
-        } else {
-            session.on_timer(now, &mut out);
-            if now >= resume_at && !session.is_done() {
-                match limiter {
-                    Some(limiter) => {
-                        let iterations = session.compute(chunk, now, &mut out);
-                        resume_at = now + limiter.charge(iterations, now);
-                    }
-                    None => compute_batch(&mut session, chunk, now, &mut out),
-                }
-            }
-        }
-        if !out.is_empty() && outputs.blocking_send(out).is_err() {
-            return;
-        }
-        if session.is_done() {
-            return;
-        }
-        let now = Instant::now();
-        if resume_at > now {
-            let until = resume_at.min(session.next_deadline()).min(now + MAX_SLEEP);
-            std::thread::sleep(until.saturating_duration_since(now));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{SessionConfig, Start};
+    use fractal_protocol::kernel::{self, KernelChoice, View};
+    use fractal_protocol::message::{AlgorithmId, Parameter};
+
+    fn parameter() -> Parameter {
+        Parameter {
+            width: 97,
+            height: 61,
+            max_iterations: 200,
+            algorithm: AlgorithmId::MANDELBROT,
+            c1_real: -2.0,
+            c1_imag: 1.2,
+            c2_real: 0.8,
+            c2_imag: -1.2,
+            n: 2.0,
         }
     }
-}
 
-/// Computes `chunk`-pixel pieces from `started` until about [`CHUNK_ITERATIONS`] iterations or
-/// [`BATCH_TIME`] are spent or the session is done, with the session's timers kept.
-fn compute_batch(session: &mut Session, chunk: usize, started: Instant, out: &mut Vec<Output>) {
-    let mut iterations = 0;
-    let mut now = started;
-    loop {
-        iterations += session.compute(chunk, now, out);
-        if session.is_done() || iterations >= CHUNK_ITERATIONS {
-            return;
+    /// Runs sessions through a pool and reassembles each picture from its Data messages.
+    fn run_through_pool(threads: usize, sessions: usize, piece_pixels: usize) -> Vec<Vec<u32>> {
+        let pool = ComputePool::new(threads, None).expect("threads");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut receivers = Vec::new();
+        for _ in 0..sessions {
+            let (session, initial) = Session::new(
+                Start::Compute(parameter()),
+                SessionConfig::default(),
+                Instant::now(),
+            );
+            let (tx, rx) = mpsc::channel(4);
+            tx.try_send(initial).expect("room");
+            pool.submit_in_pieces(
+                session,
+                Arc::new(WorkerControl::default()),
+                tx,
+                piece_pixels,
+            );
+            receivers.push(rx);
         }
-        now = Instant::now();
-        if now.saturating_duration_since(started) >= BATCH_TIME {
-            return;
+        receivers
+            .into_iter()
+            .map(|mut rx| {
+                let param = parameter();
+                let mut picture = vec![u32::MAX; (param.width * param.height) as usize];
+                let mut position = 0usize;
+                runtime.block_on(async {
+                    while let Some(batch) = rx.recv().await {
+                        for output in batch {
+                            if let Output::Data(data) = output
+                                && !data.is_finalizer()
+                            {
+                                let start = (data.start_y * param.width + data.start_x) as usize;
+                                assert_eq!(start, position, "Data in picture order");
+                                picture[start..start + data.points.len()]
+                                    .copy_from_slice(&data.points);
+                                position += data.points.len();
+                            }
+                        }
+                    }
+                });
+                picture
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pooled_sessions_deliver_the_reference_picture_in_order() {
+        let param = parameter();
+        let view = View::new(&param, KernelChoice::Fast);
+        let mut reference = vec![0; (param.width * param.height) as usize];
+        view.compute((0, 0), &mut reference).expect("whole view");
+        assert_eq!(reference, kernel::compute_image(&param));
+        // Small pieces: several threads on one session complete them out of order.
+        for (threads, sessions, piece_pixels) in [(1, 1, 5000), (3, 1, 7), (2, 5, 100), (4, 2, 1)] {
+            for picture in run_through_pool(threads, sessions, piece_pixels) {
+                assert_eq!(
+                    picture, reference,
+                    "{threads} threads, {sessions} sessions, pieces of {piece_pixels}"
+                );
+            }
         }
-        session.on_timer(now, out);
     }
 }
