@@ -384,12 +384,14 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 async fn next_output(
     batch: &mut std::vec::IntoIter<Output>,
     batches: &mut mpsc::Receiver<Vec<Output>>,
+    compute: &ComputePool,
 ) -> Option<Output> {
     loop {
         if let Some(output) = batch.next() {
             return Some(output);
         }
         *batch = batches.recv().await?.into_iter();
+        compute.room_made();
     }
 }
 
@@ -458,7 +460,7 @@ async fn serve(
         "session started"
     );
     // Batches of outputs; a few batches of buffer let the worker run ahead of a slow network.
-    let (tx, mut rx) = mpsc::channel(8);
+    let (tx, mut rx) = mpsc::channel(16);
     // Fits: the channel is empty.
     let _ = tx.try_send(initial);
     let mut batch = Vec::new().into_iter();
@@ -468,7 +470,7 @@ async fn serve(
     let mut stopping = false;
     let reason = loop {
         tokio::select! {
-            output = next_output(&mut batch, &mut rx) => match output {
+            output = next_output(&mut batch, &mut rx, &shared.compute) => match output {
                 Some(Output::Data(message)) => {
                     let finalizer = message.is_finalizer();
                     let Ok(bytes) = message.encode() else { break "encode-error" };

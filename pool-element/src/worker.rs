@@ -134,7 +134,7 @@ impl Job {
 /// What the pool's threads share.
 struct PoolShared {
     jobs: Mutex<Vec<Arc<Job>>>,
-    /// Signalled when a job arrives and when the pool closes.
+    /// Signalled when a job arrives, when a channel has room again and when the pool closes.
     arrived: Condvar,
     /// Round-robin position among the jobs.
     cursor: Mutex<usize>,
@@ -235,6 +235,14 @@ impl ComputePool {
             piece_pixels,
         });
         self.shared.jobs().push(job);
+        self.shared.arrived.notify_all();
+    }
+}
+
+impl ComputePool {
+    /// Tells the threads that a session's channel has room again (its async side took a batch),
+    /// so that a thread waiting for room goes on at once.
+    pub fn room_made(&self) {
         self.shared.arrived.notify_all();
     }
 }
