@@ -273,15 +273,9 @@ impl Session {
         if self.done || values.len() != piece.count {
             return;
         }
-        let Some(index) = self.index_of(piece.start) else {
-            return;
-        };
-        self.completed.insert(index, values);
+        self.completed.insert(self.index_of(piece.start), values);
         while !self.done {
-            let Some(next_index) = self.index_of(self.next) else {
-                break;
-            };
-            let Some(values) = self.completed.remove(&next_index) else {
+            let Some(values) = self.completed.remove(&self.index_of(self.next)) else {
                 break;
             };
             self.append(&values, now, out);
@@ -291,11 +285,9 @@ impl Session {
         }
     }
 
-    /// Row-major index of a position of the view (the end included).
-    fn index_of(&self, (x, y): (u32, u32)) -> Option<u64> {
-        let width = u64::from(self.view.width());
-        let index = u64::from(y) * width + u64::from(x);
-        (u64::from(x) < width.max(1) && index <= self.view.pixel_count()).then_some(index)
+    /// Row-major index of a position of the view (`pixel_count` for the end).
+    fn index_of(&self, position: (u32, u32)) -> u64 {
+        self.view.pixel_count() - self.view.remaining_from(position)
     }
 
     /// Appends the values of the pixels at `next` to the Data being filled, emitting full ones.
