@@ -21,7 +21,9 @@ use rserpool::discovery::{
 };
 use rserpool::pe::driver::{self as registration, RegistrationHandle};
 use rserpool::pe::{Event, RegistrationConfig};
-use rserpool::transport::{self, Association, AssociationConfig, Listener, PPID_ASAP, PPID_FGP};
+use rserpool::transport::{
+    self, Association, AssociationConfig, AssociationSender, Frame, Listener, PPID_ASAP, PPID_FGP,
+};
 use rserpool::wire::{AsapMessage, PeId, Policy, PoolHandle, TransportAddress};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -379,20 +381,59 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// The worker's next output: the rest of the current batch first, then the next batches. Cancel
-/// safe: a batch is taken over in the same poll that receives it.
-async fn next_output(
-    batch: &mut std::vec::IntoIter<Output>,
-    batches: &mut mpsc::Receiver<Vec<Output>>,
-    compute: &ComputePool,
-) -> Option<Output> {
-    loop {
-        if let Some(output) = batch.next() {
-            return Some(output);
+/// Sends one batch of a session's outputs as one batch of frames. `Some(reason)` when the
+/// session ends with it.
+async fn forward(
+    outputs: Vec<Output>,
+    sender: &AssociationSender,
+    shared: &Shared,
+    data: &mut u64,
+) -> Option<&'static str> {
+    let mut frames = Vec::with_capacity(outputs.len());
+    let mut ending = None;
+    for output in outputs {
+        match output {
+            Output::Data(message) => {
+                let finalizer = message.is_finalizer();
+                let Ok(bytes) = message.encode() else {
+                    ending = Some("encode-error");
+                    break;
+                };
+                frames.push(Frame::new(PPID_FGP, bytes));
+                if !finalizer {
+                    *data += 1;
+                    let total = shared.data_total.fetch_add(1, Ordering::AcqRel) + 1;
+                    if shared.crash_after.is_some_and(|limit| total >= limit) {
+                        let _ = sender.send_batch(frames).await;
+                        tracing::warn!(data = total, "crash-after reached: aborting the process");
+                        std::process::abort();
+                    }
+                }
+            }
+            Output::Cookie(cookie) => {
+                let message = AsapMessage::Cookie {
+                    cookie: cookie.encode().to_vec(),
+                };
+                let Ok(bytes) = message.to_bytes() else {
+                    ending = Some("encode-error");
+                    break;
+                };
+                frames.push(Frame::new(PPID_ASAP, bytes));
+            }
+            Output::Finished => {
+                ending = Some("completed");
+                break;
+            }
+            Output::FailureInjected => {
+                ending = Some("fail-after");
+                break;
+            }
         }
-        *batch = batches.recv().await?.into_iter();
-        compute.room_made();
     }
+    if sender.send_batch(frames).await.is_err() {
+        return Some("peer-closed");
+    }
+    ending
 }
 
 /// How a session ended, for the log.
@@ -463,41 +504,22 @@ async fn serve(
     let (tx, mut rx) = mpsc::channel(16);
     // Fits: the channel is empty.
     let _ = tx.try_send(initial);
-    let mut batch = Vec::new().into_iter();
     let control = Arc::new(WorkerControl::default());
     shared.compute.submit(session, control.clone(), tx);
     let mut data = 0u64;
     let mut stopping = false;
     let reason = loop {
         tokio::select! {
-            output = next_output(&mut batch, &mut rx, &shared.compute) => match output {
-                Some(Output::Data(message)) => {
-                    let finalizer = message.is_finalizer();
-                    let Ok(bytes) = message.encode() else { break "encode-error" };
-                    if sender.send(PPID_FGP, bytes).await.is_err() {
-                        break "peer-closed";
-                    }
-                    if !finalizer {
-                        data += 1;
-                        let total = shared.data_total.fetch_add(1, Ordering::AcqRel) + 1;
-                        if shared.crash_after.is_some_and(|limit| total >= limit) {
-                            tracing::warn!(data = total, "crash-after reached: aborting the process");
-                            std::process::abort();
-                        }
-                    }
+            outputs = rx.recv() => {
+                let Some(outputs) = outputs else {
+                    // The worker stopped: after a final cookie on shutdown, or it was cancelled.
+                    break if stopping { "shutdown" } else { "worker-ended" };
+                };
+                shared.compute.room_made();
+                if let Some(reason) = forward(outputs, &sender, shared, &mut data).await {
+                    break reason;
                 }
-                Some(Output::Cookie(cookie)) => {
-                    let message = AsapMessage::Cookie { cookie: cookie.encode().to_vec() };
-                    let Ok(bytes) = message.to_bytes() else { break "encode-error" };
-                    if sender.send(PPID_ASAP, bytes).await.is_err() {
-                        break "peer-closed";
-                    }
-                }
-                Some(Output::Finished) => break "completed",
-                Some(Output::FailureInjected) => break "fail-after",
-                // The worker stopped: after a final cookie on shutdown, or it was cancelled.
-                None => break if stopping { "shutdown" } else { "worker-ended" },
-            },
+            }
             frame = receiver.recv() => match frame {
                 Ok(frame) if frame.ppid == PPID_ASAP
                     && matches!(AsapMessage::decode(&frame.payload), Ok(d) if matches!(d.message, AsapMessage::CookieEcho { .. })) => {

@@ -12,6 +12,7 @@
 //! session whose channel is full is skipped until its pool user catches up, so a slow pool user
 //! slows only its own session.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -57,21 +58,31 @@ impl WorkerControl {
 
 /// One session in the pool.
 struct Job {
-    session: Mutex<Session>,
+    state: Mutex<JobState>,
     control: Arc<WorkerControl>,
     outputs: mpsc::Sender<Vec<Output>>,
     /// Pixels per piece.
     piece_pixels: usize,
-    /// Nothing more to do (done, cancelled or its receiver gone).
+    /// Nothing more to do (done and sent, cancelled, or its receiver gone).
     finished: AtomicBool,
-    /// Pixels remain to be claimed (kept under the session lock).
+    /// Pixels remain to be claimed (kept under the lock).
     unclaimed: AtomicBool,
+    /// Outputs wait for room in the channel (kept under the lock).
+    backlogged: AtomicBool,
+}
+
+/// A session and the outputs its channel had no room for yet.
+struct JobState {
+    session: Session,
+    /// Batches in order, sent before anything newer. Bounded: while it is not empty, no new
+    /// piece is claimed, so it holds at most one batch per computing thread.
+    backlog: VecDeque<Vec<Output>>,
 }
 
 impl Job {
-    fn lock(&self) -> MutexGuard<'_, Session> {
+    fn lock(&self) -> MutexGuard<'_, JobState> {
         // A poisoned lock means a computing thread panicked; the session's state is still whole.
-        self.session.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether a thread has something to do for this job now.
@@ -79,29 +90,49 @@ impl Job {
         if self.finished.load(Ordering::Acquire) {
             return false;
         }
+        let room = self.outputs.capacity() > 0;
+        if self.backlogged.load(Ordering::Acquire) {
+            return room || self.control.cancel.load(Ordering::Acquire);
+        }
         let requested = self.control.stop.load(Ordering::Acquire)
             || self.control.cancel.load(Ordering::Acquire);
-        requested || (self.unclaimed.load(Ordering::Acquire) && self.outputs.capacity() > 0)
+        requested || (self.unclaimed.load(Ordering::Acquire) && room)
     }
 
-    /// Sends `out` (under the session lock, so that batches keep their order) and records the
-    /// session's state.
-    fn publish(&self, session: &Session, out: Vec<Output>) {
-        let gone = !out.is_empty() && self.outputs.blocking_send(out).is_err();
+    /// Sends what waits and `out` as far as the channel has room, without blocking (under the
+    /// lock, so that batches keep their order), and records the session's state.
+    fn publish(&self, state: &mut JobState, out: Vec<Output>) {
+        if !out.is_empty() {
+            state.backlog.push_back(out);
+        }
+        let mut gone = false;
+        while let Some(batch) = state.backlog.pop_front() {
+            match self.outputs.try_send(batch) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(batch)) => {
+                    state.backlog.push_front(batch);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    state.backlog.clear();
+                    gone = true;
+                }
+            }
+        }
+        self.backlogged
+            .store(!state.backlog.is_empty(), Ordering::Release);
         self.unclaimed
-            .store(session.has_unclaimed(), Ordering::Release);
-        if gone || session.is_done() {
+            .store(state.session.has_unclaimed(), Ordering::Release);
+        if gone || (state.session.is_done() && state.backlog.is_empty()) {
             self.finished.store(true, Ordering::Release);
         }
     }
 
-    /// One turn: timers, stop requests, and at most one piece. Returns the iterations computed.
+    /// One turn: waiting outputs, timers, stop requests, and at most one piece. Returns the
+    /// iterations computed.
     fn turn(&self) -> u64 {
         let piece = {
-            let Ok(mut session) = self.session.try_lock() else {
-                // Another thread is at it; the caller goes on with another job.
-                return 0;
-            };
+            let mut state = self.lock();
             if self.control.cancel.load(Ordering::Acquire) {
                 self.finished.store(true, Ordering::Release);
                 return 0;
@@ -109,23 +140,29 @@ impl Job {
             let mut out = Vec::new();
             let now = Instant::now();
             if self.control.stop.load(Ordering::Acquire) {
-                session.shutdown(now, &mut out);
+                state.session.shutdown(now, &mut out);
             } else {
-                session.on_timer(now, &mut out);
+                state.session.on_timer(now, &mut out);
             }
-            let piece = session.claim(self.piece_pixels);
-            self.publish(&session, out);
+            self.publish(&mut state, out);
+            if !state.backlog.is_empty() {
+                // The pool user is behind: compute no further ahead of it.
+                return 0;
+            }
+            let piece = state.session.claim(self.piece_pixels);
+            self.unclaimed
+                .store(state.session.has_unclaimed(), Ordering::Release);
             piece
         };
         let Some(piece) = piece else { return 0 };
         let (values, iterations) = piece.compute();
-        let mut session = self.lock();
+        let mut state = self.lock();
         if !self.finished.load(Ordering::Acquire) && !self.control.cancel.load(Ordering::Acquire) {
             let mut out = Vec::new();
             let now = Instant::now();
-            session.complete(&piece, values, now, &mut out);
-            session.on_timer(now, &mut out);
-            self.publish(&session, out);
+            state.session.complete(&piece, values, now, &mut out);
+            state.session.on_timer(now, &mut out);
+            self.publish(&mut state, out);
         }
         iterations
     }
@@ -229,7 +266,11 @@ impl ComputePool {
         let job = Arc::new(Job {
             unclaimed: AtomicBool::new(session.has_unclaimed()),
             finished: AtomicBool::new(session.is_done()),
-            session: Mutex::new(session),
+            backlogged: AtomicBool::new(false),
+            state: Mutex::new(JobState {
+                session,
+                backlog: VecDeque::new(),
+            }),
             control,
             outputs,
             piece_pixels,

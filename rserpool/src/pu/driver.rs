@@ -266,6 +266,22 @@ impl Session {
             if self.state.is_finished() {
                 return SessionEvent::Finished;
             }
+            // Frames already waiting need no timer and no select (the common case while a PE
+            // streams); like the biased select below, they count before an expired timer.
+            if let Some(association) = self.association.as_mut() {
+                match association.try_recv() {
+                    Ok(Some(frame)) => {
+                        self.state.on_frame(Instant::now(), frame);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        self.association = None;
+                        self.state.on_closed(Instant::now(), &error);
+                        continue;
+                    }
+                }
+            }
             let deadline = self.state.poll_timeout();
             let sleep = async {
                 match deadline {

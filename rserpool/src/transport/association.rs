@@ -87,6 +87,8 @@ pub enum TrySendError {
 #[derive(Debug)]
 pub(crate) enum Outbound {
     Frame(Frame),
+    /// Several frames queued at once (one queue slot), sent in order.
+    Frames(Vec<Frame>),
     /// Graceful close: everything queued before it is sent first.
     Close,
 }
@@ -266,6 +268,22 @@ impl AssociationSender {
         self.check(frame.ppid, frame.payload.len())?;
         self.outbound
             .send(Outbound::Frame(frame))
+            .await
+            .map_err(|_| SendError::Closed)
+    }
+
+    /// Queues several messages in one go (one slot of the send queue), to be sent in order.
+    /// Cheaper than one [`AssociationSender::send`] each for a stream of small messages. Fails,
+    /// queueing none, if any is refused.
+    pub async fn send_batch(&self, frames: Vec<Frame>) -> Result<(), SendError> {
+        for frame in &frames {
+            self.check(frame.ppid, frame.payload.len())?;
+        }
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.outbound
+            .send(Outbound::Frames(frames))
             .await
             .map_err(|_| SendError::Closed)
     }

@@ -405,6 +405,11 @@ impl Connection {
             };
             match message {
                 Outbound::Frame(frame) => self.push_frame(frame.ppid, &frame.payload)?,
+                Outbound::Frames(frames) => {
+                    for frame in &frames {
+                        self.push_frame(frame.ppid, &frame.payload)?;
+                    }
+                }
                 Outbound::Close => self.begin_local_close(now),
             }
         }
