@@ -58,10 +58,38 @@ pub(crate) struct RegistrarClient {
 
 impl RegistrarClient {
     pub(crate) async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
-        while let Some(request) = requests.recv().await {
+        let mut next = None;
+        loop {
+            let request = match next.take() {
+                Some(request) => request,
+                None => match requests.recv().await {
+                    Some(request) => request,
+                    None => break,
+                },
+            };
             match request {
                 Request::Resolve { pool, items, reply } => {
                     let answer = self.resolve(&pool, items).await;
+                    // Sessions whose cache went stale together asked together (a new picture's
+                    // tiles): the requests for the same pool queued meanwhile share this answer
+                    // instead of waiting for one round trip each. Draining stops at any other
+                    // request, so an Endpoint Unreachable is never overtaken.
+                    loop {
+                        match requests.try_recv() {
+                            Ok(Request::Resolve {
+                                pool: other_pool,
+                                items: other_items,
+                                reply: other_reply,
+                            }) if other_pool == pool && other_items == items => {
+                                let _ = other_reply.send(answer.clone());
+                            }
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
                     let _ = reply.send(answer);
                 }
                 Request::Unreachable { pool, pe_id } => {
