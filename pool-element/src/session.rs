@@ -255,6 +255,15 @@ impl Session {
         Some(piece)
     }
 
+    /// Pixels not handed out yet (0 once the session is done).
+    pub fn unclaimed_pixels(&self) -> u64 {
+        if self.done {
+            0
+        } else {
+            self.view.remaining_from(self.claimed)
+        }
+    }
+
     /// Whether pixels remain to be handed out.
     pub fn has_unclaimed(&self) -> bool {
         !self.done && self.view.remaining_from(self.claimed) > 0

@@ -39,6 +39,8 @@ const MAX_SLEEP: Duration = Duration::from_millis(20);
 const FORWARD_DATA_MESSAGES: usize = 48;
 /// Longest time outputs are gathered, so that slow sessions still stream smoothly.
 const FORWARD_MAX_DELAY: Duration = Duration::from_millis(25);
+/// Smallest piece a session's last pixels are split into (one Data message).
+const MIN_TAIL_PIECE_PIXELS: usize = MAX_POINTS_PER_DATA;
 /// Nice value of the computing threads: above the protocol threads' 0, so that the runtime
 /// (session starts, Data forwarding, keep-alives) and a pool user on the same machine get a core
 /// as soon as they have work instead of waiting behind the computation.
@@ -70,6 +72,8 @@ struct Job {
     outputs: mpsc::Sender<Vec<Output>>,
     /// Pixels per piece.
     piece_pixels: usize,
+    /// Computing threads of the pool.
+    threads: usize,
     /// Nothing more to do (done and sent, cancelled, or its receiver gone).
     finished: AtomicBool,
     /// Pixels remain to be claimed (kept under the lock).
@@ -183,7 +187,11 @@ impl Job {
                 // The pool user is behind: compute no further ahead of it.
                 return 0;
             }
-            let piece = state.session.claim(self.piece_pixels);
+            // Near its end a session's rest is shared out in smaller pieces, so that all threads
+            // finish at about the same time instead of one computing a whole last piece alone.
+            let unclaimed = usize::try_from(state.session.unclaimed_pixels()).unwrap_or(usize::MAX);
+            let tail_share = (unclaimed / (2 * self.threads)).max(MIN_TAIL_PIECE_PIXELS);
+            let piece = state.session.claim(self.piece_pixels.min(tail_share));
             self.unclaimed
                 .store(state.session.has_unclaimed(), Ordering::Release);
             piece
@@ -211,6 +219,8 @@ struct PoolShared {
     cursor: Mutex<usize>,
     limiter: Option<Arc<RateLimiter>>,
     closed: AtomicBool,
+    /// Number of computing threads.
+    threads: usize,
 }
 
 impl PoolShared {
@@ -261,6 +271,7 @@ impl ComputePool {
             cursor: Mutex::new(0),
             limiter,
             closed: AtomicBool::new(false),
+            threads: threads.max(1),
         });
         for index in 0..threads.max(1) {
             let shared = shared.clone();
@@ -311,6 +322,7 @@ impl ComputePool {
             control,
             outputs,
             piece_pixels,
+            threads: self.shared.threads,
         });
         self.shared.jobs().push(job);
         self.shared.arrived.notify_all();
@@ -441,8 +453,15 @@ mod tests {
         let mut reference = vec![0; (param.width * param.height) as usize];
         view.compute((0, 0), &mut reference).expect("whole view");
         assert_eq!(reference, kernel::compute_image(&param));
-        // Small pieces: several threads on one session complete them out of order.
-        for (threads, sessions, piece_pixels) in [(1, 1, 5000), (3, 1, 7), (2, 5, 100), (4, 2, 1)] {
+        // Small pieces: several threads on one session complete them out of order; large ones:
+        // each session's end is split into shrinking pieces.
+        for (threads, sessions, piece_pixels) in [
+            (1, 1, 5000),
+            (3, 1, 7),
+            (2, 5, 100),
+            (4, 2, 1),
+            (2, 2, 5000),
+        ] {
             for picture in run_through_pool(threads, sessions, piece_pixels) {
                 assert_eq!(
                     picture, reference,

@@ -24,6 +24,9 @@ pub struct ImageAssembly {
     pub failovers: Vec<u32>,
     /// Completed tiles.
     pub completed: Vec<bool>,
+    /// Iterations behind the received pixels, kept up to date by [`ImageAssembly::apply`] while
+    /// each row is in cache (a pass over the whole picture at its end cost more).
+    total_iterations: u64,
 }
 
 impl ImageAssembly {
@@ -52,6 +55,7 @@ impl ImageAssembly {
             received: vec![false; pixels],
             failovers: vec![0; tiles.len()],
             completed: vec![false; tiles.len()],
+            total_iterations: 0,
         })
     }
 
@@ -128,6 +132,21 @@ impl ImageAssembly {
             // Both bounded by the picture's length just above.
             let (start, run) = (start as usize, run as usize);
             let (row, tail) = rest.split_at(run);
+            let max = self.max_iterations;
+            let received = &self.received[start..start + run];
+            let replaced: u64 = if received.iter().any(|&seen| seen) {
+                // Pixels arriving again (a resume from an older cookie) replace their values.
+                received
+                    .iter()
+                    .zip(&self.iterations[start..start + run])
+                    .filter(|&(&seen, _)| seen)
+                    .map(|(_, &value)| iterations_for(value, max))
+                    .sum()
+            } else {
+                0
+            };
+            let added: u64 = row.iter().map(|&value| iterations_for(value, max)).sum();
+            self.total_iterations = self.total_iterations - replaced + added;
             self.iterations[start..start + run].copy_from_slice(row);
             if generation > 0 && self.generation.is_empty() {
                 self.generation = vec![0; self.iterations.len()];
@@ -153,10 +172,7 @@ impl ImageAssembly {
 
     /// Iterations behind the whole picture.
     pub fn total_iterations(&self) -> u64 {
-        self.iterations
-            .iter()
-            .map(|&value| iterations_for(value, self.max_iterations))
-            .sum()
+        self.total_iterations
     }
 }
 
@@ -208,6 +224,7 @@ mod tests {
         // 4 escaped: 5 evaluations; 10 = max: 10 evaluations.
         assert_eq!(picture.iterations_in(1, 2, 2), 15);
         assert_eq!(picture.iterations_in(1, 0, 2), 0, "nothing received there");
+        assert_eq!(picture.total_iterations(), 15);
         picture.apply(&ClientEvent::FailoverCompleted {
             image: 3,
             session: 1,
@@ -268,6 +285,15 @@ mod tests {
                     assert!(picture.received[i]);
                 }
             }
+            // The running total equals a recount of the received pixels, overlaps included.
+            let recount: u64 = picture
+                .iterations
+                .iter()
+                .zip(&picture.received)
+                .filter(|&(_, &seen)| seen)
+                .map(|(&value, _)| iterations_for(value, picture.max_iterations))
+                .sum();
+            assert_eq!(picture.total_iterations(), recount, "after first {first}");
         }
         // Tile 0's pixels were never touched.
         for index in 0..4 {
