@@ -188,6 +188,7 @@ impl PoolUser {
             pool,
             state,
             association: None,
+            holding: None,
             events: VecDeque::new(),
             rng: StdRng::from_rng(&mut rand::rng()),
         }
@@ -213,6 +214,8 @@ pub struct Session {
     pool: PoolHandle,
     state: SessionState,
     association: Option<Association>,
+    /// The PE the selector counts this session on (see [`PeSelector::release`]).
+    holding: Option<u32>,
     events: VecDeque<SessionEvent>,
     rng: StdRng,
 }
@@ -230,6 +233,7 @@ impl Session {
 
     /// The application is done: closes the association gracefully (in the background).
     pub fn finish(&mut self) {
+        self.release_pe();
         self.state.finish(Instant::now());
         // Finishing only produces actions that need no waiting.
         while let Some(action) = self.state.poll_action() {
@@ -377,6 +381,7 @@ impl Session {
             }
         });
         if let Some(pe) = cached {
+            self.hold(&pe);
             self.state.on_resolved(now, Some(pe), None);
             return;
         }
@@ -389,6 +394,9 @@ impl Session {
                     selector.choose(now, rng)
                 });
                 // Listed but all avoided: full (refused) or failed moments ago.
+                if let Some(pe) = &chosen {
+                    self.hold(pe);
+                }
                 let detail = (chosen.is_none() && !resolution.elements.is_empty()).then(|| {
                     format!(
                         "all {} listed pool elements refused or failed just now",
@@ -404,8 +412,24 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Counts this session on `pe` (and no longer on the PE it had before).
+    fn hold(&mut self, pe: &PeCandidate) {
+        self.release_pe();
+        self.holding = Some(pe.id);
+    }
+
+    fn release_pe(&mut self) {
+        if let Some(pe_id) = self.holding.take() {
+            self.pool_user
+                .with_selector(&self.pool, |selector| selector.release(pe_id));
+        }
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
+        self.release_pe();
         if let Some(association) = self.association.take() {
             association.abort();
         }

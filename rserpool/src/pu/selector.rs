@@ -71,6 +71,8 @@ pub struct PeSelector {
     avoid_until: HashMap<u32, Instant>,
     /// PE id -> how often this selector handed it out.
     uses: HashMap<u32, u64>,
+    /// Sessions of this pool user on each PE now: chosen and not yet released.
+    open: HashMap<u32, u64>,
 }
 
 impl PeSelector {
@@ -81,6 +83,7 @@ impl PeSelector {
             cache: None,
             avoid_until: HashMap::new(),
             uses: HashMap::new(),
+            open: HashMap::new(),
         }
     }
 
@@ -139,19 +142,37 @@ impl PeSelector {
     pub fn choose<R: Rng + ?Sized>(&mut self, now: Instant, rng: &mut R) -> Option<PeCandidate> {
         self.avoid_until.retain(|_, until| now < *until);
         let usable = self.usable(now);
-        let chosen = choose_by_policy(&usable, &self.uses, rng)?.clone();
+        let chosen = choose_by_policy(&usable, &self.uses, &self.open, rng)?.clone();
         *self.uses.entry(chosen.id).or_insert(0) += 1;
+        *self.open.entry(chosen.id).or_insert(0) += 1;
         Some(chosen)
+    }
+
+    /// A session chosen with [`PeSelector::choose`] no longer uses `pe_id` (it ended or failed
+    /// over).
+    pub fn release(&mut self, pe_id: u32) {
+        if let Some(count) = self.open.get_mut(&pe_id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.open.remove(&pe_id);
+            }
+        }
     }
 }
 
 fn choose_by_policy<'a, R: Rng + ?Sized>(
     usable: &'a [PeCandidate],
     uses: &HashMap<u32, u64>,
+    open: &HashMap<u32, u64>,
     rng: &mut R,
 ) -> Option<&'a PeCandidate> {
     let first = usable.first()?;
     let used = |pe: &PeCandidate| uses.get(&pe.id).copied().unwrap_or(0);
+    // Among equally loaded (or equally preferred) PEs, the one with the fewest of this pool
+    // user's sessions now, then the least used so far: the load a registrar lists is up to a
+    // cache lifetime old, so a picture's tiles, chosen at once, would otherwise follow the
+    // history of earlier pictures onto one PE.
+    let busy = |pe: &PeCandidate| (open.get(&pe.id).copied().unwrap_or(0), used(pe));
     match first.policy {
         Policy::Random => usable.get(rng.random_range(0..usable.len())),
         Policy::WeightedRandom { .. } | Policy::WeightedRandomDpf { .. } => {
@@ -174,7 +195,7 @@ fn choose_by_policy<'a, R: Rng + ?Sized>(
         policy if policy.load().is_some() => usable
             .iter()
             .enumerate()
-            .min_by_key(|(order, pe)| (pe.policy.load().unwrap_or(u32::MAX), used(pe), *order))
+            .min_by_key(|(order, pe)| (pe.policy.load().unwrap_or(u32::MAX), busy(pe), *order))
             .map(|(_, pe)| pe),
         Policy::Priority { .. } => usable
             .iter()
@@ -182,7 +203,7 @@ fn choose_by_policy<'a, R: Rng + ?Sized>(
             .min_by_key(|(order, pe)| {
                 (
                     std::cmp::Reverse(pe.policy.priority().unwrap_or(0)),
-                    used(pe),
+                    busy(pe),
                     *order,
                 )
             })
@@ -284,6 +305,41 @@ mod tests {
             now,
         );
         assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id), Some(2));
+    }
+
+    #[test]
+    fn equally_loaded_pes_share_a_burst_of_sessions_whatever_their_history() {
+        let now = Instant::now();
+        let mut selector = PeSelector::new(DEFAULT_STALE_CACHE);
+        selector.store(
+            &[
+                element(1, Policy::LeastUsed { load: 0 }),
+                element(2, Policy::LeastUsed { load: 0 }),
+            ],
+            now,
+        );
+        // Earlier pictures used PE 1 ten times (PE 2 was avoided), all of those sessions over.
+        selector.avoid(2, now, Duration::from_secs(1));
+        for _ in 0..10 {
+            let pe = selector.choose(now, &mut rng()).expect("a PE");
+            assert_eq!(pe.id, 1);
+            selector.release(pe.id);
+        }
+        let now = now + Duration::from_secs(2);
+        // A picture's 16 tiles chosen at once: 8 each, not a run of 10 on PE 2.
+        let chosen: Vec<u32> = (0..16)
+            .filter_map(|_| selector.choose(now, &mut rng()).map(|pe| pe.id))
+            .collect();
+        assert_eq!(
+            chosen.iter().filter(|&&id| id == 1).count(),
+            8,
+            "{chosen:?}"
+        );
+        // Sessions ending on PE 1 make it the choice again.
+        selector.release(1);
+        selector.release(1);
+        assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id), Some(1));
+        assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id), Some(1));
     }
 
     #[test]
