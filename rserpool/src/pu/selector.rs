@@ -168,11 +168,12 @@ fn choose_by_policy<'a, R: Rng + ?Sized>(
 ) -> Option<&'a PeCandidate> {
     let first = usable.first()?;
     let used = |pe: &PeCandidate| uses.get(&pe.id).copied().unwrap_or(0);
-    // Among equally loaded (or equally preferred) PEs, the one with the fewest of this pool
-    // user's sessions now, then the least used so far: the load a registrar lists is up to a
-    // cache lifetime old, so a picture's tiles, chosen at once, would otherwise follow the
-    // history of earlier pictures onto one PE.
-    let busy = |pe: &PeCandidate| (open.get(&pe.id).copied().unwrap_or(0), used(pe));
+    // This pool user's own sessions on each PE now, then how often it was chosen so far. The
+    // load a registrar lists is up to a cache lifetime old and does not count the sessions this
+    // pool user opened since, so a picture's tiles, chosen at once, would all go to the PE that
+    // happened to list the lowest load (and be refused there once it is full).
+    let open_now = |pe: &PeCandidate| open.get(&pe.id).copied().unwrap_or(0);
+    let busy = |pe: &PeCandidate| (open_now(pe), used(pe));
     match first.policy {
         Policy::Random => usable.get(rng.random_range(0..usable.len())),
         Policy::WeightedRandom { .. } | Policy::WeightedRandomDpf { .. } => {
@@ -195,7 +196,14 @@ fn choose_by_policy<'a, R: Rng + ?Sized>(
         policy if policy.load().is_some() => usable
             .iter()
             .enumerate()
-            .min_by_key(|(order, pe)| (pe.policy.load().unwrap_or(u32::MAX), busy(pe), *order))
+            .min_by_key(|(order, pe)| {
+                (
+                    open_now(pe),
+                    pe.policy.load().unwrap_or(u32::MAX),
+                    used(pe),
+                    *order,
+                )
+            })
             .map(|(_, pe)| pe),
         Policy::Priority { .. } => usable
             .iter()
@@ -296,6 +304,9 @@ mod tests {
             ],
             now,
         );
+        assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id), Some(2));
+        // The listed loads do not count the session just opened on PE 2: ours come first.
+        assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id), Some(1));
         assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id), Some(2));
         selector.store(
             &[
