@@ -328,15 +328,32 @@ fn accept(
         });
         return;
     }
-    shared.active.fetch_add(1, Ordering::AcqRel);
-    shared.publish_load();
+    let slot = SessionSlot::take(shared.clone());
     let shared = shared.clone();
     let shutdown = shutdown.clone();
     sessions.spawn(async move {
-        serve(association, id, &shared, shutdown).await;
-        shared.active.fetch_sub(1, Ordering::AcqRel);
-        shared.publish_load();
+        serve(association, id, &shared, shutdown, slot).await;
     });
+}
+
+/// One of the `--max-sessions` places, held while a session computes and freed when dropped.
+struct SessionSlot {
+    shared: Arc<Shared>,
+}
+
+impl SessionSlot {
+    fn take(shared: Arc<Shared>) -> SessionSlot {
+        shared.active.fetch_add(1, Ordering::AcqRel);
+        shared.publish_load();
+        SessionSlot { shared }
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.shared.active.fetch_sub(1, Ordering::AcqRel);
+        self.shared.publish_load();
+    }
 }
 
 /// Answers Endpoint Keep-Alives on a non-session association and passes them to the
@@ -446,6 +463,7 @@ async fn serve(
     id: u64,
     shared: &Shared,
     mut shutdown: watch::Receiver<bool>,
+    slot: SessionSlot,
 ) {
     let peer = association.peer_addr();
     let (sender, mut receiver) = association.split();
@@ -473,10 +491,8 @@ async fn serve(
         && let AsapMessage::EndpointKeepAlive { .. } = decoded.message
     {
         // Not a session: a registrar taking over from our home reaches us here.
-        shared.active.fetch_sub(1, Ordering::AcqRel);
-        shared.publish_load();
+        drop(slot);
         serve_keep_alives(decoded.message, sender, receiver, shared, shutdown).await;
-        shared.active.fetch_add(1, Ordering::AcqRel);
         return;
     }
     let start = match decode_first(frame.ppid, &frame.payload) {
@@ -543,6 +559,10 @@ async fn serve(
         }
     };
     control.cancel();
+    // The computation is over: its place is free while the close handshake completes, so that
+    // the pool user's next picture, which may start before its old sessions' closes are
+    // through, is not refused.
+    drop(slot);
     if reason == "peer-closed" {
         sender.abort();
     } else {
