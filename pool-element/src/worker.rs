@@ -92,6 +92,9 @@ struct JobState {
     gathered_data: usize,
     /// When the first of them was gathered.
     gathered_since: Option<Instant>,
+    /// Whether any Data was handed over yet: the first goes at once (a resumed session's first
+    /// Data ends the pool user's failover, a new one's shows the picture starting).
+    data_handed_over: bool,
     /// Batches in order, sent before anything newer. Bounded: while it is not empty, no new
     /// piece is claimed, so it holds at most one batch per computing thread.
     backlog: VecDeque<Vec<Output>>,
@@ -130,6 +133,7 @@ impl Job {
             state.gathered.extend(out);
         }
         let due = state.gathered_data >= FORWARD_DATA_MESSAGES
+            || (!state.data_handed_over && state.gathered_data > 0)
             || state.session.is_done()
             || self.control.stop.load(Ordering::Acquire)
             || state
@@ -138,6 +142,7 @@ impl Job {
         if due && !state.gathered.is_empty() {
             let batch = std::mem::take(&mut state.gathered);
             state.backlog.push_back(batch);
+            state.data_handed_over |= state.gathered_data > 0;
             state.gathered_data = 0;
             state.gathered_since = None;
         }
@@ -317,6 +322,7 @@ impl ComputePool {
                 gathered: Vec::new(),
                 gathered_data: 0,
                 gathered_since: None,
+                data_handed_over: false,
                 backlog: VecDeque::new(),
             }),
             control,
@@ -444,6 +450,42 @@ mod tests {
                 picture
             })
             .collect()
+    }
+
+    #[test]
+    fn the_first_data_is_handed_over_at_once_later_ones_gathered() {
+        let pool = ComputePool::new(1, None).expect("threads");
+        let (session, initial) = Session::new(
+            Start::Compute(parameter()),
+            SessionConfig::default(),
+            Instant::now(),
+        );
+        let (tx, mut rx) = mpsc::channel(64);
+        tx.try_send(initial).expect("room");
+        // One Data message per piece.
+        pool.submit_in_pieces(
+            session,
+            Arc::new(WorkerControl::default()),
+            tx,
+            MAX_POINTS_PER_DATA,
+        );
+        let mut data_per_batch = Vec::new();
+        while let Some(batch) = rx.blocking_recv() {
+            let data = batch
+                .iter()
+                .filter(|output| matches!(output, Output::Data(data) if !data.is_finalizer()))
+                .count();
+            if data > 0 {
+                data_per_batch.push(data);
+            }
+        }
+        // 97 x 61 pixels: 19 Data messages in all.
+        assert_eq!(data_per_batch.iter().sum::<usize>(), 19);
+        assert_eq!(data_per_batch.first(), Some(&1), "{data_per_batch:?}");
+        assert!(
+            data_per_batch.len() < 19,
+            "later Data gathered: {data_per_batch:?}"
+        );
     }
 
     #[test]
