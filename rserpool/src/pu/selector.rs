@@ -168,10 +168,11 @@ fn choose_by_policy<'a, R: Rng + ?Sized>(
 ) -> Option<&'a PeCandidate> {
     let first = usable.first()?;
     let used = |pe: &PeCandidate| uses.get(&pe.id).copied().unwrap_or(0);
-    // This pool user's own sessions on each PE now, then how often it was chosen so far. The
-    // load a registrar lists is up to a cache lifetime old and does not count the sessions this
-    // pool user opened since, so a picture's tiles, chosen at once, would all go to the PE that
-    // happened to list the lowest load (and be refused there once it is full).
+    // This pool user's own sessions on each PE now, then how often it was chosen so far. For
+    // load policies these come before the listed load: the load a registrar lists is up to a
+    // cache lifetime old and does not count the sessions this pool user opened since, so a
+    // picture's tiles, chosen at once, would all go to the PE that happened to list the lowest
+    // load (and be refused there once it is full).
     let open_now = |pe: &PeCandidate| open.get(&pe.id).copied().unwrap_or(0);
     let busy = |pe: &PeCandidate| (open_now(pe), used(pe));
     match first.policy {
@@ -216,10 +217,12 @@ fn choose_by_policy<'a, R: Rng + ?Sized>(
                 )
             })
             .map(|(_, pe)| pe),
+        // Round robin over this pool user's open sessions first: a burst of sessions (a
+        // picture's tiles) splits evenly even when earlier pictures left the turn elsewhere.
         _ => usable
             .iter()
             .enumerate()
-            .min_by_key(|(order, pe)| (used(pe), *order))
+            .min_by_key(|(order, pe)| (busy(pe), *order))
             .map(|(_, pe)| pe),
     }
 }
@@ -351,6 +354,51 @@ mod tests {
         selector.release(1);
         assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id), Some(1));
         assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id), Some(1));
+    }
+
+    #[test]
+    fn round_robin_splits_a_burst_evenly_after_an_odd_history() {
+        let now = Instant::now();
+        let mut selector = PeSelector::new(DEFAULT_STALE_CACHE);
+        selector.store(
+            &[
+                element(1, Policy::RoundRobin),
+                element(2, Policy::RoundRobin),
+            ],
+            now,
+        );
+        // One-session pictures, with the registrar listing the PEs in another order meanwhile,
+        // left PE 2 one turn ahead of PE 1, which is listed first again.
+        let one_session = |selector: &mut PeSelector| {
+            let pe = selector.choose(now, &mut rng()).expect("a PE");
+            selector.release(pe.id);
+            pe.id
+        };
+        assert_eq!(one_session(&mut selector), 1);
+        selector.store(
+            &[
+                element(2, Policy::RoundRobin),
+                element(1, Policy::RoundRobin),
+            ],
+            now,
+        );
+        assert_eq!(one_session(&mut selector), 2);
+        assert_eq!(one_session(&mut selector), 2);
+        selector.store(
+            &[
+                element(1, Policy::RoundRobin),
+                element(2, Policy::RoundRobin),
+            ],
+            now,
+        );
+        let chosen: Vec<u32> = (0..16)
+            .filter_map(|_| selector.choose(now, &mut rng()).map(|pe| pe.id))
+            .collect();
+        assert_eq!(
+            chosen.iter().filter(|&&id| id == 1).count(),
+            8,
+            "{chosen:?}"
+        );
     }
 
     #[test]
