@@ -263,18 +263,6 @@ async fn run_image_result(
             })
             .collect(),
     };
-    let mut assembly =
-        ImageAssembly::from_started(&started).context("ImageStarted makes an assembly")?;
-    let _ = events.send(started);
-    tracing::info!(
-        image,
-        width = view.width,
-        height = view.height,
-        sessions = tiles.len(),
-        preset = %request.preset,
-        "image started"
-    );
-
     let (tile_events, mut from_tiles) = mpsc::unbounded_channel();
     // Dropping the set (cancellation) aborts every tile's session.
     let mut sessions = JoinSet::new();
@@ -288,6 +276,20 @@ async fn run_image_result(
         ));
     }
     drop(tile_events);
+    // The sessions resolve and connect while the picture's buffers are set up (their events
+    // wait in the channel, and go out after `ImageStarted`).
+    tokio::task::yield_now().await;
+    let mut assembly =
+        ImageAssembly::from_started(&started).context("ImageStarted makes an assembly")?;
+    let _ = events.send(started);
+    tracing::info!(
+        image,
+        width = view.width,
+        height = view.height,
+        sessions = tiles.len(),
+        preset = %request.preset,
+        "image started"
+    );
 
     let mut tally = Tally {
         pes_used: HashSet::new(),
