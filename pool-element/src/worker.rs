@@ -7,10 +7,11 @@
 //! the operating system's uneven sharing of cores between them left a core idle for a third of
 //! a picture's end.
 //!
-//! Outputs go to each session's async side through a bounded channel, a piece's worth at a time
-//! (one hand-over per few milliseconds of work instead of one per 324-pixel Data message). A
-//! session whose channel is full is skipped until its pool user catches up, so a slow pool user
-//! slows only its own session.
+//! Outputs go to each session's async side through a bounded channel, gathered to about 64 KiB
+//! of Data per hand-over (or 25 ms; the first Data at once), which its protocol thread sends as
+//! one write. No thread blocks on a channel: outputs without room wait, in order, in the
+//! session's backlog, and the session claims no new piece meanwhile, so a slow pool user slows
+//! only its own session. Near a session's end its rest is claimed in shrinking pieces.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
