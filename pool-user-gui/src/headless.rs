@@ -163,6 +163,7 @@ pub async fn run(args: HeadlessArgs) -> anyhow::Result<()> {
             write_outputs(&args, &result, palette, run)?;
         }
         all_stats.push(result.stats);
+        client.recycle(result.assembly);
     }
     if let Some(path) = &args.stats_json {
         let json = serde_json::to_string_pretty(&all_stats)?;

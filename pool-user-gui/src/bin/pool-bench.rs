@@ -330,6 +330,7 @@ async fn overhead(program: PathBuf, sessions: &[usize], repeat: usize) -> Result
                 bail!("pool picture differs from the local one");
             }
             pool_times.push(Duration::from_secs_f64(result.stats.wall_time_s));
+            client.recycle(result.assembly);
         }
         // Each pool picture against the local one computed just before it: the machine's speed
         // drifts by tens of percent over minutes, but little within one pair.

@@ -15,8 +15,8 @@ pub mod events;
 mod tile;
 
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
@@ -28,7 +28,7 @@ use rserpool::wire::policy::fraction_from_wire;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
-use assembly::ImageAssembly;
+use assembly::{ImageAssembly, SpareBuffers};
 use events::{ClientEvent, ImageStats, PoolEntry, TileRect};
 
 /// The pool the Fractal Generator's PEs register in (rsplib's default).
@@ -79,6 +79,8 @@ pub struct FractalClient {
     next_image: AtomicU64,
     current: Mutex<Option<JoinHandle<()>>>,
     monitor: Mutex<Option<JoinHandle<()>>>,
+    /// Buffers of a finished picture for the next one (see [`FractalClient::recycle`]).
+    spare: Arc<Mutex<SpareBuffers>>,
 }
 
 impl FractalClient {
@@ -96,6 +98,7 @@ impl FractalClient {
             next_image: AtomicU64::new(1),
             current: Mutex::new(None),
             monitor: Mutex::new(None),
+            spare: Arc::default(),
         };
         Ok((client, receiver))
     }
@@ -116,6 +119,7 @@ impl FractalClient {
             image,
             request,
             self.events.clone(),
+            self.spare.clone(),
         ));
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         image
@@ -131,8 +135,15 @@ impl FractalClient {
             image,
             request,
             self.events.clone(),
+            take_spare(&self.spare),
         )
         .await
+    }
+
+    /// Gives a finished picture's buffers back for the next picture (a picture from
+    /// [`FractalClient::compute_image`] that is no longer needed).
+    pub fn recycle(&self, assembly: ImageAssembly) {
+        *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = assembly.into_spare();
     }
 
     /// Stops the image started by [`FractalClient::start_image`], if any (its sessions close).
@@ -215,10 +226,19 @@ async fn run_image(
     image: u64,
     request: ImageRequest,
     events: mpsc::UnboundedSender<ClientEvent>,
+    spare: Arc<Mutex<SpareBuffers>>,
 ) {
-    if let Err(error) = run_image_result(pool_user, pool, image, request, events).await {
-        tracing::warn!(image, %error, "image failed");
+    let buffers = take_spare(&spare);
+    match run_image_result(pool_user, pool, image, request, events, buffers).await {
+        Ok(result) => {
+            *spare.lock().unwrap_or_else(|e| e.into_inner()) = result.assembly.into_spare();
+        }
+        Err(error) => tracing::warn!(image, %error, "image failed"),
     }
+}
+
+fn take_spare(spare: &Mutex<SpareBuffers>) -> SpareBuffers {
+    std::mem::take(&mut *spare.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// Per-image bookkeeping for the statistics.
@@ -237,6 +257,7 @@ async fn run_image_result(
     image: u64,
     request: ImageRequest,
     events: mpsc::UnboundedSender<ClientEvent>,
+    spare: SpareBuffers,
 ) -> anyhow::Result<ImageResult> {
     let started_at = Instant::now();
     let view = request.view;
@@ -279,8 +300,8 @@ async fn run_image_result(
     // The sessions resolve and connect while the picture's buffers are set up (their events
     // wait in the channel, and go out after `ImageStarted`).
     tokio::task::yield_now().await;
-    let mut assembly =
-        ImageAssembly::from_started(&started).context("ImageStarted makes an assembly")?;
+    let mut assembly = ImageAssembly::from_started_reusing(&started, spare)
+        .context("ImageStarted makes an assembly")?;
     let _ = events.send(started);
     tracing::info!(
         image,
