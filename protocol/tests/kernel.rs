@@ -3,7 +3,7 @@
 use fractal_protocol::kernel::fast::{self, Backend};
 use fractal_protocol::kernel::{
     Engine, KernelChoice, OutsideView, View, compute_image, compute_image_parallel, iterations_for,
-    scalar,
+    iterations_in, scalar,
 };
 use fractal_protocol::message::{AlgorithmId, Parameter};
 use proptest::prelude::*;
@@ -234,6 +234,24 @@ fn hand_checked_view_pixels() {
         assert_eq!(at(0, 0), 0, "c = -2 + 2i");
         let expected: u64 = image.iter().map(|&v| iterations_for(v, 50)).sum();
         assert_eq!(iterations, expected);
+    }
+}
+
+#[test]
+fn iteration_sums_agree_in_32_and_64_bits() {
+    let values: Vec<u32> = (0..5000u32)
+        .map(|i| i.wrapping_mul(2_654_435_761))
+        .collect();
+    for max in [1, 10, 1000, 100_000, u32::MAX] {
+        for slice in [&values[..0], &values[..1], &values[..324], &values[..]] {
+            let wide: u64 = slice.iter().map(|&v| iterations_for(v, max)).sum();
+            assert_eq!(
+                iterations_in(slice, max),
+                wide,
+                "max {max}, {}",
+                slice.len()
+            );
+        }
     }
 }
 

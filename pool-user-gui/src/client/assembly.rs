@@ -1,6 +1,6 @@
 //! Putting a picture together from [`ClientEvent`]s, for any front end.
 
-use fractal_protocol::kernel::iterations_for;
+use fractal_protocol::kernel::{iterations_for, iterations_in};
 
 use super::events::{ClientEvent, TileRect};
 
@@ -179,7 +179,7 @@ impl ImageAssembly {
             } else {
                 0
             };
-            let added = sum_of_iterations(row, max);
+            let added = iterations_in(row, max);
             self.total_iterations = self.total_iterations - replaced + added;
             self.iterations[start..start + run].copy_from_slice(row);
             if generation > 0 && self.generation.is_empty() {
@@ -210,26 +210,6 @@ impl ImageAssembly {
     /// Iterations behind the whole picture.
     pub fn total_iterations(&self) -> u64 {
         self.total_iterations
-    }
-}
-
-/// Iterations behind `values` (as [`iterations_for`] each), summed in 32 bits where that cannot
-/// overflow, which vectorises far better than a 64-bit sum.
-fn sum_of_iterations(values: &[u32], max_iterations: u32) -> u64 {
-    let exact_in_u32 = u64::from(max_iterations)
-        .checked_mul(values.len() as u64)
-        .is_some_and(|bound| bound <= u64::from(u32::MAX));
-    if exact_in_u32 {
-        let sum: u32 = values
-            .iter()
-            .map(|&value| value.saturating_add(1).min(max_iterations))
-            .sum();
-        u64::from(sum)
-    } else {
-        values
-            .iter()
-            .map(|&value| iterations_for(value, max_iterations))
-            .sum()
     }
 }
 
@@ -336,24 +316,6 @@ mod tests {
             second,
             ImageAssembly::from_started(&started()).expect("assembly")
         );
-    }
-
-    #[test]
-    fn iteration_sums_agree_in_32_and_64_bits() {
-        let values: Vec<u32> = (0..5000u32)
-            .map(|i| i.wrapping_mul(2_654_435_761))
-            .collect();
-        for max in [1, 10, 1000, 100_000, u32::MAX] {
-            for slice in [&values[..0], &values[..1], &values[..324], &values[..]] {
-                let wide: u64 = slice.iter().map(|&v| iterations_for(v, max)).sum();
-                assert_eq!(
-                    sum_of_iterations(slice, max),
-                    wide,
-                    "max {max}, {}",
-                    slice.len()
-                );
-            }
-        }
     }
 
     #[test]
