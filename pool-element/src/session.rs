@@ -266,7 +266,7 @@ impl Session {
 
     /// Whether pixels remain to be handed out.
     pub fn has_unclaimed(&self) -> bool {
-        !self.done && self.view.remaining_from(self.claimed) > 0
+        self.unclaimed_pixels() > 0
     }
 
     /// Takes the values of a claimed piece and emits, in picture order, what is due. Values of

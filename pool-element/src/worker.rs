@@ -271,15 +271,16 @@ pub struct ComputePool {
 impl ComputePool {
     /// Starts `threads` computing threads (at least 1); `limiter` caps their total rate.
     pub fn new(threads: usize, limiter: Option<Arc<RateLimiter>>) -> std::io::Result<ComputePool> {
+        let threads = threads.max(1);
         let shared = Arc::new(PoolShared {
             jobs: Mutex::new(Vec::new()),
             arrived: Condvar::new(),
             cursor: Mutex::new(0),
             limiter,
             closed: AtomicBool::new(false),
-            threads: threads.max(1),
+            threads,
         });
-        for index in 0..threads.max(1) {
+        for index in 0..threads {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("fgp-compute-{index}"))
@@ -334,9 +335,7 @@ impl ComputePool {
         self.shared.jobs().push(job);
         self.shared.arrived.notify_all();
     }
-}
 
-impl ComputePool {
     /// Tells the threads that a session's channel has room again (its async side took a batch),
     /// so that a thread waiting for room goes on at once.
     pub fn room_made(&self) {
@@ -404,29 +403,34 @@ mod tests {
         }
     }
 
+    /// Submits a session computing `parameter()` in pieces of `piece_pixels`; its outputs (the
+    /// initial ones first) arrive on the returned receiver, which holds `room` batches.
+    fn submit(pool: &ComputePool, piece_pixels: usize, room: usize) -> mpsc::Receiver<Vec<Output>> {
+        let (session, initial) = Session::new(
+            Start::Compute(parameter()),
+            SessionConfig::default(),
+            Instant::now(),
+        );
+        let (tx, rx) = mpsc::channel(room);
+        tx.try_send(initial).expect("room");
+        pool.submit_in_pieces(
+            session,
+            Arc::new(WorkerControl::default()),
+            tx,
+            piece_pixels,
+        );
+        rx
+    }
+
     /// Runs sessions through a pool and reassembles each picture from its Data messages.
     fn run_through_pool(threads: usize, sessions: usize, piece_pixels: usize) -> Vec<Vec<u32>> {
         let pool = ComputePool::new(threads, None).expect("threads");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
-        let mut receivers = Vec::new();
-        for _ in 0..sessions {
-            let (session, initial) = Session::new(
-                Start::Compute(parameter()),
-                SessionConfig::default(),
-                Instant::now(),
-            );
-            let (tx, rx) = mpsc::channel(4);
-            tx.try_send(initial).expect("room");
-            pool.submit_in_pieces(
-                session,
-                Arc::new(WorkerControl::default()),
-                tx,
-                piece_pixels,
-            );
-            receivers.push(rx);
-        }
+        let receivers: Vec<_> = (0..sessions)
+            .map(|_| submit(&pool, piece_pixels, 4))
+            .collect();
         receivers
             .into_iter()
             .map(|mut rx| {
@@ -456,20 +460,8 @@ mod tests {
     #[test]
     fn the_first_data_is_handed_over_at_once_later_ones_gathered() {
         let pool = ComputePool::new(1, None).expect("threads");
-        let (session, initial) = Session::new(
-            Start::Compute(parameter()),
-            SessionConfig::default(),
-            Instant::now(),
-        );
-        let (tx, mut rx) = mpsc::channel(64);
-        tx.try_send(initial).expect("room");
         // One Data message per piece.
-        pool.submit_in_pieces(
-            session,
-            Arc::new(WorkerControl::default()),
-            tx,
-            MAX_POINTS_PER_DATA,
-        );
+        let mut rx = submit(&pool, MAX_POINTS_PER_DATA, 64);
         let mut data_per_batch = Vec::new();
         while let Some(batch) = rx.blocking_recv() {
             let data = batch
