@@ -381,8 +381,7 @@ impl Session {
             }
         });
         if let Some(pe) = cached {
-            self.hold(&pe);
-            self.state.on_resolved(now, Some(pe), None);
+            self.resolved(now, Some(pe), None);
             return;
         }
         match self.pool_user.resolve(&self.pool, ALL_ITEMS).await {
@@ -394,31 +393,29 @@ impl Session {
                     selector.choose(now, rng)
                 });
                 // Listed but all avoided: full (refused) or failed moments ago.
-                if let Some(pe) = &chosen {
-                    self.hold(pe);
-                }
                 let detail = (chosen.is_none() && !resolution.elements.is_empty()).then(|| {
                     format!(
                         "all {} listed pool elements refused or failed just now",
                         resolution.elements.len()
                     )
                 });
-                self.state.on_resolved(now, chosen, detail);
+                self.resolved(now, chosen, detail);
             }
-            Err(error) => self
-                .state
-                .on_resolved(Instant::now(), None, Some(error.to_string())),
+            Err(error) => self.resolved(Instant::now(), None, Some(error.to_string())),
         }
     }
-}
 
-impl Session {
-    /// Counts this session on `pe` (and no longer on the PE it had before).
-    fn hold(&mut self, pe: &PeCandidate) {
-        self.release_pe();
-        self.holding = Some(pe.id);
+    /// Passes a resolution's outcome on; a chosen PE now counts this session (and the PE it
+    /// had before no longer does).
+    fn resolved(&mut self, now: Instant, chosen: Option<PeCandidate>, detail: Option<String>) {
+        if let Some(pe) = &chosen {
+            self.release_pe();
+            self.holding = Some(pe.id);
+        }
+        self.state.on_resolved(now, chosen, detail);
     }
 
+    /// The selector no longer counts this session on its PE.
     fn release_pe(&mut self) {
         if let Some(pe_id) = self.holding.take() {
             self.pool_user

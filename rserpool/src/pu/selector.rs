@@ -247,6 +247,18 @@ mod tests {
         }
     }
 
+    /// PEs `ids`, in that order, all with `policy`.
+    fn listing(ids: &[u32], policy: Policy) -> Vec<PoolElement> {
+        ids.iter().map(|&id| element(id, policy)).collect()
+    }
+
+    /// The ids of `count` choices made at `now`, one after the other (sessions kept open).
+    fn choices(selector: &mut PeSelector, now: Instant, count: usize) -> Vec<u32> {
+        (0..count)
+            .filter_map(|_| selector.choose(now, &mut rng()).map(|pe| pe.id))
+            .collect()
+    }
+
     fn rng() -> rand::rngs::StdRng {
         rand::SeedableRng::seed_from_u64(7)
     }
@@ -255,18 +267,10 @@ mod tests {
     fn round_robin_spreads_over_cached_elements() {
         let now = Instant::now();
         let mut selector = PeSelector::new(DEFAULT_STALE_CACHE);
-        selector.store(
-            &[
-                element(1, Policy::RoundRobin),
-                element(2, Policy::RoundRobin),
-            ],
-            now,
-        );
+        selector.store(&listing(&[1, 2], Policy::RoundRobin), now);
         assert!(selector.is_fresh(now));
         assert!(!selector.is_fresh(now + DEFAULT_STALE_CACHE));
-        let ids: Vec<u32> = (0..4)
-            .filter_map(|_| selector.choose(now, &mut rng()).map(|pe| pe.id))
-            .collect();
+        let ids = choices(&mut selector, now, 4);
         assert_eq!(ids, vec![1, 2, 1, 2]);
     }
 
@@ -325,13 +329,7 @@ mod tests {
     fn equally_loaded_pes_share_a_burst_of_sessions_whatever_their_history() {
         let now = Instant::now();
         let mut selector = PeSelector::new(DEFAULT_STALE_CACHE);
-        selector.store(
-            &[
-                element(1, Policy::LeastUsed { load: 0 }),
-                element(2, Policy::LeastUsed { load: 0 }),
-            ],
-            now,
-        );
+        selector.store(&listing(&[1, 2], Policy::LeastUsed { load: 0 }), now);
         // Earlier pictures used PE 1 ten times (PE 2 was avoided), all of those sessions over.
         selector.avoid(2, now, Duration::from_secs(1));
         for _ in 0..10 {
@@ -341,9 +339,7 @@ mod tests {
         }
         let now = now + Duration::from_secs(2);
         // A picture's 16 tiles chosen at once: 8 each, not a run of 10 on PE 2.
-        let chosen: Vec<u32> = (0..16)
-            .filter_map(|_| selector.choose(now, &mut rng()).map(|pe| pe.id))
-            .collect();
+        let chosen = choices(&mut selector, now, 16);
         assert_eq!(
             chosen.iter().filter(|&&id| id == 1).count(),
             8,
@@ -360,13 +356,7 @@ mod tests {
     fn round_robin_splits_a_burst_evenly_after_an_odd_history() {
         let now = Instant::now();
         let mut selector = PeSelector::new(DEFAULT_STALE_CACHE);
-        selector.store(
-            &[
-                element(1, Policy::RoundRobin),
-                element(2, Policy::RoundRobin),
-            ],
-            now,
-        );
+        selector.store(&listing(&[1, 2], Policy::RoundRobin), now);
         // One-session pictures, with the registrar listing the PEs in another order meanwhile,
         // left PE 2 one turn ahead of PE 1, which is listed first again.
         let one_session = |selector: &mut PeSelector| {
@@ -375,25 +365,11 @@ mod tests {
             pe.id
         };
         assert_eq!(one_session(&mut selector), 1);
-        selector.store(
-            &[
-                element(2, Policy::RoundRobin),
-                element(1, Policy::RoundRobin),
-            ],
-            now,
-        );
+        selector.store(&listing(&[2, 1], Policy::RoundRobin), now);
         assert_eq!(one_session(&mut selector), 2);
         assert_eq!(one_session(&mut selector), 2);
-        selector.store(
-            &[
-                element(1, Policy::RoundRobin),
-                element(2, Policy::RoundRobin),
-            ],
-            now,
-        );
-        let chosen: Vec<u32> = (0..16)
-            .filter_map(|_| selector.choose(now, &mut rng()).map(|pe| pe.id))
-            .collect();
+        selector.store(&listing(&[1, 2], Policy::RoundRobin), now);
+        let chosen = choices(&mut selector, now, 16);
         assert_eq!(
             chosen.iter().filter(|&&id| id == 1).count(),
             8,
