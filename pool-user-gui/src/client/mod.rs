@@ -143,7 +143,7 @@ impl FractalClient {
     /// Gives a finished picture's buffers back for the next picture (a picture from
     /// [`FractalClient::compute_image`] that is no longer needed).
     pub fn recycle(&self, assembly: ImageAssembly) {
-        *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = assembly.into_spare();
+        keep_spare(&self.spare, assembly);
     }
 
     /// Stops the image started by [`FractalClient::start_image`], if any (its sessions close).
@@ -230,15 +230,17 @@ async fn run_image(
 ) {
     let buffers = take_spare(&spare);
     match run_image_result(pool_user, pool, image, request, events, buffers).await {
-        Ok(result) => {
-            *spare.lock().unwrap_or_else(|e| e.into_inner()) = result.assembly.into_spare();
-        }
+        Ok(result) => keep_spare(&spare, result.assembly),
         Err(error) => tracing::warn!(image, %error, "image failed"),
     }
 }
 
 fn take_spare(spare: &Mutex<SpareBuffers>) -> SpareBuffers {
     std::mem::take(&mut *spare.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+fn keep_spare(spare: &Mutex<SpareBuffers>, assembly: ImageAssembly) {
+    *spare.lock().unwrap_or_else(|e| e.into_inner()) = assembly.into_spare();
 }
 
 /// Per-image bookkeeping for the statistics.
