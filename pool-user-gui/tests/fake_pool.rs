@@ -104,6 +104,54 @@ async fn one_session_gives_the_exact_untiled_picture() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_cookie_comes_after_the_data_it_covers() {
+    let registrar = FakeRegistrar::start().await;
+    let pe = FakePe::start(
+        0x15,
+        Behaviour {
+            cookie_every: 2,
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    registrar.add(&pe);
+    let (client, mut events) = client(&registrar, Duration::from_secs(2));
+    let view = view(300, 200, 100);
+    let result = compute(&client, view, 3).await;
+    assert_eq!(result.assembly.iterations, expected_picture(&view, 3));
+    // Without failovers every pixel arrives once: a session's points so far are its progress.
+    let mut received = [0u64; 3];
+    let mut cookies = 0;
+    for event in drain(&mut events) {
+        match event {
+            ClientEvent::TileData {
+                session,
+                first,
+                iterations,
+                ..
+            } => {
+                assert_eq!(first, received[session], "in order, without gaps");
+                assert!(iterations.len() <= 32 * MAX_POINTS_PER_DATA);
+                received[session] += iterations.len() as u64;
+            }
+            ClientEvent::CookieStored {
+                session, position, ..
+            } => {
+                cookies += 1;
+                assert!(
+                    position <= received[session],
+                    "cookie at {position} before the data up to it ({})",
+                    received[session]
+                );
+            }
+            _ => {}
+        }
+    }
+    assert!(cookies > 0, "the latest cookie of each burst is passed on");
+    assert_eq!(received.iter().sum::<u64>(), 300 * 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_sessions_give_the_tiled_picture_over_several_pes() {
     let registrar = FakeRegistrar::start().await;
     let a = FakePe::start(0x21, Behaviour::default()).await;

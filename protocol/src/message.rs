@@ -421,6 +421,23 @@ impl Data {
     /// Decodes a Data message occupying exactly `bytes`. Allocates at most 324 points, and only
     /// after the Length has been checked against the bytes present.
     pub fn decode(bytes: &[u8]) -> Result<Data, DecodeError> {
+        DataView::decode(bytes).map(|view| view.to_data())
+    }
+}
+
+/// A Data message checked like [`Data::decode`] but not copied: its points stay big-endian in
+/// the received bytes, so a receiver can put them straight where they belong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataView<'a> {
+    pub start_x: u32,
+    pub start_y: u32,
+    /// The points as sent: 4 bytes each, big-endian.
+    points: &'a [u8],
+}
+
+impl<'a> DataView<'a> {
+    /// Checks a Data message occupying exactly `bytes` (the same checks as [`Data::decode`]).
+    pub fn decode(bytes: &'a [u8]) -> Result<DataView<'a>, DecodeError> {
         let header = read_header(bytes)?;
         if header.kind != TYPE_DATA {
             return Err(DecodeError::UnexpectedType {
@@ -443,27 +460,56 @@ impl Data {
             return Err(DecodeError::TooManyPoints(count));
         }
         let count = count as usize;
+        // With the Length equal to the bytes present (checked above), the points are all there.
         if usize::from(header.length) != DATA_HEADER_LEN + 4 * count {
             return Err(DecodeError::BadDataLength {
                 length: header.length,
                 points: count as u32,
             });
         }
-        let points = reader
-            .bytes
-            .chunks_exact(4)
-            .map(|chunk| {
-                let mut word = [0u8; 4];
-                word.copy_from_slice(chunk);
-                u32::from_be_bytes(word)
-            })
-            .collect::<Vec<u32>>();
-        debug_assert_eq!(points.len(), count);
-        Ok(Data {
+        Ok(DataView {
             start_x,
             start_y,
-            points,
+            points: reader.bytes,
         })
+    }
+
+    /// Number of points.
+    pub fn len(&self) -> usize {
+        self.points.len() / 4
+    }
+
+    /// Whether the message carries no points.
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    /// Whether this is the finalizer (see [`Data::is_finalizer`]).
+    pub fn is_finalizer(&self) -> bool {
+        self.is_empty() && self.start_x == FINALIZER_START && self.start_y == FINALIZER_START
+    }
+
+    /// The points in order.
+    pub fn points(&self) -> impl ExactSizeIterator<Item = u32> + 'a {
+        self.points.chunks_exact(4).map(|chunk| {
+            let mut word = [0u8; 4];
+            word.copy_from_slice(chunk);
+            u32::from_be_bytes(word)
+        })
+    }
+
+    /// Appends the points to `out`.
+    pub fn append_points_to(&self, out: &mut Vec<u32>) {
+        out.extend(self.points());
+    }
+
+    /// An owned [`Data`].
+    pub fn to_data(&self) -> Data {
+        Data {
+            start_x: self.start_x,
+            start_y: self.start_y,
+            points: self.points().collect(),
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use fractal_protocol::cookie::{COOKIE_LEN, Cookie, CookieError};
 use fractal_protocol::message::{
-    AlgorithmId, Data, DecodeError, EncodeError, MAX_POINTS_PER_DATA, Message, Parameter,
+    AlgorithmId, Data, DataView, DecodeError, EncodeError, MAX_POINTS_PER_DATA, Message, Parameter,
     ParameterError,
 };
 use proptest::prelude::*;
@@ -442,7 +442,8 @@ proptest! {
     fn decoders_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..1500)) {
         let _ = Message::decode(&bytes);
         let _ = Parameter::decode(&bytes);
-        let _ = Data::decode(&bytes);
+        // The view accepts exactly what the owned decoder accepts, with the same points.
+        prop_assert_eq!(DataView::decode(&bytes).map(|view| view.to_data()), Data::decode(&bytes));
         let _ = Cookie::decode(&bytes);
     }
 
@@ -495,6 +496,12 @@ proptest! {
     fn data_roundtrip(data in arb_data()) {
         let bytes = data.encode().expect("at most 324 points encode");
         prop_assert_eq!(bytes.len(), 16 + 4 * data.points.len());
+        let view = DataView::decode(&bytes).expect("encoded Data decodes as a view");
+        prop_assert_eq!((view.start_x, view.start_y, view.len()), (data.start_x, data.start_y, data.points.len()));
+        prop_assert_eq!(view.is_finalizer(), data.is_finalizer());
+        let mut appended = vec![7];
+        view.append_points_to(&mut appended);
+        prop_assert_eq!(&appended[1..], &data.points[..]);
         prop_assert_eq!(Message::decode(&bytes), Ok(Message::Data(data)));
     }
 

@@ -1,11 +1,12 @@
-//! The pool user's registrar client against a scripted registrar on loopback.
+//! The pool user's registrar client and sessions against a scripted registrar and PE on
+//! loopback.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rserpool::pu::{ALL_ITEMS, PoolUser, PoolUserConfig};
-use rserpool::transport::{AssociationConfig, Listener, PPID_ASAP, TcpFramed, Transport};
-use rserpool::wire::{AsapMessage, PoolHandle};
+use rserpool::pu::{ALL_ITEMS, PoolUser, PoolUserConfig, SessionEvent};
+use rserpool::transport::{AssociationConfig, Frame, Listener, PPID_ASAP, TcpFramed, Transport};
+use rserpool::wire::{AsapMessage, PeId, Policy, PoolElement, PoolHandle, TransportAddress};
 use tokio::sync::{mpsc, oneshot};
 
 /// Upper bound of every wait in these tests.
@@ -115,4 +116,106 @@ async fn resolutions_queued_behind_one_in_flight_share_its_answer() {
         ["SharedPool", "OtherPool", "SharedPool"],
         "8 resolutions, 3 round trips"
     );
+}
+
+/// A registrar that lists one PE at `pe` for every Handle Resolution.
+async fn listing_registrar(pe: SocketAddr) -> SocketAddr {
+    let listener = TcpFramed::new(AssociationConfig::default())
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("binds");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let Ok(mut association) = listener.accept().await else {
+            return;
+        };
+        while let Ok(frame) = association.recv().await {
+            let Ok(decoded) = AsapMessage::decode(&frame.payload) else {
+                return;
+            };
+            if let AsapMessage::HandleResolution { pool_handle, .. } = decoded.message {
+                let element = PoolElement {
+                    id: PeId(7),
+                    home_registrar: 1,
+                    registration_life_ms: 15_000,
+                    user_transport: TransportAddress::Tcp {
+                        port: pe.port(),
+                        address: pe.ip(),
+                    },
+                    policy: Policy::RoundRobin,
+                    asap_transport: None,
+                };
+                let answer = AsapMessage::HandleResolutionResponse {
+                    accepted: true,
+                    pool_handle,
+                    policy: Some(Policy::RoundRobin),
+                    pool_elements: vec![element],
+                    error: None,
+                };
+                let Ok(bytes) = answer.to_bytes() else { return };
+                if association.send(PPID_ASAP, bytes).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_burst_of_frames_is_ready_without_waiting_and_in_order() {
+    const BURST: u8 = 5;
+    let listener = TcpFramed::new(AssociationConfig::default())
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("binds");
+    let pe = listener.local_addr().expect("address");
+    // The PE answers the first message with one write of BURST frames, then stays open.
+    tokio::spawn(async move {
+        let Ok(mut association) = listener.accept().await else {
+            return;
+        };
+        if association.recv().await.is_err() {
+            return;
+        }
+        let burst = (0..BURST).map(|i| Frame::new(32, vec![i; 8])).collect();
+        if association.sender().send_batch(burst).await.is_err() {
+            return;
+        }
+        std::future::pending::<()>().await;
+    });
+    let pool_user = PoolUser::start(PoolUserConfig {
+        registrars: vec![listing_registrar(pe).await],
+        announce: None,
+        ..PoolUserConfig::default()
+    });
+    let pool = PoolHandle::new(b"BurstPool".to_vec()).expect("handle");
+    let mut session = pool_user.session(pool, Frame::new(32, vec![0xaa; 4]));
+    assert!(session.ready_event().is_none(), "nothing before the start");
+    let mut received = Vec::new();
+    let mut without_waiting = 0;
+    while received.len() < usize::from(BURST) {
+        let event = match session.ready_event() {
+            Some(event) => {
+                without_waiting += 1;
+                event
+            }
+            None => tokio::time::timeout(BOUND, session.next_event())
+                .await
+                .expect("an event in time"),
+        };
+        match event {
+            SessionEvent::Data { pe, frame } => {
+                assert_eq!(pe.id, 7);
+                received.push(frame.payload[0]);
+            }
+            SessionEvent::Connected { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(received, (0..BURST).collect::<Vec<_>>(), "in order");
+    // One write arrives in one read on loopback: after the first frame woke the session, the
+    // others were already queued.
+    assert!(without_waiting >= 1, "some frames came without waiting");
+    assert!(session.ready_event().is_none(), "nothing more queued");
 }

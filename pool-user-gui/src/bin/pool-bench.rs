@@ -23,7 +23,7 @@ use std::io::{BufRead, BufReader};
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// PE kills to measure failover latency over.
+    /// PE kills to measure failover latency over (0 skips that part).
     #[arg(long, default_value_t = 25)]
     kills: usize,
     /// Repetitions of each end-to-end picture, local and pooled (medians are reported).
@@ -386,16 +386,20 @@ async fn main() -> Result<()> {
     if !program.is_file() {
         bail!("{} not found (build pool-user first)", program.display());
     }
-    let mut latencies = failover_latency(program.clone(), args.kills).await?;
-    latencies.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!(
-        "failover latency over {} SIGKILLs (kill -> first Data from the new PE): p50 {:.2} ms, p99 {:.2} ms, min {:.2} ms, max {:.2} ms",
-        latencies.len(),
-        ms(percentile(&latencies, 50.0)),
-        ms(percentile(&latencies, 99.0)),
-        ms(latencies[0]),
-        ms(latencies[latencies.len() - 1]),
-    );
+    if args.kills > 0 {
+        let mut latencies = failover_latency(program.clone(), args.kills).await?;
+        latencies.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        if let (Some(&min), Some(&max)) = (latencies.first(), latencies.last()) {
+            println!(
+                "failover latency over {} SIGKILLs (kill -> first Data from the new PE): p50 {:.2} ms, p99 {:.2} ms, min {:.2} ms, max {:.2} ms",
+                latencies.len(),
+                ms(percentile(&latencies, 50.0)),
+                ms(percentile(&latencies, 99.0)),
+                ms(min),
+                ms(max),
+            );
+        }
+    }
     overhead(program, &args.sessions, args.repeat).await
 }

@@ -11,6 +11,7 @@
 //! received) are counted as recomputed work.
 
 pub mod assembly;
+mod coverage;
 pub mod events;
 mod tile;
 

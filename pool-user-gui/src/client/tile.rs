@@ -3,13 +3,14 @@
 use std::time::Duration;
 
 use fractal_protocol::cookie::Cookie;
-use fractal_protocol::message::{Data, Message, PPID_FGP};
+use fractal_protocol::message::{DataView, MAX_POINTS_PER_DATA, PPID_FGP, TYPE_PARAMETER};
 use fractal_protocol::tiling::Tile;
 use rserpool::pu::{FailureKind, PeCandidate, PoolUser, SessionEvent};
 use rserpool::transport::Frame;
 use rserpool::wire::PoolHandle;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::coverage::Coverage;
 use super::events::{ClientEvent, FailureReason, PeInfo};
 
 pub(crate) fn pe_info(pe: &PeCandidate) -> PeInfo {
@@ -28,11 +29,62 @@ fn reason(kind: FailureKind) -> FailureReason {
     }
 }
 
+/// Most points one [`ClientEvent::TileData`] carries: a burst of Data messages already
+/// received goes on as one event (one hop and one store each instead of one per message).
+/// Allocated at once (about 40 KiB: below malloc's threshold for fresh pages).
+const MAX_BATCH_POINTS: usize = 32 * MAX_POINTS_PER_DATA;
+
+/// What a burst of frames brought that is not passed on yet: consecutive points from one PE,
+/// and the latest cookie (a PE sends one every few Data messages; only the latest matters).
+struct Pending {
+    pe_id: u32,
+    first: u64,
+    points: Vec<u32>,
+    cookie_position: Option<u64>,
+}
+
+impl Pending {
+    /// Whether `count` points of `pe_id` starting at `first` continue the gathered ones.
+    fn continues(&self, pe_id: u32, first: u64, count: usize) -> bool {
+        self.pe_id == pe_id
+            && self.first + self.points.len() as u64 == first
+            && self.points.len() + count <= MAX_BATCH_POINTS
+    }
+
+    /// Sends the gathered points, then the cookie (which covers only points sent before it).
+    /// Fails when the receiver is gone.
+    fn flush(
+        &mut self,
+        image: u64,
+        session: usize,
+        events: &UnboundedSender<ClientEvent>,
+    ) -> Result<(), ()> {
+        if !self.points.is_empty() {
+            let data = ClientEvent::TileData {
+                image,
+                session,
+                pe_id: self.pe_id,
+                first: self.first,
+                iterations: std::mem::take(&mut self.points),
+            };
+            events.send(data).map_err(drop)?;
+        }
+        if let Some(position) = self.cookie_position.take() {
+            let cookie = ClientEvent::CookieStored {
+                image,
+                session,
+                position,
+            };
+            events.send(cookie).map_err(drop)?;
+        }
+        Ok(())
+    }
+}
+
 /// What a tile's session knows about its progress.
 struct Progress {
     /// Pixels of the tile received at least once.
-    filled: Vec<bool>,
-    missing: u64,
+    received: Coverage,
     /// One past the highest pixel index received so far.
     received_end: u64,
     /// Position of the latest cookie.
@@ -49,18 +101,41 @@ pub(crate) async fn run_tile(
     events: UnboundedSender<ClientEvent>,
 ) {
     let session_index = tile.session;
-    let first = Frame::new(PPID_FGP, tile.parameter.encode().to_vec());
+    // A cookie is for this tile if it carries this very request (bit for bit).
+    let request = tile.parameter.encode();
+    let first = Frame::new(PPID_FGP, request.to_vec());
     let mut session = pool_user.session(pool, first);
-    let pixels = tile.pixel_count();
     let mut progress = Progress {
-        filled: vec![false; usize::try_from(pixels).unwrap_or(0)],
-        missing: pixels,
+        received: Coverage::default(),
         received_end: 0,
         cookie_position: None,
     };
     let mut pool_empty_since: Option<Duration> = None;
+    let mut pending = Pending {
+        pe_id: 0,
+        first: 0,
+        points: Vec::new(),
+        cookie_position: None,
+    };
     loop {
-        let event = match session.next_event().await {
+        let next = match session.ready_event() {
+            Some(event) => event,
+            None => {
+                // Nothing more without waiting: what was gathered goes on now.
+                if pending.flush(image, session_index, &events).is_err() {
+                    return;
+                }
+                session.next_event().await
+            }
+        };
+        if !matches!(
+            next,
+            SessionEvent::Data { .. } | SessionEvent::CookieStored { .. }
+        ) && pending.flush(image, session_index, &events).is_err()
+        {
+            return;
+        }
+        let event = match next {
             SessionEvent::Finished => return,
             SessionEvent::Connected { pe, resumed } => ClientEvent::SessionConnected {
                 image,
@@ -133,20 +208,20 @@ pub(crate) async fn run_tile(
                 }
             }
             SessionEvent::CookieStored { pe, cookie } => match Cookie::decode(&cookie) {
-                Ok(cookie) if cookie.parameter.bitwise_eq(&tile.parameter) => {
+                Ok(cookie) if cookie.parameter.encode() == request => {
                     let position = cookie.pixels_done();
                     progress.cookie_position = Some(position);
-                    ClientEvent::CookieStored {
-                        image,
-                        session: session_index,
-                        position,
-                    }
+                    pending.cookie_position = Some(position);
+                    continue;
                 }
                 other => {
                     let detail = match other {
                         Ok(_) => "cookie for another request".to_string(),
                         Err(error) => error.to_string(),
                     };
+                    if pending.flush(image, session_index, &events).is_err() {
+                        return;
+                    }
                     tracing::warn!(session = session_index, pe = format_args!("{:#010x}", pe.id), %detail, "unusable cookie; restarting the tile");
                     progress.cookie_position = None;
                     session.forget_cookie();
@@ -156,16 +231,25 @@ pub(crate) async fn run_tile(
             },
             SessionEvent::Data { pe, frame } => {
                 pool_empty_since = None;
-                match accept_data(&tile, &frame, &mut progress) {
-                    Ok(Some((first, iterations))) => ClientEvent::TileData {
-                        image,
-                        session: session_index,
-                        pe_id: pe.id,
-                        first,
-                        iterations,
-                    },
+                match accept_data(&tile, &frame.payload, &mut progress) {
+                    Ok(Some((first, points))) => {
+                        if !pending.points.is_empty()
+                            && !pending.continues(pe.id, first, points.len())
+                            && pending.flush(image, session_index, &events).is_err()
+                        {
+                            return;
+                        }
+                        if pending.points.is_empty() {
+                            pending.pe_id = pe.id;
+                            pending.first = first;
+                            pending.points.reserve(MAX_BATCH_POINTS);
+                        }
+                        points.append_points_to(&mut pending.points);
+                        continue;
+                    }
                     Ok(None) => {
                         // Finalizer with every pixel present.
+                        let _ = pending.flush(image, session_index, &events);
                         session.finish();
                         let _ = events.send(ClientEvent::TileCompleted {
                             image,
@@ -174,6 +258,9 @@ pub(crate) async fn run_tile(
                         return;
                     }
                     Err(detail) => {
+                        if pending.flush(image, session_index, &events).is_err() {
+                            return;
+                        }
                         tracing::warn!(session = session_index, pe = format_args!("{:#010x}", pe.id), %detail, "bad data from pool element");
                         if detail.starts_with("finalizer") {
                             // The PE skipped pixels: its cookies cannot be trusted either.
@@ -192,25 +279,27 @@ pub(crate) async fn run_tile(
     }
 }
 
-/// Checks a frame from the PE: `Some((first, points))` for pixel data, `None` for a finalizer
-/// that completes the tile, or why the PE's message is unacceptable.
-fn accept_data(
+/// Checks an FGP message from the PE: `Some((first, points))` for pixel data, `None` for a
+/// finalizer that completes the tile, or why the PE's message is unacceptable.
+fn accept_data<'a>(
     tile: &Tile,
-    frame: &Frame,
+    payload: &'a [u8],
     progress: &mut Progress,
-) -> Result<Option<(u64, Vec<u32>)>, String> {
-    let data: Data = match Message::decode(&frame.payload) {
-        Ok(Message::Data(data)) => data,
-        Ok(Message::Parameter(_)) => return Err("pool element sent a Parameter".into()),
+) -> Result<Option<(u64, DataView<'a>)>, String> {
+    let data = match DataView::decode(payload) {
+        Ok(data) => data,
+        Err(_) if payload.first() == Some(&TYPE_PARAMETER) => {
+            return Err("pool element sent a Parameter".into());
+        }
         Err(error) => return Err(format!("malformed FGP message: {error}")),
     };
     if data.is_finalizer() {
-        if progress.missing == 0 {
+        let missing = tile.pixel_count() - progress.received.covered();
+        if missing == 0 {
             return Ok(None);
         }
         return Err(format!(
-            "finalizer with {} of {} pixels missing",
-            progress.missing,
+            "finalizer with {missing} of {} pixels missing",
             tile.pixel_count()
         ));
     }
@@ -221,29 +310,24 @@ fn accept_data(
         ));
     }
     let first = u64::from(data.start_y) * u64::from(tile.width) + u64::from(data.start_x);
-    let end = first + data.points.len() as u64;
+    let end = first + data.len() as u64;
     if end > tile.pixel_count() {
         return Err(format!(
             "{} points from ({}, {}) run past the tile's end",
-            data.points.len(),
+            data.len(),
             data.start_x,
             data.start_y
         ));
     }
-    // Within the tile (checked above), and `filled` has one entry per pixel of the tile.
-    if let Some(slots) = progress.filled.get_mut(first as usize..end as usize) {
-        let newly = slots.iter().filter(|&&filled| !filled).count();
-        slots.fill(true);
-        progress.missing -= newly as u64;
-    }
+    progress.received.insert(first..end);
     progress.received_end = progress.received_end.max(end);
-    Ok(Some((first, data.points)))
+    Ok(Some((first, data)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fractal_protocol::message::{AlgorithmId, Parameter};
+    use fractal_protocol::message::{AlgorithmId, Data, Parameter};
 
     fn tile() -> Tile {
         let parameter = Parameter {
@@ -260,32 +344,45 @@ mod tests {
         fractal_protocol::tiling::split(&parameter, 1)[0]
     }
 
-    fn frame(data: Data) -> Frame {
-        Frame::new(PPID_FGP, data.encode().expect("encodable"))
+    fn bytes(data: Data) -> Vec<u8> {
+        data.encode().expect("encodable")
+    }
+
+    /// What `accept_data` makes of `data`: the first pixel and the points, or the finalizer.
+    fn accept(
+        tile: &Tile,
+        data: &[u8],
+        progress: &mut Progress,
+    ) -> Result<Option<(u64, Vec<u32>)>, String> {
+        accept_data(tile, data, progress)
+            .map(|got| got.map(|(first, view)| (first, view.points().collect())))
     }
 
     #[test]
     fn data_is_checked_and_the_finalizer_needs_every_pixel() {
         let tile = tile();
         let mut progress = Progress {
-            filled: vec![false; 8],
-            missing: 8,
+            received: Coverage::default(),
             received_end: 0,
             cookie_position: None,
         };
-        let got = accept_data(&tile, &frame(Data::new(1, 0, vec![1, 2, 3])), &mut progress);
+        let got = accept(&tile, &bytes(Data::new(1, 0, vec![1, 2, 3])), &mut progress);
         assert_eq!(got, Ok(Some((1, vec![1, 2, 3]))));
         assert_eq!(progress.received_end, 4);
-        assert!(accept_data(&tile, &frame(Data::finalizer()), &mut progress).is_err());
-        assert!(accept_data(&tile, &frame(Data::new(4, 0, vec![1])), &mut progress).is_err());
-        assert!(accept_data(&tile, &frame(Data::new(3, 1, vec![1, 2])), &mut progress).is_err());
-        assert!(accept_data(&tile, &Frame::new(PPID_FGP, vec![2, 0]), &mut progress).is_err());
-        // Overlap (a resume from an older cookie) is fine.
-        let got = accept_data(&tile, &frame(Data::new(0, 0, vec![0; 8])), &mut progress);
-        assert_eq!(got.map(|d| d.map(|(first, _)| first)), Ok(Some(0)));
-        assert_eq!(progress.missing, 0);
+        assert!(accept(&tile, &bytes(Data::finalizer()), &mut progress).is_err());
+        assert!(accept(&tile, &bytes(Data::new(4, 0, vec![1])), &mut progress).is_err());
+        assert!(accept(&tile, &bytes(Data::new(3, 1, vec![1, 2])), &mut progress).is_err());
+        assert!(accept(&tile, &[2, 0], &mut progress).is_err());
         assert_eq!(
-            accept_data(&tile, &frame(Data::finalizer()), &mut progress),
+            accept(&tile, &tile.parameter.encode(), &mut progress),
+            Err("pool element sent a Parameter".to_string())
+        );
+        // Overlap (a resume from an older cookie) is fine.
+        let got = accept(&tile, &bytes(Data::new(0, 0, vec![0; 8])), &mut progress);
+        assert_eq!(got.map(|d| d.map(|(first, _)| first)), Ok(Some(0)));
+        assert_eq!(progress.received.covered(), 8);
+        assert_eq!(
+            accept(&tile, &bytes(Data::finalizer()), &mut progress),
             Ok(None)
         );
     }

@@ -190,6 +190,7 @@ impl PoolUser {
             association: None,
             holding: None,
             events: VecDeque::new(),
+            deferred: VecDeque::new(),
             rng: StdRng::from_rng(&mut rand::rng()),
         }
     }
@@ -217,6 +218,9 @@ pub struct Session {
     /// The PE the selector counts this session on (see [`PeSelector::release`]).
     holding: Option<u32>,
     events: VecDeque<SessionEvent>,
+    /// Actions [`Session::ready_event`] could not carry out without waiting, in order; the
+    /// next [`Session::next_event`] starts with them.
+    deferred: VecDeque<Action>,
     rng: StdRng,
 }
 
@@ -260,6 +264,9 @@ impl Session {
     /// keeps returning `Finished`.
     pub async fn next_event(&mut self) -> SessionEvent {
         self.state.start(Instant::now());
+        while let Some(action) = self.deferred.pop_front() {
+            self.execute(action).await;
+        }
         loop {
             while let Some(action) = self.state.poll_action() {
                 self.execute(action).await;
@@ -314,6 +321,32 @@ impl Session {
                     }
                 }
                 () = sleep => self.state.on_timeout(Instant::now()),
+            }
+        }
+    }
+
+    /// An event that is ready without waiting: one already queued, or one from a frame already
+    /// received. `None` when [`Session::next_event`] has to wait (or to act) first. Lets an
+    /// application take a burst of frames as one piece of work.
+    pub fn ready_event(&mut self) -> Option<SessionEvent> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Some(event);
+            }
+            if !self.deferred.is_empty() || self.state.is_finished() {
+                return None;
+            }
+            // An ended association is handled by `next_event`.
+            let frame = self.association.as_mut()?.try_recv().ok()??;
+            self.state.on_frame(Instant::now(), frame);
+            while let Some(action) = self.state.poll_action() {
+                match action {
+                    // Events behind a deferred action wait for it, to keep their order.
+                    Action::Event(event) if self.deferred.is_empty() => {
+                        self.events.push_back(event)
+                    }
+                    other => self.deferred.push_back(other),
+                }
             }
         }
     }
