@@ -1,7 +1,10 @@
 //! Putting a picture together from [`ClientEvent`]s, for any front end.
 
-use fractal_protocol::kernel::{iterations_for, iterations_in};
+use fractal_protocol::kernel::iterations_in;
 
+use std::ops::Range;
+
+use super::coverage::Coverage;
 use super::events::{ClientEvent, TileRect};
 
 /// The picture of one image as its events arrive: iteration counts and, per pixel, how many
@@ -13,19 +16,20 @@ pub struct ImageAssembly {
     pub height: u32,
     pub max_iterations: u32,
     pub tiles: Vec<TileRect>,
-    /// Row-major iteration counts (0 where nothing arrived yet).
+    /// Row-major iteration counts: final once the picture is complete. Where nothing arrived
+    /// yet (see [`ImageAssembly::is_received`]) a new buffer holds 0 and a reused one (see
+    /// [`ImageAssembly::from_started_reusing`]) still the earlier picture's values.
     pub iterations: Vec<u32>,
     /// Row-major failover generation of each pixel's session when it arrived; empty (all 0)
     /// until the first failover, so that a picture without one costs no memory for it.
     generation: Vec<u32>,
-    /// Whether each pixel arrived.
-    pub received: Vec<bool>,
+    /// Per session, the pixels of its tile received (row-major within the tile): a few ranges,
+    /// as PEs send runs.
+    received: Vec<Coverage>,
     /// Failovers per session so far.
     pub failovers: Vec<u32>,
     /// Completed tiles.
     pub completed: Vec<bool>,
-    /// Per session, one past the furthest pixel received (row-major within the tile).
-    received_end: Vec<u64>,
     /// Iterations behind the received pixels, kept up to date by [`ImageAssembly::apply`] while
     /// each row is in cache (a pass over the whole picture at its end cost more).
     total_iterations: u64,
@@ -36,7 +40,13 @@ pub struct ImageAssembly {
 #[derive(Debug, Default)]
 pub struct SpareBuffers {
     iterations: Vec<u32>,
-    received: Vec<bool>,
+}
+
+/// A run of a tile's pixels within one picture row.
+struct RowRun {
+    /// Row-major index in the picture of the run's first pixel.
+    start: usize,
+    len: usize,
 }
 
 impl ImageAssembly {
@@ -49,11 +59,12 @@ impl ImageAssembly {
     pub fn into_spare(self) -> SpareBuffers {
         SpareBuffers {
             iterations: self.iterations,
-            received: self.received,
         }
     }
 
-    /// [`ImageAssembly::from_started`] in the buffers of an earlier picture.
+    /// [`ImageAssembly::from_started`] in the buffers of an earlier picture. They are not
+    /// cleared: every pixel is overwritten before the picture is complete, and clearing
+    /// would delay the sessions' start.
     pub fn from_started_reusing(event: &ClientEvent, spare: SpareBuffers) -> Option<ImageAssembly> {
         let ClientEvent::ImageStarted {
             image,
@@ -67,14 +78,11 @@ impl ImageAssembly {
             return None;
         };
         let pixels = *width as usize * *height as usize;
-        let SpareBuffers {
-            mut iterations,
-            mut received,
-        } = spare;
-        iterations.clear();
-        iterations.resize(pixels, 0);
-        received.clear();
-        received.resize(pixels, false);
+        let mut iterations = spare.iterations;
+        if iterations.len() != pixels {
+            iterations.clear();
+            iterations.resize(pixels, 0);
+        }
         Some(ImageAssembly {
             image: *image,
             width: *width,
@@ -83,10 +91,9 @@ impl ImageAssembly {
             tiles: tiles.clone(),
             iterations,
             generation: Vec::new(),
-            received,
+            received: vec![Coverage::default(); tiles.len()],
             failovers: vec![0; tiles.len()],
             completed: vec![false; tiles.len()],
-            received_end: vec![0; tiles.len()],
             total_iterations: 0,
         })
     }
@@ -103,13 +110,37 @@ impl ImageAssembly {
         usize::try_from(y * u64::from(self.width) + x).ok()
     }
 
+    /// Whether pixel `i` (row-major in the picture) arrived.
+    pub fn is_received(&self, i: usize) -> bool {
+        let width = self.width as usize;
+        if width == 0 {
+            return false;
+        }
+        let (x, y) = ((i % width) as u64, (i / width) as u64);
+        self.tiles
+            .iter()
+            .zip(&self.received)
+            .any(|(tile, received)| {
+                let (tx, ty) = (u64::from(tile.x), u64::from(tile.y));
+                (tx..tx + u64::from(tile.width)).contains(&x)
+                    && (ty..ty + u64::from(tile.height)).contains(&y)
+                    && received.contains((y - ty) * u64::from(tile.width) + (x - tx))
+            })
+    }
+
+    /// Pixels received (each counted once).
+    pub fn received_pixels(&self) -> u64 {
+        self.received.iter().map(Coverage::covered).sum()
+    }
+
     /// Iterations behind pixels `first .. first + count` of `session` as received so far.
     pub fn iterations_in(&self, session: usize, first: u64, count: u64) -> u64 {
-        (first..first + count)
-            .filter_map(|index| self.pixel_index(session, index))
-            .filter(|&i| self.received.get(i).copied().unwrap_or(false))
-            .filter_map(|i| self.iterations.get(i))
-            .map(|&value| iterations_for(value, self.max_iterations))
+        let Some(received) = self.received.get(session) else {
+            return 0;
+        };
+        received
+            .overlaps(first..first.saturating_add(count))
+            .map(|range| self.iterations_of(session, range))
             .sum()
     }
 
@@ -140,60 +171,89 @@ impl ImageAssembly {
         }
     }
 
+    /// The row runs in the picture of pixels `range` (row-major within the tile) of `session`,
+    /// cut at the tile's and the picture's end.
+    fn row_runs(&self, session: usize, range: Range<u64>) -> impl Iterator<Item = RowRun> + use<> {
+        let (tile_width, tile_height, tile_x, tile_y) = self
+            .tiles
+            .get(session)
+            .map(|tile| {
+                (
+                    u64::from(tile.width),
+                    u64::from(tile.height),
+                    u64::from(tile.x),
+                    u64::from(tile.y),
+                )
+            })
+            .unwrap_or_default();
+        let end = range.end.min(tile_width * tile_height);
+        let picture_width = u64::from(self.width);
+        let picture_pixels = self.iterations.len() as u64;
+        let mut index = range.start;
+        std::iter::from_fn(move || {
+            if index >= end {
+                return None;
+            }
+            let column = index % tile_width;
+            let len = (tile_width - column).min(end - index);
+            let start = (tile_y + index / tile_width) * picture_width + tile_x + column;
+            if start + len > picture_pixels {
+                return None;
+            }
+            index += len;
+            // Both bounded by the picture's length just above.
+            Some(RowRun {
+                start: start as usize,
+                len: len as usize,
+            })
+        })
+    }
+
+    /// Iterations behind the stored values of pixels `range` of `session`.
+    fn iterations_of(&self, session: usize, range: Range<u64>) -> u64 {
+        self.row_runs(session, range)
+            .map(|run| {
+                iterations_in(
+                    &self.iterations[run.start..run.start + run.len],
+                    self.max_iterations,
+                )
+            })
+            .sum()
+    }
+
     /// Stores `values` as pixels `first..` (row-major within the tile) of `session`, a tile row
     /// at a time; values past the tile's end are dropped.
     fn store(&mut self, session: usize, first: u64, values: &[u32], generation: u32) {
-        let Some(tile) = self.tiles.get(session) else {
+        let Some(received) = self.received.get(session) else {
             return;
         };
-        let tile_width = u64::from(tile.width);
-        let tile_pixels = tile_width * u64::from(tile.height);
-        let picture_width = u64::from(self.width);
-        let picture_pixels = self.iterations.len() as u64;
-        let tile_received_end = self.received_end.get(session).copied().unwrap_or(u64::MAX);
-        let mut index = first;
+        let range = first..first.saturating_add(values.len() as u64);
+        // Pixels that arrived before (a resume from an older cookie) leave the total first.
+        let replaced: u64 = received
+            .overlaps(range.clone())
+            .map(|overlap| self.iterations_of(session, overlap))
+            .sum();
+        let max = self.max_iterations;
         let mut rest = values;
-        while !rest.is_empty() && index < tile_pixels {
-            let column = index % tile_width;
-            let run = (tile_width - column).min(rest.len() as u64);
-            let start = (u64::from(tile.y) + index / tile_width) * picture_width
-                + u64::from(tile.x)
-                + column;
-            if start + run > picture_pixels {
-                return;
-            }
-            // Both bounded by the picture's length just above.
-            let (start, run) = (start as usize, run as usize);
-            let (row, tail) = rest.split_at(run);
-            let max = self.max_iterations;
-            let received = &self.received[start..start + run];
-            // Only pixels before the tile's furthest received one can have arrived before (a
-            // resume from an older cookie): others need no look at `received`.
-            let replaced: u64 = if index < tile_received_end && received.iter().any(|&seen| seen) {
-                received
-                    .iter()
-                    .zip(&self.iterations[start..start + run])
-                    .filter(|&(&seen, _)| seen)
-                    .map(|(_, &value)| iterations_for(value, max))
-                    .sum()
-            } else {
-                0
-            };
-            let added = iterations_in(row, max);
-            self.total_iterations = self.total_iterations - replaced + added;
-            self.iterations[start..start + run].copy_from_slice(row);
+        let mut added = 0;
+        let mut stored = 0;
+        for run in self.row_runs(session, range.clone()) {
+            let (row, tail) = rest.split_at(run.len);
+            added += iterations_in(row, max);
+            let slots = run.start..run.start + run.len;
+            self.iterations[slots.clone()].copy_from_slice(row);
             if generation > 0 && self.generation.is_empty() {
                 self.generation = vec![0; self.iterations.len()];
             }
-            if let Some(slots) = self.generation.get_mut(start..start + run) {
-                slots.fill(generation);
+            if let Some(marks) = self.generation.get_mut(slots) {
+                marks.fill(generation);
             }
-            self.received[start..start + run].fill(true);
             rest = tail;
-            index += run as u64;
+            stored += run.len as u64;
         }
-        if let Some(end) = self.received_end.get_mut(session) {
-            *end = (*end).max(index);
+        self.total_iterations = self.total_iterations - replaced + added;
+        if let Some(received) = self.received.get_mut(session) {
+            received.insert(first..first + stored);
         }
     }
 
@@ -216,6 +276,7 @@ impl ImageAssembly {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fractal_protocol::kernel::iterations_for;
 
     fn started() -> ClientEvent {
         ClientEvent::ImageStarted {
@@ -301,21 +362,33 @@ mod tests {
     }
 
     #[test]
-    fn a_picture_in_reused_buffers_starts_empty() {
-        let mut first = ImageAssembly::from_started(&started()).expect("assembly");
-        first.apply(&ClientEvent::TileData {
+    fn a_picture_in_reused_buffers_starts_empty_and_ends_like_a_fresh_one() {
+        let data = |session, iterations: Vec<u32>| ClientEvent::TileData {
             image: 3,
-            session: 1,
+            session,
             pe_id: 7,
             first: 0,
-            iterations: vec![4, 5, 6, 7, 8, 9],
-        });
-        let second =
+            iterations,
+        };
+        let mut first = ImageAssembly::from_started(&started()).expect("assembly");
+        first.apply(&data(1, vec![4, 5, 6, 7, 8, 9]));
+        let mut reused =
             ImageAssembly::from_started_reusing(&started(), first.into_spare()).expect("assembly");
+        let mut fresh = ImageAssembly::from_started(&started()).expect("assembly");
+        assert_eq!(reused.received_pixels(), 0);
+        assert_eq!(reused.total_iterations(), 0);
+        assert!((0..10).all(|i| !reused.is_received(i)));
         assert_eq!(
-            second,
-            ImageAssembly::from_started(&started()).expect("assembly")
+            reused.iterations_in(1, 0, 6),
+            0,
+            "old values are not counted"
         );
+        for picture in [&mut reused, &mut fresh] {
+            picture.apply(&data(0, vec![1, 2, 3, 10]));
+            picture.apply(&data(1, vec![9, 9, 9, 2, 2, 2]));
+        }
+        assert_eq!(reused, fresh);
+        assert_eq!(fresh.received_pixels(), 10);
     }
 
     #[test]
@@ -337,23 +410,20 @@ mod tests {
                         picture.iterations[i], *value,
                         "first {first} offset {offset}"
                     );
-                    assert!(picture.received[i]);
+                    assert!(picture.is_received(i));
                 }
             }
             // The running total equals a recount of the received pixels, overlaps included.
-            let recount: u64 = picture
-                .iterations
-                .iter()
-                .zip(&picture.received)
-                .filter(|&(_, &seen)| seen)
-                .map(|(&value, _)| iterations_for(value, picture.max_iterations))
+            let recount: u64 = (0..picture.iterations.len())
+                .filter(|&i| picture.is_received(i))
+                .map(|i| iterations_for(picture.iterations[i], picture.max_iterations))
                 .sum();
             assert_eq!(picture.total_iterations(), recount, "after first {first}");
         }
         // Tile 0's pixels were never touched.
         for index in 0..4 {
             let i = picture.pixel_index(0, index).expect("in tile 0");
-            assert!(!picture.received[i]);
+            assert!(!picture.is_received(i));
         }
     }
 }

@@ -39,6 +39,21 @@ impl Coverage {
     pub(crate) fn covered(&self) -> u64 {
         self.covered
     }
+
+    /// Whether `index` is covered.
+    pub(crate) fn contains(&self, index: u64) -> bool {
+        let after = self.ranges.partition_point(|r| r.start <= index);
+        after > 0 && self.ranges[after - 1].end > index
+    }
+
+    /// The covered parts of `range`, in order.
+    pub(crate) fn overlaps(&self, range: Range<u64>) -> impl Iterator<Item = Range<u64>> + '_ {
+        let first = self.ranges.partition_point(|r| r.end <= range.start);
+        self.ranges[first..]
+            .iter()
+            .take_while(move |r| r.start < range.end)
+            .map(move |r| r.start.max(range.start)..r.end.min(range.end))
+    }
 }
 
 #[cfg(test)]
@@ -64,10 +79,23 @@ mod tests {
         /// Against a flag per index: the same newly covered counts, and the ranges stay sorted,
         /// disjoint and apart.
         #[test]
-        fn matches_a_flag_per_index(inserts in prop::collection::vec((0u64..200, 0u64..60), 0..40)) {
+        fn matches_a_flag_per_index(
+            inserts in prop::collection::vec((0u64..200, 0u64..60), 0..40),
+            probe in (0u64..200, 0u64..60),
+        ) {
             let mut coverage = Coverage::default();
             let mut flags = [false; 260];
             for (start, len) in inserts {
+                let (probe_start, probe_len) = probe;
+                let overlapping: Vec<u64> = coverage
+                    .overlaps(probe_start..probe_start + probe_len)
+                    .flatten()
+                    .collect();
+                let flagged: Vec<u64> = (probe_start..probe_start + probe_len)
+                    .filter(|&i| flags[i as usize])
+                    .collect();
+                prop_assert_eq!(overlapping, flagged);
+                prop_assert!((0..260).all(|i| coverage.contains(i) == flags[i as usize]));
                 let range = start..start + len;
                 let expected = flags[start as usize..(start + len) as usize].iter().filter(|&&f| !f).count();
                 flags[start as usize..(start + len) as usize].fill(true);
