@@ -86,6 +86,8 @@ impl HeadlessArgs {
         ClientConfig {
             pool: self.pool.clone(),
             pool_user,
+            // Pixels are written only once the picture is complete.
+            pixel_events: false,
         }
     }
 }
@@ -198,6 +200,7 @@ fn progress_bar(show: bool, pixels: u64) -> ProgressBar {
 fn track(progress: &ProgressBar, event: &ClientEvent) {
     match event {
         ClientEvent::TileData { iterations, .. } => progress.inc(iterations.len() as u64),
+        ClientEvent::TileProgress { count, .. } => progress.inc(*count),
         ClientEvent::FailoverCompleted {
             recomputed_pixels, ..
         } => progress.set_position(progress.position().saturating_sub(*recomputed_pixels)),

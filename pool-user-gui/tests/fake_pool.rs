@@ -34,6 +34,14 @@ fn client(
     registrar: &FakeRegistrar,
     session_timeout: Duration,
 ) -> (FractalClient, mpsc::UnboundedReceiver<ClientEvent>) {
+    client_with(registrar, session_timeout, true)
+}
+
+fn client_with(
+    registrar: &FakeRegistrar,
+    session_timeout: Duration,
+    pixel_events: bool,
+) -> (FractalClient, mpsc::UnboundedReceiver<ClientEvent>) {
     let pool_user = PoolUserConfig {
         registrars: vec![registrar.address],
         announce: None,
@@ -43,6 +51,7 @@ fn client(
     FractalClient::start(ClientConfig {
         pool: POOL.into(),
         pool_user,
+        pixel_events,
     })
     .expect("client starts")
 }
@@ -115,40 +124,60 @@ async fn each_cookie_comes_after_the_data_it_covers() {
     )
     .await;
     registrar.add(&pe);
-    let (client, mut events) = client(&registrar, Duration::from_secs(2));
     let view = view(300, 200, 100);
-    let result = compute(&client, view, 3).await;
-    assert_eq!(result.assembly.iterations, expected_picture(&view, 3));
-    // Without failovers every pixel arrives once: a session's points so far are its progress.
-    let mut received = [0u64; 3];
-    let mut cookies = 0;
-    for event in drain(&mut events) {
-        match event {
-            ClientEvent::TileData {
-                session,
-                first,
-                iterations,
-                ..
-            } => {
-                assert_eq!(first, received[session], "in order, without gaps");
-                assert!(iterations.len() <= 32 * MAX_POINTS_PER_DATA);
-                received[session] += iterations.len() as u64;
-            }
-            ClientEvent::CookieStored {
-                session, position, ..
-            } => {
-                cookies += 1;
-                assert!(
-                    position <= received[session],
-                    "cookie at {position} before the data up to it ({})",
-                    received[session]
-                );
-            }
-            _ => {}
+    let expected = expected_picture(&view, 3);
+    for pixel_events in [true, false] {
+        let (client, mut events) = client_with(&registrar, Duration::from_secs(2), pixel_events);
+        let result = compute(&client, view, 3).await;
+        assert_eq!(result.assembly.iterations, expected);
+        // Without failovers every pixel arrives once: a session's points so far are its
+        // progress.
+        let mut received = [0u64; 3];
+        let mut cookies = 0;
+        for event in drain(&mut events) {
+            let (session, first, count) = match event {
+                ClientEvent::TileData {
+                    session,
+                    first,
+                    iterations,
+                    ..
+                } => {
+                    assert!(pixel_events, "values only when asked for");
+                    let tile = tiling::split(&view, 3)[session];
+                    let values = kernel::compute_image(&tile.parameter);
+                    let at = first as usize;
+                    assert_eq!(iterations, values[at..at + iterations.len()]);
+                    (session, first, iterations.len() as u64)
+                }
+                ClientEvent::TileProgress {
+                    session,
+                    first,
+                    count,
+                    ..
+                } => {
+                    assert!(!pixel_events, "counts only when values are not asked for");
+                    (session, first, count)
+                }
+                ClientEvent::CookieStored {
+                    session, position, ..
+                } => {
+                    cookies += 1;
+                    assert!(
+                        position <= received[session],
+                        "cookie at {position} before the data up to it ({})",
+                        received[session]
+                    );
+                    continue;
+                }
+                _ => continue,
+            };
+            assert_eq!(first, received[session], "in order, without gaps");
+            assert!(count <= 32 * MAX_POINTS_PER_DATA as u64);
+            received[session] += count;
         }
+        assert!(cookies > 0, "the latest cookie of each burst is passed on");
+        assert_eq!(received.iter().sum::<u64>(), 300 * 200);
     }
-    assert!(cookies > 0, "the latest cookie of each burst is passed on");
-    assert_eq!(received.iter().sum::<u64>(), 300 * 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -503,6 +503,19 @@ impl<'a> DataView<'a> {
         out.extend(self.points());
     }
 
+    /// Writes points `skip..` into `out`, as many as both have.
+    pub fn copy_points_to(&self, skip: usize, out: &mut [u32]) {
+        let from = self
+            .points
+            .get(skip.saturating_mul(4)..)
+            .unwrap_or_default();
+        for (slot, chunk) in out.iter_mut().zip(from.chunks_exact(4)) {
+            let mut word = [0u8; 4];
+            word.copy_from_slice(chunk);
+            *slot = u32::from_be_bytes(word);
+        }
+    }
+
     /// An owned [`Data`].
     pub fn to_data(&self) -> Data {
         Data {

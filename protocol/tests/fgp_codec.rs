@@ -502,6 +502,11 @@ proptest! {
         let mut appended = vec![7];
         view.append_points_to(&mut appended);
         prop_assert_eq!(&appended[1..], &data.points[..]);
+        let skip = data.points.len() / 3;
+        let mut copied = vec![7; data.points.len() - skip + 1];
+        view.copy_points_to(skip, &mut copied);
+        prop_assert_eq!(&copied[..copied.len() - 1], &data.points[skip..]);
+        prop_assert_eq!(copied.last(), Some(&7), "only as many as the message has");
         prop_assert_eq!(Message::decode(&bytes), Ok(Message::Data(data)));
     }
 

@@ -163,8 +163,10 @@ impl Pool {
             announce: None,
             ..PoolUserConfig::default()
         };
+        // As the headless pool user: no front end draws the pixels.
         FractalClient::start(ClientConfig {
             pool_user,
+            pixel_events: false,
             ..ClientConfig::default()
         })
     }
@@ -240,7 +242,7 @@ async fn failover_latency(program: PathBuf, kills: usize) -> Result<Vec<Duration
         let settle = Instant::now() + Duration::from_millis(150);
         while serving.is_none() || Instant::now() < settle {
             match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
-                Ok(Some(ClientEvent::TileData { pe_id, .. })) => serving = Some(pe_id),
+                Ok(Some(ClientEvent::TileProgress { pe_id, .. })) => serving = Some(pe_id),
                 Ok(Some(_)) => {}
                 _ => bail!("no data from the pool"),
             }
@@ -249,7 +251,7 @@ async fn failover_latency(program: PathBuf, kills: usize) -> Result<Vec<Duration
         let killed_at = pool.kill(victim)?;
         let latency = loop {
             match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
-                Ok(Some(ClientEvent::TileData { pe_id, .. })) if pe_id != victim => {
+                Ok(Some(ClientEvent::TileProgress { pe_id, .. })) if pe_id != victim => {
                     serving = Some(pe_id);
                     break killed_at.elapsed();
                 }

@@ -1,6 +1,7 @@
 //! Putting a picture together from [`ClientEvent`]s, for any front end.
 
 use fractal_protocol::kernel::iterations_in;
+use fractal_protocol::message::DataView;
 
 use std::ops::Range;
 
@@ -221,40 +222,72 @@ impl ImageAssembly {
             .sum()
     }
 
+    /// Stores the points of a Data message as pixels `first..` (row-major within the tile) of
+    /// `session`, decoded straight into the picture. Returns how many were stored (points past
+    /// the tile's end are dropped).
+    pub fn store_data(&mut self, session: usize, first: u64, data: &DataView) -> u64 {
+        let generation = self.failovers.get(session).copied().unwrap_or(0);
+        self.store_with(session, first, data.len(), generation, |offset, slots| {
+            data.copy_points_to(offset, slots)
+        })
+    }
+
+    /// The stored values of pixels `range` of `session`.
+    pub fn tile_values(&self, session: usize, range: Range<u64>) -> Vec<u32> {
+        let mut values = Vec::with_capacity(range.end.saturating_sub(range.start) as usize);
+        for run in self.row_runs(session, range) {
+            values.extend_from_slice(&self.iterations[run.start..run.start + run.len]);
+        }
+        values
+    }
+
     /// Stores `values` as pixels `first..` (row-major within the tile) of `session`, a tile row
     /// at a time; values past the tile's end are dropped.
     fn store(&mut self, session: usize, first: u64, values: &[u32], generation: u32) {
+        self.store_with(session, first, values.len(), generation, |offset, slots| {
+            slots.copy_from_slice(&values[offset..offset + slots.len()])
+        });
+    }
+
+    /// Stores `count` values as pixels `first..` of `session`: `fill(offset, slots)` writes
+    /// values `offset..offset + slots.len()`. Returns how many were stored.
+    fn store_with(
+        &mut self,
+        session: usize,
+        first: u64,
+        count: usize,
+        generation: u32,
+        mut fill: impl FnMut(usize, &mut [u32]),
+    ) -> u64 {
         let Some(received) = self.received.get(session) else {
-            return;
+            return 0;
         };
-        let range = first..first.saturating_add(values.len() as u64);
+        let range = first..first.saturating_add(count as u64);
         // Pixels that arrived before (a resume from an older cookie) leave the total first.
         let replaced: u64 = received
             .overlaps(range.clone())
             .map(|overlap| self.iterations_of(session, overlap))
             .sum();
         let max = self.max_iterations;
-        let mut rest = values;
         let mut added = 0;
         let mut stored = 0;
-        for run in self.row_runs(session, range.clone()) {
-            let (row, tail) = rest.split_at(run.len);
-            added += iterations_in(row, max);
+        for run in self.row_runs(session, range) {
             let slots = run.start..run.start + run.len;
-            self.iterations[slots.clone()].copy_from_slice(row);
+            fill(stored, &mut self.iterations[slots.clone()]);
+            added += iterations_in(&self.iterations[slots.clone()], max);
             if generation > 0 && self.generation.is_empty() {
                 self.generation = vec![0; self.iterations.len()];
             }
             if let Some(marks) = self.generation.get_mut(slots) {
                 marks.fill(generation);
             }
-            rest = tail;
-            stored += run.len as u64;
+            stored += run.len;
         }
         self.total_iterations = self.total_iterations - replaced + added;
         if let Some(received) = self.received.get_mut(session) {
-            received.insert(first..first + stored);
+            received.insert(first..first + stored as u64);
         }
+        stored as u64
     }
 
     /// Failover generation of the session of pixel `i` (row-major) when the pixel arrived.

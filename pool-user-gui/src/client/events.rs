@@ -102,6 +102,15 @@ pub enum ClientEvent {
         first: u64,
         iterations: Vec<u32>,
     },
+    /// Like [`ClientEvent::TileData`] without the values, for a front end that does not show
+    /// them (see `ClientConfig::pixel_events`): `count` pixels from pixel index `first`.
+    TileProgress {
+        image: u64,
+        session: usize,
+        pe_id: u32,
+        first: u64,
+        count: u64,
+    },
     /// The session stored a new cookie: the PE has handed over everything before `position`.
     CookieStored {
         image: u64,

@@ -21,9 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use fractal_protocol::message::Parameter;
+use fractal_protocol::message::{DataView, Parameter};
 use fractal_protocol::tiling;
 use rserpool::pu::{PoolUser, PoolUserConfig};
+use rserpool::transport::Frame;
 use rserpool::wire::PoolHandle;
 use rserpool::wire::policy::fraction_from_wire;
 use tokio::sync::mpsc;
@@ -31,6 +32,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use assembly::{ImageAssembly, SpareBuffers};
 use events::{ClientEvent, ImageStats, PoolEntry, TileRect};
+use tile::TileReport;
 
 /// The pool the Fractal Generator's PEs register in (rsplib's default).
 pub const DEFAULT_POOL: &str = "FractalGeneratorPool";
@@ -42,6 +44,10 @@ pub struct ClientConfig {
     pub pool: String,
     /// Registrars, timeouts, cache.
     pub pool_user: PoolUserConfig,
+    /// Whether the front end gets the pixels as they arrive ([`ClientEvent::TileData`]), or
+    /// only how many ([`ClientEvent::TileProgress`]): a front end that does not draw them is
+    /// spared a copy of the picture.
+    pub pixel_events: bool,
 }
 
 impl Default for ClientConfig {
@@ -49,6 +55,7 @@ impl Default for ClientConfig {
         ClientConfig {
             pool: DEFAULT_POOL.into(),
             pool_user: PoolUserConfig::default(),
+            pixel_events: true,
         }
     }
 }
@@ -76,6 +83,7 @@ pub struct ImageResult {
 pub struct FractalClient {
     pool_user: PoolUser,
     pool: PoolHandle,
+    pixel_events: bool,
     events: mpsc::UnboundedSender<ClientEvent>,
     next_image: AtomicU64,
     current: Mutex<Option<JoinHandle<()>>>,
@@ -95,6 +103,7 @@ impl FractalClient {
         let client = FractalClient {
             pool_user: PoolUser::start(config.pool_user),
             pool,
+            pixel_events: config.pixel_events,
             events,
             next_image: AtomicU64::new(1),
             current: Mutex::new(None),
@@ -115,8 +124,7 @@ impl FractalClient {
         self.cancel();
         let image = self.next_image.fetch_add(1, Ordering::Relaxed);
         let task = tokio::spawn(run_image(
-            self.pool_user.clone(),
-            self.pool.clone(),
+            self.image_context(),
             image,
             request,
             self.events.clone(),
@@ -131,14 +139,21 @@ impl FractalClient {
     pub async fn compute_image(&self, request: ImageRequest) -> anyhow::Result<ImageResult> {
         let image = self.next_image.fetch_add(1, Ordering::Relaxed);
         run_image_result(
-            self.pool_user.clone(),
-            self.pool.clone(),
+            self.image_context(),
             image,
             request,
             self.events.clone(),
             take_spare(&self.spare),
         )
         .await
+    }
+
+    fn image_context(&self) -> ImageContext {
+        ImageContext {
+            pool_user: self.pool_user.clone(),
+            pool: self.pool.clone(),
+            pixel_events: self.pixel_events,
+        }
     }
 
     /// Gives a finished picture's buffers back for the next picture (a picture from
@@ -221,16 +236,22 @@ impl Drop for FractalClient {
     }
 }
 
-async fn run_image(
+/// What a picture's computation needs from its client.
+struct ImageContext {
     pool_user: PoolUser,
     pool: PoolHandle,
+    pixel_events: bool,
+}
+
+async fn run_image(
+    context: ImageContext,
     image: u64,
     request: ImageRequest,
     events: mpsc::UnboundedSender<ClientEvent>,
     spare: Arc<Mutex<SpareBuffers>>,
 ) {
     let buffers = take_spare(&spare);
-    match run_image_result(pool_user, pool, image, request, events, buffers).await {
+    match run_image_result(context, image, request, events, buffers).await {
         Ok(result) => keep_spare(&spare, result.assembly),
         Err(error) => tracing::warn!(image, %error, "image failed"),
     }
@@ -255,8 +276,7 @@ struct Tally {
 }
 
 async fn run_image_result(
-    pool_user: PoolUser,
-    pool: PoolHandle,
+    context: ImageContext,
     image: u64,
     request: ImageRequest,
     events: mpsc::UnboundedSender<ClientEvent>,
@@ -292,8 +312,8 @@ async fn run_image_result(
     let mut sessions = JoinSet::new();
     for tile in &tiles {
         sessions.spawn(tile::run_tile(
-            pool_user.clone(),
-            pool.clone(),
+            context.pool_user.clone(),
+            context.pool.clone(),
             image,
             *tile,
             tile_events.clone(),
@@ -324,11 +344,43 @@ async fn run_image_result(
         have_cookie: vec![false; tiles.len()],
     };
     while !assembly.is_complete() {
-        let Some(event) = from_tiles.recv().await else {
+        let Some(report) = from_tiles.recv().await else {
             anyhow::bail!("sessions ended before the image was complete");
         };
-        account(&event, &assembly, &mut tally);
-        assembly.apply(&event);
+        let event = match report {
+            TileReport::Event(event) => {
+                account(&event, &assembly, &mut tally);
+                assembly.apply(&event);
+                event
+            }
+            TileReport::Data {
+                session,
+                pe_id,
+                first,
+                count,
+                frames,
+            } => {
+                tally.pes_used.insert(pe_id);
+                store_frames(&mut assembly, session, first, &frames);
+                if context.pixel_events {
+                    ClientEvent::TileData {
+                        image,
+                        session,
+                        pe_id,
+                        first,
+                        iterations: assembly.tile_values(session, first..first + count),
+                    }
+                } else {
+                    ClientEvent::TileProgress {
+                        image,
+                        session,
+                        pe_id,
+                        first,
+                        count,
+                    }
+                }
+            }
+        };
         let _ = events.send(event);
     }
     let wall = started_at.elapsed();
@@ -373,6 +425,18 @@ async fn run_image_result(
         stats: stats.clone(),
     });
     Ok(ImageResult { assembly, stats })
+}
+
+/// Decodes checked Data messages (see [`TileReport::Data`]) into the picture.
+fn store_frames(assembly: &mut ImageAssembly, session: usize, first: u64, frames: &[Frame]) {
+    let mut index = first;
+    for frame in frames {
+        // Checked by the tile's task: a frame that does not decode is skipped, not trusted.
+        if let Ok(data) = DataView::decode(&frame.payload) {
+            assembly.store_data(session, index, &data);
+            index += data.len() as u64;
+        }
+    }
 }
 
 /// Updates the statistics (and logs failovers) before `event` is applied to the picture.

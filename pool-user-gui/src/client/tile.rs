@@ -29,17 +29,33 @@ fn reason(kind: FailureKind) -> FailureReason {
     }
 }
 
-/// Most points one [`ClientEvent::TileData`] carries: a burst of Data messages already
-/// received goes on as one event (one hop and one store each instead of one per message).
-/// Allocated at once (about 40 KiB: below malloc's threshold for fresh pages).
-const MAX_BATCH_POINTS: usize = 32 * MAX_POINTS_PER_DATA;
+/// Most points one [`TileReport::Data`] carries: a burst of Data messages already received goes
+/// on as one report (one hop and one event instead of one per message).
+const MAX_BATCH_POINTS: u64 = 32 * MAX_POINTS_PER_DATA as u64;
 
-/// What a burst of frames brought that is not passed on yet: consecutive points from one PE,
-/// and the latest cookie (a PE sends one every few Data messages; only the latest matters).
+/// What a tile's task reports to its picture.
+pub(crate) enum TileReport {
+    /// An event for the picture and the front end.
+    Event(ClientEvent),
+    /// Checked FGP Data messages of one PE whose `count` points follow each other from pixel
+    /// `first` of the tile: the picture decodes them in place.
+    Data {
+        session: usize,
+        pe_id: u32,
+        first: u64,
+        count: u64,
+        frames: Vec<Frame>,
+    },
+}
+
+/// What a burst of frames brought that is not passed on yet: consecutive Data messages from
+/// one PE, and the latest cookie (a PE sends one every few Data messages; only the latest
+/// matters).
 struct Pending {
     pe_id: u32,
     first: u64,
-    points: Vec<u32>,
+    count: u64,
+    frames: Vec<Frame>,
     cookie_position: Option<u64>,
 }
 
@@ -47,8 +63,19 @@ impl Pending {
     /// Whether `count` points of `pe_id` starting at `first` continue the gathered ones.
     fn continues(&self, pe_id: u32, first: u64, count: usize) -> bool {
         self.pe_id == pe_id
-            && self.first + self.points.len() as u64 == first
-            && self.points.len() + count <= MAX_BATCH_POINTS
+            && self.first + self.count == first
+            && self.count + count as u64 <= MAX_BATCH_POINTS
+    }
+
+    /// Adds a checked Data message with `count` points from pixel `first`.
+    fn push(&mut self, pe_id: u32, first: u64, count: usize, frame: Frame) {
+        if self.frames.is_empty() {
+            self.pe_id = pe_id;
+            self.first = first;
+            self.count = 0;
+        }
+        self.count += count as u64;
+        self.frames.push(frame);
     }
 
     /// Sends the gathered points, then the cookie (which covers only points sent before it).
@@ -57,17 +84,17 @@ impl Pending {
         &mut self,
         image: u64,
         session: usize,
-        events: &UnboundedSender<ClientEvent>,
+        reports: &UnboundedSender<TileReport>,
     ) -> Result<(), ()> {
-        if !self.points.is_empty() {
-            let data = ClientEvent::TileData {
-                image,
+        if !self.frames.is_empty() {
+            let data = TileReport::Data {
                 session,
                 pe_id: self.pe_id,
                 first: self.first,
-                iterations: std::mem::take(&mut self.points),
+                count: self.count,
+                frames: std::mem::take(&mut self.frames),
             };
-            events.send(data).map_err(drop)?;
+            reports.send(data).map_err(drop)?;
         }
         if let Some(position) = self.cookie_position.take() {
             let cookie = ClientEvent::CookieStored {
@@ -75,7 +102,7 @@ impl Pending {
                 session,
                 position,
             };
-            events.send(cookie).map_err(drop)?;
+            reports.send(TileReport::Event(cookie)).map_err(drop)?;
         }
         Ok(())
     }
@@ -98,7 +125,7 @@ pub(crate) async fn run_tile(
     pool: PoolHandle,
     image: u64,
     tile: Tile,
-    events: UnboundedSender<ClientEvent>,
+    events: UnboundedSender<TileReport>,
 ) {
     let session_index = tile.session;
     // A cookie is for this tile if it carries this very request (bit for bit).
@@ -114,7 +141,8 @@ pub(crate) async fn run_tile(
     let mut pending = Pending {
         pe_id: 0,
         first: 0,
-        points: Vec::new(),
+        count: 0,
+        frames: Vec::new(),
         cookie_position: None,
     };
     loop {
@@ -233,28 +261,24 @@ pub(crate) async fn run_tile(
                 pool_empty_since = None;
                 match accept_data(&tile, &frame.payload, &mut progress) {
                     Ok(Some((first, points))) => {
-                        if !pending.points.is_empty()
-                            && !pending.continues(pe.id, first, points.len())
+                        let count = points.len();
+                        if !pending.frames.is_empty()
+                            && !pending.continues(pe.id, first, count)
                             && pending.flush(image, session_index, &events).is_err()
                         {
                             return;
                         }
-                        if pending.points.is_empty() {
-                            pending.pe_id = pe.id;
-                            pending.first = first;
-                            pending.points.reserve(MAX_BATCH_POINTS);
-                        }
-                        points.append_points_to(&mut pending.points);
+                        pending.push(pe.id, first, count, frame);
                         continue;
                     }
                     Ok(None) => {
                         // Finalizer with every pixel present.
                         let _ = pending.flush(image, session_index, &events);
                         session.finish();
-                        let _ = events.send(ClientEvent::TileCompleted {
+                        let _ = events.send(TileReport::Event(ClientEvent::TileCompleted {
                             image,
                             session: session_index,
-                        });
+                        }));
                         return;
                     }
                     Err(detail) => {
@@ -273,7 +297,7 @@ pub(crate) async fn run_tile(
                 }
             }
         };
-        if events.send(event).is_err() {
+        if events.send(TileReport::Event(event)).is_err() {
             return;
         }
     }

@@ -61,6 +61,7 @@ pub fn client_factory() -> ClientFactory {
                 registrars: config.registrars,
                 ..Default::default()
             },
+            pixel_events: true,
         })?;
         client.start_pool_monitor(POOL_REFRESH);
         forward(&runtime, sink, events);

@@ -480,6 +480,8 @@ impl GuiState {
                     );
                 }
             }
+            // The window's client sends the pixels (`pixel_events`), never this.
+            ClientEvent::TileProgress { .. } => {}
             ClientEvent::TileData {
                 image,
                 session,
