@@ -16,13 +16,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use fractal_protocol::kernel::KernelChoice;
+use fractal_protocol::message::MAX_DATA_LEN;
 use rserpool::discovery::{
     RegistrarTable, SharedRegistrarTable, announce_receiver_config, listen_for_announces,
 };
 use rserpool::pe::driver::{self as registration, RegistrationHandle};
 use rserpool::pe::{Event, RegistrationConfig};
+use rserpool::transport::frame::HEADER_LEN;
 use rserpool::transport::{
-    self, Association, AssociationConfig, AssociationSender, Frame, Listener, PPID_ASAP, PPID_FGP,
+    self, Association, AssociationConfig, AssociationSender, FrameBatch, Listener, PPID_ASAP,
+    PPID_FGP,
 };
 use rserpool::wire::{AsapMessage, PeId, Policy, PoolHandle, TransportAddress};
 use tokio::sync::{mpsc, watch};
@@ -406,17 +409,20 @@ async fn forward(
     shared: &Shared,
     data: &mut u64,
 ) -> Option<&'static str> {
-    let mut frames = Vec::with_capacity(outputs.len());
+    // Encoded where the connection writes from: no buffer per message.
+    let mut frames = FrameBatch::with_capacity(outputs.len() * (HEADER_LEN + MAX_DATA_LEN));
     let mut ending = None;
     for output in outputs {
         match output {
             Output::Data(message) => {
                 let finalizer = message.is_finalizer();
-                let Ok(bytes) = message.encode() else {
+                if frames
+                    .try_push_with(PPID_FGP, |out| message.encode_into(out))
+                    .is_err()
+                {
                     ending = Some("encode-error");
                     break;
-                };
-                frames.push(Frame::new(PPID_FGP, bytes));
+                }
                 if !finalizer {
                     *data += 1;
                     let total = shared.data_total.fetch_add(1, Ordering::AcqRel) + 1;
@@ -435,7 +441,7 @@ async fn forward(
                     ending = Some("encode-error");
                     break;
                 };
-                frames.push(Frame::new(PPID_ASAP, bytes));
+                frames.push(PPID_ASAP, &bytes);
             }
             Output::Finished => {
                 ending = Some("completed");

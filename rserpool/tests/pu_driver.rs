@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rserpool::pu::{ALL_ITEMS, PoolUser, PoolUserConfig, SessionEvent};
-use rserpool::transport::{AssociationConfig, Frame, Listener, PPID_ASAP, TcpFramed, Transport};
+use rserpool::transport::{
+    AssociationConfig, Frame, FrameBatch, Listener, PPID_ASAP, TcpFramed, Transport,
+};
 use rserpool::wire::{AsapMessage, PeId, Policy, PoolElement, PoolHandle, TransportAddress};
 use tokio::sync::{mpsc, oneshot};
 
@@ -178,7 +180,10 @@ async fn a_burst_of_frames_is_ready_without_waiting_and_in_order() {
         if association.recv().await.is_err() {
             return;
         }
-        let burst = (0..BURST).map(|i| Frame::new(32, vec![i; 8])).collect();
+        let mut burst = FrameBatch::default();
+        for i in 0..BURST {
+            burst.push(32, &[i; 8]);
+        }
         if association.sender().send_batch(burst).await.is_err() {
             return;
         }

@@ -11,8 +11,8 @@ use rserpool::transport::frame::{
 };
 use rserpool::transport::heartbeat::HeartbeatMessage;
 use rserpool::transport::{
-    Association, AssociationConfig, AssociationError, Frame, HeartbeatConfig, Listener, PPID_ASAP,
-    PPID_ENRP, PPID_FGP, PPID_HEARTBEAT, ProtocolError, SendError, TcpFramed, Transport,
+    Association, AssociationConfig, AssociationError, Frame, FrameBatch, HeartbeatConfig, Listener,
+    PPID_ASAP, PPID_ENRP, PPID_FGP, PPID_HEARTBEAT, ProtocolError, SendError, TcpFramed, Transport,
     TrySendError,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -102,18 +102,25 @@ async fn frames_of_every_ppid_round_trip_both_ways() {
 async fn a_batch_arrives_in_order_between_single_sends_and_a_bad_frame_refuses_all_of_it() {
     let (client, mut server) = pair(quiet_config(), quiet_config()).await;
     let max = client.sender().max_frame_len();
+    let batch_of = |frames: &[Frame]| {
+        let mut batch = FrameBatch::default();
+        for frame in frames {
+            batch.push(frame.ppid, &frame.payload);
+        }
+        batch
+    };
     let refused = client
         .sender()
-        .send_batch(vec![
+        .send_batch(batch_of(&[
             Frame::new(PPID_FGP, vec![1]),
             Frame::new(PPID_FGP, vec![0; max + 1]),
-        ])
+        ]))
         .await;
     assert_eq!(refused, Err(SendError::TooLarge { len: max + 1, max }));
     assert_eq!(
         client
             .sender()
-            .send_batch(vec![Frame::new(PPID_HEARTBEAT, vec![1])])
+            .send_batch(batch_of(&[Frame::new(PPID_HEARTBEAT, vec![1])]))
             .await,
         Err(SendError::ReservedPpid)
     );
@@ -121,8 +128,12 @@ async fn a_batch_arrives_in_order_between_single_sends_and_a_bad_frame_refuses_a
     let batch: Vec<Frame> = (1..=200u8)
         .map(|i| Frame::new(PPID_FGP, vec![i; usize::from(i) * 7]))
         .collect();
-    client.sender().send_batch(batch.clone()).await.unwrap();
-    client.sender().send_batch(Vec::new()).await.unwrap();
+    client.sender().send_batch(batch_of(&batch)).await.unwrap();
+    client
+        .sender()
+        .send_batch(FrameBatch::default())
+        .await
+        .unwrap();
     client.send(PPID_ASAP, vec![201]).await.unwrap();
     let expected: Vec<Frame> = std::iter::once(Frame::new(PPID_ASAP, vec![0]))
         .chain(batch)

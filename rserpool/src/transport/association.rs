@@ -10,7 +10,7 @@ use thiserror::Error;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::PPID_HEARTBEAT;
-use super::frame::{Frame, FrameError};
+use super::frame::{Frame, FrameBatch, FrameError};
 use super::heartbeat::HeartbeatError;
 
 /// Why an association ended, as seen by its receiver.
@@ -87,8 +87,8 @@ pub enum TrySendError {
 #[derive(Debug)]
 pub(crate) enum Outbound {
     Frame(Frame),
-    /// Several frames queued at once (one queue slot), sent in order.
-    Frames(Vec<Frame>),
+    /// Several frames queued at once (one queue slot), already encoded, sent in order.
+    Encoded(Vec<u8>),
     /// Graceful close: everything queued before it is sent first.
     Close,
 }
@@ -253,6 +253,10 @@ impl AssociationSender {
         if ppid == PPID_HEARTBEAT {
             return Err(SendError::ReservedPpid);
         }
+        self.check_len(len)
+    }
+
+    fn check_len(&self, len: usize) -> Result<(), SendError> {
         if len > self.shared.max_frame_len {
             return Err(SendError::TooLarge {
                 len,
@@ -275,15 +279,16 @@ impl AssociationSender {
     /// Queues several messages in one go (one slot of the send queue), to be sent in order.
     /// Cheaper than one [`AssociationSender::send`] each for a stream of small messages. Fails,
     /// queueing none, if any is refused.
-    pub async fn send_batch(&self, frames: Vec<Frame>) -> Result<(), SendError> {
-        for frame in &frames {
-            self.check(frame.ppid, frame.payload.len())?;
+    pub async fn send_batch(&self, batch: FrameBatch) -> Result<(), SendError> {
+        if batch.has_heartbeat_ppid() {
+            return Err(SendError::ReservedPpid);
         }
-        if frames.is_empty() {
+        self.check_len(batch.largest_payload())?;
+        if batch.is_empty() {
             return Ok(());
         }
         self.outbound
-            .send(Outbound::Frames(frames))
+            .send(Outbound::Encoded(batch.into_bytes()))
             .await
             .map_err(|_| SendError::Closed)
     }

@@ -71,6 +71,84 @@ pub fn encode_frame(ppid: u32, payload: &[u8], out: &mut Vec<u8>) -> Result<(), 
     Ok(())
 }
 
+/// Messages encoded back to back as they go on the wire (header and payload each), for
+/// `AssociationSender::send_batch`: one queue slot for all of them, and each message is
+/// written once, where the connection sends it from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FrameBatch {
+    bytes: Vec<u8>,
+    frames: usize,
+    largest_payload: usize,
+    has_heartbeat_ppid: bool,
+}
+
+impl FrameBatch {
+    /// An empty batch with room for `bytes` bytes of frames.
+    pub fn with_capacity(bytes: usize) -> FrameBatch {
+        FrameBatch {
+            bytes: Vec::with_capacity(bytes),
+            ..FrameBatch::default()
+        }
+    }
+
+    /// Appends a message of `ppid` carrying `payload`.
+    pub fn push(&mut self, ppid: u32, payload: &[u8]) {
+        let _ = self.try_push_with(ppid, |out| {
+            out.extend_from_slice(payload);
+            Ok::<(), ()>(())
+        });
+    }
+
+    /// Appends a message of `ppid` whose payload `encode` appends to the buffer it is given;
+    /// if `encode` fails, the batch is left as it was.
+    pub fn try_push_with<E>(
+        &mut self,
+        ppid: u32,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let header_at = self.bytes.len();
+        self.bytes.extend_from_slice(&ppid.to_be_bytes());
+        self.bytes.extend_from_slice(&[0; 4]);
+        if let Err(error) = encode(&mut self.bytes) {
+            self.bytes.truncate(header_at);
+            return Err(error);
+        }
+        let len = self.bytes.len() - header_at - HEADER_LEN;
+        // A payload beyond the 32-bit field is refused when sent (it exceeds every maximum).
+        let field = u32::try_from(len).unwrap_or(u32::MAX);
+        self.bytes[header_at + 4..header_at + HEADER_LEN].copy_from_slice(&field.to_be_bytes());
+        self.frames += 1;
+        self.largest_payload = self.largest_payload.max(len);
+        self.has_heartbeat_ppid |= ppid == super::PPID_HEARTBEAT;
+        Ok(())
+    }
+
+    /// Number of messages.
+    pub fn len(&self) -> usize {
+        self.frames
+    }
+
+    /// Whether the batch has no message.
+    pub fn is_empty(&self) -> bool {
+        self.frames == 0
+    }
+
+    /// The largest payload in the batch.
+    pub fn largest_payload(&self) -> usize {
+        self.largest_payload
+    }
+
+    /// Whether a message uses the transport's own PPID 0.
+    pub fn has_heartbeat_ppid(&self) -> bool {
+        self.has_heartbeat_ppid
+    }
+
+    /// The encoded frames.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
 /// Incremental frame decoder: feed it any chunking of the byte stream, pull complete frames.
 #[derive(Debug)]
 pub struct FrameDecoder {
@@ -198,6 +276,44 @@ impl FrameDecoder {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_batch_decodes_to_its_frames_and_a_failed_encode_leaves_no_trace() {
+        let mut batch = FrameBatch::with_capacity(64);
+        batch.push(11, b"abc");
+        assert_eq!(
+            batch.try_push_with(32, |out| {
+                out.extend_from_slice(b"partial");
+                Err("no")
+            }),
+            Err("no")
+        );
+        batch
+            .try_push_with(32, |out| {
+                out.extend_from_slice(&[7; 300]);
+                Ok::<(), ()>(())
+            })
+            .expect("encodes");
+        batch.push(12, b"");
+        assert_eq!((batch.len(), batch.largest_payload()), (3, 300));
+        assert!(!batch.has_heartbeat_ppid());
+        let bytes = batch.into_bytes();
+        let mut decoder = FrameDecoder::default();
+        let mut input = &bytes[..];
+        let mut frames = Vec::new();
+        while let Some(frame) = decoder.decode(&mut input).expect("valid") {
+            frames.push(frame);
+        }
+        assert_eq!(
+            frames,
+            [
+                Frame::new(11, b"abc".to_vec()),
+                Frame::new(32, vec![7; 300]),
+                Frame::new(12, Vec::new())
+            ]
+        );
+        assert!(input.is_empty());
+    }
 
     fn encode_all(frames: &[Frame]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -384,6 +384,17 @@ impl Connection {
             .map_err(|error| Ending::Reset(AssociationError::Io(Arc::new(io::Error::other(error)))))
     }
 
+    /// Queues frames encoded by `FrameBatch` (checked when queued): taken over as the write
+    /// buffer when nothing is waiting to be written.
+    fn push_encoded(&mut self, bytes: Vec<u8>) {
+        if self.write_backlog() == 0 {
+            self.write_buf = bytes;
+            self.write_pos = 0;
+        } else {
+            self.write_buf.extend_from_slice(&bytes);
+        }
+    }
+
     fn write_backlog(&self) -> usize {
         self.write_buf.len() - self.write_pos
     }
@@ -405,11 +416,7 @@ impl Connection {
             };
             match message {
                 Outbound::Frame(frame) => self.push_frame(frame.ppid, &frame.payload)?,
-                Outbound::Frames(frames) => {
-                    for frame in &frames {
-                        self.push_frame(frame.ppid, &frame.payload)?;
-                    }
-                }
+                Outbound::Encoded(bytes) => self.push_encoded(bytes),
                 Outbound::Close => self.begin_local_close(now),
             }
         }
