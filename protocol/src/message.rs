@@ -405,9 +405,7 @@ impl Data {
         // Resized once and filled in place: a loop of pushes would not vectorise.
         let start = out.len();
         out.resize(start + 4 * self.points.len(), 0);
-        for (slot, point) in out[start..].chunks_exact_mut(4).zip(&self.points) {
-            slot.copy_from_slice(&point.to_be_bytes());
-        }
+        encode_be_words(&self.points, &mut out[start..]);
         Ok(())
     }
 
@@ -423,6 +421,58 @@ impl Data {
     pub fn decode(bytes: &[u8]) -> Result<Data, DecodeError> {
         DataView::decode(bytes).map(|view| view.to_data())
     }
+}
+
+/// Writes `values` as big-endian words into `out` (as many as both have room for). Every
+/// point of every Data message passes here and through [`decode_be_words`]: with AVX2 (checked
+/// at run time) a whole register of words is swapped at once.
+fn encode_be_words(values: &[u32], out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is available, checked just above.
+        unsafe { encode_be_words_avx2(values, out) };
+        return;
+    }
+    encode_be_words_portable(values, out);
+}
+
+#[inline(always)]
+fn encode_be_words_portable(values: &[u32], out: &mut [u8]) {
+    let (words, _) = out.as_chunks_mut::<4>();
+    for (word, value) in words.iter_mut().zip(values) {
+        *word = value.to_be_bytes();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn encode_be_words_avx2(values: &[u32], out: &mut [u8]) {
+    encode_be_words_portable(values, out);
+}
+
+/// Reads big-endian words of `from` into `out` (as many as both have).
+fn decode_be_words(from: &[u8], out: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is available, checked just above.
+        unsafe { decode_be_words_avx2(from, out) };
+        return;
+    }
+    decode_be_words_portable(from, out);
+}
+
+#[inline(always)]
+fn decode_be_words_portable(from: &[u8], out: &mut [u32]) {
+    let (words, _) = from.as_chunks::<4>();
+    for (value, word) in out.iter_mut().zip(words) {
+        *value = u32::from_be_bytes(*word);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn decode_be_words_avx2(from: &[u8], out: &mut [u32]) {
+    decode_be_words_portable(from, out);
 }
 
 /// A Data message checked like [`Data::decode`] but not copied: its points stay big-endian in
@@ -498,22 +548,13 @@ impl<'a> DataView<'a> {
         })
     }
 
-    /// Appends the points to `out`.
-    pub fn append_points_to(&self, out: &mut Vec<u32>) {
-        out.extend(self.points());
-    }
-
     /// Writes points `skip..` into `out`, as many as both have.
     pub fn copy_points_to(&self, skip: usize, out: &mut [u32]) {
         let from = self
             .points
             .get(skip.saturating_mul(4)..)
             .unwrap_or_default();
-        for (slot, chunk) in out.iter_mut().zip(from.chunks_exact(4)) {
-            let mut word = [0u8; 4];
-            word.copy_from_slice(chunk);
-            *slot = u32::from_be_bytes(word);
-        }
+        decode_be_words(from, out);
     }
 
     /// An owned [`Data`].
@@ -521,7 +562,11 @@ impl<'a> DataView<'a> {
         Data {
             start_x: self.start_x,
             start_y: self.start_y,
-            points: self.points().collect(),
+            points: {
+                let mut points = vec![0; self.len()];
+                self.copy_points_to(0, &mut points);
+                points
+            },
         }
     }
 }
@@ -554,5 +599,40 @@ impl From<Parameter> for Message {
 impl From<Data> for Message {
     fn from(data: Data) -> Message {
         Message::Data(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both word converters agree with the plain per-word conversion, for lengths around a
+    /// register's width and with more room on either side than the other has.
+    #[test]
+    fn word_conversions_match_the_scalar_definition() {
+        for count in [0usize, 1, 7, 8, 9, 31, 324] {
+            let values: Vec<u32> = (0..count as u32)
+                .map(|i| i.wrapping_mul(0x9e37_79b9))
+                .collect();
+            let scalar: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+            for room in [count.saturating_sub(1), count, count + 1] {
+                let mut portable = vec![0xaa; 4 * room];
+                encode_be_words_portable(&values, &mut portable);
+                let mut dispatched = vec![0xaa; 4 * room];
+                encode_be_words(&values, &mut dispatched);
+                let written = 4 * room.min(count);
+                assert_eq!(portable[..written], scalar[..written]);
+                assert!(portable[written..].iter().all(|&b| b == 0xaa));
+                assert_eq!(dispatched, portable);
+
+                let mut decoded = vec![7; room];
+                decode_be_words_portable(&scalar, &mut decoded);
+                let mut decoded_dispatched = vec![7; room];
+                decode_be_words(&scalar, &mut decoded_dispatched);
+                assert_eq!(decoded[..room.min(count)], values[..room.min(count)]);
+                assert!(decoded[room.min(count)..].iter().all(|&v| v == 7));
+                assert_eq!(decoded_dispatched, decoded);
+            }
+        }
     }
 }
