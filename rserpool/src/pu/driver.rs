@@ -191,6 +191,7 @@ impl PoolUser {
             holding: None,
             events: VecDeque::new(),
             deferred: VecDeque::new(),
+            burst_clock: None,
             rng: StdRng::from_rng(&mut rand::rng()),
         }
     }
@@ -208,6 +209,9 @@ impl PoolUser {
     }
 }
 
+/// Frames of a burst that share one clock reading (see `Session::burst_clock`).
+const FRAMES_PER_CLOCK_READING: u32 = 32;
+
 /// One session with a pool: connects, receives, fails over. Drive it by calling
 /// [`Session::next_event`] in a loop; dropping it aborts its association.
 pub struct Session {
@@ -221,6 +225,10 @@ pub struct Session {
     /// Actions [`Session::ready_event`] could not carry out without waiting, in order; the
     /// next [`Session::next_event`] starts with them.
     deferred: VecDeque<Action>,
+    /// A clock reading for frames [`Session::ready_event`] takes in a burst (they had arrived
+    /// by then), with how many more it may serve: a long burst still reads the clock now and
+    /// then, so the silence timer never sees old times.
+    burst_clock: Option<(Instant, u32)>,
     rng: StdRng,
 }
 
@@ -263,6 +271,7 @@ impl Session {
     /// Runs the session until it has something to report. After [`SessionEvent::Finished`] it
     /// keeps returning `Finished`.
     pub async fn next_event(&mut self) -> SessionEvent {
+        self.burst_clock = None;
         self.state.start(Instant::now());
         while let Some(action) = self.deferred.pop_front() {
             self.execute(action).await;
@@ -338,7 +347,18 @@ impl Session {
             }
             // An ended association is handled by `next_event`.
             let frame = self.association.as_mut()?.try_recv().ok()??;
-            self.state.on_frame(Instant::now(), frame);
+            let now = match &mut self.burst_clock {
+                Some((now, uses)) if *uses > 0 => {
+                    *uses -= 1;
+                    *now
+                }
+                clock => {
+                    clock
+                        .insert((Instant::now(), FRAMES_PER_CLOCK_READING - 1))
+                        .0
+                }
+            };
+            self.state.on_frame(now, frame);
             while let Some(action) = self.state.poll_action() {
                 match action {
                     // Events behind a deferred action wait for it, to keep their order.
