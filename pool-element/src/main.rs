@@ -7,5 +7,6 @@ use clap::Parser;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     rserpool::logging::init();
+    rserpool::process::retain_freed_memory();
     pool_element::run(pool_element::Cli::parse()).await
 }

@@ -8,5 +8,6 @@ use registrar::{Cli, run};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     rserpool::logging::init();
+    rserpool::process::retain_freed_memory();
     run(Cli::parse()).await
 }

@@ -377,6 +377,8 @@ async fn overhead(program: PathBuf, sessions: &[usize], repeat: usize) -> Result
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
+    // The in-process pool user runs as `pool-user` does.
+    rserpool::process::retain_freed_memory();
     let args = Args::parse();
     let program = match args.pool_user {
         Some(path) => path,

@@ -384,15 +384,15 @@ impl Connection {
             .map_err(|error| Ending::Reset(AssociationError::Io(Arc::new(io::Error::other(error)))))
     }
 
-    /// Queues frames encoded by `FrameBatch` (checked when queued): taken over as the write
-    /// buffer when nothing is waiting to be written.
-    fn push_encoded(&mut self, bytes: Vec<u8>) {
-        if self.write_backlog() == 0 {
-            self.write_buf = bytes;
+    /// Queues frames encoded by `FrameBatch` (checked when queued). Copied, not taken over:
+    /// both buffers stay in use (the batch's memory goes back to the allocator for the next
+    /// batch), where swapping them in made each batch write to fresh pages.
+    fn push_encoded(&mut self, bytes: &[u8]) {
+        if self.write_pos == self.write_buf.len() {
+            self.write_buf.clear();
             self.write_pos = 0;
-        } else {
-            self.write_buf.extend_from_slice(&bytes);
         }
+        self.write_buf.extend_from_slice(bytes);
     }
 
     fn write_backlog(&self) -> usize {
@@ -416,7 +416,7 @@ impl Connection {
             };
             match message {
                 Outbound::Frame(frame) => self.push_frame(frame.ppid, &frame.payload)?,
-                Outbound::Encoded(bytes) => self.push_encoded(bytes),
+                Outbound::Encoded(bytes) => self.push_encoded(&bytes),
                 Outbound::Close => self.begin_local_close(now),
             }
         }
