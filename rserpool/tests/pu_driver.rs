@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use rserpool::pu::{ALL_ITEMS, PoolUser, PoolUserConfig, SessionEvent};
 use rserpool::transport::{
-    AssociationConfig, Frame, FrameBatch, Listener, PPID_ASAP, TcpFramed, Transport,
+    AssociationConfig, Frame, FrameBatch, Listener, PPID_ASAP, TcpFramed, TcpFramedListener,
+    Transport,
 };
 use rserpool::wire::{AsapMessage, PeId, Policy, PoolElement, PoolHandle, TransportAddress};
 use tokio::sync::{mpsc, oneshot};
@@ -14,16 +15,22 @@ use tokio::sync::{mpsc, oneshot};
 /// Upper bound of every wait in these tests.
 const BOUND: Duration = Duration::from_secs(10);
 
-/// A registrar that answers every Handle Resolution with an empty pool once `release` fires,
-/// and reports each request it receives on the returned channel.
-async fn scripted_registrar(
-    release: oneshot::Receiver<()>,
-) -> (SocketAddr, mpsc::UnboundedReceiver<AsapMessage>) {
+/// A listener on a free loopback port, and its address.
+async fn listen_on_loopback() -> (TcpFramedListener, SocketAddr) {
     let listener = TcpFramed::new(AssociationConfig::default())
         .bind("127.0.0.1:0".parse().expect("address"))
         .await
         .expect("binds");
     let address = listener.local_addr().expect("address");
+    (listener, address)
+}
+
+/// A registrar that answers every Handle Resolution with an empty pool once `release` fires,
+/// and reports each request it receives on the returned channel.
+async fn scripted_registrar(
+    release: oneshot::Receiver<()>,
+) -> (SocketAddr, mpsc::UnboundedReceiver<AsapMessage>) {
+    let (listener, address) = listen_on_loopback().await;
     let (seen, requests) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let Ok(mut association) = listener.accept().await else {
@@ -122,11 +129,7 @@ async fn resolutions_queued_behind_one_in_flight_share_its_answer() {
 
 /// A registrar that lists one PE at `pe` for every Handle Resolution.
 async fn listing_registrar(pe: SocketAddr) -> SocketAddr {
-    let listener = TcpFramed::new(AssociationConfig::default())
-        .bind("127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("binds");
-    let address = listener.local_addr().expect("address");
+    let (listener, address) = listen_on_loopback().await;
     tokio::spawn(async move {
         let Ok(mut association) = listener.accept().await else {
             return;
@@ -167,11 +170,7 @@ async fn listing_registrar(pe: SocketAddr) -> SocketAddr {
 #[tokio::test(flavor = "current_thread")]
 async fn a_burst_of_frames_is_ready_without_waiting_and_in_order() {
     const BURST: u8 = 5;
-    let listener = TcpFramed::new(AssociationConfig::default())
-        .bind("127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("binds");
-    let pe = listener.local_addr().expect("address");
+    let (listener, pe) = listen_on_loopback().await;
     // The PE answers the first message with one write of BURST frames, then stays open.
     tokio::spawn(async move {
         let Ok(mut association) = listener.accept().await else {

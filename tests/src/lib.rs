@@ -97,13 +97,24 @@ impl Log {
             let now = Instant::now();
             if st.closed || now >= deadline {
                 let tail: Vec<_> = st.lines.iter().rev().take(30).rev().cloned().collect();
+                // A panic's or an error's message would scroll out of the tail behind its
+                // backtrace.
+                let panics: Vec<_> = st
+                    .lines
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, line)| line.contains("panicked at") || line.starts_with("Error: "))
+                    .take(3)
+                    .flat_map(|(i, _)| st.lines.iter().skip(i).take(2).cloned())
+                    .collect();
                 bail!(
-                    "{} waiting for a log line; last lines:\n{}",
+                    "{} waiting for a log line; panics and errors: {:?}; last lines:\n{}",
                     if st.closed {
                         "output closed"
                     } else {
                         "timed out"
                     },
+                    panics,
                     tail.join("\n")
                 );
             }

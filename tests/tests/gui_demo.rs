@@ -17,7 +17,21 @@ use nix::sys::signal::Signal;
 /// An Xvfb server on a free display number, killed on drop.
 struct Display {
     number: u32,
-    _server: Proc,
+    server: Proc,
+}
+
+impl Drop for Display {
+    fn drop(&mut self) {
+        // SIGTERM lets Xvfb remove its lock and socket (a killed one leaves them behind, and
+        // the next tests have to skip that display number).
+        if self
+            .server
+            .signal(nix::sys::signal::Signal::SIGTERM)
+            .is_ok()
+        {
+            let _ = self.server.wait_exit(Duration::from_secs(5));
+        }
+    }
 }
 
 impl Display {
@@ -41,15 +55,18 @@ impl Display {
             ];
             let mut server = Proc::spawn("xvfb", xvfb.clone(), &args)?;
             let socket = PathBuf::from(format!("/tmp/.X11-unix/X{number}"));
+            let lock = PathBuf::from(format!("/tmp/.X{number}-lock"));
+            // The display is ours only if the lock names our server: another test may have
+            // started one on the same number a moment earlier (ours then exits, but the
+            // socket is already there).
+            let pid = server.pid().to_string();
+            let ours = || std::fs::read_to_string(&lock).is_ok_and(|text| text.trim() == pid);
             let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline && server.is_running() && !socket.exists() {
+            while Instant::now() < deadline && server.is_running() && !(socket.exists() && ours()) {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            if socket.exists() && server.is_running() {
-                return Ok(Display {
-                    number,
-                    _server: server,
-                });
+            if socket.exists() && ours() && server.is_running() {
+                return Ok(Display { number, server });
             }
         }
         bail!("could not start Xvfb on any display")
