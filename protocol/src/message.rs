@@ -541,11 +541,12 @@ impl<'a> DataView<'a> {
 
     /// The points in order.
     pub fn points(&self) -> impl ExactSizeIterator<Item = u32> + 'a {
-        self.points.chunks_exact(4).map(|chunk| {
-            let mut word = [0u8; 4];
-            word.copy_from_slice(chunk);
-            u32::from_be_bytes(word)
-        })
+        // The length is a multiple of 4 (checked when decoded).
+        self.points
+            .as_chunks::<4>()
+            .0
+            .iter()
+            .map(|word| u32::from_be_bytes(*word))
     }
 
     /// Writes points `skip..` into `out`, as many as both have.

@@ -374,11 +374,16 @@ impl Connection {
         !matches!(self.phase, Phase::FinSent { .. })
     }
 
-    fn push_frame(&mut self, ppid: u32, payload: &[u8]) -> Result<(), Ending> {
+    /// Starts the write buffer over once everything in it is written.
+    fn reclaim_written(&mut self) {
         if self.write_pos == self.write_buf.len() {
             self.write_buf.clear();
             self.write_pos = 0;
         }
+    }
+
+    fn push_frame(&mut self, ppid: u32, payload: &[u8]) -> Result<(), Ending> {
+        self.reclaim_written();
         // Lengths were checked against the maximum when queued.
         encode_frame(ppid, payload, &mut self.write_buf)
             .map_err(|error| Ending::Reset(AssociationError::Io(Arc::new(io::Error::other(error)))))
@@ -388,10 +393,7 @@ impl Connection {
     /// both buffers stay in use (the batch's memory goes back to the allocator for the next
     /// batch), where swapping them in made each batch write to fresh pages.
     fn push_encoded(&mut self, bytes: &[u8]) {
-        if self.write_pos == self.write_buf.len() {
-            self.write_buf.clear();
-            self.write_pos = 0;
-        }
+        self.reclaim_written();
         self.write_buf.extend_from_slice(bytes);
     }
 
@@ -569,10 +571,7 @@ impl Connection {
             ))),
             Ok(written) => {
                 self.write_pos += written;
-                if self.write_pos == self.write_buf.len() {
-                    self.write_buf.clear();
-                    self.write_pos = 0;
-                }
+                self.reclaim_written();
                 if let Some(timer) = self.heartbeat.as_mut() {
                     timer.on_sent(Instant::now());
                 }
