@@ -4,6 +4,7 @@
 //! [`run`] is the whole program; `main.rs` and the GUI bundle's `pool-user pool-element`
 //! subcommand call it with a parsed [`Cli`].
 
+pub mod handover;
 pub mod limiter;
 pub mod session;
 pub mod worker;
@@ -16,23 +17,21 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use fractal_protocol::kernel::KernelChoice;
-use fractal_protocol::message::MAX_DATA_LEN;
 use rserpool::discovery::{
     RegistrarTable, SharedRegistrarTable, announce_receiver_config, listen_for_announces,
 };
 use rserpool::pe::driver::{self as registration, RegistrationHandle};
 use rserpool::pe::{Event, RegistrationConfig};
-use rserpool::transport::frame::HEADER_LEN;
 use rserpool::transport::{
-    self, Association, AssociationConfig, AssociationSender, FrameBatch, Listener, PPID_ASAP,
-    PPID_FGP,
+    self, Association, AssociationConfig, AssociationSender, Listener, PPID_ASAP,
 };
 use rserpool::wire::{AsapMessage, PeId, Policy, PoolHandle, TransportAddress};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::handover::Handover;
 use crate::limiter::RateLimiter;
-use crate::session::{Output, Session, SessionConfig, decode_first};
+use crate::session::{Session, SessionConfig, decode_first};
 use crate::worker::{ComputePool, WorkerControl};
 
 /// Data at least this often while computing, so that a slow PE is not taken for a hung one.
@@ -401,58 +400,33 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// Sends one batch of a session's outputs as one batch of frames. `Some(reason)` when the
+/// Sends one hand-over of a session's outputs as one batch of frames. `Some(reason)` when the
 /// session ends with it.
 async fn forward(
-    outputs: Vec<Output>,
+    handover: Handover,
     sender: &AssociationSender,
     shared: &Shared,
     data: &mut u64,
 ) -> Option<&'static str> {
-    // Encoded where the connection writes from: no buffer per message.
-    let mut frames = FrameBatch::with_capacity(outputs.len() * (HEADER_LEN + MAX_DATA_LEN));
-    let mut ending = None;
-    for output in outputs {
-        match output {
-            Output::Data(message) => {
-                let finalizer = message.is_finalizer();
-                if frames
-                    .try_push_with(PPID_FGP, |out| message.encode_into(out))
-                    .is_err()
-                {
-                    ending = Some("encode-error");
-                    break;
+    let (mut frames, data_marks, ending) = handover.into_parts();
+    let count = data_marks.len() as u64;
+    match shared.crash_after {
+        Some(limit) => {
+            for mark in data_marks {
+                let total = shared.data_total.fetch_add(1, Ordering::AcqRel) + 1;
+                if total >= limit {
+                    frames.truncate(mark);
+                    let _ = sender.send_batch(frames).await;
+                    tracing::warn!(data = total, "crash-after reached: aborting the process");
+                    std::process::abort();
                 }
-                if !finalizer {
-                    *data += 1;
-                    let total = shared.data_total.fetch_add(1, Ordering::AcqRel) + 1;
-                    if shared.crash_after.is_some_and(|limit| total >= limit) {
-                        let _ = sender.send_batch(frames).await;
-                        tracing::warn!(data = total, "crash-after reached: aborting the process");
-                        std::process::abort();
-                    }
-                }
-            }
-            Output::Cookie(cookie) => {
-                let message = AsapMessage::Cookie {
-                    cookie: cookie.encode().to_vec(),
-                };
-                let Ok(bytes) = message.to_bytes() else {
-                    ending = Some("encode-error");
-                    break;
-                };
-                frames.push(PPID_ASAP, &bytes);
-            }
-            Output::Finished => {
-                ending = Some("completed");
-                break;
-            }
-            Output::FailureInjected => {
-                ending = Some("fail-after");
-                break;
             }
         }
+        None => {
+            shared.data_total.fetch_add(count, Ordering::AcqRel);
+        }
     }
+    *data += count;
     if sender.send_batch(frames).await.is_err() {
         return Some("peer-closed");
     }
@@ -525,7 +499,7 @@ async fn serve(
     // Batches of outputs; a few batches of buffer let the worker run ahead of a slow network.
     let (tx, mut rx) = mpsc::channel(16);
     // Fits: the channel is empty.
-    let _ = tx.try_send(initial);
+    let _ = tx.try_send(Handover::from(initial));
     let control = Arc::new(WorkerControl::default());
     shared.compute.submit(session, control.clone(), tx);
     let mut data = 0u64;

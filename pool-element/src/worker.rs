@@ -18,9 +18,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use fractal_protocol::message::MAX_POINTS_PER_DATA;
+use fractal_protocol::message::{MAX_DATA_LEN, MAX_POINTS_PER_DATA};
+use rserpool::transport::frame::HEADER_LEN;
 use tokio::sync::mpsc;
 
+use crate::handover::Handover;
 use crate::limiter::RateLimiter;
 use crate::session::{Output, Session};
 
@@ -38,6 +40,8 @@ const MAX_SLEEP: Duration = Duration::from_millis(20);
 /// gathering ~64 KiB of Data instead of a piece's ~16 KiB cuts those wake-ups, and the context
 /// switches they cost the computing threads, by four.
 const FORWARD_DATA_MESSAGES: usize = 48;
+/// Room for the frames of one hand-over: its Data messages and their cookies.
+const HANDOVER_BYTES: usize = (FORWARD_DATA_MESSAGES + 8) * (HEADER_LEN + MAX_DATA_LEN);
 /// Longest time outputs are gathered, so that slow sessions still stream smoothly.
 const FORWARD_MAX_DELAY: Duration = Duration::from_millis(25);
 /// Smallest piece a session's last pixels are split into (one Data message).
@@ -70,7 +74,7 @@ impl WorkerControl {
 struct Job {
     state: Mutex<JobState>,
     control: Arc<WorkerControl>,
-    outputs: mpsc::Sender<Vec<Output>>,
+    outputs: mpsc::Sender<Handover>,
     /// Pixels per piece.
     piece_pixels: usize,
     /// Computing threads of the pool.
@@ -87,10 +91,8 @@ struct Job {
 /// for yet.
 struct JobState {
     session: Session,
-    /// Outputs not handed over yet, in order.
-    gathered: Vec<Output>,
-    /// Data messages among them.
-    gathered_data: usize,
+    /// Outputs not handed over yet, encoded in order.
+    gathered: Handover,
     /// When the first of them was gathered.
     gathered_since: Option<Instant>,
     /// Whether any Data was handed over yet: the first goes at once (a resumed session's first
@@ -98,7 +100,7 @@ struct JobState {
     data_handed_over: bool,
     /// Batches in order, sent before anything newer. Bounded: while it is not empty, no new
     /// piece is claimed, so it holds at most one batch per computing thread.
-    backlog: VecDeque<Vec<Output>>,
+    backlog: VecDeque<Handover>,
 }
 
 impl Job {
@@ -127,24 +129,23 @@ impl Job {
     fn publish(&self, state: &mut JobState, out: Vec<Output>, now: Instant) {
         if !out.is_empty() {
             state.gathered_since.get_or_insert(now);
-            state.gathered_data += out
-                .iter()
-                .filter(|output| matches!(output, Output::Data(_)))
-                .count();
-            state.gathered.extend(out);
+            for output in out {
+                state.gathered.push(output);
+            }
         }
-        let due = state.gathered_data >= FORWARD_DATA_MESSAGES
-            || (!state.data_handed_over && state.gathered_data > 0)
+        let gathered_data = state.gathered.data_frames();
+        let due = gathered_data >= FORWARD_DATA_MESSAGES
+            || (!state.data_handed_over && gathered_data > 0)
             || state.session.is_done()
             || self.control.stop.load(Ordering::Acquire)
             || state
                 .gathered_since
                 .is_some_and(|since| now.saturating_duration_since(since) >= FORWARD_MAX_DELAY);
         if due && !state.gathered.is_empty() {
-            let batch = std::mem::take(&mut state.gathered);
+            let batch =
+                std::mem::replace(&mut state.gathered, Handover::with_capacity(HANDOVER_BYTES));
             state.backlog.push_back(batch);
-            state.data_handed_over |= state.gathered_data > 0;
-            state.gathered_data = 0;
+            state.data_handed_over |= gathered_data > 0;
             state.gathered_since = None;
         }
         let mut gone = false;
@@ -295,7 +296,7 @@ impl ComputePool {
         &self,
         session: Session,
         control: Arc<WorkerControl>,
-        outputs: mpsc::Sender<Vec<Output>>,
+        outputs: mpsc::Sender<Handover>,
     ) {
         let piece_pixels = match &self.shared.limiter {
             Some(limiter) => session.pixels_for(
@@ -312,7 +313,7 @@ impl ComputePool {
         &self,
         session: Session,
         control: Arc<WorkerControl>,
-        outputs: mpsc::Sender<Vec<Output>>,
+        outputs: mpsc::Sender<Handover>,
         piece_pixels: usize,
     ) {
         let job = Arc::new(Job {
@@ -321,8 +322,7 @@ impl ComputePool {
             backlogged: AtomicBool::new(false),
             state: Mutex::new(JobState {
                 session,
-                gathered: Vec::new(),
-                gathered_data: 0,
+                gathered: Handover::with_capacity(HANDOVER_BYTES),
                 gathered_since: None,
                 data_handed_over: false,
                 backlog: VecDeque::new(),
@@ -387,7 +387,8 @@ mod tests {
     use super::*;
     use crate::session::{SessionConfig, Start};
     use fractal_protocol::kernel::{self, KernelChoice, View};
-    use fractal_protocol::message::{AlgorithmId, Parameter};
+    use fractal_protocol::message::{AlgorithmId, Data, PPID_FGP, Parameter};
+    use rserpool::transport::FrameDecoder;
 
     fn parameter() -> Parameter {
         Parameter {
@@ -405,14 +406,14 @@ mod tests {
 
     /// Submits a session computing `parameter()` in pieces of `piece_pixels`; its outputs (the
     /// initial ones first) arrive on the returned receiver, which holds `room` batches.
-    fn submit(pool: &ComputePool, piece_pixels: usize, room: usize) -> mpsc::Receiver<Vec<Output>> {
+    fn submit(pool: &ComputePool, piece_pixels: usize, room: usize) -> mpsc::Receiver<Handover> {
         let (session, initial) = Session::new(
             Start::Compute(parameter()),
             SessionConfig::default(),
             Instant::now(),
         );
         let (tx, rx) = mpsc::channel(room);
-        tx.try_send(initial).expect("room");
+        tx.try_send(Handover::from(initial)).expect("room");
         pool.submit_in_pieces(
             session,
             Arc::new(WorkerControl::default()),
@@ -420,6 +421,20 @@ mod tests {
             piece_pixels,
         );
         rx
+    }
+
+    /// The FGP Data messages of a hand-over, decoded from its frames.
+    fn data_messages(handover: Handover) -> Vec<Data> {
+        let (frames, _, _) = handover.into_parts();
+        let mut decoder = FrameDecoder::default();
+        let mut input = frames.as_bytes();
+        let mut messages = Vec::new();
+        while let Some(frame) = decoder.decode(&mut input).expect("valid frames") {
+            if frame.ppid == PPID_FGP {
+                messages.push(Data::decode(&frame.payload).expect("FGP Data"));
+            }
+        }
+        messages
     }
 
     /// Runs sessions through a pool and reassembles each picture from its Data messages.
@@ -439,10 +454,8 @@ mod tests {
                 let mut position = 0usize;
                 runtime.block_on(async {
                     while let Some(batch) = rx.recv().await {
-                        for output in batch {
-                            if let Output::Data(data) = output
-                                && !data.is_finalizer()
-                            {
+                        for data in data_messages(batch) {
+                            if !data.is_finalizer() {
                                 let start = (data.start_y * param.width + data.start_x) as usize;
                                 assert_eq!(start, position, "Data in picture order");
                                 picture[start..start + data.points.len()]
@@ -464,9 +477,9 @@ mod tests {
         let mut rx = submit(&pool, MAX_POINTS_PER_DATA, 64);
         let mut data_per_batch = Vec::new();
         while let Some(batch) = rx.blocking_recv() {
-            let data = batch
+            let data = data_messages(batch)
                 .iter()
-                .filter(|output| matches!(output, Output::Data(data) if !data.is_finalizer()))
+                .filter(|data| !data.is_finalizer())
                 .count();
             if data > 0 {
                 data_per_batch.push(data);

@@ -71,6 +71,16 @@ pub fn encode_frame(ppid: u32, payload: &[u8], out: &mut Vec<u8>) -> Result<(), 
     Ok(())
 }
 
+/// A place in a [`FrameBatch`] between two messages, to cut the batch back to
+/// ([`FrameBatch::truncate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameMark {
+    bytes: usize,
+    frames: usize,
+    largest_payload: usize,
+    has_heartbeat_ppid: bool,
+}
+
 /// Messages encoded back to back as they go on the wire (header and payload each), for
 /// `AssociationSender::send_batch`: one queue slot for all of them, and each message is
 /// written once, where the connection sends it from.
@@ -126,6 +136,31 @@ impl FrameBatch {
     /// Number of messages.
     pub fn len(&self) -> usize {
         self.frames
+    }
+
+    /// Where the batch ends now.
+    pub fn mark(&self) -> FrameMark {
+        FrameMark {
+            bytes: self.bytes.len(),
+            frames: self.frames,
+            largest_payload: self.largest_payload,
+            has_heartbeat_ppid: self.has_heartbeat_ppid,
+        }
+    }
+
+    /// Drops the messages appended after `mark` (a mark of this batch, taken before).
+    pub fn truncate(&mut self, mark: FrameMark) {
+        if mark.bytes <= self.bytes.len() && mark.frames <= self.frames {
+            self.bytes.truncate(mark.bytes);
+            self.frames = mark.frames;
+            self.largest_payload = mark.largest_payload;
+            self.has_heartbeat_ppid = mark.has_heartbeat_ppid;
+        }
+    }
+
+    /// The encoded frames.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// Whether the batch has no message.
@@ -313,6 +348,31 @@ mod tests {
             ]
         );
         assert!(input.is_empty());
+    }
+
+    #[test]
+    fn a_batch_cut_back_to_a_mark_is_the_batch_it_was_then() {
+        let mut batch = FrameBatch::with_capacity(64);
+        batch.push(11, b"abc");
+        let mark = batch.mark();
+        let before = batch.clone();
+        batch.push(32, &[1; 500]);
+        batch.push(crate::transport::PPID_HEARTBEAT, b"x");
+        assert_ne!(batch, before);
+        batch.truncate(mark);
+        assert_eq!(batch, before);
+        assert_eq!((batch.len(), batch.largest_payload()), (1, 3));
+        assert!(!batch.has_heartbeat_ppid());
+        assert_eq!(
+            batch.as_bytes(),
+            [0, 0, 0, 11, 0, 0, 0, 3, b'a', b'b', b'c']
+        );
+        // A mark beyond the batch changes nothing.
+        let mut longer = batch.clone();
+        longer.push(12, b"more");
+        let beyond = longer.mark();
+        batch.truncate(beyond);
+        assert_eq!(batch, before);
     }
 
     fn encode_all(frames: &[Frame]) -> Vec<u8> {

@@ -69,7 +69,7 @@ pub use association::{
     Association, AssociationError, AssociationReceiver, AssociationSender, ProtocolError,
     SendError, TrySendError,
 };
-pub use frame::{Frame, FrameBatch, FrameDecoder, FrameError};
+pub use frame::{Frame, FrameBatch, FrameDecoder, FrameError, FrameMark};
 pub use heartbeat::HeartbeatConfig;
 pub use tcp::{TcpFramed, TcpFramedListener};
 
