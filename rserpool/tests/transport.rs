@@ -185,7 +185,7 @@ async fn oversized_frame_from_peer_is_a_typed_error_and_resets_the_connection() 
         .unwrap();
     assert_eq!(
         bounded("first frame", server.recv()).await.unwrap().payload,
-        b"fits"
+        &b"fits"[..]
     );
     let error = bounded("error", server.recv()).await.unwrap_err();
     assert!(
@@ -365,7 +365,7 @@ async fn heartbeats_measure_srtt_and_are_never_delivered() {
     client.send(PPID_ASAP, b"after".to_vec()).await.unwrap();
     assert_eq!(
         bounded("frame", server.recv()).await.unwrap().payload,
-        b"after"
+        &b"after"[..]
     );
 }
 
@@ -403,7 +403,7 @@ async fn graceful_close_is_distinguished_from_abort() {
         received
             .iter()
             .enumerate()
-            .all(|(i, p)| p == &(i as u32).to_be_bytes())
+            .all(|(i, p)| p[..] == (i as u32).to_be_bytes())
     );
     assert!(matches!(end, AssociationError::ClosedByPeer), "{end:?}");
     assert_eq!(peer.send(PPID_FGP, vec![1]).await, Err(SendError::Closed));
@@ -421,7 +421,7 @@ async fn graceful_close_is_distinguished_from_abort() {
         .unwrap();
     assert_eq!(
         bounded("frame", peer.recv()).await.unwrap().payload,
-        b"before abort"
+        &b"before abort"[..]
     );
     aborter.abort();
     let end = bounded("reset", peer.recv()).await.unwrap_err();
@@ -459,7 +459,7 @@ async fn closer_still_receives_what_the_peer_sent_before_its_fin() {
     bounded("close", closing).await.unwrap().unwrap();
     for i in 0..50u32 {
         let frame = bounded("frame", closer.recv()).await.unwrap();
-        assert_eq!(frame.payload, i.to_be_bytes());
+        assert_eq!(frame.payload[..], i.to_be_bytes());
     }
     let end = bounded("closer's receiver ends", closer.recv())
         .await
@@ -477,7 +477,7 @@ async fn dropping_every_handle_closes_gracefully() {
     drop(client);
     assert_eq!(
         bounded("frame", server.recv()).await.unwrap().payload,
-        b"last words"
+        &b"last words"[..]
     );
     let end = bounded("close", server.recv()).await.unwrap_err();
     assert!(matches!(end, AssociationError::ClosedByPeer), "{end:?}");

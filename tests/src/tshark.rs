@@ -236,7 +236,7 @@ async fn run_traffic(
                 .await
                 .context("frame not received")??;
             ensure!(
-                frame.ppid == *ppid && &frame.payload == payload,
+                frame.ppid == *ppid && frame.payload == payload,
                 "frame altered in transit (PPID {ppid})"
             );
         }

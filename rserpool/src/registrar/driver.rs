@@ -68,7 +68,7 @@ enum Input {
     Frame {
         key: AssociationKey,
         ppid: u32,
-        payload: Vec<u8>,
+        payload: bytes::Bytes,
     },
     Closed {
         key: AssociationKey,

@@ -195,12 +195,16 @@ impl Association {
     }
 
     /// See [`AssociationSender::send`].
-    pub async fn send(&self, ppid: u32, payload: impl Into<Vec<u8>>) -> Result<(), SendError> {
+    pub async fn send(&self, ppid: u32, payload: impl Into<bytes::Bytes>) -> Result<(), SendError> {
         self.sender.send(ppid, payload).await
     }
 
     /// See [`AssociationSender::try_send`].
-    pub fn try_send(&self, ppid: u32, payload: impl Into<Vec<u8>>) -> Result<(), TrySendError> {
+    pub fn try_send(
+        &self,
+        ppid: u32,
+        payload: impl Into<bytes::Bytes>,
+    ) -> Result<(), TrySendError> {
         self.sender.try_send(ppid, payload)
     }
 
@@ -267,7 +271,7 @@ impl AssociationSender {
     }
 
     /// Queues one message, waiting while the send queue is full.
-    pub async fn send(&self, ppid: u32, payload: impl Into<Vec<u8>>) -> Result<(), SendError> {
+    pub async fn send(&self, ppid: u32, payload: impl Into<bytes::Bytes>) -> Result<(), SendError> {
         let frame = Frame::new(ppid, payload);
         self.check(frame.ppid, frame.payload.len())?;
         self.outbound
@@ -294,7 +298,11 @@ impl AssociationSender {
     }
 
     /// Queues one message without waiting (for sans-I/O drivers).
-    pub fn try_send(&self, ppid: u32, payload: impl Into<Vec<u8>>) -> Result<(), TrySendError> {
+    pub fn try_send(
+        &self,
+        ppid: u32,
+        payload: impl Into<bytes::Bytes>,
+    ) -> Result<(), TrySendError> {
         let frame = Frame::new(ppid, payload);
         self.check(frame.ppid, frame.payload.len())?;
         self.outbound

@@ -5,6 +5,7 @@
 //! buffer grows only with bytes that actually arrived. After an error the decoder stays failed
 //! (the stream has lost sync) and the connection must be closed.
 
+use bytes::{Buf, Bytes, BytesMut};
 use thiserror::Error;
 
 /// Bytes of the frame header (PPID + Length).
@@ -27,13 +28,14 @@ const INITIAL_PAYLOAD_RESERVE: usize = 16 * 1024;
 pub struct Frame {
     /// Payload protocol identifier (as SCTP's PPID): ASAP 11, ENRP 12, FGP 32, 0 = heartbeat.
     pub ppid: u32,
-    /// The message bytes.
-    pub payload: Vec<u8>,
+    /// The message bytes (received ones share the connection's read buffer: keeping one pins
+    /// that buffer, so long-lived data is copied out).
+    pub payload: Bytes,
 }
 
 impl Frame {
     /// A frame of `ppid` carrying `payload`.
-    pub fn new(ppid: u32, payload: impl Into<Vec<u8>>) -> Self {
+    pub fn new(ppid: u32, payload: impl Into<Bytes>) -> Self {
         Frame {
             ppid,
             payload: payload.into(),
@@ -236,18 +238,10 @@ impl FrameDecoder {
             if self.header_filled < HEADER_LEN {
                 return Ok(None);
             }
-            let [p0, p1, p2, p3, l0, l1, l2, l3] = self.header;
-            let ppid = u32::from_be_bytes([p0, p1, p2, p3]);
-            let len = u32::from_be_bytes([l0, l1, l2, l3]);
-            if u64::from(len) > self.max_frame_len as u64 {
-                let error = FrameError::TooLarge {
-                    len: u64::from(len),
-                    max: self.max_frame_len,
-                };
-                self.failed = Some(error.clone());
-                return Err(error);
-            }
-            let len = len as usize;
+            let header = self.header;
+            let Some((ppid, len)) = self.peek_header(&header)? else {
+                return Ok(None);
+            };
             self.current = Some((ppid, len));
             self.payload = Vec::with_capacity(len.min(INITIAL_PAYLOAD_RESERVE));
         }
@@ -266,8 +260,77 @@ impl FrameDecoder {
         self.header_filled = 0;
         Ok(Some(Frame {
             ppid,
-            payload: std::mem::take(&mut self.payload),
+            payload: Bytes::from(std::mem::take(&mut self.payload)),
         }))
+    }
+
+    /// Splits the next complete frame off the front of `buffer`, without copying its payload
+    /// (it shares `buffer`'s memory). `Ok(None)` while `buffer` holds only part of a frame:
+    /// [`FrameDecoder::wanted_len`] says how many bytes it needs in all. A header announcing
+    /// more than the maximum fails before anything is allocated for it. Not to be mixed with
+    /// [`FrameDecoder::decode`] on one stream.
+    pub fn decode_buf(&mut self, buffer: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        let Some((ppid, len)) = self.peek_header(buffer)? else {
+            return Ok(None);
+        };
+        if buffer.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        let mut frame = buffer.split_to(HEADER_LEN + len);
+        frame.advance(HEADER_LEN);
+        Ok(Some(Frame {
+            ppid,
+            payload: frame.freeze(),
+        }))
+    }
+
+    /// Bytes `buffer` must hold for [`FrameDecoder::decode_buf`] to yield its next frame: the
+    /// header, then the header and the payload it announces (at most the maximum).
+    pub fn wanted_len(&self, buffer: &[u8]) -> usize {
+        match buffer.get(..HEADER_LEN) {
+            Some(header) => {
+                let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+                HEADER_LEN + (len as usize).min(self.max_frame_len)
+            }
+            None => HEADER_LEN,
+        }
+    }
+
+    /// Call at end of a stream read with [`FrameDecoder::decode_buf`], with what is left in
+    /// its buffer: fails if the stream stopped inside a frame.
+    pub fn finish_buf(&self, buffer: &[u8]) -> Result<(), FrameError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        if buffer.is_empty() {
+            Ok(())
+        } else {
+            Err(FrameError::Truncated {
+                buffered: buffer.len(),
+            })
+        }
+    }
+
+    /// The PPID and payload length of the frame at the front of `buffer`, once its header is
+    /// there; a length above the maximum fails the decoder.
+    fn peek_header(&mut self, buffer: &[u8]) -> Result<Option<(u32, usize)>, FrameError> {
+        let Some(header) = buffer.get(..HEADER_LEN) else {
+            return Ok(None);
+        };
+        let ppid = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+        let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        if u64::from(len) > self.max_frame_len as u64 {
+            let error = FrameError::TooLarge {
+                len: u64::from(len),
+                max: self.max_frame_len,
+            };
+            self.failed = Some(error.clone());
+            return Err(error);
+        }
+        Ok(Some((ppid, len as usize)))
     }
 
     /// Call at end of stream: fails if the stream stopped inside a frame.
@@ -486,7 +549,7 @@ mod tests {
             prop_oneof![Just(0u32), Just(11), Just(12), Just(32), any::<u32>()],
             prop::collection::vec(any::<u8>(), 0..600),
         )
-            .prop_map(|(ppid, payload)| Frame { ppid, payload })
+            .prop_map(|(ppid, payload)| Frame::new(ppid, payload))
     }
 
     proptest! {
@@ -500,6 +563,66 @@ mod tests {
             let decoded = decode_chunked(&mut decoder, &stream, &cuts).unwrap();
             prop_assert_eq!(decoded, frames);
             prop_assert_eq!(decoder.finish(), Ok(()));
+        }
+
+        /// The connection's way: bytes appended to one buffer as they arrive, frames split off
+        /// its front; the buffer never has to hold more than one frame beyond what arrived.
+        #[test]
+        fn frames_split_off_a_buffer_are_those_decoded_from_any_chunking(
+            frames in prop::collection::vec(arb_frame(), 0..20),
+            cuts in prop::collection::vec(any::<usize>(), 0..40),
+            max in 0usize..300,
+        ) {
+            let stream = encode_all(&frames);
+            let mut reference = FrameDecoder::new(max);
+            let expected = decode_chunked(&mut reference, &stream, &cuts);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+            points.push(0);
+            points.push(stream.len());
+            points.sort_unstable();
+            let mut decoder = FrameDecoder::new(max);
+            let mut buffer = BytesMut::new();
+            let mut decoded = Vec::new();
+            let mut failed = None;
+            'feed: for window in points.windows(2) {
+                buffer.extend_from_slice(&stream[window[0]..window[1]]);
+                loop {
+                    match decoder.decode_buf(&mut buffer) {
+                        Ok(Some(frame)) => decoded.push(frame),
+                        Ok(None) => break,
+                        Err(error) => {
+                            failed = Some(error);
+                            break 'feed;
+                        }
+                    }
+                }
+                prop_assert!(buffer.len() < decoder.wanted_len(&buffer));
+                prop_assert!(decoder.wanted_len(&buffer) <= HEADER_LEN + max);
+            }
+            match (expected, failed) {
+                (Ok(expected), None) => {
+                    prop_assert_eq!(decoded, expected);
+                    prop_assert_eq!(decoder.finish_buf(&buffer), Ok(()));
+                }
+                (Err(expected), Some(error)) => prop_assert_eq!(error, expected),
+                (expected, failed) => prop_assert!(false, "{expected:?} but {failed:?}"),
+            }
+        }
+
+        #[test]
+        fn a_buffer_ending_inside_a_frame_is_truncated(
+            frame in arb_frame(),
+            keep in 1usize..1000,
+        ) {
+            let stream = encode_all(std::slice::from_ref(&frame));
+            let keep = 1 + keep % (stream.len() - 1);
+            let mut decoder = FrameDecoder::default();
+            let mut buffer = BytesMut::from(&stream[..keep]);
+            prop_assert_eq!(decoder.decode_buf(&mut buffer), Ok(None));
+            prop_assert_eq!(
+                decoder.finish_buf(&buffer),
+                Err(FrameError::Truncated { buffered: keep })
+            );
         }
 
         #[test]

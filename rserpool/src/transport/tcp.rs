@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -19,7 +20,8 @@ use super::frame::{Frame, FrameDecoder, encode_frame};
 use super::heartbeat::{HeartbeatEvent, HeartbeatMessage, HeartbeatTimer};
 use super::{AssociationConfig, Listener, PPID_HEARTBEAT, Transport};
 
-/// Bytes read from the socket at once.
+/// Room the read buffer offers the socket at least: received frames are split off it without
+/// copying, so it is allocated afresh in steps of this size once they are all handed on.
 const READ_CHUNK: usize = 64 * 1024;
 /// Queued frames are batched into one write up to this size (a larger frame goes alone).
 const WRITE_BATCH: usize = 64 * 1024;
@@ -172,9 +174,10 @@ struct Connection {
     close_timeout: Duration,
     decoder: FrameDecoder,
     heartbeat: Option<HeartbeatTimer>,
-    read_buf: Box<[u8]>,
-    read_start: usize,
-    read_end: usize,
+    /// Bytes read and not yet split off as frames: at most one incomplete frame once
+    /// `read_buf_has_frames` is false.
+    read_buf: BytesMut,
+    read_buf_has_frames: bool,
     /// A decoded frame the receiver has no room for yet; reading pauses meanwhile.
     pending: Option<Frame>,
     write_buf: Vec<u8>,
@@ -209,9 +212,8 @@ impl Connection {
             heartbeat: config
                 .heartbeat
                 .map(|c| HeartbeatTimer::new(c, Instant::now())),
-            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
-            read_start: 0,
-            read_end: 0,
+            read_buf: BytesMut::new(),
+            read_buf_has_frames: false,
             pending: None,
             write_buf: Vec::new(),
             write_pos: 0,
@@ -290,14 +292,11 @@ impl Connection {
                     break;
                 }
             }
-            if self.read_start == self.read_end {
+            if !self.read_buf_has_frames {
                 break;
             }
-            let mut input = &self.read_buf[self.read_start..self.read_end];
-            let decoded = self.decoder.decode(&mut input);
-            self.read_start = self.read_end - input.len();
-            match decoded {
-                Ok(None) => {}
+            match self.decoder.decode_buf(&mut self.read_buf) {
+                Ok(None) => self.read_buf_has_frames = false,
                 Ok(Some(frame)) if frame.ppid == PPID_HEARTBEAT => {
                     self.on_heartbeat(&frame.payload, now)?
                 }
@@ -311,10 +310,10 @@ impl Connection {
         if self.peer_eof
             && !self.peer_eof_handled
             && self.pending.is_none()
-            && self.read_start == self.read_end
+            && !self.read_buf_has_frames
         {
             self.peer_eof_handled = true;
-            if let Err(error) = self.decoder.finish() {
+            if let Err(error) = self.decoder.finish_buf(&self.read_buf) {
                 return Err(Ending::Reset(ProtocolError::from(error).into()));
             }
             if self.phase == Phase::Open {
@@ -505,7 +504,7 @@ impl Connection {
     /// Waits for the next thing to do: socket readiness, receiver room, queued messages, a timer,
     /// or an abort.
     async fn wait(&mut self) -> Result<(), Ending> {
-        let can_read = !self.peer_eof && self.pending.is_none() && self.read_start == self.read_end;
+        let can_read = !self.peer_eof && self.pending.is_none() && !self.read_buf_has_frames;
         let can_write = self.write_backlog() > 0 && self.can_write();
         let can_take =
             self.taking_outbound && self.taken.is_none() && self.write_backlog() < WRITE_BATCH;
@@ -583,14 +582,19 @@ impl Connection {
     }
 
     fn try_read(&mut self) -> Result<(), Ending> {
-        match self.stream.try_read(&mut self.read_buf) {
+        // Room for the rest of an incomplete frame, and at least a chunk: reading into spare
+        // capacity needs no zeroing, and reuses the buffer in place once every frame split off
+        // it is dropped.
+        let wanted = self.decoder.wanted_len(&self.read_buf);
+        let room = (wanted.saturating_sub(self.read_buf.len())).max(READ_CHUNK);
+        self.read_buf.reserve(room);
+        match self.stream.try_read_buf(&mut self.read_buf) {
             Ok(0) => {
                 self.peer_eof = true;
                 Ok(())
             }
-            Ok(read) => {
-                self.read_start = 0;
-                self.read_end = read;
+            Ok(_) => {
+                self.read_buf_has_frames = true;
                 if let Some(timer) = self.heartbeat.as_mut() {
                     timer.on_received(Instant::now());
                 }
