@@ -15,6 +15,8 @@
 
 use thiserror::Error;
 
+use crate::kernel;
+
 /// SCTP payload protocol identifier of FGP.
 pub const PPID_FGP: u32 = 32;
 /// Most points one Data message carries (rsplib's `FGD_MAX_POINTS`).
@@ -475,6 +477,42 @@ fn decode_be_words_avx2(from: &[u8], out: &mut [u32]) {
     decode_be_words_portable(from, out);
 }
 
+/// [`decode_be_words`] that also returns the iterations behind the decoded values
+/// ([`kernel::iterations_in`] of them), summed from registers in the same pass: reading `out`
+/// back afterwards waits for its cache lines, fetched for the stores, to arrive.
+fn decode_be_words_counting(from: &[u8], out: &mut [u32], max_iterations: u32) -> u64 {
+    let count = out.len().min(from.len() / 4);
+    if !kernel::sum_fits_u32(count, max_iterations) {
+        decode_be_words(from, out);
+        return kernel::iterations_in(&out[..count], max_iterations);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is available, checked just above.
+        return u64::from(unsafe { decode_be_words_counting_avx2(from, out, max_iterations) });
+    }
+    u64::from(decode_be_words_counting_portable(from, out, max_iterations))
+}
+
+/// The caller makes sure that the sum fits in 32 bits.
+#[inline(always)]
+fn decode_be_words_counting_portable(from: &[u8], out: &mut [u32], max_iterations: u32) -> u32 {
+    let (words, _) = from.as_chunks::<4>();
+    let mut sum = 0u32;
+    for (value, word) in out.iter_mut().zip(words) {
+        let decoded = u32::from_be_bytes(*word);
+        *value = decoded;
+        sum = sum.wrapping_add(kernel::evaluations(decoded, max_iterations));
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn decode_be_words_counting_avx2(from: &[u8], out: &mut [u32], max_iterations: u32) -> u32 {
+    decode_be_words_counting_portable(from, out, max_iterations)
+}
+
 /// A Data message checked like [`Data::decode`] but not copied: its points stay big-endian in
 /// the received bytes, so a receiver can put them straight where they belong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -558,6 +596,16 @@ impl<'a> DataView<'a> {
         decode_be_words(from, out);
     }
 
+    /// [`DataView::copy_points_to`], returning the iterations behind the copied points
+    /// ([`kernel::iterations_in`] of `out` afterwards, for a picture of `max_iterations`).
+    pub fn copy_points_counting(&self, skip: usize, out: &mut [u32], max_iterations: u32) -> u64 {
+        let from = self
+            .points
+            .get(skip.saturating_mul(4)..)
+            .unwrap_or_default();
+        decode_be_words_counting(from, out, max_iterations)
+    }
+
     /// An owned [`Data`].
     pub fn to_data(&self) -> Data {
         Data {
@@ -633,6 +681,42 @@ mod tests {
                 assert_eq!(decoded[..room.min(count)], values[..room.min(count)]);
                 assert!(decoded[room.min(count)..].iter().all(|&v| v == 7));
                 assert_eq!(decoded_dispatched, decoded);
+            }
+        }
+    }
+
+    /// Decoding while counting gives the plain decode and the iterations of what it decoded,
+    /// in 32 bits and (for sums that could overflow them) in 64.
+    #[test]
+    fn decoding_while_counting_matches_decoding_then_counting() {
+        for count in [0usize, 1, 7, 8, 9, 31, 324] {
+            // Escaped points, points at any maximum, and values beyond it.
+            let values: Vec<u32> = (0..count as u32)
+                .map(|i| match i % 5 {
+                    0 => u32::MAX,
+                    1 => 0,
+                    _ => i.wrapping_mul(0x9e37_79b9) % 5000,
+                })
+                .collect();
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+            for max in [1, 1000, 4000, u32::MAX / 8, u32::MAX] {
+                for room in [count.saturating_sub(1), count, count + 1] {
+                    let mut plain = vec![7; room];
+                    decode_be_words(&bytes, &mut plain);
+                    let expected = kernel::iterations_in(&plain[..room.min(count)], max);
+                    let mut counted = vec![7; room];
+                    let iterations = decode_be_words_counting(&bytes, &mut counted, max);
+                    assert_eq!(counted, plain, "{count} values, max {max}, room {room}");
+                    assert_eq!(
+                        iterations, expected,
+                        "{count} values, max {max}, room {room}"
+                    );
+                    let mut portable = vec![7; room];
+                    if kernel::sum_fits_u32(room.min(count), max) {
+                        let sum = decode_be_words_counting_portable(&bytes, &mut portable, max);
+                        assert_eq!((portable, u64::from(sum)), (plain, expected));
+                    }
+                }
             }
         }
     }

@@ -227,8 +227,9 @@ impl ImageAssembly {
     /// the tile's end are dropped).
     pub fn store_data(&mut self, session: usize, first: u64, data: &DataView) -> u64 {
         let generation = self.failovers.get(session).copied().unwrap_or(0);
+        let max = self.max_iterations;
         self.store_with(session, first, data.len(), generation, |offset, slots| {
-            data.copy_points_to(offset, slots)
+            data.copy_points_counting(offset, slots, max)
         })
     }
 
@@ -244,20 +245,23 @@ impl ImageAssembly {
     /// Stores `values` as pixels `first..` (row-major within the tile) of `session`, a tile row
     /// at a time; values past the tile's end are dropped.
     fn store(&mut self, session: usize, first: u64, values: &[u32], generation: u32) {
+        let max = self.max_iterations;
         self.store_with(session, first, values.len(), generation, |offset, slots| {
-            slots.copy_from_slice(&values[offset..offset + slots.len()])
+            slots.copy_from_slice(&values[offset..offset + slots.len()]);
+            iterations_in(slots, max)
         });
     }
 
     /// Stores `count` values as pixels `first..` of `session`: `fill(offset, slots)` writes
-    /// values `offset..offset + slots.len()`. Returns how many were stored.
+    /// values `offset..offset + slots.len()` and returns the iterations behind them. Returns
+    /// how many were stored.
     fn store_with(
         &mut self,
         session: usize,
         first: u64,
         count: usize,
         generation: u32,
-        mut fill: impl FnMut(usize, &mut [u32]),
+        mut fill: impl FnMut(usize, &mut [u32]) -> u64,
     ) -> u64 {
         let Some(received) = self.received.get(session) else {
             return 0;
@@ -268,13 +272,11 @@ impl ImageAssembly {
             .overlaps(range.clone())
             .map(|overlap| self.iterations_of(session, overlap))
             .sum();
-        let max = self.max_iterations;
         let mut added = 0;
         let mut stored = 0;
         for run in self.row_runs(session, range) {
             let slots = run.start..run.start + run.len;
-            fill(stored, &mut self.iterations[slots.clone()]);
-            added += iterations_in(&self.iterations[slots.clone()], max);
+            added += fill(stored, &mut self.iterations[slots.clone()]);
             if generation > 0 && self.generation.is_empty() {
                 self.generation = vec![0; self.iterations.len()];
             }

@@ -16,6 +16,15 @@ impl Coverage {
         if range.is_empty() {
             return 0;
         }
+        // The common case: data continuing where the latest arrived.
+        if let Some(latest) = self.ranges.last_mut()
+            && latest.end == range.start
+        {
+            latest.end = range.end;
+            let newly = range.end - range.start;
+            self.covered += newly;
+            return newly;
+        }
         // Ranges `first..last` overlap or touch `range`: they merge into one.
         let first = self.ranges.partition_point(|r| r.end < range.start);
         let last = self.ranges.partition_point(|r| r.start <= range.end);
@@ -73,6 +82,13 @@ mod tests {
         assert_eq!(coverage.insert(7..7), 0);
         assert_eq!(coverage.ranges, vec![5..45]);
         assert_eq!(coverage.covered(), 40);
+        // Continuing the latest range, and touching it from before a later one.
+        assert_eq!(coverage.insert(45..50), 5);
+        assert_eq!(coverage.insert(60..70), 10);
+        assert_eq!(coverage.insert(70..75), 5);
+        assert_eq!(coverage.insert(50..60), 10);
+        assert_eq!(coverage.ranges, vec![5..75]);
+        assert_eq!(coverage.covered(), 70);
     }
 
     proptest! {

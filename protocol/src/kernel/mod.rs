@@ -253,7 +253,7 @@ pub fn iterations_for(value: u32, max_iterations: u32) -> u64 {
 /// [`iterations_for`] in 32 bits. Branch-free (value + 1 <= max exactly when value < max), so
 /// that sums vectorise.
 #[inline]
-fn evaluations(value: u32, max_iterations: u32) -> u32 {
+pub(crate) fn evaluations(value: u32, max_iterations: u32) -> u32 {
     value.saturating_add(1).min(max_iterations)
 }
 
@@ -261,10 +261,7 @@ fn evaluations(value: u32, max_iterations: u32) -> u32 {
 /// overflow, which vectorises far better than a 64-bit sum (with AVX2's unsigned minimum when
 /// the CPU has it).
 pub fn iterations_in(values: &[u32], max_iterations: u32) -> u64 {
-    let exact_in_u32 = u64::from(max_iterations)
-        .checked_mul(values.len() as u64)
-        .is_some_and(|bound| bound <= u64::from(u32::MAX));
-    if exact_in_u32 {
+    if sum_fits_u32(values.len(), max_iterations) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 is available, checked just above.
@@ -277,6 +274,13 @@ pub fn iterations_in(values: &[u32], max_iterations: u32) -> u64 {
             .map(|&value| iterations_for(value, max_iterations))
             .sum()
     }
+}
+
+/// Whether the [`evaluations`] of `count` values sum exactly in 32 bits.
+pub(crate) fn sum_fits_u32(count: usize, max_iterations: u32) -> bool {
+    u64::from(max_iterations)
+        .checked_mul(count as u64)
+        .is_some_and(|bound| bound <= u64::from(u32::MAX))
 }
 
 /// The sum of [`evaluations`]; the caller makes sure it fits in 32 bits.
