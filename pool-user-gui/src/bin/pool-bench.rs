@@ -172,22 +172,61 @@ impl Pool {
     }
 }
 
-/// CPU time (user + system) a process has used so far, from `/proc/PID/stat`.
-fn cpu_time(pid: u32) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Duration::ZERO;
+/// CPU time a child process's threads have used so far, in nanoseconds from
+/// `/proc/PID/task/*/schedstat`: (computing threads `fgp-compute-*`, all others). Threads that
+/// ended are not counted (a PE's threads live as long as it does).
+fn thread_cpu(pid: u32) -> (Duration, Duration) {
+    let mut compute = Duration::ZERO;
+    let mut other = Duration::ZERO;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (compute, other);
     };
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let Some(rest) = stat.rsplit(')').next() else {
-        return Duration::ZERO;
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let Some(on_cpu) = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if name.starts_with("fgp-compute") {
+            compute += Duration::from_nanos(on_cpu);
+        } else {
+            other += Duration::from_nanos(on_cpu);
+        }
+    }
+    (compute, other)
+}
+
+/// CPU time (user + system) this process has used so far, ended threads included, and its
+/// page faults that needed no I/O (fresh pages among them).
+fn own_cpu() -> (Duration, u64) {
+    // SAFETY: getrusage writes only into the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
     };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
-    // USER_HZ is 100 on Linux.
-    Duration::from_millis(ticks * 10)
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    (
+        time(usage.ru_utime) + time(usage.ru_stime),
+        usage.ru_minflt as u64,
+    )
+}
+
+/// CPU time used by the parts of the pool, and by the local pictures.
+#[derive(Default)]
+struct CpuTally {
+    pe_compute: Duration,
+    pe_protocol: Duration,
+    pu: Duration,
+    registrar: Duration,
+    local: Duration,
+    pu_faults: u64,
+    local_faults: u64,
 }
 
 /// Idle time of the whole machine so far (all CPUs, from `/proc/stat`).
@@ -302,21 +341,27 @@ async fn overhead(program: PathBuf, sessions: &[usize], repeat: usize) -> Result
          (the machine's speed drifts):"
     );
     for &count in sessions {
-        let pids: Vec<u32> = std::iter::once(pool._registrar_proc.child.id())
-            .chain(pool.pes.iter().map(|(_, pe)| pe.child.id()))
-            .chain(std::iter::once(std::process::id()))
-            .collect();
-        let mut cpu_used = vec![Duration::ZERO; pids.len()];
+        let registrar_pid = pool._registrar_proc.child.id();
+        let pe_pids: Vec<u32> = pool.pes.iter().map(|(_, pe)| pe.child.id()).collect();
+        let mut cpu = CpuTally::default();
         let mut idle = [Duration::ZERO; 2];
         let mut local_times = Vec::new();
         let mut pool_times = Vec::new();
         for _ in 0..repeat {
             let idle_before = machine_idle();
+            let own_before = own_cpu();
             let (local_time, _) = local_picture(view).await?;
             local_times.push(local_time);
+            let own_after = own_cpu();
+            cpu.local += own_after.0.saturating_sub(own_before.0);
+            cpu.local_faults += own_after.1.saturating_sub(own_before.1);
             idle[0] += machine_idle().saturating_sub(idle_before);
             let idle_before = machine_idle();
-            let cpu_before: Vec<Duration> = pids.iter().map(|&pid| cpu_time(pid)).collect();
+            let registrar_before = thread_cpu(registrar_pid);
+            let pes_before: Vec<_> = pe_pids.iter().map(|&pid| thread_cpu(pid)).collect();
+            // Sampled last before the picture and first after it: reading `/proc` costs this
+            // process CPU time too.
+            let own_before = own_cpu();
             let result = client
                 .compute_image(ImageRequest {
                     view,
@@ -324,8 +369,16 @@ async fn overhead(program: PathBuf, sessions: &[usize], repeat: usize) -> Result
                     preset: preset.name.clone(),
                 })
                 .await?;
-            for ((used, &pid), before) in cpu_used.iter_mut().zip(&pids).zip(&cpu_before) {
-                *used += cpu_time(pid).saturating_sub(*before);
+            let own_after = own_cpu();
+            cpu.pu += own_after.0.saturating_sub(own_before.0);
+            cpu.pu_faults += own_after.1.saturating_sub(own_before.1);
+            let registrar_after = thread_cpu(registrar_pid);
+            cpu.registrar += (registrar_after.0 + registrar_after.1)
+                .saturating_sub(registrar_before.0 + registrar_before.1);
+            for (&pid, before) in pe_pids.iter().zip(&pes_before) {
+                let after = thread_cpu(pid);
+                cpu.pe_compute += after.0.saturating_sub(before.0);
+                cpu.pe_protocol += after.1.saturating_sub(before.1);
             }
             idle[1] += machine_idle().saturating_sub(idle_before);
             if count == 1 && result.assembly.iterations != reference {
@@ -357,19 +410,22 @@ async fn overhead(program: PathBuf, sessions: &[usize], repeat: usize) -> Result
             local_median.as_secs_f64() * 1e3,
             (pair_ratio - 1.0) * 100.0
         );
-        let cpu: Vec<String> = cpu_used
-            .iter()
-            .map(|used| format!("{:.0}", used.as_secs_f64() * 1e3 / repeat as f64))
-            .collect();
         let per_picture = |d: Duration| d.as_secs_f64() * 1e3 / repeat as f64;
+        let pool_cpu = cpu.pe_compute + cpu.pe_protocol + cpu.pu + cpu.registrar;
         println!(
-            "      CPU ms per pool picture: PEs {}, PU {}, registrar {}; machine idle ms per \
-             picture: pool {:.0}, local {:.0}",
-            cpu[1..cpu.len() - 1].join(" + "),
-            cpu[cpu.len() - 1],
-            cpu[0],
+            "      CPU ms per picture: pool {:.1} (PE computing threads {:.1}, PE protocol \
+             threads {:.1}, PU {:.1}, registrar {:.1}), local {:.1}; machine idle ms per \
+             picture: pool {:.1}, local {:.1}; page faults per picture: PU {}, local {}",
+            per_picture(pool_cpu),
+            per_picture(cpu.pe_compute),
+            per_picture(cpu.pe_protocol),
+            per_picture(cpu.pu),
+            per_picture(cpu.registrar),
+            per_picture(cpu.local),
             per_picture(idle[1]),
             per_picture(idle[0]),
+            cpu.pu_faults / repeat as u64,
+            cpu.local_faults / repeat as u64,
         );
     }
     Ok(())
