@@ -496,8 +496,9 @@ async fn serve(
         max_iterations = parameter.max_iterations, algorithm = parameter.algorithm.0,
         "session started"
     );
-    // Batches of outputs; a few batches of buffer let the worker run ahead of a slow network.
-    let (tx, mut rx) = mpsc::channel(16);
+    // Hand-overs of outputs; a few of them (about 1 MiB) let the worker run ahead of a slow
+    // network.
+    let (tx, mut rx) = mpsc::channel(4);
     // Fits: the channel is empty.
     let _ = tx.try_send(Handover::from(initial));
     let control = Arc::new(WorkerControl::default());

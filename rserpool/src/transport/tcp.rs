@@ -20,11 +20,15 @@ use super::frame::{Frame, FrameDecoder, encode_frame};
 use super::heartbeat::{HeartbeatEvent, HeartbeatMessage, HeartbeatTimer};
 use super::{AssociationConfig, Listener, PPID_HEARTBEAT, Transport};
 
-/// Room the read buffer offers the socket at least: received frames are split off it without
-/// copying, so it is allocated afresh in steps of this size once they are all handed on.
-const READ_CHUNK: usize = 64 * 1024;
+/// Room the read buffer offers the socket at first; received frames are split off it without
+/// copying, so it is allocated afresh (or reused in place once they are all dropped).
+const MIN_READ_CHUNK: usize = 16 * 1024;
+/// Most room offered to one read: a read that fills its room doubles the next one up to this,
+/// so that a stream of Data is taken in few reads (and wake-ups) while a control association
+/// keeps a small buffer.
+const MAX_READ_CHUNK: usize = 256 * 1024;
 /// Queued frames are batched into one write up to this size (a larger frame goes alone).
-const WRITE_BATCH: usize = 64 * 1024;
+const WRITE_BATCH: usize = 256 * 1024;
 
 /// Associations as framed TCP connections (see the module docs of [`super`]).
 #[derive(Clone, Debug, Default)]
@@ -178,6 +182,8 @@ struct Connection {
     /// `read_buf_has_frames` is false.
     read_buf: BytesMut,
     read_buf_has_frames: bool,
+    /// Room offered to the next read.
+    read_chunk: usize,
     /// A decoded frame the receiver has no room for yet; reading pauses meanwhile.
     pending: Option<Frame>,
     write_buf: Vec<u8>,
@@ -214,6 +220,7 @@ impl Connection {
                 .map(|c| HeartbeatTimer::new(c, Instant::now())),
             read_buf: BytesMut::new(),
             read_buf_has_frames: false,
+            read_chunk: MIN_READ_CHUNK,
             pending: None,
             write_buf: Vec::new(),
             write_pos: 0,
@@ -586,14 +593,18 @@ impl Connection {
         // capacity needs no zeroing, and reuses the buffer in place once every frame split off
         // it is dropped.
         let wanted = self.decoder.wanted_len(&self.read_buf);
-        let room = (wanted.saturating_sub(self.read_buf.len())).max(READ_CHUNK);
+        let room = (wanted.saturating_sub(self.read_buf.len())).max(self.read_chunk);
         self.read_buf.reserve(room);
+        let offered = self.read_buf.capacity() - self.read_buf.len();
         match self.stream.try_read_buf(&mut self.read_buf) {
             Ok(0) => {
                 self.peer_eof = true;
                 Ok(())
             }
-            Ok(_) => {
+            Ok(read) => {
+                if read == offered {
+                    self.read_chunk = (self.read_chunk * 2).min(MAX_READ_CHUNK);
+                }
                 self.read_buf_has_frames = true;
                 if let Some(timer) = self.heartbeat.as_mut() {
                     timer.on_received(Instant::now());
