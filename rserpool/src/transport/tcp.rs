@@ -395,12 +395,16 @@ impl Connection {
             .map_err(|error| Ending::Reset(AssociationError::Io(Arc::new(io::Error::other(error)))))
     }
 
-    /// Queues frames encoded by `FrameBatch` (checked when queued). Copied, not taken over:
-    /// both buffers stay in use (the batch's memory goes back to the allocator for the next
-    /// batch), where swapping them in made each batch write to fresh pages.
-    fn push_encoded(&mut self, bytes: &[u8]) {
+    /// Queues frames encoded by `FrameBatch` (checked when queued): written from where they
+    /// are when nothing else waits (copying a 256 KiB batch cost a third of a PE protocol
+    /// thread's time), else appended.
+    fn push_encoded(&mut self, bytes: Vec<u8>) {
         self.reclaim_written();
-        self.write_buf.extend_from_slice(bytes);
+        if self.write_buf.is_empty() {
+            self.write_buf = bytes;
+        } else {
+            self.write_buf.extend_from_slice(&bytes);
+        }
     }
 
     fn write_backlog(&self) -> usize {
@@ -424,7 +428,7 @@ impl Connection {
             };
             match message {
                 Outbound::Frame(frame) => self.push_frame(frame.ppid, &frame.payload)?,
-                Outbound::Encoded(bytes) => self.push_encoded(&bytes),
+                Outbound::Encoded(bytes) => self.push_encoded(bytes),
                 Outbound::Close => self.begin_local_close(now),
             }
         }
