@@ -498,7 +498,8 @@ impl Connection {
             Phase::PeerClosed { .. }
                 if flushed && !self.taking_outbound && self.taken.is_none() =>
             {
-                self.shutdown_write()?;
+                // Everything was read up to the peer's FIN: closing the socket sends ours, as a
+                // shutdown would, without the extra system call.
                 return Err(Ending::Clean);
             }
             _ => {}
