@@ -686,10 +686,10 @@ mod tests {
     }
 
     /// Decoding while counting gives the plain decode and the iterations of what it decoded,
-    /// in 32 bits and (for sums that could overflow them) in 64.
+    /// in 32 bits and (for sums that could overflow them) in 64, wherever the output starts.
     #[test]
     fn decoding_while_counting_matches_decoding_then_counting() {
-        for count in [0usize, 1, 7, 8, 9, 31, 324] {
+        for count in [0usize, 1, 7, 8, 9, 16, 17, 31, 100, 324] {
             // Escaped points, points at any maximum, and values beyond it.
             let values: Vec<u32> = (0..count as u32)
                 .map(|i| match i % 5 {
@@ -699,22 +699,28 @@ mod tests {
                 })
                 .collect();
             let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
-            for max in [1, 1000, 4000, u32::MAX / 8, u32::MAX] {
+            for max in [0, 1, 1000, 4000, u32::MAX / 8, u32::MAX] {
                 for room in [count.saturating_sub(1), count, count + 1] {
-                    let mut plain = vec![7; room];
-                    decode_be_words(&bytes, &mut plain);
-                    let expected = kernel::iterations_in(&plain[..room.min(count)], max);
-                    let mut counted = vec![7; room];
-                    let iterations = decode_be_words_counting(&bytes, &mut counted, max);
-                    assert_eq!(counted, plain, "{count} values, max {max}, room {room}");
-                    assert_eq!(
-                        iterations, expected,
-                        "{count} values, max {max}, room {room}"
-                    );
-                    let mut portable = vec![7; room];
-                    if kernel::sum_fits_u32(room.min(count), max) {
-                        let sum = decode_be_words_counting_portable(&bytes, &mut portable, max);
-                        assert_eq!((portable, u64::from(sum)), (plain, expected));
+                    for offset in 0..8 {
+                        let mut plain = vec![7; offset + room];
+                        decode_be_words(&bytes, &mut plain[offset..]);
+                        let expected =
+                            kernel::iterations_in(&plain[offset..offset + room.min(count)], max);
+                        let mut counted = vec![7; offset + room];
+                        let iterations =
+                            decode_be_words_counting(&bytes, &mut counted[offset..], max);
+                        let case = format!("{count} values, max {max}, room {room}, at {offset}");
+                        assert_eq!(counted, plain, "{case}");
+                        assert_eq!(iterations, expected, "{case}");
+                        if kernel::sum_fits_u32(room.min(count), max) {
+                            let mut portable = vec![7; offset + room];
+                            let sum = decode_be_words_counting_portable(
+                                &bytes,
+                                &mut portable[offset..],
+                                max,
+                            );
+                            assert_eq!((portable, u64::from(sum)), (plain, expected), "{case}");
+                        }
                     }
                 }
             }
