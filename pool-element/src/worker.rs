@@ -514,6 +514,84 @@ mod tests {
             .collect()
     }
 
+    /// The cores each computing thread of this process may run on, by thread name.
+    fn computing_threads_cores() -> Vec<(String, Vec<usize>)> {
+        let mut threads = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task")
+            .expect("tasks")
+            .flatten()
+        {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if !name.starts_with("fgp-compute-") {
+                continue;
+            }
+            // SAFETY: as in `allowed_cores`, for thread `tid`.
+            let cores = unsafe {
+                let mut set = std::mem::zeroed::<libc::cpu_set_t>();
+                if libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set)
+                    != 0
+                {
+                    continue;
+                }
+                (0..libc::CPU_SETSIZE as usize)
+                    .filter(|&core| libc::CPU_ISSET(core, &set))
+                    .collect()
+            };
+            threads.push((name.trim().to_string(), cores));
+        }
+        threads
+    }
+
+    /// With one thread per core each stays on its own core; with another count none is tied.
+    #[test]
+    fn one_thread_per_core_each_on_its_own_core() {
+        let cores = allowed_cores();
+        assert!(!cores.is_empty(), "this process may run somewhere");
+        let pinned = ComputePool::new(cores.len(), None).expect("threads");
+        let unpinned = ComputePool::new(cores.len() + 1, None).expect("threads");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Threads tie themselves to their core as they start.
+        let threads = loop {
+            let threads = computing_threads_cores();
+            let settled = (0..cores.len()).all(|index| {
+                threads.iter().any(|(name, on)| {
+                    name == &format!("fgp-compute-{index}")
+                        && (cores.len() == 1 || on == &[cores[index]])
+                })
+            });
+            if settled || Instant::now() > deadline {
+                break threads;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        for (index, &core) in cores.iter().enumerate() {
+            let name = format!("fgp-compute-{index}");
+            let expected = if cores.len() > 1 {
+                vec![core]
+            } else {
+                cores.clone()
+            };
+            assert!(
+                threads.iter().any(|(n, on)| n == &name && on == &expected),
+                "{name} on {expected:?}: {threads:?}"
+            );
+        }
+        // The extra thread of the second pool is free to run anywhere.
+        let extra = format!("fgp-compute-{}", cores.len());
+        assert!(
+            threads.iter().any(|(n, on)| n == &extra && on == &cores),
+            "{extra} on every core: {threads:?}"
+        );
+        drop((pinned, unpinned));
+    }
+
     #[test]
     fn the_first_data_is_handed_over_at_once_later_ones_gathered() {
         let pool = ComputePool::new(1, None).expect("threads");
