@@ -144,8 +144,13 @@ impl Job {
                 .gathered_since
                 .is_some_and(|since| now.saturating_duration_since(since) >= FORWARD_MAX_DELAY);
         if due && !state.gathered.is_empty() {
-            let batch =
-                std::mem::replace(&mut state.gathered, Handover::with_capacity(HANDOVER_BYTES));
+            // Room for the next hand-over, unless the session has nothing more to say.
+            let next = if state.session.is_done() {
+                Handover::default()
+            } else {
+                Handover::with_capacity(HANDOVER_BYTES)
+            };
+            let batch = std::mem::replace(&mut state.gathered, next);
             state.backlog.push_back(batch);
             state.data_handed_over |= gathered_data > 0;
             state.gathered_since = None;
