@@ -96,7 +96,7 @@ impl From<Vec<Output>> for Handover {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use fractal_protocol::cookie::Cookie;
     use fractal_protocol::message::{AlgorithmId, Data, Parameter};
@@ -120,7 +120,8 @@ mod tests {
         }
     }
 
-    fn frames_of(batch: &FrameBatch) -> Vec<Frame> {
+    /// The frames of `batch`, decoded.
+    pub(crate) fn frames_of(batch: &FrameBatch) -> Vec<Frame> {
         let mut decoder = FrameDecoder::default();
         let mut input = batch.as_bytes();
         let mut frames = Vec::new();

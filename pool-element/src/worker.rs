@@ -391,16 +391,24 @@ fn run_thread(shared: &PoolShared) {
 
 /// The cores this process may run on (empty if that cannot be read).
 fn allowed_cores() -> Vec<usize> {
+    // Thread id 0 is the calling thread, whose set a new thread inherits.
+    cores_of_thread(0).unwrap_or_default()
+}
+
+/// The cores thread `tid` may run on, `None` if that cannot be read.
+fn cores_of_thread(tid: libc::pid_t) -> Option<Vec<usize>> {
     // SAFETY: sched_getaffinity writes only into the set it is given, of the size it is told;
     // CPU_ISSET reads it, for indices below CPU_SETSIZE.
     unsafe {
         let mut set = std::mem::zeroed::<libc::cpu_set_t>();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
+        if libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
         }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&core| libc::CPU_ISSET(core, &set))
-            .collect()
+        Some(
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&core| libc::CPU_ISSET(core, &set))
+                .collect(),
+        )
     }
 }
 
@@ -434,10 +442,10 @@ fn lower_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handover::tests::frames_of;
     use crate::session::{SessionConfig, Start};
     use fractal_protocol::kernel::{self, KernelChoice, View};
     use fractal_protocol::message::{AlgorithmId, Data, PPID_FGP, Parameter};
-    use rserpool::transport::FrameDecoder;
 
     fn parameter() -> Parameter {
         Parameter {
@@ -475,15 +483,11 @@ mod tests {
     /// The FGP Data messages of a hand-over, decoded from its frames.
     fn data_messages(handover: Handover) -> Vec<Data> {
         let (frames, _, _) = handover.into_parts();
-        let mut decoder = FrameDecoder::default();
-        let mut input = frames.as_bytes();
-        let mut messages = Vec::new();
-        while let Some(frame) = decoder.decode(&mut input).expect("valid frames") {
-            if frame.ppid == PPID_FGP {
-                messages.push(Data::decode(&frame.payload).expect("FGP Data"));
-            }
-        }
-        messages
+        frames_of(&frames)
+            .into_iter()
+            .filter(|frame| frame.ppid == PPID_FGP)
+            .map(|frame| Data::decode(&frame.payload).expect("FGP Data"))
+            .collect()
     }
 
     /// Runs sessions through a pool and reassembles each picture from its Data messages.
@@ -537,17 +541,8 @@ mod tests {
             if !name.starts_with("fgp-compute-") {
                 continue;
             }
-            // SAFETY: as in `allowed_cores`, for thread `tid`.
-            let cores = unsafe {
-                let mut set = std::mem::zeroed::<libc::cpu_set_t>();
-                if libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set)
-                    != 0
-                {
-                    continue;
-                }
-                (0..libc::CPU_SETSIZE as usize)
-                    .filter(|&core| libc::CPU_ISSET(core, &set))
-                    .collect()
+            let Some(cores) = cores_of_thread(tid) else {
+                continue;
             };
             threads.push((name.trim().to_string(), cores));
         }
