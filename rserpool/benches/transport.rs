@@ -5,6 +5,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rserpool::transport::frame::{FrameDecoder, encode_frame};
 use rserpool::transport::{AssociationConfig, Listener, PPID_FGP, TcpFramed, Transport};
@@ -38,6 +39,21 @@ fn codec(c: &mut Criterion) {
             for chunk in black_box(&stream).chunks(64 * 1024) {
                 let mut input = chunk;
                 while let Some(frame) = decoder.decode(&mut input).unwrap() {
+                    frames += frame.payload.len();
+                }
+            }
+            frames
+        })
+    });
+    // The connection's way: reads appended to one buffer, frames split off it.
+    group.bench_function("split_1000_fgp_data_off_64k_reads", |b| {
+        b.iter(|| {
+            let mut decoder = FrameDecoder::default();
+            let mut buffer = BytesMut::new();
+            let mut frames = 0;
+            for chunk in black_box(&stream).chunks(64 * 1024) {
+                buffer.extend_from_slice(chunk);
+                while let Some(frame) = decoder.decode_buf(&mut buffer).unwrap() {
                     frames += frame.payload.len();
                 }
             }

@@ -1,9 +1,13 @@
 //! Sans-I/O codec for the association framing `PPID u32 BE | Length u32 BE | payload[Length]`.
 //!
 //! The decoder never trusts a length field: a header announcing more than the configured maximum
-//! is refused with [`FrameError::TooLarge`] before anything is allocated for it, and the payload
-//! buffer grows only with bytes that actually arrived. After an error the decoder stays failed
-//! (the stream has lost sync) and the connection must be closed.
+//! is refused with [`FrameError::TooLarge`] before anything is allocated for it. It takes bytes
+//! two ways: [`FrameDecoder::decode`] copies from any chunking into a payload buffer that grows
+//! only with bytes that actually arrived; [`FrameDecoder::decode_buf`], the connection's way,
+//! splits complete frames off a buffer the caller fills, without copying, and says through
+//! [`FrameDecoder::wanted_len`] how much the next frame needs (at most the header and the
+//! maximum). After an error the decoder stays failed (the stream has lost sync) and the
+//! connection must be closed.
 
 use bytes::{Buf, Bytes, BytesMut};
 use thiserror::Error;
