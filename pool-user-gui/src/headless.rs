@@ -35,10 +35,20 @@ pub struct HeadlessArgs {
     /// Picture height in pixels.
     #[arg(long, default_value_t = 250)]
     pub height: u32,
-    /// Sessions (tiles) per picture, each computed by its own pool element session, 1 to 400
-    /// (default: 1 with --headless, 16 in the window).
+    /// Sessions at once, each with its own pool element, 1 to 400 (default: 1 with
+    /// --headless, 16 in the window).
     #[arg(long, default_value_t = 1, hide_default_value = true)]
     pub sessions: usize,
+    /// Work units the picture is cut into; a session that finishes one takes the next
+    /// (default: 4 per session, 1 for a single session).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub units: Option<u32>,
+    /// Once no unit is left, free sessions do not take over the tails of slow tiles.
+    #[arg(long)]
+    pub no_tail_takeover: bool,
+    /// rsplib's way: one unit per session and no tail takeovers (overrides --units).
+    #[arg(long)]
+    pub static_split: bool,
     /// Built-in preset name or an rsplib .fsf file (default: a random built-in preset per image).
     #[arg(long, value_name = "NAME|FILE.fsf")]
     pub preset: Option<String>,
@@ -92,6 +102,25 @@ impl HeadlessArgs {
     }
 }
 
+impl HeadlessArgs {
+    /// The request for one picture of `view` these options describe.
+    pub fn image_request(
+        &self,
+        view: fractal_protocol::message::Parameter,
+        preset: &str,
+    ) -> ImageRequest {
+        let mut request = ImageRequest::new(view, self.sessions, preset);
+        if let Some(units) = self.units {
+            request.units = units as usize;
+        }
+        request.tail_takeover = !self.no_tail_takeover;
+        if self.static_split {
+            request = request.static_split();
+        }
+        request
+    }
+}
+
 /// Finds a preset: an existing file (or a name ending in `.fsf`) is read as rsplib's format,
 /// anything else is a built-in preset's name.
 pub fn load_preset(spec: &str) -> anyhow::Result<Preset> {
@@ -136,11 +165,7 @@ pub async fn run(args: HeadlessArgs) -> anyhow::Result<()> {
         if let Some(max_iterations) = args.max_iterations {
             view.max_iterations = max_iterations;
         }
-        let request = ImageRequest {
-            view,
-            sessions: args.sessions,
-            preset: preset.name.clone(),
-        };
+        let request = args.image_request(view, &preset.name);
         let progress = progress_bar(
             show_progress,
             u64::from(args.width) * u64::from(args.height),
@@ -211,11 +236,14 @@ fn track(progress: &ProgressBar, event: &ClientEvent) {
 
 fn print_summary(run: u64, preset: &str, stats: &ImageStats) {
     println!(
-        "image {run} ({preset}, {}x{}, {} sessions): {:.3} s, {:.0} pixels/s, {:.0} iterations/s, \
-         {} PEs used, {} failovers, {} recomputed iterations ({} pixels), {} restarts from scratch",
+        "image {run} ({preset}, {}x{}, {} sessions, {} units, {} tails taken over): {:.3} s, \
+         {:.0} pixels/s, {:.0} iterations/s, {} PEs used, {} failovers, {} recomputed \
+         iterations ({} pixels), {} restarts from scratch",
         stats.width,
         stats.height,
         stats.sessions,
+        stats.units,
+        stats.tail_takeovers,
         stats.wall_time_s,
         stats.pixels_per_s,
         stats.iterations_per_s,
@@ -225,6 +253,17 @@ fn print_summary(run: u64, preset: &str, stats: &ImageStats) {
         stats.recomputed_pixels,
         stats.restarts_from_scratch,
     );
+    let total: u64 = stats.pes.iter().map(|pe| pe.iterations).sum();
+    for pe in &stats.pes {
+        println!(
+            "  PE {:#010x}: {:5.1} % of the iterations, {} tiles, {} pixels, busy {:.3} s",
+            pe.pe_id,
+            100.0 * pe.iterations as f64 / total.max(1) as f64,
+            pe.units,
+            pe.pixels,
+            pe.busy_s,
+        );
+    }
 }
 
 fn print_total(all: &[ImageStats], wall: Duration) {
@@ -270,17 +309,17 @@ fn write_outputs(
     Ok(())
 }
 
-/// Colours the picture; rsplib's marks (picture number, failovers of the pixel's session when
-/// it arrived, session index when there are several) show who computed what.
+/// Colours the picture; rsplib's marks (picture number, failovers of the pixel's tile when it
+/// arrived, tile index when there are several) show who computed what.
 pub fn colour(assembly: &ImageAssembly, palette: Palette, run: u64) -> Vec<u8> {
     let mut session_of = vec![0u32; assembly.iterations.len()];
     if assembly.tiles.len() > 1 {
         for tile in &assembly.tiles {
             for index in 0..u64::from(tile.width) * u64::from(tile.height) {
-                if let Some(i) = assembly.pixel_index(tile.session, index)
+                if let Some(i) = assembly.pixel_index(tile.index, index)
                     && let Some(slot) = session_of.get_mut(i)
                 {
-                    *slot = tile.session as u32;
+                    *slot = tile.index as u32;
                 }
             }
         }

@@ -72,11 +72,14 @@ fn expected_picture(view: &Parameter, sessions: usize) -> Vec<u32> {
 }
 
 async fn compute(client: &FractalClient, view: Parameter, sessions: usize) -> ImageResult {
-    let request = ImageRequest {
-        view,
-        sessions,
-        preset: "test".into(),
-    };
+    compute_request(
+        client,
+        ImageRequest::new(view, sessions, "test").static_split(),
+    )
+    .await
+}
+
+async fn compute_request(client: &FractalClient, request: ImageRequest) -> ImageResult {
     tokio::time::timeout(Duration::from_secs(60), client.compute_image(request))
         .await
         .expect("image finishes in time")
@@ -135,45 +138,40 @@ async fn each_cookie_comes_after_the_data_it_covers() {
         let mut received = [0u64; 3];
         let mut cookies = 0;
         for event in drain(&mut events) {
-            let (session, first, count) = match event {
+            let (tile, first, count) = match event {
                 ClientEvent::TileData {
-                    session,
+                    tile,
                     first,
                     iterations,
                     ..
                 } => {
                     assert!(pixel_events, "values only when asked for");
-                    let tile = tiling::split(&view, 3)[session];
-                    let values = kernel::compute_image(&tile.parameter);
+                    let unit = tiling::split(&view, 3)[tile];
+                    let values = kernel::compute_image(&unit.parameter);
                     let at = first as usize;
                     assert_eq!(iterations, values[at..at + iterations.len()]);
-                    (session, first, iterations.len() as u64)
+                    (tile, first, iterations.len() as u64)
                 }
                 ClientEvent::TileProgress {
-                    session,
-                    first,
-                    count,
-                    ..
+                    tile, first, count, ..
                 } => {
                     assert!(!pixel_events, "counts only when values are not asked for");
-                    (session, first, count)
+                    (tile, first, count)
                 }
-                ClientEvent::CookieStored {
-                    session, position, ..
-                } => {
+                ClientEvent::CookieStored { tile, position, .. } => {
                     cookies += 1;
                     assert!(
-                        position <= received[session],
+                        position <= received[tile],
                         "cookie at {position} before the data up to it ({})",
-                        received[session]
+                        received[tile]
                     );
                     continue;
                 }
                 _ => continue,
             };
-            assert_eq!(first, received[session], "in order, without gaps");
+            assert_eq!(first, received[tile], "in order, without gaps");
             assert!(count <= 32 * MAX_POINTS_PER_DATA as u64);
-            received[session] += count;
+            received[tile] += count;
         }
         assert!(cookies > 0, "the latest cookie of each burst is passed on");
         assert_eq!(received.iter().sum::<u64>(), 300 * 200);
@@ -352,11 +350,7 @@ async fn empty_pool_is_waited_for() {
     let registrar = FakeRegistrar::start().await;
     let (client, mut events) = client(&registrar, Duration::from_secs(2));
     let view = view(40, 30, 100);
-    let request = ImageRequest {
-        view,
-        sessions: 2,
-        preset: "test".into(),
-    };
+    let request = ImageRequest::new(view, 2, "test").static_split();
     let image = client.compute_image(request);
     tokio::pin!(image);
     // Several retries while the pool is empty.

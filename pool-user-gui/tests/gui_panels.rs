@@ -86,10 +86,10 @@ fn pe(id: u32) -> PeInfo {
 /// A 4-tile 40x20 picture: tiles of 20x10.
 fn image_started(image: u64) -> ClientEvent {
     let tiles = (0..4)
-        .map(|session| TileRect {
-            session,
-            x: (session as u32 % 2) * 20,
-            y: (session as u32 / 2) * 10,
+        .map(|index| TileRect {
+            index,
+            x: (index as u32 % 2) * 20,
+            y: (index as u32 / 2) * 10,
             width: 20,
             height: 10,
         })
@@ -100,14 +100,15 @@ fn image_started(image: u64) -> ClientEvent {
         height: 20,
         max_iterations: 100,
         preset: "full-set".to_owned(),
+        sessions: 4,
         tiles,
     }
 }
 
-fn tile_data(session: usize, pe_id: u32, first: u64, count: usize) -> ClientEvent {
+fn tile_data(tile: usize, pe_id: u32, first: u64, count: usize) -> ClientEvent {
     ClientEvent::TileData {
         image: 1,
-        session,
+        tile,
         pe_id,
         first,
         iterations: (0..count as u32).map(|value| value % 100).collect(),
@@ -272,14 +273,14 @@ fn failover_appears_in_the_story_and_status_bar() {
     setup.sink.send(image_started(1));
     setup.sink.send(ClientEvent::SessionConnected {
         image: 1,
-        session: 2,
+        tile: 2,
         pe: pe(0x0000_0bad),
         resumed_at: None,
     });
     setup.sink.send(tile_data(2, 0x0bad, 0, 30));
     setup.sink.send(ClientEvent::FailoverStarted {
         image: 1,
-        session: 2,
+        tile: 2,
         pe: pe(0x0000_0bad),
         reason: FailureReason::ConnectionLost("reset".to_owned()),
         silent_for: Duration::from_millis(1234),
@@ -289,7 +290,7 @@ fn failover_appears_in_the_story_and_status_bar() {
         .send(ClientEvent::UnreachableReported { pe_id: 0x0bad });
     setup.sink.send(ClientEvent::FailoverCompleted {
         image: 1,
-        session: 2,
+        tile: 2,
         old_pe: 0x0bad,
         new_pe: pe(0x0000_0900),
         resumed_at: 20,
@@ -299,7 +300,7 @@ fn failover_appears_in_the_story_and_status_bar() {
     setup.sink.send(tile_data(2, 0x0900, 20, 30));
     setup.harness.run();
     let harness = &setup.harness;
-    harness.get_by_label_contains("Session 3: PE 0x00000bad failed");
+    harness.get_by_label_contains("Tile 3: PE 0x00000bad failed");
     harness.get_by_label_contains("detected after 1234 ms");
     harness.get_by_label_contains("Reported PE 0x00000bad unreachable");
     harness.get_by_label_contains("PE 0x00000900 took over from 0x00000bad in 17 ms");
@@ -383,7 +384,7 @@ fn empty_states_say_what_is_missing() {
     setup.sink.send(image_started(1));
     setup.sink.send(ClientEvent::PoolEmpty {
         image: 1,
-        session: 0,
+        tile: 0,
         retry_in: Duration::from_millis(500),
     });
     setup.harness.run();
@@ -438,11 +439,11 @@ fn completed_image_is_counted_and_saved() {
     let dir = tempfile::tempdir().expect("tempdir");
     setup.harness.state_mut().settings.save_dir = dir.path().to_path_buf();
     setup.sink.send(image_started(1));
-    for session in 0..4 {
-        setup.sink.send(tile_data(session, 5, 0, 200));
+    for tile in 0..4 {
+        setup.sink.send(tile_data(tile, 5, 0, 200));
         setup
             .sink
-            .send(ClientEvent::TileCompleted { image: 1, session });
+            .send(ClientEvent::TileCompleted { image: 1, tile });
     }
     setup.sink.send(ClientEvent::ImageCompleted {
         image: 1,
@@ -479,10 +480,7 @@ fn events_of_an_old_image_are_ignored() {
     let mut state = GuiState::new();
     state.apply(image_started(2));
     state.apply(tile_data(0, 1, 0, 10)); // image 1
-    state.apply(ClientEvent::TileCompleted {
-        image: 1,
-        session: 0,
-    });
+    state.apply(ClientEvent::TileCompleted { image: 1, tile: 0 });
     let picture = state.picture.as_ref().expect("picture");
     assert_eq!(picture.received(), 0);
     assert!(!picture.progress[0].completed);

@@ -64,6 +64,8 @@ struct Picture {
     width: u32,
     height: u32,
     sessions: usize,
+    /// Work units the picture is cut into (`--units`).
+    units: usize,
     preset: &'static str,
     max_iterations: u32,
 }
@@ -76,15 +78,16 @@ impl Picture {
         view
     }
 
-    /// What the pool must deliver: each tile computed locally from its own Parameter (with one
-    /// session that is exactly the untiled reference picture).
+    /// What the pool must deliver: each work unit computed locally from its own Parameter (with
+    /// one unit that is exactly the untiled reference picture), however sessions shared the
+    /// units out and took over their tails.
     fn expected(&self) -> Vec<u32> {
         let view = self.view();
-        if self.sessions == 1 {
+        if self.units == 1 {
             return kernel::compute_image(&view);
         }
         let mut picture = vec![0u32; (self.width * self.height) as usize];
-        for tile in tiling::split(&view, self.sessions) {
+        for tile in tiling::split(&view, self.units) {
             for (index, value) in kernel::compute_image(&tile.parameter)
                 .into_iter()
                 .enumerate()
@@ -109,6 +112,8 @@ impl Picture {
             self.height.to_string(),
             "--sessions".into(),
             self.sessions.to_string(),
+            "--units".into(),
+            self.units.to_string(),
             "--preset".into(),
             self.preset.into(),
             "--max-iterations".into(),
@@ -163,6 +168,7 @@ fn pool_pictures_equal_the_local_reference() -> Result<()> {
             width: 257,
             height: 163,
             sessions,
+            units: sessions * 4,
             preset: "seahorse-valley",
             max_iterations: 400,
         };
@@ -191,6 +197,7 @@ fn sigkilled_pes_lose_nothing() -> Result<()> {
         width: 400,
         height: 300,
         sessions: 4,
+        units: 16,
         preset: "full-set",
         max_iterations: 1000,
     };
@@ -254,6 +261,7 @@ fn sigstopped_pe_is_detected_reported_and_avoided() -> Result<()> {
         width: 300,
         height: 200,
         sessions: 2,
+        units: 8,
         preset: "full-set",
         max_iterations: 1000,
     };
@@ -308,6 +316,7 @@ fn all_pes_gone_then_one_restarted() -> Result<()> {
         width: 240,
         height: 160,
         sessions: 2,
+        units: 8,
         preset: "full-set",
         max_iterations: 1000,
     };
@@ -335,6 +344,7 @@ fn fail_after_on_every_pe_gives_deterministic_failovers() -> Result<()> {
         width: 200,
         height: 150,
         sessions: 1,
+        units: 1,
         preset: "seahorse-valley",
         max_iterations: 300,
     };
@@ -364,6 +374,7 @@ fn pool_user_finds_the_registrar_by_announces() -> Result<()> {
         width: 64,
         height: 48,
         sessions: 1,
+        units: 1,
         preset: "full-set",
         max_iterations: 200,
     };

@@ -32,6 +32,10 @@ struct Args {
     /// Session counts to measure the end-to-end picture with.
     #[arg(long, value_delimiter = ',', default_value = "2,4,8")]
     sessions: Vec<usize>,
+    /// Pictures as rsplib computes them: one tile per session, no tail takeovers (else the
+    /// default work units and tail takeovers).
+    #[arg(long)]
+    static_split: bool,
     /// The `pool-user` binary [default: next to this one].
     #[arg(long)]
     pool_user: Option<PathBuf>,
@@ -267,11 +271,7 @@ async fn failover_latency(program: PathBuf, kills: usize) -> Result<Vec<Duration
     let runner = client.clone();
     let image = tokio::spawn(async move {
         runner
-            .compute_image(ImageRequest {
-                view,
-                sessions: 1,
-                preset: preset.name,
-            })
+            .compute_image(ImageRequest::new(view, 1, preset.name))
             .await
     });
     let mut latencies = Vec::new();
@@ -325,7 +325,22 @@ async fn local_picture(view: Parameter) -> Result<(Duration, Vec<u32>)> {
     .context("local computation")
 }
 
-async fn overhead(program: PathBuf, sessions: &[usize], repeat: usize) -> Result<()> {
+/// The request of one measured picture.
+fn request(view: Parameter, sessions: usize, preset: &str, static_split: bool) -> ImageRequest {
+    let request = ImageRequest::new(view, sessions, preset);
+    if static_split {
+        request.static_split()
+    } else {
+        request
+    }
+}
+
+async fn overhead(
+    program: PathBuf,
+    sessions: &[usize],
+    repeat: usize,
+    static_split: bool,
+) -> Result<()> {
     let preset = Preset::by_name("full-set").context("preset")?;
     let mut view = preset.parameter(1024, 768);
     view.max_iterations = 1000;
@@ -363,11 +378,7 @@ async fn overhead(program: PathBuf, sessions: &[usize], repeat: usize) -> Result
             // process CPU time too.
             let own_before = own_cpu();
             let result = client
-                .compute_image(ImageRequest {
-                    view,
-                    sessions: count,
-                    preset: preset.name.clone(),
-                })
+                .compute_image(request(view, count, &preset.name, static_split))
                 .await?;
             let own_after = own_cpu();
             cpu.pu += own_after.0.saturating_sub(own_before.0);
@@ -461,5 +472,5 @@ async fn main() -> Result<()> {
             );
         }
     }
-    overhead(program, &args.sessions, args.repeat).await
+    overhead(program, &args.sessions, args.repeat, args.static_split).await
 }

@@ -24,10 +24,10 @@ pub struct ImageAssembly {
     /// Row-major failover generation of each pixel's session when it arrived; empty (all 0)
     /// until the first failover, so that a picture without one costs no memory for it.
     generation: Vec<u32>,
-    /// Per session, the pixels of its tile received (row-major within the tile): a few ranges,
-    /// as PEs send runs.
+    /// Per tile, its pixels received (row-major within the tile): a few ranges, as PEs send
+    /// runs.
     received: Vec<Coverage>,
-    /// Failovers per session so far.
+    /// Failovers per tile so far.
     pub failovers: Vec<u32>,
     /// Completed tiles.
     pub completed: Vec<bool>,
@@ -41,6 +41,14 @@ pub struct ImageAssembly {
 #[derive(Debug, Default)]
 pub struct SpareBuffers {
     iterations: Vec<u32>,
+}
+
+/// What [`ImageAssembly::store_data`] stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub pixels: u64,
+    /// Iterations behind the stored values.
+    pub iterations: u64,
 }
 
 /// A run of a tile's pixels within one picture row.
@@ -99,9 +107,9 @@ impl ImageAssembly {
         })
     }
 
-    /// Row-major index in the picture of pixel `index` (row-major within the tile) of `session`.
-    pub fn pixel_index(&self, session: usize, index: u64) -> Option<usize> {
-        let tile = self.tiles.get(session)?;
+    /// Row-major index in the picture of pixel `index` (row-major within the tile) of `tile`.
+    pub fn pixel_index(&self, tile: usize, index: u64) -> Option<usize> {
+        let tile = self.tiles.get(tile)?;
         let width = u64::from(tile.width);
         if width == 0 || index >= width * u64::from(tile.height) {
             return None;
@@ -134,14 +142,14 @@ impl ImageAssembly {
         self.received.iter().map(Coverage::covered).sum()
     }
 
-    /// Iterations behind pixels `first .. first + count` of `session` as received so far.
-    pub fn iterations_in(&self, session: usize, first: u64, count: u64) -> u64 {
-        let Some(received) = self.received.get(session) else {
+    /// Iterations behind pixels `first .. first + count` of `tile` as received so far.
+    pub fn iterations_in(&self, tile: usize, first: u64, count: u64) -> u64 {
+        let Some(received) = self.received.get(tile) else {
             return 0;
         };
         received
             .overlaps(first..first.saturating_add(count))
-            .map(|range| self.iterations_of(session, range))
+            .map(|range| self.iterations_of(tile, range))
             .sum()
     }
 
@@ -150,21 +158,27 @@ impl ImageAssembly {
         match event {
             ClientEvent::TileData {
                 image,
-                session,
+                tile,
                 first,
                 iterations,
                 ..
             } if *image == self.image => {
-                let generation = self.failovers.get(*session).copied().unwrap_or(0);
-                self.store(*session, *first, iterations, generation);
+                let generation = self.failovers.get(*tile).copied().unwrap_or(0);
+                self.store(*tile, *first, iterations, generation);
             }
-            ClientEvent::FailoverCompleted { image, session, .. } if *image == self.image => {
-                if let Some(count) = self.failovers.get_mut(*session) {
+            ClientEvent::FailoverCompleted { image, tile, .. } if *image == self.image => {
+                if let Some(count) = self.failovers.get_mut(*tile) {
                     *count += 1;
                 }
             }
-            ClientEvent::TileCompleted { image, session } if *image == self.image => {
-                if let Some(done) = self.completed.get_mut(*session) {
+            ClientEvent::TileSplit {
+                image,
+                tile,
+                kept_rows,
+                tail,
+            } if *image == self.image => self.split(*tile, *kept_rows, tail),
+            ClientEvent::TileCompleted { image, tile } if *image == self.image => {
+                if let Some(done) = self.completed.get_mut(*tile) {
                     *done = true;
                 }
             }
@@ -172,12 +186,34 @@ impl ImageAssembly {
         }
     }
 
-    /// The row runs in the picture of pixels `range` (row-major within the tile) of `session`,
+    /// Tile `tile` keeps its first `kept_rows` rows; the rows below become the new tile `tail`
+    /// (a tail takeover). Ignored unless `tail` is the next tile and lies within `tile`.
+    fn split(&mut self, tile: usize, kept_rows: u32, tail: &TileRect) {
+        let Some(rect) = self.tiles.get_mut(tile) else {
+            return;
+        };
+        let fits = tail.index == self.received.len()
+            && tail.x == rect.x
+            && tail.width == rect.width
+            && kept_rows < rect.height
+            && u64::from(tail.y) == u64::from(rect.y) + u64::from(kept_rows)
+            && u64::from(kept_rows) + u64::from(tail.height) == u64::from(rect.height);
+        if !fits {
+            return;
+        }
+        rect.height = kept_rows;
+        self.tiles.push(tail.clone());
+        self.received.push(Coverage::default());
+        self.failovers.push(0);
+        self.completed.push(false);
+    }
+
+    /// The row runs in the picture of pixels `range` (row-major within the tile) of `tile`,
     /// cut at the tile's and the picture's end.
-    fn row_runs(&self, session: usize, range: Range<u64>) -> impl Iterator<Item = RowRun> + use<> {
+    fn row_runs(&self, tile: usize, range: Range<u64>) -> impl Iterator<Item = RowRun> + use<> {
         let (tile_width, tile_height, tile_x, tile_y) = self
             .tiles
-            .get(session)
+            .get(tile)
             .map(|tile| {
                 (
                     u64::from(tile.width),
@@ -210,9 +246,9 @@ impl ImageAssembly {
         })
     }
 
-    /// Iterations behind the stored values of pixels `range` of `session`.
-    fn iterations_of(&self, session: usize, range: Range<u64>) -> u64 {
-        self.row_runs(session, range)
+    /// Iterations behind the stored values of pixels `range` of `tile`.
+    fn iterations_of(&self, tile: usize, range: Range<u64>) -> u64 {
+        self.row_runs(tile, range)
             .map(|run| {
                 iterations_in(
                     &self.iterations[run.start..run.start + run.len],
@@ -222,59 +258,62 @@ impl ImageAssembly {
             .sum()
     }
 
-    /// Stores the points of a Data message as pixels `first..` (row-major within the tile) of
-    /// `session`, decoded straight into the picture. Returns how many were stored (points past
-    /// the tile's end are dropped).
-    pub fn store_data(&mut self, session: usize, first: u64, data: &DataView) -> u64 {
-        let generation = self.failovers.get(session).copied().unwrap_or(0);
+    /// Stores the first `count` points of a Data message as pixels `first..` (row-major within
+    /// the tile) of `tile`, decoded straight into the picture. Points past the tile's end are
+    /// dropped.
+    pub fn store_data(&mut self, tile: usize, first: u64, data: &DataView, count: usize) -> Stored {
+        let generation = self.failovers.get(tile).copied().unwrap_or(0);
         let max = self.max_iterations;
-        self.store_with(session, first, data.len(), generation, |offset, slots| {
-            data.copy_points_counting(offset, slots, max)
-        })
+        self.store_with(
+            tile,
+            first,
+            count.min(data.len()),
+            generation,
+            |offset, slots| data.copy_points_counting(offset, slots, max),
+        )
     }
 
-    /// The stored values of pixels `range` of `session`.
-    pub fn tile_values(&self, session: usize, range: Range<u64>) -> Vec<u32> {
+    /// The stored values of pixels `range` of `tile`.
+    pub fn tile_values(&self, tile: usize, range: Range<u64>) -> Vec<u32> {
         let mut values = Vec::with_capacity(range.end.saturating_sub(range.start) as usize);
-        for run in self.row_runs(session, range) {
+        for run in self.row_runs(tile, range) {
             values.extend_from_slice(&self.iterations[run.start..run.start + run.len]);
         }
         values
     }
 
-    /// Stores `values` as pixels `first..` (row-major within the tile) of `session`, a tile row
-    /// at a time; values past the tile's end are dropped.
-    fn store(&mut self, session: usize, first: u64, values: &[u32], generation: u32) {
+    /// Stores `values` as pixels `first..` (row-major within the tile) of `tile`, a tile row at
+    /// a time; values past the tile's end are dropped.
+    fn store(&mut self, tile: usize, first: u64, values: &[u32], generation: u32) {
         let max = self.max_iterations;
-        self.store_with(session, first, values.len(), generation, |offset, slots| {
+        self.store_with(tile, first, values.len(), generation, |offset, slots| {
             slots.copy_from_slice(&values[offset..offset + slots.len()]);
             iterations_in(slots, max)
         });
     }
 
-    /// Stores `count` values as pixels `first..` of `session`: `fill(offset, slots)` writes
-    /// values `offset..offset + slots.len()` and returns the iterations behind them. Returns
-    /// how many were stored.
+    /// Stores `count` values as pixels `first..` of `tile`: `fill(offset, slots)` writes
+    /// values `offset..offset + slots.len()` and returns the iterations behind them.
     fn store_with(
         &mut self,
-        session: usize,
+        tile: usize,
         first: u64,
         count: usize,
         generation: u32,
         mut fill: impl FnMut(usize, &mut [u32]) -> u64,
-    ) -> u64 {
-        let Some(received) = self.received.get(session) else {
-            return 0;
+    ) -> Stored {
+        let Some(received) = self.received.get(tile) else {
+            return Stored::default();
         };
         let range = first..first.saturating_add(count as u64);
         // Pixels that arrived before (a resume from an older cookie) leave the total first.
         let replaced: u64 = received
             .overlaps(range.clone())
-            .map(|overlap| self.iterations_of(session, overlap))
+            .map(|overlap| self.iterations_of(tile, overlap))
             .sum();
         let mut added = 0;
         let mut stored = 0;
-        for run in self.row_runs(session, range) {
+        for run in self.row_runs(tile, range) {
             let slots = run.start..run.start + run.len;
             added += fill(stored, &mut self.iterations[slots.clone()]);
             if generation > 0 && self.generation.is_empty() {
@@ -286,13 +325,16 @@ impl ImageAssembly {
             stored += run.len;
         }
         self.total_iterations = self.total_iterations - replaced + added;
-        if let Some(received) = self.received.get_mut(session) {
+        if let Some(received) = self.received.get_mut(tile) {
             received.insert(first..first + stored as u64);
         }
-        stored as u64
+        Stored {
+            pixels: stored as u64,
+            iterations: added,
+        }
     }
 
-    /// Failover generation of the session of pixel `i` (row-major) when the pixel arrived.
+    /// Failover generation of the tile of pixel `i` (row-major) when the pixel arrived.
     pub fn generation(&self, i: usize) -> u32 {
         self.generation.get(i).copied().unwrap_or(0)
     }
@@ -320,16 +362,17 @@ mod tests {
             height: 2,
             max_iterations: 10,
             preset: "p".into(),
+            sessions: 2,
             tiles: vec![
                 TileRect {
-                    session: 0,
+                    index: 0,
                     x: 0,
                     y: 0,
                     width: 2,
                     height: 2,
                 },
                 TileRect {
-                    session: 1,
+                    index: 1,
                     x: 2,
                     y: 0,
                     width: 3,
@@ -348,7 +391,7 @@ mod tests {
         assert_eq!(picture.pixel_index(2, 0), None);
         picture.apply(&ClientEvent::TileData {
             image: 3,
-            session: 1,
+            tile: 1,
             pe_id: 7,
             first: 2,
             iterations: vec![4, 10],
@@ -360,7 +403,7 @@ mod tests {
         assert_eq!(picture.total_iterations(), 15);
         picture.apply(&ClientEvent::FailoverCompleted {
             image: 3,
-            session: 1,
+            tile: 1,
             old_pe: 7,
             new_pe: super::super::events::PeInfo {
                 id: 8,
@@ -372,7 +415,7 @@ mod tests {
         });
         picture.apply(&ClientEvent::TileData {
             image: 3,
-            session: 1,
+            tile: 1,
             pe_id: 8,
             first: 5,
             iterations: vec![1],
@@ -380,27 +423,18 @@ mod tests {
         assert_eq!(picture.generation(9), 1);
         assert_eq!(picture.generation(7), 0);
         // Events of another image are ignored.
-        picture.apply(&ClientEvent::TileCompleted {
-            image: 4,
-            session: 0,
-        });
+        picture.apply(&ClientEvent::TileCompleted { image: 4, tile: 0 });
         assert!(!picture.is_complete());
-        picture.apply(&ClientEvent::TileCompleted {
-            image: 3,
-            session: 0,
-        });
-        picture.apply(&ClientEvent::TileCompleted {
-            image: 3,
-            session: 1,
-        });
+        picture.apply(&ClientEvent::TileCompleted { image: 3, tile: 0 });
+        picture.apply(&ClientEvent::TileCompleted { image: 3, tile: 1 });
         assert!(picture.is_complete());
     }
 
     #[test]
     fn a_picture_in_reused_buffers_starts_empty_and_ends_like_a_fresh_one() {
-        let data = |session, iterations: Vec<u32>| ClientEvent::TileData {
+        let data = |tile, iterations: Vec<u32>| ClientEvent::TileData {
             image: 3,
-            session,
+            tile,
             pe_id: 7,
             first: 0,
             iterations,
@@ -434,7 +468,7 @@ mod tests {
             let values: Vec<u32> = (0..count as u32).map(|v| v + 100 * first as u32).collect();
             picture.apply(&ClientEvent::TileData {
                 image: 3,
-                session: 1,
+                tile: 1,
                 pe_id: 9,
                 first,
                 iterations: values.clone(),

@@ -14,11 +14,13 @@ pub struct PeInfo {
     pub address: SocketAddr,
 }
 
-/// A tile of the picture (a sub-rectangle, one session computes it).
+/// A tile of the picture: a sub-rectangle that one session at a time computes. The picture
+/// starts with one tile per work unit; a tail takeover cuts a tile's lower rows off into a new
+/// tile ([`ClientEvent::TileSplit`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TileRect {
-    /// Session number, from 0, row-major.
-    pub session: usize,
+    /// Tile number, from 0: the work units row-major, then tails in the order they were cut.
+    pub index: usize,
     pub x: u32,
     pub y: u32,
     pub width: u32,
@@ -51,12 +53,57 @@ pub enum FailureReason {
     ProtocolError(String),
 }
 
+/// What one pool element did for one image.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct PeStats {
+    /// Pool element identifier.
+    pub pe_id: u32,
+    /// Tiles (work units or tails) it completed.
+    pub units: u64,
+    /// Pixels it delivered, recomputed ones included.
+    pub pixels: u64,
+    /// Iterations behind those pixels.
+    pub iterations: u64,
+    /// Time it had at least one of this image's sessions, in seconds.
+    pub busy_s: f64,
+}
+
+/// One failover of one image's session.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct FailoverRecord {
+    /// The tile whose session failed over.
+    pub tile: usize,
+    /// The PE that failed, and the one that took over.
+    pub old_pe: u32,
+    pub new_pe: u32,
+    /// Why (as the failover story says it).
+    pub reason: String,
+    /// Detection: time from the failed PE's last message to the failover's start, in seconds.
+    pub detection_s: f64,
+    /// From detecting the failure to the new PE's first message, in seconds.
+    pub failover_s: f64,
+    /// Pixel of the tile the new PE resumed at.
+    pub resumed_at: u64,
+    /// Pixels received before that will arrive again, and their iterations.
+    pub recomputed_pixels: u64,
+    pub recomputed_iterations: u64,
+}
+
 /// Counters of one image (also written as `--stats-json`).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct ImageStats {
+    /// Preset name.
+    pub preset: String,
     pub width: u32,
     pub height: u32,
+    /// Sessions at once.
     pub sessions: usize,
+    /// Work units the picture was cut into.
+    pub units: usize,
+    /// Tails taken over (each made a tile more).
+    pub tail_takeovers: u64,
+    /// Pixels a PE computed beyond a cut, dropped.
+    pub tail_overrun_pixels: u64,
     pub wall_time_s: f64,
     pub pixels: u64,
     pub iterations: u64,
@@ -71,6 +118,10 @@ pub struct ImageStats {
     pub recomputed_iterations: u64,
     /// Sessions that had to restart from scratch (no cookie yet when their PE failed).
     pub restarts_from_scratch: u64,
+    /// Per pool element that delivered data, by identifier.
+    pub pes: Vec<PeStats>,
+    /// Every failover, in order.
+    pub failover_records: Vec<FailoverRecord>,
 }
 
 /// Everything the client reports, in order, per image.
@@ -83,21 +134,25 @@ pub enum ClientEvent {
         height: u32,
         max_iterations: u32,
         preset: String,
+        /// Sessions at once.
+        sessions: usize,
+        /// The work units, in the order sessions take them.
         tiles: Vec<TileRect>,
     },
-    /// A session has a pool element and sent it the Parameter (or a Cookie Echo).
+    /// A tile's session has a pool element and sent it the Parameter (or a Cookie Echo).
     SessionConnected {
         image: u64,
-        session: usize,
+        tile: usize,
         pe: PeInfo,
-        /// Row-major pixel index within the tile the PE resumes at (None: from the start).
+        /// Row-major pixel index within the tile the PE resumes at after a failover (None: a
+        /// fresh start).
         resumed_at: Option<u64>,
     },
     /// Iteration counts of consecutive pixels of one tile, row-major within the tile,
     /// starting at pixel index `first` of that tile.
     TileData {
         image: u64,
-        session: usize,
+        tile: usize,
         pe_id: u32,
         first: u64,
         iterations: Vec<u32>,
@@ -106,7 +161,7 @@ pub enum ClientEvent {
     /// them (see `ClientConfig::pixel_events`): `count` pixels from pixel index `first`.
     TileProgress {
         image: u64,
-        session: usize,
+        tile: usize,
         pe_id: u32,
         first: u64,
         count: u64,
@@ -114,15 +169,23 @@ pub enum ClientEvent {
     /// The session stored a new cookie: the PE has handed over everything before `position`.
     CookieStored {
         image: u64,
-        session: usize,
+        tile: usize,
         position: u64,
     },
+    /// Tile `tile`'s tail was taken over: the tile keeps its first `kept_rows` rows; the rows
+    /// below are the new tile `tail`, computed by another session.
+    TileSplit {
+        image: u64,
+        tile: usize,
+        kept_rows: u32,
+        tail: TileRect,
+    },
     /// The tile is complete.
-    TileCompleted { image: u64, session: usize },
+    TileCompleted { image: u64, tile: usize },
     /// A session lost its PE and started failing over.
     FailoverStarted {
         image: u64,
-        session: usize,
+        tile: usize,
         pe: PeInfo,
         reason: FailureReason,
         /// Time since the last data from that PE, i.e. how long detection took.
@@ -133,7 +196,7 @@ pub enum ClientEvent {
     /// A failover finished: a new PE took over.
     FailoverCompleted {
         image: u64,
-        session: usize,
+        tile: usize,
         old_pe: u32,
         new_pe: PeInfo,
         /// Pixel index within the tile the new PE resumed from.
@@ -146,7 +209,7 @@ pub enum ClientEvent {
     /// No pool element could be found; the session retries after `retry_in`.
     PoolEmpty {
         image: u64,
-        session: usize,
+        tile: usize,
         retry_in: Duration,
     },
     /// All tiles are complete.

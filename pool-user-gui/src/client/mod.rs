@@ -1,21 +1,24 @@
-//! The fractal client: one RSerPool session per tile, failover with cookies, image assembly.
+//! The fractal client: work units computed by concurrent RSerPool sessions, tail takeovers,
+//! failover with cookies, image assembly.
 //!
 //! [`FractalClient`] is what a front end drives: [`FractalClient::start_image`] (or
 //! [`FractalClient::compute_image`] to await the result), [`FractalClient::cancel`], and the
 //! [`events::ClientEvent`]s arriving on the receiver returned by [`FractalClient::start`].
 //! [`FractalClient::start_pool_monitor`] adds a `PoolSnapshot` about once a second.
 //!
-//! A picture is split with [`fractal_protocol::tiling::split`]; each tile is computed by its
-//! own session (see `rserpool::pu`), which resumes from the last `<FG-TD1>` cookie after a
-//! failover. Pixels that arrive twice (a PE resuming from a cookie older than the data already
-//! received) are counted as recomputed work.
+//! A picture is split into work units with [`fractal_protocol::tiling::split`]; `sessions` of
+//! them are computed at once, each by its own session (see `rserpool::pu`), and a session that
+//! finishes takes the next unit or the tail of a slow tile (see `schedule`). A session resumes
+//! from the last `<FG-TD1>` cookie after a failover. Pixels that arrive twice (a PE resuming
+//! from a cookie older than the data already received) are counted as recomputed work.
 
 pub mod assembly;
 mod coverage;
 pub mod events;
+mod schedule;
 mod tile;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,7 +34,8 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
 use assembly::{ImageAssembly, SpareBuffers};
-use events::{ClientEvent, ImageStats, PoolEntry, TileRect};
+use events::{ClientEvent, FailoverRecord, ImageStats, PeStats, PoolEntry, TileRect};
+use schedule::{Assignment, Schedule, TileJob};
 use tile::TileReport;
 
 /// The pool the Fractal Generator's PEs register in (rsplib's default).
@@ -60,15 +64,54 @@ impl Default for ClientConfig {
     }
 }
 
+/// Work units per session by default (see [`default_units`]).
+pub const UNITS_PER_SESSION: usize = 4;
+
+/// The work units a picture is cut into for `sessions` sessions at once when not told:
+/// [`UNITS_PER_SESSION`] per session, so that a session that finishes early takes another unit
+/// (with a fresh choice of PE); one session computes the picture as one unit.
+pub fn default_units(sessions: usize) -> usize {
+    match sessions.max(1) {
+        1 => 1,
+        sessions => sessions * UNITS_PER_SESSION,
+    }
+}
+
 /// One picture to compute.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageRequest {
     /// The whole view (its width and height are the picture's).
     pub view: Parameter,
-    /// Sessions (tiles); at least 1.
+    /// Sessions at once (rsplib's meaning); at least 1.
     pub sessions: usize,
+    /// Work units the picture is cut into, at least 1 (see [`default_units`]).
+    pub units: usize,
+    /// Whether a free session takes over the tail of the tile expected to finish last once no
+    /// unit is left (see `schedule`).
+    pub tail_takeover: bool,
     /// Preset name, for the events.
     pub preset: String,
+}
+
+impl ImageRequest {
+    /// `view` computed by `sessions` sessions at once, with the default units and tail
+    /// takeovers.
+    pub fn new(view: Parameter, sessions: usize, preset: impl Into<String>) -> ImageRequest {
+        ImageRequest {
+            view,
+            sessions,
+            units: default_units(sessions),
+            tail_takeover: true,
+            preset: preset.into(),
+        }
+    }
+
+    /// rsplib's way: one unit per session, no tail takeovers.
+    pub fn static_split(mut self) -> ImageRequest {
+        self.units = self.sessions.max(1);
+        self.tail_takeover = false;
+        self
+    }
 }
 
 /// A finished picture.
@@ -265,14 +308,104 @@ fn keep_spare(spare: &Mutex<SpareBuffers>, assembly: ImageAssembly) {
     *spare.lock().unwrap_or_else(|e| e.into_inner()) = assembly.into_spare();
 }
 
+/// What a pool element did for the image so far.
+#[derive(Default)]
+struct PeTally {
+    units: u64,
+    pixels: u64,
+    iterations: u64,
+    /// Sessions of this image on it now, and since when it had any.
+    sessions: u32,
+    busy_since: Option<Instant>,
+    busy: Duration,
+}
+
 /// Per-image bookkeeping for the statistics.
+#[derive(Default)]
 struct Tally {
-    pes_used: HashSet<u32>,
+    pes: BTreeMap<u32, PeTally>,
+    /// The PE each tile's session is on.
+    tile_pe: HashMap<usize, u32>,
+    /// The PE that delivered each tile's latest data (the one that completes it).
+    last_delivery: HashMap<usize, u32>,
     failovers: u64,
     recomputed_pixels: u64,
     recomputed_iterations: u64,
     restarts_from_scratch: u64,
-    have_cookie: Vec<bool>,
+    /// Tiles a PE sent a cookie for.
+    have_cookie: HashSet<usize>,
+    /// Failovers in progress: tile -> (reason, detection time).
+    failing: HashMap<usize, (String, Duration)>,
+    failover_records: Vec<FailoverRecord>,
+    tail_takeovers: u64,
+}
+
+impl Tally {
+    /// Tile `tile`'s session is now on `pe` (`None`: on none).
+    fn move_tile(&mut self, tile: usize, pe: Option<u32>, now: Instant) {
+        if let Some(old) = self.tile_pe.remove(&tile)
+            && let Some(entry) = self.pes.get_mut(&old)
+        {
+            entry.sessions = entry.sessions.saturating_sub(1);
+            if entry.sessions == 0
+                && let Some(since) = entry.busy_since.take()
+            {
+                entry.busy += now.saturating_duration_since(since);
+            }
+        }
+        if let Some(pe) = pe {
+            self.tile_pe.insert(tile, pe);
+            let entry = self.pes.entry(pe).or_default();
+            entry.sessions += 1;
+            entry.busy_since.get_or_insert(now);
+        }
+    }
+
+    /// Per-PE figures at `now`, busy time so far included.
+    fn pe_stats(&self, now: Instant) -> Vec<PeStats> {
+        self.pes
+            .iter()
+            .filter(|(_, tally)| tally.pixels > 0)
+            .map(|(&pe_id, tally)| PeStats {
+                pe_id,
+                units: tally.units,
+                pixels: tally.pixels,
+                iterations: tally.iterations,
+                busy_s: (tally.busy
+                    + tally
+                        .busy_since
+                        .map_or(Duration::ZERO, |since| now.saturating_duration_since(since)))
+                .as_secs_f64(),
+            })
+            .collect()
+    }
+}
+
+/// Starts a tile's session.
+fn spawn_tile(
+    sessions: &mut JoinSet<()>,
+    context: &ImageContext,
+    image: u64,
+    job: TileJob,
+    reports: &mpsc::UnboundedSender<TileReport>,
+) {
+    sessions.spawn(tile::run_tile(
+        context.pool_user.clone(),
+        context.pool.clone(),
+        image,
+        job,
+        reports.clone(),
+    ));
+}
+
+fn tile_rect(tile: &tiling::Tile) -> TileRect {
+    TileRect {
+        index: tile.session,
+        x: tile.x,
+        y: tile.y,
+        width: tile.width,
+        height: tile.height,
+    }
 }
 
 async fn run_image_result(
@@ -284,7 +417,8 @@ async fn run_image_result(
 ) -> anyhow::Result<ImageResult> {
     let started_at = Instant::now();
     let view = request.view;
-    let tiles = tiling::split(&view, request.sessions.max(1));
+    let sessions = request.sessions.max(1);
+    let units = tiling::split(&view, request.units.max(1));
     let pixels = u64::from(view.width) * u64::from(view.height);
     usize::try_from(pixels)
         .ok()
@@ -296,32 +430,22 @@ async fn run_image_result(
         height: view.height,
         max_iterations: view.max_iterations,
         preset: request.preset.clone(),
-        tiles: tiles
-            .iter()
-            .map(|tile| TileRect {
-                session: tile.session,
-                x: tile.x,
-                y: tile.y,
-                width: tile.width,
-                height: tile.height,
-            })
-            .collect(),
+        sessions,
+        tiles: units.iter().map(tile_rect).collect(),
     };
-    let (tile_events, mut from_tiles) = mpsc::unbounded_channel();
+    let unit_count = units.len();
+    let mut schedule = Schedule::new(units, sessions, request.tail_takeover);
+    let (reports, mut from_tiles) = mpsc::unbounded_channel();
     // Dropping the set (cancellation) aborts every tile's session.
-    let mut sessions = JoinSet::new();
-    for tile in &tiles {
-        sessions.spawn(tile::run_tile(
-            context.pool_user.clone(),
-            context.pool.clone(),
-            image,
-            *tile,
-            tile_events.clone(),
-        ));
+    let mut running = JoinSet::new();
+    let mut tally = Tally::default();
+    // The first units' sessions resolve and connect while the picture's buffers are set up
+    // (their events wait in the channel, and go out after `ImageStarted`).
+    while let Some(assignment) = schedule.next(started_at) {
+        if let Assignment::Unit(job) = assignment {
+            spawn_tile(&mut running, &context, image, job, &reports);
+        }
     }
-    drop(tile_events);
-    // The sessions resolve and connect while the picture's buffers are set up (their events
-    // wait in the channel, and go out after `ImageStarted`).
     tokio::task::yield_now().await;
     let mut assembly = ImageAssembly::from_started_reusing(&started, spare)
         .context("ImageStarted makes an assembly")?;
@@ -330,60 +454,101 @@ async fn run_image_result(
         image,
         width = view.width,
         height = view.height,
-        sessions = tiles.len(),
+        sessions,
+        units = unit_count,
         preset = %request.preset,
         "image started"
     );
 
-    let mut tally = Tally {
-        pes_used: HashSet::new(),
-        failovers: 0,
-        recomputed_pixels: 0,
-        recomputed_iterations: 0,
-        restarts_from_scratch: 0,
-        have_cookie: vec![false; tiles.len()],
-    };
     while !assembly.is_complete() {
         let Some(report) = from_tiles.recv().await else {
             anyhow::bail!("sessions ended before the image was complete");
         };
+        let now = Instant::now();
+        let mut session_freed = false;
         let event = match report {
             TileReport::Event(event) => {
-                account(&event, &assembly, &mut tally);
+                account(&event, &assembly, &mut tally, now);
+                match &event {
+                    ClientEvent::SessionConnected { tile, .. } => schedule.connected(*tile, now),
+                    ClientEvent::TileCompleted { tile, .. } => {
+                        schedule.completed(*tile);
+                        session_freed = true;
+                    }
+                    _ => {}
+                }
                 assembly.apply(&event);
                 event
             }
             TileReport::Data {
-                session,
+                tile,
                 pe_id,
                 first,
                 count,
                 frames,
             } => {
-                tally.pes_used.insert(pe_id);
-                store_frames(&mut assembly, session, first, &frames);
+                let stored = store_frames(&mut assembly, tile, first, count, &frames);
+                schedule.received(tile, count);
+                let pe = tally.pes.entry(pe_id).or_default();
+                pe.pixels += stored.pixels;
+                pe.iterations += stored.iterations;
+                tally.last_delivery.insert(tile, pe_id);
                 if context.pixel_events {
                     ClientEvent::TileData {
                         image,
-                        session,
+                        tile,
                         pe_id,
                         first,
-                        iterations: assembly.tile_values(session, first..first + count),
+                        iterations: assembly.tile_values(tile, first..first + stored.pixels),
                     }
                 } else {
                     ClientEvent::TileProgress {
                         image,
-                        session,
+                        tile,
                         pe_id,
                         first,
-                        count,
+                        count: stored.pixels,
                     }
                 }
             }
         };
         let _ = events.send(event);
+        if session_freed {
+            while let Some(assignment) = schedule.next(now) {
+                let job = match assignment {
+                    Assignment::Unit(job) => job,
+                    Assignment::Tail {
+                        from,
+                        kept_rows,
+                        rect,
+                        job,
+                    } => {
+                        tally.tail_takeovers += 1;
+                        tracing::debug!(
+                            image,
+                            tile = from,
+                            kept_rows,
+                            tail = rect.index,
+                            rows = rect.height,
+                            "tail taken over"
+                        );
+                        let split = ClientEvent::TileSplit {
+                            image,
+                            tile: from,
+                            kept_rows,
+                            tail: rect,
+                        };
+                        assembly.apply(&split);
+                        let _ = events.send(split);
+                        job
+                    }
+                };
+                spawn_tile(&mut running, &context, image, job, &reports);
+            }
+        }
     }
-    let wall = started_at.elapsed();
+    let finished_at = Instant::now();
+    let wall = finished_at.duration_since(started_at);
     let wall_time_s = wall.as_secs_f64();
     let iterations = assembly.total_iterations();
     let per_second = |count: u64| {
@@ -393,20 +558,27 @@ async fn run_image_result(
             0.0
         }
     };
+    let pes = tally.pe_stats(finished_at);
     let stats = ImageStats {
+        preset: request.preset.clone(),
         width: view.width,
         height: view.height,
-        sessions: tiles.len(),
+        sessions,
+        units: unit_count,
+        tail_takeovers: tally.tail_takeovers,
+        tail_overrun_pixels: schedule.overrun(),
         wall_time_s,
         pixels,
         iterations,
         pixels_per_s: per_second(pixels),
         iterations_per_s: per_second(iterations),
-        pes_used: tally.pes_used.len(),
+        pes_used: pes.len(),
         failovers: tally.failovers,
         recomputed_pixels: tally.recomputed_pixels,
         recomputed_iterations: tally.recomputed_iterations,
         restarts_from_scratch: tally.restarts_from_scratch,
+        pes,
+        failover_records: std::mem::take(&mut tally.failover_records),
     };
     tracing::info!(
         image,
@@ -414,6 +586,7 @@ async fn run_image_result(
         pixels,
         iterations,
         pes_used = stats.pes_used,
+        tail_takeovers = stats.tail_takeovers,
         failovers = stats.failovers,
         recomputed_pixels = stats.recomputed_pixels,
         recomputed_iterations = stats.recomputed_iterations,
@@ -427,39 +600,66 @@ async fn run_image_result(
     Ok(ImageResult { assembly, stats })
 }
 
-/// Decodes checked Data messages (see [`TileReport::Data`]) into the picture.
-fn store_frames(assembly: &mut ImageAssembly, session: usize, first: u64, frames: &[Frame]) {
-    let mut index = first;
+/// Decodes the first `count` points of checked Data messages (see [`TileReport::Data`]) into
+/// the picture.
+fn store_frames(
+    assembly: &mut ImageAssembly,
+    tile: usize,
+    first: u64,
+    count: u64,
+    frames: &[Frame],
+) -> assembly::Stored {
+    let mut stored = assembly::Stored::default();
     for frame in frames {
+        let left = count - stored.pixels;
+        if left == 0 {
+            break;
+        }
         // Checked by the tile's task: a frame that does not decode is skipped, not trusted.
         if let Ok(data) = DataView::decode(&frame.payload) {
-            assembly.store_data(session, index, &data);
-            index += data.len() as u64;
+            let take = (data.len() as u64).min(left) as usize;
+            let part = assembly.store_data(tile, first + stored.pixels, &data, take);
+            stored.pixels += part.pixels;
+            stored.iterations += part.iterations;
+            if part.pixels < take as u64 {
+                break;
+            }
         }
     }
+    stored
 }
 
 /// Updates the statistics (and logs failovers) before `event` is applied to the picture.
-fn account(event: &ClientEvent, assembly: &ImageAssembly, tally: &mut Tally) {
+fn account(event: &ClientEvent, assembly: &ImageAssembly, tally: &mut Tally, now: Instant) {
     match event {
         ClientEvent::TileData { pe_id, .. } => {
-            tally.pes_used.insert(*pe_id);
+            tally.pes.entry(*pe_id).or_default();
         }
-        ClientEvent::CookieStored { session, .. } => {
-            if let Some(flag) = tally.have_cookie.get_mut(*session) {
-                *flag = true;
+        ClientEvent::CookieStored { tile, .. } => {
+            tally.have_cookie.insert(*tile);
+        }
+        ClientEvent::TileCompleted { tile, .. } => {
+            tracing::debug!(tile, "tile completed");
+            if let Some(pe) = tally.last_delivery.get(tile).copied() {
+                tally.pes.entry(pe).or_default().units += 1;
             }
+            tally.move_tile(*tile, None, now);
         }
         ClientEvent::FailoverStarted {
-            session,
+            tile,
             pe,
             reason,
             silent_for,
             ..
         } => {
             tally.failovers += 1;
+            tally.move_tile(*tile, None, now);
+            tally
+                .failing
+                .entry(*tile)
+                .or_insert_with(|| (format!("{reason:?}"), *silent_for));
             tracing::info!(
-                session,
+                tile,
                 pe = format_args!("{:#010x}", pe.id),
                 reason = ?reason,
                 silent_ms = silent_for.as_millis() as u64,
@@ -467,7 +667,7 @@ fn account(event: &ClientEvent, assembly: &ImageAssembly, tally: &mut Tally) {
             );
         }
         ClientEvent::FailoverCompleted {
-            session,
+            tile,
             old_pe,
             new_pe,
             resumed_at,
@@ -475,16 +675,28 @@ fn account(event: &ClientEvent, assembly: &ImageAssembly, tally: &mut Tally) {
             took,
             ..
         } => {
-            let from_scratch = !tally.have_cookie.get(*session).copied().unwrap_or(false);
+            let from_scratch = !tally.have_cookie.contains(tile);
             if from_scratch {
                 tally.restarts_from_scratch += 1;
             }
             let recomputed_iterations =
-                assembly.iterations_in(*session, *resumed_at, *recomputed_pixels);
+                assembly.iterations_in(*tile, *resumed_at, *recomputed_pixels);
             tally.recomputed_pixels += recomputed_pixels;
             tally.recomputed_iterations += recomputed_iterations;
+            let (reason, detection) = tally.failing.remove(tile).unwrap_or_default();
+            tally.failover_records.push(FailoverRecord {
+                tile: *tile,
+                old_pe: *old_pe,
+                new_pe: new_pe.id,
+                reason,
+                detection_s: detection.as_secs_f64(),
+                failover_s: took.as_secs_f64(),
+                resumed_at: *resumed_at,
+                recomputed_pixels: *recomputed_pixels,
+                recomputed_iterations,
+            });
             tracing::info!(
-                session,
+                tile,
                 old_pe = format_args!("{old_pe:#010x}"),
                 pe = format_args!("{:#010x}", new_pe.id),
                 resumed_at,
@@ -496,13 +708,14 @@ fn account(event: &ClientEvent, assembly: &ImageAssembly, tally: &mut Tally) {
             );
         }
         ClientEvent::SessionConnected {
-            session,
+            tile,
             pe,
             resumed_at,
             ..
         } => {
+            tally.move_tile(*tile, Some(pe.id), now);
             tracing::info!(
-                session,
+                tile,
                 pe = format_args!("{:#010x}", pe.id),
                 address = %pe.address,
                 resumed_at = resumed_at.unwrap_or(0),

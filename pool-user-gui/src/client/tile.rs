@@ -1,10 +1,13 @@
-//! One tile = one RSerPool session: FGP over a [`Session`], with checks of what the PE sends.
+//! One tile = one RSerPool session at a time: FGP over a [`Session`], with checks of what the PE
+//! sends. A tile is a work unit, or the tail of one (see `schedule`): pixel indices of the
+//! session are the unit's ("unit pixels"), those reported to the picture the tile's.
 
 use std::time::Duration;
 
 use fractal_protocol::cookie::Cookie;
-use fractal_protocol::message::{DataView, MAX_POINTS_PER_DATA, PPID_FGP, TYPE_PARAMETER};
-use fractal_protocol::tiling::Tile;
+use fractal_protocol::message::{
+    DataView, MAX_POINTS_PER_DATA, PPID_FGP, Parameter, TYPE_PARAMETER,
+};
 use rserpool::pu::{FailureKind, PeCandidate, PoolUser, SessionEvent};
 use rserpool::transport::Frame;
 use rserpool::wire::PoolHandle;
@@ -12,6 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::coverage::Coverage;
 use super::events::{ClientEvent, FailureReason, PeInfo};
+use super::schedule::TileJob;
 
 pub(crate) fn pe_info(pe: &PeCandidate) -> PeInfo {
     PeInfo {
@@ -37,10 +41,11 @@ const MAX_BATCH_POINTS: u64 = 32 * MAX_POINTS_PER_DATA as u64;
 pub(crate) enum TileReport {
     /// An event for the picture and the front end.
     Event(ClientEvent),
-    /// Checked FGP Data messages of one PE whose `count` points follow each other from pixel
-    /// `first` of the tile: the picture decodes them in place.
+    /// Checked FGP Data messages of one PE whose first `count` points follow each other from
+    /// pixel `first` of the tile (points after those lie beyond a cut): the picture decodes
+    /// them in place.
     Data {
-        session: usize,
+        tile: usize,
         pe_id: u32,
         first: u64,
         count: u64,
@@ -83,12 +88,12 @@ impl Pending {
     fn flush(
         &mut self,
         image: u64,
-        session: usize,
+        tile: usize,
         reports: &UnboundedSender<TileReport>,
     ) -> Result<(), ()> {
         if !self.frames.is_empty() {
             let data = TileReport::Data {
-                session,
+                tile,
                 pe_id: self.pe_id,
                 first: self.first,
                 count: self.count,
@@ -99,7 +104,7 @@ impl Pending {
         if let Some(position) = self.cookie_position.take() {
             let cookie = ClientEvent::CookieStored {
                 image,
-                session,
+                tile,
                 position,
             };
             reports.send(TileReport::Event(cookie)).map_err(drop)?;
@@ -108,34 +113,60 @@ impl Pending {
     }
 }
 
-/// What a tile's session knows about its progress.
+/// What a tile's session knows about its progress, in unit pixels.
 struct Progress {
     /// Pixels of the tile received at least once.
     received: Coverage,
-    /// One past the highest pixel index received so far.
+    /// One past the highest pixel received so far (the tile's first pixel before any).
     received_end: u64,
-    /// Position of the latest cookie.
+    /// Position of the latest cookie a PE sent.
     cookie_position: Option<u64>,
+    /// Whether any pixel arrived yet.
+    got_data: bool,
 }
 
-/// Runs the session of `tile` until the tile is complete; reports through `events`. Returns
-/// when the tile is complete or the receiver is gone.
+/// A checked FGP message from a PE.
+enum Checked<'a> {
+    /// Points from unit pixel `first` on.
+    Points { first: u64, data: DataView<'a> },
+    /// The finalizer (the PE computed the unit to its end).
+    Finalizer,
+}
+
+/// Runs the session of `job`'s tile until the tile is complete; reports through `events`.
+/// Returns when the tile is complete or the receiver is gone.
 pub(crate) async fn run_tile(
     pool_user: PoolUser,
     pool: PoolHandle,
     image: u64,
-    tile: Tile,
+    job: TileJob,
     events: UnboundedSender<TileReport>,
 ) {
-    let session_index = tile.session;
+    let TileJob {
+        tile,
+        parameter,
+        offset,
+        bounds,
+    } = job;
     // A cookie is for this tile if it carries this very request (bit for bit).
-    let request = tile.parameter.encode();
+    let request = parameter.encode();
     let first = Frame::new(PPID_FGP, request.to_vec());
-    let mut session = pool_user.session(pool, first);
+    let mut session = if offset == 0 {
+        pool_user.session(pool, first)
+    } else {
+        // A tail: the PE resumes the unit's own Parameter at the cut (see `schedule`).
+        let start = Cookie {
+            parameter,
+            current_x: 0,
+            current_y: (offset / u64::from(parameter.width.max(1))) as u32,
+        };
+        pool_user.session_resuming(pool, first, start.encode().to_vec())
+    };
     let mut progress = Progress {
         received: Coverage::default(),
-        received_end: 0,
+        received_end: offset,
         cookie_position: None,
+        got_data: false,
     };
     let mut pool_empty_since: Option<Duration> = None;
     let mut pending = Pending {
@@ -145,12 +176,14 @@ pub(crate) async fn run_tile(
         frames: Vec::new(),
         cookie_position: None,
     };
+    // Where the next PE resumes, in the tile's pixels.
+    let resume_point = |progress: &Progress| progress.cookie_position.unwrap_or(offset) - offset;
     loop {
         let next = match session.ready_event() {
             Some(event) => event,
             None => {
                 // Nothing more without waiting: what was gathered goes on now.
-                if pending.flush(image, session_index, &events).is_err() {
+                if pending.flush(image, tile, &events).is_err() {
                     return;
                 }
                 session.next_event().await
@@ -159,7 +192,7 @@ pub(crate) async fn run_tile(
         if !matches!(
             next,
             SessionEvent::Data { .. } | SessionEvent::CookieStored { .. }
-        ) && pending.flush(image, session_index, &events).is_err()
+        ) && pending.flush(image, tile, &events).is_err()
         {
             return;
         }
@@ -167,17 +200,19 @@ pub(crate) async fn run_tile(
             SessionEvent::Finished => return,
             SessionEvent::Connected { pe, resumed } => ClientEvent::SessionConnected {
                 image,
-                session: session_index,
+                tile,
                 pe: pe_info(&pe),
-                resumed_at: resumed.then(|| progress.cookie_position.unwrap_or(0)),
+                // A tail's first PE starts the tile afresh, though from a cookie.
+                resumed_at: (resumed && (progress.got_data || progress.cookie_position.is_some()))
+                    .then(|| resume_point(&progress)),
             },
             SessionEvent::ConnectFailed { pe, detail } => {
-                tracing::info!(session = session_index, pe = format_args!("{:#010x}", pe.id), %detail, "could not connect to pool element");
+                tracing::info!(tile, pe = format_args!("{:#010x}", pe.id), %detail, "could not connect to pool element");
                 continue;
             }
             SessionEvent::Refused { pe } => {
                 tracing::debug!(
-                    session = session_index,
+                    tile,
                     pe = format_args!("{:#010x}", pe.id),
                     "pool element refused the session"
                 );
@@ -190,7 +225,7 @@ pub(crate) async fn run_tile(
                 ..
             } => ClientEvent::FailoverStarted {
                 image,
-                session: session_index,
+                tile,
                 pe: pe_info(&pe),
                 reason: reason(kind),
                 silent_for,
@@ -201,18 +236,14 @@ pub(crate) async fn run_tile(
                 took,
                 resumed,
             } => {
-                let resumed_at = if resumed {
-                    progress.cookie_position.unwrap_or(0)
-                } else {
-                    0
-                };
+                let resumed_at = if resumed { resume_point(&progress) } else { 0 };
                 ClientEvent::FailoverCompleted {
                     image,
-                    session: session_index,
+                    tile,
                     old_pe: old_pe.id,
                     new_pe: pe_info(&new_pe),
                     resumed_at,
-                    recomputed_pixels: progress.received_end.saturating_sub(resumed_at),
+                    recomputed_pixels: (progress.received_end - offset).saturating_sub(resumed_at),
                     took,
                 }
             }
@@ -222,7 +253,7 @@ pub(crate) async fn run_tile(
             SessionEvent::PoolEmpty { retry_in, detail } => {
                 if pool_empty_since.is_none() {
                     tracing::warn!(
-                        session = session_index,
+                        tile,
                         retry_ms = retry_in.as_millis() as u64,
                         detail = detail.as_deref().unwrap_or("no pool element registered"),
                         "pool empty, retrying"
@@ -231,26 +262,31 @@ pub(crate) async fn run_tile(
                 pool_empty_since = Some(retry_in);
                 ClientEvent::PoolEmpty {
                     image,
-                    session: session_index,
+                    tile,
                     retry_in,
                 }
             }
             SessionEvent::CookieStored { pe, cookie } => match Cookie::decode(&cookie) {
-                Ok(cookie) if cookie.parameter.encode() == request => {
+                Ok(cookie)
+                    if cookie.parameter.encode() == request && cookie.pixels_done() >= offset =>
+                {
                     let position = cookie.pixels_done();
                     progress.cookie_position = Some(position);
-                    pending.cookie_position = Some(position);
+                    pending.cookie_position = Some(position - offset);
                     continue;
                 }
                 other => {
                     let detail = match other {
+                        Ok(cookie) if cookie.parameter.encode() == request => {
+                            "cookie before the tile's first pixel".to_string()
+                        }
                         Ok(_) => "cookie for another request".to_string(),
                         Err(error) => error.to_string(),
                     };
-                    if pending.flush(image, session_index, &events).is_err() {
+                    if pending.flush(image, tile, &events).is_err() {
                         return;
                     }
-                    tracing::warn!(session = session_index, pe = format_args!("{:#010x}", pe.id), %detail, "unusable cookie; restarting the tile");
+                    tracing::warn!(tile, pe = format_args!("{:#010x}", pe.id), %detail, "unusable cookie; restarting the tile");
                     progress.cookie_position = None;
                     session.forget_cookie();
                     session.fail(FailureKind::ProtocolError(detail));
@@ -259,33 +295,69 @@ pub(crate) async fn run_tile(
             },
             SessionEvent::Data { pe, frame } => {
                 pool_empty_since = None;
-                match accept_data(&tile, &frame.payload, &mut progress) {
-                    Ok(Some((first, points))) => {
-                        let count = points.len();
-                        if !pending.frames.is_empty()
-                            && !pending.continues(pe.id, first, count)
-                            && pending.flush(image, session_index, &events).is_err()
-                        {
-                            return;
+                let checked = check_data(&parameter, offset, &frame.payload);
+                let outcome = match checked {
+                    Ok(Checked::Points { first, data }) => {
+                        let receipt = bounds.receive(
+                            first..first + data.len() as u64,
+                            &mut progress.received,
+                            offset,
+                        );
+                        let kept = receipt.kept.end - receipt.kept.start;
+                        if kept < data.len() as u64 {
+                            tracing::debug!(
+                                tile,
+                                first,
+                                points = data.len(),
+                                kept,
+                                end = bounds.end(),
+                                covered = progress.received.covered(),
+                                offset,
+                                "points beyond the cut dropped"
+                            );
                         }
-                        pending.push(pe.id, first, count, frame);
-                        continue;
+                        if kept > 0 {
+                            progress.got_data = true;
+                            progress.received_end = progress.received_end.max(receipt.kept.end);
+                            let first = first - offset;
+                            if !pending.frames.is_empty()
+                                && !pending.continues(pe.id, first, kept as usize)
+                                && pending.flush(image, tile, &events).is_err()
+                            {
+                                return;
+                            }
+                            pending.push(pe.id, first, kept as usize, frame);
+                        }
+                        if !receipt.complete {
+                            continue;
+                        }
+                        Ok(())
                     }
-                    Ok(None) => {
-                        // Finalizer with every pixel present.
-                        let _ = pending.flush(image, session_index, &events);
+                    Ok(Checked::Finalizer) => match bounds.finish(&progress.received, offset) {
+                        Ok(()) => Ok(()),
+                        Err(missing) => Err(format!(
+                            "finalizer with {missing} of {} pixels missing",
+                            bounds.end() - offset
+                        )),
+                    },
+                    Err(detail) => Err(detail),
+                };
+                // Ok: the tile is complete.
+                match outcome {
+                    Ok(()) => {
+                        let _ = pending.flush(image, tile, &events);
                         session.finish();
                         let _ = events.send(TileReport::Event(ClientEvent::TileCompleted {
                             image,
-                            session: session_index,
+                            tile,
                         }));
                         return;
                     }
                     Err(detail) => {
-                        if pending.flush(image, session_index, &events).is_err() {
+                        if pending.flush(image, tile, &events).is_err() {
                             return;
                         }
-                        tracing::warn!(session = session_index, pe = format_args!("{:#010x}", pe.id), %detail, "bad data from pool element");
+                        tracing::warn!(tile, pe = format_args!("{:#010x}", pe.id), %detail, "bad data from pool element");
                         if detail.starts_with("finalizer") {
                             // The PE skipped pixels: its cookies cannot be trusted either.
                             progress.cookie_position = None;
@@ -303,13 +375,14 @@ pub(crate) async fn run_tile(
     }
 }
 
-/// Checks an FGP message from the PE: `Some((first, points))` for pixel data, `None` for a
-/// finalizer that completes the tile, or why the PE's message is unacceptable.
-fn accept_data<'a>(
-    tile: &Tile,
+/// Checks an FGP message from the PE of a tile that starts at unit pixel `offset` of the unit
+/// `parameter`: points within the unit, from the tile's first pixel on, or the finalizer; else
+/// why the PE's message is unacceptable.
+fn check_data<'a>(
+    parameter: &Parameter,
+    offset: u64,
     payload: &'a [u8],
-    progress: &mut Progress,
-) -> Result<Option<(u64, DataView<'a>)>, String> {
+) -> Result<Checked<'a>, String> {
     let data = match DataView::decode(payload) {
         Ok(data) => data,
         Err(_) if payload.first() == Some(&TYPE_PARAMETER) => {
@@ -318,24 +391,17 @@ fn accept_data<'a>(
         Err(error) => return Err(format!("malformed FGP message: {error}")),
     };
     if data.is_finalizer() {
-        let missing = tile.pixel_count() - progress.received.covered();
-        if missing == 0 {
-            return Ok(None);
-        }
+        return Ok(Checked::Finalizer);
+    }
+    let (width, height) = (parameter.width, parameter.height);
+    if data.start_x >= width || data.start_y >= height {
         return Err(format!(
-            "finalizer with {missing} of {} pixels missing",
-            tile.pixel_count()
+            "data start ({}, {}) outside the {width}x{height} tile",
+            data.start_x, data.start_y
         ));
     }
-    if data.start_x >= tile.width || data.start_y >= tile.height {
-        return Err(format!(
-            "data start ({}, {}) outside the {}x{} tile",
-            data.start_x, data.start_y, tile.width, tile.height
-        ));
-    }
-    let first = u64::from(data.start_y) * u64::from(tile.width) + u64::from(data.start_x);
-    let end = first + data.len() as u64;
-    if end > tile.pixel_count() {
+    let first = u64::from(data.start_y) * u64::from(width) + u64::from(data.start_x);
+    if first + data.len() as u64 > u64::from(width) * u64::from(height) {
         return Err(format!(
             "{} points from ({}, {}) run past the tile's end",
             data.len(),
@@ -343,18 +409,24 @@ fn accept_data<'a>(
             data.start_y
         ));
     }
-    progress.received.insert(first..end);
-    progress.received_end = progress.received_end.max(end);
-    Ok(Some((first, data)))
+    if first < offset {
+        return Err(format!(
+            "data from ({}, {}) before the tile's first row {}",
+            data.start_x,
+            data.start_y,
+            offset / u64::from(width)
+        ));
+    }
+    Ok(Checked::Points { first, data })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fractal_protocol::message::{AlgorithmId, Data, Parameter};
+    use fractal_protocol::message::{AlgorithmId, Data};
 
-    fn tile() -> Tile {
-        let parameter = Parameter {
+    fn parameter() -> Parameter {
+        Parameter {
             width: 4,
             height: 2,
             max_iterations: 10,
@@ -364,50 +436,41 @@ mod tests {
             c2_real: 1.0,
             c2_imag: -1.0,
             n: 2.0,
-        };
-        fractal_protocol::tiling::split(&parameter, 1)[0]
+        }
     }
 
     fn bytes(data: Data) -> Vec<u8> {
         data.encode().expect("encodable")
     }
 
-    /// What `accept_data` makes of `data`: the first pixel and the points, or the finalizer.
-    fn accept(
-        tile: &Tile,
-        data: &[u8],
-        progress: &mut Progress,
-    ) -> Result<Option<(u64, Vec<u32>)>, String> {
-        accept_data(tile, data, progress)
-            .map(|got| got.map(|(first, view)| (first, view.points().collect())))
+    /// What `check_data` makes of `data`: the first pixel and the points, or `None` for the
+    /// finalizer.
+    fn check(offset: u64, data: &[u8]) -> Result<Option<(u64, Vec<u32>)>, String> {
+        check_data(&parameter(), offset, data).map(|checked| match checked {
+            Checked::Points { first, data } => Some((first, data.points().collect())),
+            Checked::Finalizer => None,
+        })
     }
 
     #[test]
-    fn data_is_checked_and_the_finalizer_needs_every_pixel() {
-        let tile = tile();
-        let mut progress = Progress {
-            received: Coverage::default(),
-            received_end: 0,
-            cookie_position: None,
-        };
-        let got = accept(&tile, &bytes(Data::new(1, 0, vec![1, 2, 3])), &mut progress);
-        assert_eq!(got, Ok(Some((1, vec![1, 2, 3]))));
-        assert_eq!(progress.received_end, 4);
-        assert!(accept(&tile, &bytes(Data::finalizer()), &mut progress).is_err());
-        assert!(accept(&tile, &bytes(Data::new(4, 0, vec![1])), &mut progress).is_err());
-        assert!(accept(&tile, &bytes(Data::new(3, 1, vec![1, 2])), &mut progress).is_err());
-        assert!(accept(&tile, &[2, 0], &mut progress).is_err());
+    fn data_is_checked_against_the_unit_and_the_tile_start() {
         assert_eq!(
-            accept(&tile, &tile.parameter.encode(), &mut progress),
+            check(0, &bytes(Data::new(1, 0, vec![1, 2, 3]))),
+            Ok(Some((1, vec![1, 2, 3])))
+        );
+        assert_eq!(check(0, &bytes(Data::finalizer())), Ok(None));
+        assert!(check(0, &bytes(Data::new(4, 0, vec![1]))).is_err());
+        assert!(check(0, &bytes(Data::new(3, 1, vec![1, 2]))).is_err());
+        assert!(check(0, &[2, 0]).is_err());
+        assert_eq!(
+            check(0, &parameter().encode()),
             Err("pool element sent a Parameter".to_string())
         );
-        // Overlap (a resume from an older cookie) is fine.
-        let got = accept(&tile, &bytes(Data::new(0, 0, vec![0; 8])), &mut progress);
-        assert_eq!(got.map(|d| d.map(|(first, _)| first)), Ok(Some(0)));
-        assert_eq!(progress.received.covered(), 8);
+        // A tail from the second row: its PE must not send the first.
+        assert!(check(4, &bytes(Data::new(3, 0, vec![1, 2]))).is_err());
         assert_eq!(
-            accept(&tile, &bytes(Data::finalizer()), &mut progress),
-            Ok(None)
+            check(4, &bytes(Data::new(0, 1, vec![5]))),
+            Ok(Some((4, vec![5])))
         );
     }
 }

@@ -643,7 +643,7 @@ impl PoolUserApp {
                 && many
                 && !progress.completed
             {
-                let mut label = format!("{}", tile.session + 1);
+                let mut label = format!("{}", tile.index + 1);
                 if let Some(pe) = progress.pe {
                     label.push_str(&format!("\n{pe:08x}"));
                 } else if progress.waiting {

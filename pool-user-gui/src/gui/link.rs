@@ -24,11 +24,11 @@ impl ClientControl for Linked {
             .preset
             .parameter_keep_aspect(request.width, request.height);
         let _guard = self.runtime.enter();
-        self.client.start_image(client::ImageRequest {
+        self.client.start_image(client::ImageRequest::new(
             view,
-            sessions: request.sessions,
-            preset: request.preset.name.clone(),
-        });
+            request.sessions,
+            request.preset.name.clone(),
+        ));
     }
 
     fn cancel(&mut self) {

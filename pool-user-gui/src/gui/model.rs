@@ -53,6 +53,10 @@ pub struct TileProgress {
     pub failing_over: bool,
     /// Waiting for a PE (pool empty).
     pub waiting: bool,
+    /// A session has taken the tile (else the unit waits for a free session).
+    pub started: bool,
+    /// The tile is the tail of this tile, taken over from its slow PE.
+    pub tail_of: Option<usize>,
 }
 
 /// The picture of the current image: iteration counts plus who computed each pixel.
@@ -63,8 +67,17 @@ pub struct Picture {
     pub height: u32,
     pub max_iterations: u32,
     pub preset: String,
+    /// Sessions at once.
+    pub sessions: usize,
+    /// Work units the picture was cut into (the first tiles).
+    pub units: usize,
     pub tiles: Vec<TileRect>,
     pub progress: Vec<TileProgress>,
+    /// Per PE, iterations behind the pixels it delivered for this picture (recomputed ones
+    /// included): its share of the work.
+    pub pe_work: BTreeMap<u32, u64>,
+    /// Tails taken over so far.
+    pub tail_takeovers: u32,
     values: Vec<u32>,
     /// Per pixel: index + 1 into `pe_order` of the PE that delivered it (0 = none yet).
     pixel_pe: Vec<u16>,
@@ -86,6 +99,7 @@ impl Picture {
         height: u32,
         max_iterations: u32,
         preset: String,
+        sessions: usize,
         tiles: Vec<TileRect>,
     ) -> Picture {
         let pixels = width as usize * height as usize;
@@ -96,8 +110,12 @@ impl Picture {
             height,
             max_iterations,
             preset,
+            sessions,
+            units: tiles.len(),
             tiles,
             progress,
+            pe_work: BTreeMap::new(),
+            tail_takeovers: 0,
             values: vec![NOT_YET; pixels],
             pixel_pe: vec![NO_PE; pixels],
             pixel_generation: vec![0; pixels],
@@ -117,6 +135,36 @@ impl Picture {
     /// Pixels received so far (each once).
     pub fn received(&self) -> u64 {
         self.received
+    }
+
+    /// Work units no session has taken yet.
+    pub fn units_waiting(&self) -> usize {
+        self.progress
+            .iter()
+            .filter(|progress| !progress.started && !progress.completed)
+            .count()
+    }
+
+    /// Tile `tile` keeps `kept_rows` rows; `tail` (the next tile) takes the rest.
+    fn split(&mut self, tile: usize, kept_rows: u32, tail: TileRect) {
+        let Some(rect) = self.tiles.get_mut(tile) else {
+            return;
+        };
+        if tail.index != self.progress.len()
+            || kept_rows >= rect.height
+            || tail.width != rect.width
+            || tail.x != rect.x
+        {
+            return;
+        }
+        rect.height = kept_rows;
+        // Pixels already counted for the tile stay with it: they all lie above the cut.
+        self.tiles.push(tail);
+        self.progress.push(TileProgress {
+            tail_of: Some(tile),
+            ..TileProgress::default()
+        });
+        self.tail_takeovers += 1;
     }
 
     /// Fraction done, 0 to 1.
@@ -187,46 +235,49 @@ impl Picture {
         u16::try_from(self.pe_order.len()).unwrap_or(u16::MAX)
     }
 
-    /// Stores `iterations` for pixels `first..` of tile `session`; returns the pixels that were
+    /// Stores `iterations` for pixels `first..` of tile `index`; returns the pixels that were
     /// new (not received before).
-    fn store(&mut self, session: usize, pe: u32, first: u64, iterations: &[u32]) -> u64 {
-        let Some(tile) = self.tiles.get(session).cloned() else {
+    fn store(&mut self, index: usize, pe: u32, first: u64, iterations: &[u32]) -> u64 {
+        let Some(rect) = self.tiles.get(index).cloned() else {
             return 0;
         };
-        let tile_pixels = u64::from(tile.width) * u64::from(tile.height);
-        if tile.width == 0 || first >= tile_pixels {
+        let tile_pixels = u64::from(rect.width) * u64::from(rect.height);
+        if rect.width == 0 || first >= tile_pixels {
             return 0;
         }
         let generation = self
             .progress
-            .get(session)
+            .get(index)
             .map_or(0, |progress| progress.failovers.min(255) as u8);
         let slot = self.pe_slot(pe);
         let usable = (tile_pixels - first).min(iterations.len() as u64) as usize;
         let mut fresh = 0;
+        let mut work = 0;
         for (offset, &value) in iterations.iter().take(usable).enumerate() {
             let pixel = first + offset as u64;
-            let x = tile.x + (pixel % u64::from(tile.width)) as u32;
-            let y = tile.y + (pixel / u64::from(tile.width)) as u32;
+            let x = rect.x + (pixel % u64::from(rect.width)) as u32;
+            let y = rect.y + (pixel / u64::from(rect.width)) as u32;
             if x >= self.width || y >= self.height {
                 continue;
             }
-            let index = self.index(x, y);
-            if self.values[index] == NOT_YET {
+            let i = self.index(x, y);
+            if self.values[i] == NOT_YET {
                 fresh += 1;
             }
-            self.values[index] = value.min(NOT_YET - 1);
-            self.pixel_pe[index] = slot;
-            self.pixel_generation[index] = generation;
+            work += fractal_protocol::kernel::iterations_for(value, self.max_iterations);
+            self.values[i] = value.min(NOT_YET - 1);
+            self.pixel_pe[i] = slot;
+            self.pixel_generation[i] = generation;
         }
         if usable > 0 {
-            let first_row = tile.y + (first / u64::from(tile.width)) as u32;
+            let first_row = rect.y + (first / u64::from(rect.width)) as u32;
             let last_pixel = first + usable as u64 - 1;
-            let last_row = tile.y + (last_pixel / u64::from(tile.width)) as u32;
+            let last_row = rect.y + (last_pixel / u64::from(rect.width)) as u32;
             self.mark_dirty(first_row, (last_row + 1).min(self.height));
         }
         self.received += fresh;
-        if let Some(progress) = self.progress.get_mut(session) {
+        *self.pe_work.entry(pe).or_default() += work;
+        if let Some(progress) = self.progress.get_mut(index) {
             progress.received += fresh;
         }
         fresh
@@ -244,7 +295,7 @@ impl Picture {
                 if y >= tile.y && y - tile.y < tile.height {
                     let end = (tile.x + tile.width).min(self.width);
                     for slot in &mut session_of_x[tile.x as usize..end as usize] {
-                        *slot = tile.session;
+                        *slot = tile.index;
                     }
                 }
             }
@@ -412,11 +463,11 @@ impl GuiState {
             .is_some_and(|picture| picture.image == image)
     }
 
-    fn stop_serving(&mut self, session: usize) {
-        for sessions in self.serving.values_mut() {
-            sessions.remove(&session);
+    fn stop_serving(&mut self, tile: usize) {
+        for tiles in self.serving.values_mut() {
+            tiles.remove(&tile);
         }
-        self.serving.retain(|_, sessions| !sessions.is_empty());
+        self.serving.retain(|_, tiles| !tiles.is_empty());
     }
 
     /// Folds one client event into the state.
@@ -428,6 +479,7 @@ impl GuiState {
                 height,
                 max_iterations,
                 preset,
+                sessions,
                 tiles,
             } => {
                 self.serving.clear();
@@ -436,7 +488,7 @@ impl GuiState {
                 self.note(
                     StoryKind::Image,
                     format!(
-                        "Image {image}: {preset}, {width}x{height}, {} sessions",
+                        "Image {image}: {preset}, {width}x{height}, {} units for {sessions} sessions",
                         tiles.len()
                     ),
                 );
@@ -446,35 +498,37 @@ impl GuiState {
                     height,
                     max_iterations,
                     preset,
+                    sessions,
                     tiles,
                 ));
             }
             ClientEvent::SessionConnected {
                 image,
-                session,
+                tile,
                 pe,
                 resumed_at,
             } => {
                 if !self.is_current(image) {
                     return;
                 }
-                self.stop_serving(session);
-                self.serving.entry(pe.id).or_default().insert(session);
-                self.waiting_for_pe.remove(&session);
+                self.stop_serving(tile);
+                self.serving.entry(pe.id).or_default().insert(tile);
+                self.waiting_for_pe.remove(&tile);
                 if let Some(progress) = self
                     .picture
                     .as_mut()
-                    .and_then(|picture| picture.progress.get_mut(session))
+                    .and_then(|picture| picture.progress.get_mut(tile))
                 {
                     progress.pe = Some(pe.id);
                     progress.waiting = false;
+                    progress.started = true;
                 }
                 if let Some(position) = resumed_at {
                     self.note(
                         StoryKind::Recovery,
                         format!(
-                            "Session {} resumed on PE 0x{:08x} at pixel {position}",
-                            session + 1,
+                            "Tile {} resumed on PE 0x{:08x} at pixel {position}",
+                            tile + 1,
                             pe.id
                         ),
                     );
@@ -484,7 +538,7 @@ impl GuiState {
             ClientEvent::TileProgress { .. } => {}
             ClientEvent::TileData {
                 image,
-                session,
+                tile,
                 pe_id,
                 first,
                 iterations,
@@ -492,10 +546,10 @@ impl GuiState {
                 let Some(picture) = self.picture.as_mut().filter(|p| p.image == image) else {
                     return;
                 };
-                let fresh = picture.store(session, pe_id, first, &iterations);
+                let fresh = picture.store(tile, pe_id, first, &iterations);
                 // The PE delivering data is the tile's PE, whatever we heard before.
                 let mut moved = false;
-                if let Some(progress) = picture.progress.get_mut(session)
+                if let Some(progress) = picture.progress.get_mut(tile)
                     && progress.pe != Some(pe_id)
                     && !progress.completed
                 {
@@ -503,19 +557,42 @@ impl GuiState {
                     moved = true;
                 }
                 if moved {
-                    self.stop_serving(session);
-                    self.serving.entry(pe_id).or_default().insert(session);
+                    self.stop_serving(tile);
+                    self.serving.entry(pe_id).or_default().insert(tile);
                 }
                 self.speed_window_pixels += fresh;
                 self.log_progress();
             }
             ClientEvent::CookieStored { .. } => {}
-            ClientEvent::TileCompleted { image, session } => {
+            ClientEvent::TileSplit {
+                image,
+                tile,
+                kept_rows,
+                tail,
+            } => {
+                let Some(picture) = self.picture.as_mut().filter(|p| p.image == image) else {
+                    return;
+                };
+                let slow_pe = picture.progress.get(tile).and_then(|progress| progress.pe);
+                let (new_tile, rows) = (tail.index, tail.height);
+                picture.split(tile, kept_rows, tail);
+                let pe = slow_pe.map_or_else(|| "its PE".to_owned(), |pe| format!("PE 0x{pe:08x}"));
+                self.note(
+                    StoryKind::Control,
+                    format!(
+                        "Tail takeover: tile {}'s last {rows} rows go to a free session (tile {}), \
+                         as {pe} would finish them last",
+                        tile + 1,
+                        new_tile + 1
+                    ),
+                );
+            }
+            ClientEvent::TileCompleted { image, tile } => {
                 let Some(picture) = self.picture.as_mut().filter(|p| p.image == image) else {
                     return;
                 };
                 let mut finished_by = None;
-                if let Some(progress) = picture.progress.get_mut(session) {
+                if let Some(progress) = picture.progress.get_mut(tile) {
                     progress.completed = true;
                     progress.failing_over = false;
                     finished_by = progress.pe;
@@ -523,11 +600,11 @@ impl GuiState {
                 if let Some(pe) = finished_by {
                     *self.tiles_completed_by.entry(pe).or_default() += 1;
                 }
-                self.stop_serving(session);
+                self.stop_serving(tile);
             }
             ClientEvent::FailoverStarted {
                 image,
-                session,
+                tile,
                 pe,
                 reason,
                 silent_for,
@@ -535,11 +612,11 @@ impl GuiState {
                 if !self.is_current(image) {
                     return;
                 }
-                self.stop_serving(session);
+                self.stop_serving(tile);
                 if let Some(progress) = self
                     .picture
                     .as_mut()
-                    .and_then(|picture| picture.progress.get_mut(session))
+                    .and_then(|picture| picture.progress.get_mut(tile))
                 {
                     progress.failing_over = true;
                     progress.pe = None;
@@ -548,8 +625,8 @@ impl GuiState {
                 self.note(
                     StoryKind::Failure,
                     format!(
-                        "Session {}: PE 0x{:08x} failed ({}), detected after {} ms",
-                        session + 1,
+                        "Tile {}: PE 0x{:08x} failed ({}), detected after {} ms",
+                        tile + 1,
                         pe.id,
                         describe_reason(&reason),
                         silent_for.as_millis()
@@ -564,7 +641,7 @@ impl GuiState {
             }
             ClientEvent::FailoverCompleted {
                 image,
-                session,
+                tile,
                 old_pe,
                 new_pe,
                 resumed_at,
@@ -575,13 +652,13 @@ impl GuiState {
                     return;
                 }
                 self.failovers += 1;
-                self.stop_serving(session);
-                self.serving.entry(new_pe.id).or_default().insert(session);
-                self.waiting_for_pe.remove(&session);
+                self.stop_serving(tile);
+                self.serving.entry(new_pe.id).or_default().insert(tile);
+                self.waiting_for_pe.remove(&tile);
                 if let Some(progress) = self
                     .picture
                     .as_mut()
-                    .and_then(|picture| picture.progress.get_mut(session))
+                    .and_then(|picture| picture.progress.get_mut(tile))
                 {
                     progress.failovers += 1;
                     progress.failing_over = false;
@@ -591,9 +668,9 @@ impl GuiState {
                 self.note(
                     StoryKind::Recovery,
                     format!(
-                        "Session {}: PE 0x{:08x} took over from 0x{old_pe:08x} in {} ms, \
+                        "Tile {}: PE 0x{:08x} took over from 0x{old_pe:08x} in {} ms, \
                          resumed from cookie at pixel {resumed_at}, {recomputed_pixels} pixels recomputed",
-                        session + 1,
+                        tile + 1,
                         new_pe.id,
                         took.as_millis()
                     ),
@@ -601,13 +678,13 @@ impl GuiState {
             }
             ClientEvent::PoolEmpty {
                 image,
-                session,
+                tile,
                 retry_in,
             } => {
                 if !self.is_current(image) {
                     return;
                 }
-                if self.waiting_for_pe.insert(session) && self.waiting_for_pe.len() == 1 {
+                if self.waiting_for_pe.insert(tile) && self.waiting_for_pe.len() == 1 {
                     self.note(
                         StoryKind::Pool,
                         format!(
@@ -619,7 +696,7 @@ impl GuiState {
                 if let Some(progress) = self
                     .picture
                     .as_mut()
-                    .and_then(|picture| picture.progress.get_mut(session))
+                    .and_then(|picture| picture.progress.get_mut(tile))
                 {
                     progress.waiting = true;
                 }

@@ -118,10 +118,11 @@ fn simulate(image: u64, request: &ImageRequest, sink: &EventSink, current: impl 
         height: request.height,
         max_iterations: view.max_iterations,
         preset: request.preset.name.clone(),
+        sessions: request.sessions,
         tiles: tiles
             .iter()
             .map(|tile| TileRect {
-                session: tile.session,
+                index: tile.session,
                 x: tile.x,
                 y: tile.y,
                 width: tile.width,
@@ -136,7 +137,7 @@ fn simulate(image: u64, request: &ImageRequest, sink: &EventSink, current: impl 
         .iter()
         .map(|tile| Session {
             tile: TileRect {
-                session: tile.session,
+                index: tile.session,
                 x: tile.x,
                 y: tile.y,
                 width: tile.width,
@@ -154,7 +155,7 @@ fn simulate(image: u64, request: &ImageRequest, sink: &EventSink, current: impl 
     for session in &sessions {
         sink.send(ClientEvent::SessionConnected {
             image,
-            session: session.tile.session,
+            tile: session.tile.index,
             pe: pe_info(session.pe),
             resumed_at: None,
         });
@@ -209,7 +210,7 @@ fn simulate(image: u64, request: &ImageRequest, sink: &EventSink, current: impl 
                     stats.iterations += iterations;
                     sink.send(ClientEvent::TileData {
                         image,
-                        session: session.tile.session,
+                        tile: session.tile.index,
                         pe_id: PES[index].0,
                         first: session.position,
                         iterations: out.to_vec(),
@@ -220,7 +221,7 @@ fn simulate(image: u64, request: &ImageRequest, sink: &EventSink, current: impl 
                         session.cookie = session.position;
                         sink.send(ClientEvent::CookieStored {
                             image,
-                            session: session.tile.session,
+                            tile: session.tile.index,
                             position: session.position,
                         });
                     }
@@ -228,7 +229,7 @@ fn simulate(image: u64, request: &ImageRequest, sink: &EventSink, current: impl 
                         session.done = true;
                         sink.send(ClientEvent::TileCompleted {
                             image,
-                            session: session.tile.session,
+                            tile: session.tile.index,
                         });
                     }
                 }
@@ -266,7 +267,7 @@ fn fail_over(
         let old = session.pe;
         sink.send(ClientEvent::FailoverStarted {
             image,
-            session: session.tile.session,
+            tile: session.tile.index,
             pe: pe_info(old),
             reason: FailureReason::ConnectionLost("connection reset by peer".to_owned()),
             silent_for: Duration::from_millis(40),
@@ -286,7 +287,7 @@ fn fail_over(
         stats.recomputed_pixels += recomputed;
         sink.send(ClientEvent::FailoverCompleted {
             image,
-            session: session.tile.session,
+            tile: session.tile.index,
             old_pe: PES[old].0,
             new_pe: pe_info(new),
             resumed_at: session.cookie,

@@ -183,6 +183,23 @@ impl PoolUser {
     /// [`Session::next_event`] starts it).
     pub fn session(&self, pool: PoolHandle, first_message: Frame) -> Session {
         let state = SessionState::new(self.inner.config.session.clone(), first_message);
+        self.session_with(pool, state)
+    }
+
+    /// A session with `pool` whose first PE resumes from `cookie` (a Cookie Echo), e.g. to hand
+    /// it the rest of another session's work; `first_message` is the fallback of
+    /// [`SessionState::resuming`].
+    pub fn session_resuming(
+        &self,
+        pool: PoolHandle,
+        first_message: Frame,
+        cookie: Vec<u8>,
+    ) -> Session {
+        let config = self.inner.config.session.clone();
+        self.session_with(pool, SessionState::resuming(config, first_message, cookie))
+    }
+
+    fn session_with(&self, pool: PoolHandle, state: SessionState) -> Session {
         Session {
             pool_user: self.clone(),
             pool,
@@ -263,7 +280,7 @@ impl Session {
         self.state.fail(Instant::now(), reason);
     }
 
-    /// Drops the stored cookie: the next PE starts from the first message.
+    /// Drops the cookies the PEs sent (see [`SessionState::forget_cookie`]).
     pub fn forget_cookie(&mut self) {
         self.state.forget_cookie();
     }

@@ -5,7 +5,9 @@
 //! [`SessionState::on_timeout`] next. No sockets, no clocks: tests drive it with simulated time.
 //!
 //! Life of a session:
-//! 1. [`SessionState::start`]: ask for a PE ([`Action::Resolve`]).
+//! 1. [`SessionState::start`]: ask for a PE ([`Action::Resolve`]). A session made with
+//!    [`SessionState::resuming`] holds a cookie from the start: its first PE gets a Cookie Echo,
+//!    as after a failover (how a pool user hands a PE the rest of another session's work).
 //! 2. A PE ([`SessionState::on_resolved`]) is connected to ([`Action::Connect`]); none means an
 //!    empty pool: wait with capped exponential backoff ([`SessionEvent::PoolEmpty`]) and ask
 //!    again, for ever (until the application drops the session).
@@ -38,7 +40,9 @@ pub struct SessionConfig {
     /// A PE that failed is not chosen again for this long, even if the registrar lists it.
     pub avoid_failed_for: Duration,
     /// A PE that refused the session (full), or closed it gracefully after sending data (e.g.
-    /// `--fail-after`, or shutting down), is not chosen again for this long.
+    /// `--fail-after`, or shutting down), is not chosen again for this long. Short: a full PE
+    /// has room again as soon as any of its sessions ends (often one of ours, whose close
+    /// raced with this connect).
     pub avoid_refused_for: Duration,
     /// First wait after finding the pool empty; doubled on each retry ...
     pub backoff_initial: Duration,
@@ -47,13 +51,13 @@ pub struct SessionConfig {
 }
 
 impl Default for SessionConfig {
-    /// 2 s session timeout, failed PEs avoided 10 s, refusing ones 250 ms, backoff 50 ms..1 s.
+    /// 2 s session timeout, failed PEs avoided 10 s, refusing ones 25 ms, backoff 10 ms..1 s.
     fn default() -> Self {
         SessionConfig {
             session_timeout: Duration::from_secs(2),
             avoid_failed_for: Duration::from_secs(10),
-            avoid_refused_for: Duration::from_millis(250),
-            backoff_initial: Duration::from_millis(50),
+            avoid_refused_for: Duration::from_millis(25),
+            backoff_initial: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
         }
     }
@@ -173,6 +177,9 @@ pub struct SessionState {
     /// The application's first message (sent when there is no cookie).
     first_message: Frame,
     cookie: Option<Vec<u8>>,
+    /// The cookie the session started with ([`SessionState::resuming`]); forgetting a PE's
+    /// cookies goes back to it.
+    initial_cookie: Option<Vec<u8>>,
     backoff: Duration,
     /// The PE that failed and when the failure was detected, until a new PE delivers.
     failover: Option<(PeCandidate, Instant)>,
@@ -188,10 +195,20 @@ impl SessionState {
             phase: Phase::Idle,
             first_message,
             cookie: None,
+            initial_cookie: None,
             backoff,
             failover: None,
             actions: VecDeque::new(),
         }
+    }
+
+    /// A session whose first PE resumes from `cookie` (sent in a Cookie Echo) instead of
+    /// receiving `first_message`; [`SessionState::forget_cookie`] returns to `cookie`.
+    pub fn resuming(config: SessionConfig, first_message: Frame, cookie: Vec<u8>) -> Self {
+        let mut state = SessionState::new(config, first_message);
+        state.cookie = Some(cookie.clone());
+        state.initial_cookie = Some(cookie);
+        state
     }
 
     /// The configuration.
@@ -403,9 +420,10 @@ impl SessionState {
         }
     }
 
-    /// Drops the stored cookie: the next PE starts from the first message again.
+    /// Drops the cookies the PEs sent: the next PE starts from the first message again (or
+    /// from the cookie a [`SessionState::resuming`] session started with).
     pub fn forget_cookie(&mut self) {
-        self.cookie = None;
+        self.cookie = self.initial_cookie.clone();
     }
 
     /// The application has everything: close the association gracefully.

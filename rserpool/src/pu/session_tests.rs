@@ -361,3 +361,41 @@ fn graceful_close_after_data_fails_over_without_report() {
     )));
     assert!(actions.contains(&Action::Resolve { fresh: true }));
 }
+
+/// The Cookie Echo frame of `cookie`.
+fn echo_frame(cookie: &[u8]) -> Frame {
+    let echo = AsapMessage::CookieEcho {
+        cookie: cookie.to_vec(),
+    };
+    Frame::new(PPID_ASAP, echo.to_bytes().expect("encodable"))
+}
+
+#[test]
+fn a_resuming_session_echoes_its_cookie_and_forgetting_returns_to_it() {
+    let t0 = Instant::now();
+    let mut state =
+        SessionState::resuming(SessionConfig::default(), first_message(), b"start".to_vec());
+    state.start(t0);
+    drain(&mut state);
+    state.on_resolved(t0, Some(pe(1)), None);
+    drain(&mut state);
+    state.on_connected(t0);
+    let actions = drain(&mut state);
+    assert_eq!(actions[0], Action::Send(echo_frame(b"start")));
+    assert!(events(&actions).contains(&&SessionEvent::Connected {
+        pe: pe(1),
+        resumed: true
+    }));
+    // The PE's own cookie replaces it; forgetting that one goes back to the first.
+    state.on_frame(t0, cookie_frame(b"later"));
+    drain(&mut state);
+    assert_eq!(state.cookie(), Some(&b"later"[..]));
+    state.forget_cookie();
+    assert_eq!(state.cookie(), Some(&b"start"[..]));
+    state.fail(t0, FailureKind::ProtocolError("bad".into()));
+    drain(&mut state);
+    state.on_resolved(t0, Some(pe(2)), None);
+    drain(&mut state);
+    state.on_connected(t0);
+    assert_eq!(drain(&mut state)[0], Action::Send(echo_frame(b"start")));
+}
