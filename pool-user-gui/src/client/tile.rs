@@ -305,16 +305,8 @@ pub(crate) async fn run_tile(
                         );
                         let kept = receipt.kept.end - receipt.kept.start;
                         if kept < data.len() as u64 {
-                            tracing::debug!(
-                                tile,
-                                first,
-                                points = data.len(),
-                                kept,
-                                end = bounds.end(),
-                                covered = progress.received.covered(),
-                                offset,
-                                "points beyond the cut dropped"
-                            );
+                            let dropped = data.len() as u64 - kept;
+                            tracing::trace!(tile, first, dropped, "points beyond the cut");
                         }
                         if kept > 0 {
                             progress.got_data = true;
