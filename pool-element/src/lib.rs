@@ -4,6 +4,7 @@
 //! [`run`] is the whole program; `main.rs` and the GUI bundle's `pool-user pool-element`
 //! subcommand call it with a parsed [`Cli`].
 
+pub mod capacity;
 pub mod handover;
 pub mod limiter;
 pub mod session;
@@ -25,10 +26,12 @@ use rserpool::pe::{Event, RegistrationConfig};
 use rserpool::transport::{
     self, Association, AssociationConfig, AssociationSender, Listener, PPID_ASAP,
 };
-use rserpool::wire::{AsapMessage, PeId, Policy, PoolHandle, TransportAddress};
+use rserpool::wire::policy::fraction_to_wire;
+use rserpool::wire::{AsapMessage, PeId, PoolHandle, TransportAddress};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::capacity::PolicySpec;
 use crate::handover::Handover;
 use crate::limiter::RateLimiter;
 use crate::session::{Session, SessionConfig, decode_first};
@@ -59,20 +62,22 @@ pub struct Cli {
     /// Pool handle to register under.
     #[arg(long, default_value = "FractalGeneratorPool")]
     pub pool: String,
-    /// Pool member selection policy, rsplib's grammar (e.g. LeastUsed, WeightedRoundRobin:3, Priority:5).
+    /// Pool member selection policy, rsplib's grammar (e.g. LeastUsed, WeightedRoundRobin:3,
+    /// Priority:5). Leave out a weight or load degradation (WeightedRoundRobin,
+    /// PriorityLeastUsed) to have it derived from the capacity.
     #[arg(long, default_value = "RoundRobin")]
-    pub policy: Policy,
+    pub policy: PolicySpec,
     /// Pool element identifier, hexadecimal (0x...) or decimal [default: random].
     #[arg(long, value_name = "HEX|DEC", value_parser = parse_id)]
     pub id: Option<u32>,
     /// Address for pool users' sessions (port 0: ephemeral); this address is registered.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
-    /// Most concurrent sessions; more are refused (load = sessions / max).
+    /// Most concurrent sessions; more are refused.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sessions: u32,
     /// Iterations per second for all sessions together, e.g. 50000000 or 5e7 [default:
-    /// unlimited].
+    /// unlimited; the capacity the pool learns is then measured at start].
     #[arg(long, value_name = "ITERATIONS_PER_S", value_parser = parse_capacity)]
     pub capacity: Option<u64>,
     /// A cookie after this many Data messages.
@@ -125,6 +130,8 @@ struct Shared {
     config: SessionConfig,
     compute: ComputePool,
     max_sessions: usize,
+    /// Iterations per second (given or measured): what the load counts sessions by.
+    capacity: u64,
     active: AtomicUsize,
     next_session: AtomicU64,
     data_total: AtomicU64,
@@ -138,7 +145,7 @@ struct Shared {
 impl Shared {
     fn publish_load(&self) {
         let active = self.active.load(Ordering::Acquire);
-        let _ = self.load.send(active as f64 / self.max_sessions as f64);
+        let _ = self.load.send(capacity::load(active, self.capacity));
     }
 }
 
@@ -178,10 +185,29 @@ pub async fn run_until(
     }
 
     let pe_id = PeId(cli.id.unwrap_or_else(rand::random));
-    let config = RegistrationConfig::new(
+    let threads = cli.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n as usize,
+    );
+    let kernel = if cli.test_mode {
+        KernelChoice::TestMode
+    } else {
+        KernelChoice::Fast
+    };
+    let capacity = cli
+        .capacity
+        .unwrap_or_else(|| capacity::measure(threads, KernelChoice::Fast));
+    let policy = capacity::registered_policy(cli.policy, capacity);
+    tracing::info!(
+        capacity,
+        measured = cli.capacity.is_none(),
+        policy = %policy,
+        "pool element capacity"
+    );
+    let mut config = RegistrationConfig::new(
         pool.clone(),
         pe_id,
-        cli.policy,
+        policy,
         TransportAddress::Tcp {
             port: data_addr.port(),
             // 0.0.0.0 tells the registrar to use the address we connect from.
@@ -189,6 +215,10 @@ pub async fn run_until(
         },
         Duration::from_millis(cli.rereg_interval),
     );
+    // Every change of the session count reaches the registrar, however little load a session
+    // adds on a fast PE.
+    let session_load = fraction_to_wire(capacity::session_load(capacity)).unwrap_or(u32::MAX);
+    config.load_update_threshold = config.load_update_threshold.min(session_load / 2).max(1);
     let table: SharedRegistrarTable = Arc::new(std::sync::Mutex::new(RegistrarTable::new(
         cli.registrars.iter().copied(),
     )));
@@ -217,22 +247,16 @@ pub async fn run_until(
             cookie_max_time: Duration::from_millis(cli.cookie_max_time),
             data_max_time: DATA_MAX_TIME,
             fail_after: cli.fail_after,
-            kernel: if cli.test_mode {
-                KernelChoice::TestMode
-            } else {
-                KernelChoice::Fast
-            },
+            kernel,
         },
         compute: ComputePool::new(
-            cli.threads.map_or_else(
-                || std::thread::available_parallelism().map_or(1, |n| n.get()),
-                |n| n as usize,
-            ),
+            threads,
             cli.capacity
                 .map(|rate| Arc::new(RateLimiter::new(rate, Instant::now()))),
         )
         .context("starting the computing threads")?,
         max_sessions: cli.max_sessions as usize,
+        capacity,
         active: AtomicUsize::new(0),
         next_session: AtomicU64::new(1),
         data_total: AtomicU64::new(0),

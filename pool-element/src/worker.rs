@@ -557,7 +557,8 @@ mod tests {
         let pinned = ComputePool::new(cores.len(), None).expect("threads");
         let unpinned = ComputePool::new(cores.len() + 1, None).expect("threads");
         let deadline = Instant::now() + Duration::from_secs(10);
-        // Threads tie themselves to their core as they start.
+        // Threads tie themselves to their core, and name themselves, as they start.
+        let extra = format!("fgp-compute-{}", cores.len());
         let threads = loop {
             let threads = computing_threads_cores();
             let settled = (0..cores.len()).all(|index| {
@@ -565,7 +566,7 @@ mod tests {
                     name == &format!("fgp-compute-{index}")
                         && (cores.len() == 1 || on == &[cores[index]])
                 })
-            });
+            }) && threads.iter().any(|(name, _)| name == &extra);
             if settled || Instant::now() > deadline {
                 break threads;
             }
@@ -584,7 +585,6 @@ mod tests {
             );
         }
         // The extra thread of the second pool is free to run anywhere.
-        let extra = format!("fgp-compute-{}", cores.len());
         assert!(
             threads.iter().any(|(n, on)| n == &extra && on == &cores),
             "{extra} on every core: {threads:?}"

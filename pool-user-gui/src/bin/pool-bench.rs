@@ -1,10 +1,16 @@
-//! Pool user benchmark (issue 5): failover latency from SIGKILL of the serving PE to the first
-//! Data from the new PE, and the pool's overhead for one picture against the fast kernel with
-//! two threads in one process.
+//! Pool user benchmark.
 //!
-//! `cargo run --release -p pool-user-gui --no-default-features --bin pool-bench -- [--kills 25]`
-//! (builds `pool-user` too; the registrar and PEs run as `pool-user registrar|pool-element`
-//! child processes so that they can really be killed).
+//! * By default (issue 5): failover latency from SIGKILL of the serving PE to the first Data
+//!   from the new PE, and the pool's overhead for one picture against the fast kernel with two
+//!   threads in one process.
+//! * `--efficiency` (issue 14): heterogeneous pools. For pool shapes × policies × the static
+//!   one-tile-per-session split (rsplib's way) and work units with tail takeovers: efficiency
+//!   = (iterations ÷ Σ capacity) ÷ wall time, and each PE's share of the iterations against its
+//!   share of the capacity.
+//!
+//! `cargo build --release -p pool-user-gui --bins && ./target/release/pool-bench [--kills 25]`
+//! (the registrar and PEs run as `pool-user registrar|pool-element` child processes so that
+//! they can really be killed).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -36,6 +42,39 @@ struct Args {
     /// default work units and tail takeovers).
     #[arg(long)]
     static_split: bool,
+    /// Measure heterogeneous pools instead (see the module docs and the options below).
+    #[arg(long)]
+    efficiency: bool,
+    /// --efficiency: pool shapes, from `demo` (60, 30, 15, 8 M iterations/s), `one-fast` (one
+    /// PE of 64 M among seven of 8 M), `equal` (four of 30 M).
+    #[arg(long, value_delimiter = ',', default_value = "demo,one-fast,equal")]
+    shapes: Vec<String>,
+    /// --efficiency: PE policies (rsplib names; weights and degradations come from the
+    /// capacities).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "RoundRobin,Random,LeastUsed,LeastUsedDegradation,WeightedRoundRobin,WeightedRandom,PriorityLeastUsed"
+    )]
+    policies: Vec<String>,
+    /// --efficiency: presets, each picture once per repetition.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "full-set,seahorse-valley,elephant-valley"
+    )]
+    presets: Vec<String>,
+    /// --efficiency: picture size (default: the window's picture at its default size).
+    #[arg(long, default_value_t = 1000)]
+    width: u32,
+    #[arg(long, default_value_t = 700)]
+    height: u32,
+    /// --efficiency: sessions at once (default: the window's).
+    #[arg(long, default_value_t = 16)]
+    efficiency_sessions: usize,
+    /// --efficiency: work units per session (default: the pool user's default).
+    #[arg(long)]
+    units_per_session: Option<usize>,
     /// The `pool-user` binary [default: next to this one].
     #[arg(long)]
     pool_user: Option<PathBuf>,
@@ -447,7 +486,7 @@ async fn main() -> Result<()> {
     // The in-process pool user runs as `pool-user` does.
     rserpool::process::retain_freed_memory();
     let args = Args::parse();
-    let program = match args.pool_user {
+    let program = match args.pool_user.clone() {
         Some(path) => path,
         None => std::env::current_exe()?
             .parent()
@@ -456,6 +495,9 @@ async fn main() -> Result<()> {
     };
     if !program.is_file() {
         bail!("{} not found (build pool-user first)", program.display());
+    }
+    if args.efficiency {
+        return efficiency(program, &args).await;
     }
     if args.kills > 0 {
         let mut latencies = failover_latency(program.clone(), args.kills).await?;
@@ -473,4 +515,128 @@ async fn main() -> Result<()> {
         }
     }
     overhead(program, &args.sessions, args.repeat, args.static_split).await
+}
+
+/// The capacities (iterations per second) of a named pool shape.
+fn shape_capacities(shape: &str) -> Result<Vec<u64>> {
+    const M: u64 = 1_000_000;
+    Ok(match shape {
+        "demo" => vec![60 * M, 30 * M, 15 * M, 8 * M],
+        "one-fast" => std::iter::once(64 * M)
+            .chain(std::iter::repeat_n(8 * M, 7))
+            .collect(),
+        "equal" => vec![30 * M; 4],
+        other => bail!("unknown pool shape {other:?} (demo, one-fast, equal)"),
+    })
+}
+
+/// One picture's figures in a heterogeneous pool.
+struct Measured {
+    efficiency: f64,
+    /// Largest |share of iterations ÷ share of capacity − 1| over the PEs.
+    worst_share: f64,
+    wall_s: f64,
+}
+
+fn median_of(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `--efficiency`: every shape × policy × split, `--repeat` times over `--presets`.
+async fn efficiency(program: PathBuf, args: &Args) -> Result<()> {
+    let presets = args
+        .presets
+        .iter()
+        .map(|name| Preset::by_name(name).with_context(|| format!("preset {name:?}")))
+        .collect::<Result<Vec<_>>>()?;
+    println!(
+        "heterogeneous pools: {}x{}, {} sessions, presets {}, {} repetitions; efficiency = \
+         (iterations / sum of capacities) / wall time; share = a PE's share of the iterations \
+         against its share of the capacity",
+        args.width,
+        args.height,
+        args.efficiency_sessions,
+        args.presets.join(","),
+        args.repeat
+    );
+    println!(
+        "{:<9} {:<21} {:<7} {:>7} {:>7} {:>7} {:>10} {:>9}",
+        "shape", "policy", "split", "median", "min", "max", "worst PE", "median s"
+    );
+    for shape in &args.shapes {
+        let capacities = shape_capacities(shape)?;
+        let total: u64 = capacities.iter().sum();
+        for policy in &args.policies {
+            let mut pool = Pool::start(program.clone())?;
+            let mut capacity_of = std::collections::HashMap::new();
+            for &capacity in &capacities {
+                let capacity_text = capacity.to_string();
+                let id = pool.add_pe(&["--policy", policy, "--capacity", &capacity_text])?;
+                capacity_of.insert(id, capacity);
+            }
+            let (client, mut events) = pool.client()?;
+            // Nobody reads the events: they are dropped as they come.
+            tokio::spawn(async move { while events.recv().await.is_some() {} });
+            let mut results: [Vec<Measured>; 2] = [Vec::new(), Vec::new()];
+            for _ in 0..args.repeat {
+                for preset in &presets {
+                    let view = preset.parameter(args.width, args.height);
+                    // Alternating, so that both splits see the same drift of the machine.
+                    for (split, static_split) in [false, true].into_iter().enumerate() {
+                        let mut request =
+                            request(view, args.efficiency_sessions, &preset.name, static_split);
+                        if let (Some(per_session), false) = (args.units_per_session, static_split) {
+                            request.units = per_session * args.efficiency_sessions;
+                        }
+                        let result = client.compute_image(request).await?;
+                        let stats = &result.stats;
+                        let iterations: u64 = stats.pes.iter().map(|pe| pe.iterations).sum();
+                        let worst_share = capacity_of
+                            .iter()
+                            .map(|(id, &capacity)| {
+                                let done = stats
+                                    .pes
+                                    .iter()
+                                    .find(|pe| pe.pe_id == *id)
+                                    .map_or(0, |pe| pe.iterations);
+                                let share = done as f64 / iterations.max(1) as f64;
+                                (share / (capacity as f64 / total as f64) - 1.0).abs()
+                            })
+                            .fold(0.0, f64::max);
+                        results[split].push(Measured {
+                            efficiency: stats.iterations as f64 / total as f64 / stats.wall_time_s,
+                            worst_share,
+                            wall_s: stats.wall_time_s,
+                        });
+                        client.recycle(result.assembly);
+                    }
+                }
+            }
+            for (split, name) in [(1, "static"), (0, "units")] {
+                let measured = &results[split];
+                let mut efficiencies: Vec<f64> = measured.iter().map(|m| m.efficiency).collect();
+                let mut shares: Vec<f64> = measured.iter().map(|m| m.worst_share).collect();
+                let mut walls: Vec<f64> = measured.iter().map(|m| m.wall_s).collect();
+                let min = efficiencies.iter().copied().fold(f64::INFINITY, f64::min);
+                let max = efficiencies.iter().copied().fold(0.0, f64::max);
+                println!(
+                    "{:<9} {:<21} {:<7} {:>7.3} {:>7.3} {:>7.3} {:>9.0}% {:>9.3}",
+                    shape,
+                    policy,
+                    name,
+                    median_of(&mut efficiencies),
+                    min,
+                    max,
+                    100.0 * median_of(&mut shares),
+                    median_of(&mut walls),
+                );
+            }
+        }
+    }
+    println!(
+        "worst PE: the median over pictures of the largest deviation of a PE's share of the \
+         iterations from its share of the capacity"
+    );
+    Ok(())
 }

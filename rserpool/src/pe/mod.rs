@@ -55,6 +55,9 @@ pub struct RegistrationConfig {
     pub response_timeout: Duration,
     /// Pause between connection attempts when the last one failed.
     pub retry_interval: Duration,
+    /// Load change (a wire fraction of `u32::MAX`) that re-registers at once under adaptive
+    /// policies ([`LOAD_UPDATE_THRESHOLD`], rsplib's 1 %, unless set).
+    pub load_update_threshold: u32,
 }
 
 impl RegistrationConfig {
@@ -74,6 +77,7 @@ impl RegistrationConfig {
             rereg_interval,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             retry_interval: DEFAULT_RETRY_INTERVAL,
+            load_update_threshold: LOAD_UPDATE_THRESHOLD,
         }
     }
 
@@ -380,7 +384,7 @@ impl Registration {
         if !self.config.policy.is_adaptive() {
             return;
         }
-        if self.load.abs_diff(self.registered_load) < LOAD_UPDATE_THRESHOLD {
+        if self.load.abs_diff(self.registered_load) < self.config.load_update_threshold {
             return;
         }
         if let State::Connected {
@@ -455,7 +459,7 @@ impl Registration {
             first: !registered,
         });
         if std::mem::take(&mut self.update_pending)
-            && self.load.abs_diff(self.registered_load) >= LOAD_UPDATE_THRESHOLD
+            && self.load.abs_diff(self.registered_load) >= self.config.load_update_threshold
         {
             self.send_registration(now);
         }

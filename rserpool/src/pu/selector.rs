@@ -7,11 +7,16 @@
 //!
 //! Local choice per policy (the registrar already ordered its answer by policy; the local
 //! choice spreads successive sessions over the cached PEs instead of piling them on the first):
-//! * load-based policies (LU, LUD, PLU, RLU, DPF variants): lowest load first;
+//! * load-based policies with a load degradation (LUD, PLU and their variants): lowest load
+//!   after one more session, `max(listed load, own sessions × degradation) + degradation`. A
+//!   PE's degradation is the load one session adds, so a PE twice as fast takes about twice
+//!   the sessions (see the pool element's capacity);
+//! * other load-based policies (LU, RLU, LU-DPF): fewest own sessions, then lowest load;
 //! * Priority: highest priority first;
+//! * weighted round robin: fewest own sessions per unit of weight (weight 0 = never);
 //! * weighted random (WRAND, WRAND-DPF): random in proportion to the weight (weight 0 = never);
 //! * Random: uniformly at random;
-//! * round robin (RR, WRR) and anything else: in the registrar's order.
+//! * round robin and anything else: fewest own sessions, in the registrar's order.
 //!
 //! Within equal keys, the PE this selector handed out least often wins, then answer order.
 
@@ -194,6 +199,16 @@ fn choose_by_policy<'a, R: Rng + ?Sized>(
                 }
             })
         }
+        policy if policy.degradation().is_some() => usable
+            .iter()
+            .enumerate()
+            .min_by_key(|(order, pe)| {
+                let load = u64::from(pe.policy.load().unwrap_or(0));
+                let degradation = u64::from(pe.policy.degradation().unwrap_or(0));
+                let after_one_more = load.max(open_now(pe) * degradation) + degradation;
+                (after_one_more, used(pe), *order)
+            })
+            .map(|(_, pe)| pe),
         policy if policy.load().is_some() => usable
             .iter()
             .enumerate()
@@ -215,6 +230,21 @@ fn choose_by_policy<'a, R: Rng + ?Sized>(
                     busy(pe),
                     *order,
                 )
+            })
+            .map(|(_, pe)| pe),
+        Policy::WeightedRoundRobin { .. } => usable
+            .iter()
+            .enumerate()
+            .filter(|(_, pe)| pe.policy.weight().unwrap_or(0) > 0)
+            .min_by(|(a_order, a), (b_order, b)| {
+                // (open + 1) / weight, compared without division.
+                let share = |pe: &PeCandidate, other: &PeCandidate| {
+                    (open_now(pe) + 1) * u64::from(other.policy.weight().unwrap_or(0))
+                };
+                share(a, b)
+                    .cmp(&share(b, a))
+                    .then(used(a).cmp(&used(b)))
+                    .then(a_order.cmp(b_order))
             })
             .map(|(_, pe)| pe),
         // Round robin over this pool user's open sessions first: a burst of sessions (a
@@ -375,6 +405,61 @@ mod tests {
             8,
             "{chosen:?}"
         );
+    }
+
+    /// How many of `choices` went to each of the PEs `ids`.
+    fn counts(choices: &[u32], ids: &[u32]) -> Vec<usize> {
+        ids.iter()
+            .map(|id| choices.iter().filter(|&&c| c == *id).count())
+            .collect()
+    }
+
+    #[test]
+    fn degradation_policies_share_sessions_by_speed() {
+        // PLU with the degradation a PE derives from its capacity (1 / 60, 1 / 30, 1 / 15 and
+        // 1 / 8 of the full load per session).
+        let now = Instant::now();
+        let mut selector = PeSelector::new(Duration::from_secs(60));
+        let pe = |id, per_session: f64| {
+            element(
+                id,
+                Policy::PriorityLeastUsed {
+                    load: 0,
+                    degradation: crate::wire::policy::fraction_to_wire(per_session)
+                        .expect("fraction"),
+                },
+            )
+        };
+        let listed = [
+            pe(1, 1.0 / 8.0),
+            pe(2, 1.0 / 60.0),
+            pe(3, 1.0 / 15.0),
+            pe(4, 1.0 / 30.0),
+        ];
+        selector.store(&listed, now);
+        // The first session goes to the fastest PE; 113 sessions split as the capacities.
+        assert_eq!(choices(&mut selector, now, 1), vec![2]);
+        let got = choices(&mut selector, now, 112);
+        let mut all = vec![2];
+        all.extend(got);
+        assert_eq!(counts(&all, &[2, 4, 3, 1]), vec![60, 30, 15, 8]);
+    }
+
+    #[test]
+    fn weighted_round_robin_shares_sessions_by_weight() {
+        let now = Instant::now();
+        let mut selector = PeSelector::new(Duration::from_secs(60));
+        selector.store(
+            &[
+                element(1, Policy::WeightedRoundRobin { weight: 1 }),
+                element(2, Policy::WeightedRoundRobin { weight: 3 }),
+                element(3, Policy::WeightedRoundRobin { weight: 0 }),
+            ],
+            now,
+        );
+        let got = choices(&mut selector, now, 8);
+        assert_eq!(counts(&got, &[1, 2, 3]), vec![2, 6, 0]);
+        assert_eq!(got[0], 2, "the heaviest first");
     }
 
     #[test]
