@@ -103,6 +103,19 @@ pub fn registered_policy(spec: PolicySpec, capacity: u64) -> Policy {
     policy
 }
 
+/// The capacity a PE advertises through `policy` under these conventions: its weight times
+/// [`WEIGHT_UNIT`], or [`REFERENCE_CAPACITY`] over its load degradation (below 100 %). `None`
+/// for policies that carry neither. (A PE that gave its weight or degradation by hand, or an
+/// rsplib PE, advertises what that implies.)
+pub fn advertised_capacity(policy: &Policy) -> Option<f64> {
+    if let Some(weight) = policy.weight() {
+        return Some(f64::from(weight) * WEIGHT_UNIT);
+    }
+    let degradation = policy.degradation()?;
+    (degradation > 0 && degradation < u32::MAX)
+        .then(|| REFERENCE_CAPACITY / rserpool::wire::policy::fraction_from_wire(degradation))
+}
+
 /// How long [`measure`] computes.
 const MEASURE_FOR: Duration = Duration::from_millis(20);
 
@@ -157,6 +170,11 @@ mod tests {
         let plu = registered_policy(spec("PriorityLeastUsed"), 8_000_000);
         let degradation = fraction_from_wire(plu.degradation().expect("degradation"));
         assert!((degradation - 0.125).abs() < 1e-9, "{degradation}");
+        // What the pool learns back.
+        let advertised = advertised_capacity(&plu).expect("advertised");
+        assert!((advertised - 8e6).abs() < 1.0, "{advertised}");
+        assert_eq!(advertised_capacity(&fast), Some(60e6));
+        assert_eq!(advertised_capacity(&Policy::LeastUsed { load: 0 }), None);
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct BundledPe {
     pub pid: Option<u32>,
     /// Iterations per second (None = unlimited).
     pub capacity: Option<u64>,
+    /// The capacity the PE reports to the pool: the one it was given, or the one it measured
+    /// when unlimited (once it has started).
+    pub reported_capacity: Option<u64>,
     pub state: ChildState,
 }
 
@@ -117,6 +120,7 @@ struct Member {
 struct PeMember {
     slot: usize,
     capacity: Option<u64>,
+    reported_capacity: Option<u64>,
     pe_id: Option<u32>,
     member: Member,
 }
@@ -352,6 +356,7 @@ impl Bundle {
         self.pes.push(PeMember {
             slot,
             capacity,
+            reported_capacity: None,
             pe_id: None,
             member,
         });
@@ -382,6 +387,10 @@ impl Bundle {
         for pe in &mut self.pes {
             if let Some(process) = pe.member.process.as_mut() {
                 while let Ok(line) = process.lines.try_recv() {
+                    if line.contains("pool element capacity") {
+                        pe.reported_capacity =
+                            log_field(&line, "capacity").and_then(|text| text.parse().ok());
+                    }
                     if line.contains("pool element registered")
                         && let Some(id) = log_field(&line, "pe").and_then(parse_pe_id)
                     {
@@ -453,6 +462,7 @@ impl Bundle {
                 pe_id: pe.pe_id,
                 pid: pe.member.process.as_ref().map(|p| p.child.id()),
                 capacity: pe.capacity,
+                reported_capacity: pe.reported_capacity,
                 state: pe.member.state.clone(),
             })
             .collect()

@@ -136,6 +136,7 @@ fn setup(bundled: bool) -> Setup {
                     pe_id: Some(0xaaaa_0001),
                     pid: Some(101),
                     capacity: None,
+                    reported_capacity: Some(150_000_000),
                     state: ChildState::Running,
                 },
                 BundledPe {
@@ -143,6 +144,7 @@ fn setup(bundled: bool) -> Setup {
                     pe_id: Some(0xaaaa_0002),
                     pid: Some(102),
                     capacity: Some(50_000_000),
+                    reported_capacity: Some(50_000_000),
                     state: ChildState::Running,
                 },
             ],
@@ -185,6 +187,7 @@ fn snapshot(ids: &[u32]) -> ClientEvent {
                 address: pe(id).address,
                 policy: "LeastUsed".to_owned(),
                 load: Some(0.25),
+                capacity: None,
             })
             .collect(),
     }

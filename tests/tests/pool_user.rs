@@ -1,6 +1,7 @@
-//! Issue 5's "must show": the real registrar, pool elements and headless pool user on
-//! loopback. Pictures through the pool equal the local reference; SIGKILLed, SIGSTOPped and
-//! `--fail-after` PEs lose nothing; an emptied pool is waited for.
+//! The real registrar, pool elements and headless pool user on loopback. Pictures through the
+//! pool equal the local reference; SIGKILLed, SIGSTOPped and `--fail-after` PEs lose nothing;
+//! an emptied pool is waited for (issue 5). A fast PE does more of the picture, and a tail
+//! taken over from a slow PE survives a SIGKILL (issue 14).
 
 use std::path::Path;
 use std::time::Duration;
@@ -398,5 +399,111 @@ fn pool_user_finds_the_registrar_by_announces() -> Result<()> {
     args.push("--no-progress".into());
     let mut pu = Proc::spawn("pool-user", bin("pool-user"), &args)?;
     finish_and_check(&mut pu, &picture, dir.path())?;
+    Ok(())
+}
+
+/// The pixels and iterations `stats` credits to the PE printed as `pe_id` (0x%08x).
+fn pe_record(stats: &serde_json::Value, pe_id: &str) -> Option<(u64, u64)> {
+    stats["pes"].as_array()?.iter().find_map(|pe| {
+        let id = pe["pe_id"].as_u64()?;
+        (format!("{id:#010x}") == pe_id)
+            .then(|| Some((pe["pixels"].as_u64()?, pe["iterations"].as_u64()?)))?
+    })
+}
+
+#[test]
+fn a_four_times_faster_pe_computes_at_least_twice_the_iterations() -> Result<()> {
+    let registrar = registrar(&[])?;
+    let fast = pool_element(&registrar, 0xe1, &["--capacity", "16000000"])?;
+    let slow = pool_element(&registrar, 0xe2, &["--capacity", "4000000"])?;
+    let dir = tempfile::tempdir()?;
+    let picture = Picture {
+        width: 240,
+        height: 160,
+        sessions: 4,
+        units: 16,
+        preset: "full-set",
+        max_iterations: 1000,
+    };
+    let mut pu = picture.start_pool_user(&registrar, dir.path(), &[])?;
+    // Bit for bit what one PE computes for the same units.
+    let stats = finish_and_check(&mut pu, &picture, dir.path())?;
+    let (_, fast_iterations) = pe_record(&stats, &fast.id).context("the fast PE's record")?;
+    let (_, slow_iterations) = pe_record(&stats, &slow.id).context("the slow PE's record")?;
+    assert!(
+        fast_iterations >= 2 * slow_iterations,
+        "fast {fast_iterations}, slow {slow_iterations}: {stats}"
+    );
+    assert_eq!(stats["preset"], "full-set");
+    assert_eq!(number(&stats, "units"), 16);
+    Ok(())
+}
+
+#[test]
+fn a_tail_taken_over_survives_a_sigkill_of_its_new_pe() -> Result<()> {
+    let registrar = registrar(&[])?;
+    // Two units on two PEs: the fast one finishes early and its session takes over the tail
+    // of the slow one's tile; a second fast PE joins for the failover.
+    let cookies = ["--cookie-max-packets", "10"];
+    let fast = pool_element(
+        &registrar,
+        0xf1,
+        &[&["--capacity", "4000000"][..], &cookies].concat(),
+    )?;
+    let slow = pool_element(
+        &registrar,
+        0xf2,
+        &[&["--capacity", "500000"][..], &cookies].concat(),
+    )?;
+    let dir = tempfile::tempdir()?;
+    // Two units side by side, each through the set's heavy middle rows: the tail of either is
+    // heavy.
+    let picture = Picture {
+        width: 200,
+        height: 160,
+        sessions: 2,
+        units: 2,
+        preset: "full-set",
+        max_iterations: 1000,
+    };
+    let mut pu = picture.start_pool_user(&registrar, dir.path(), &[])?;
+    for pe in [&fast.id, &slow.id] {
+        pu.log.wait_for(READY_TIMEOUT, |l| {
+            l.contains("session connected") && field(l, "pe").as_deref() == Some(pe.as_str())
+        })?;
+    }
+    let spare = pool_element(
+        &registrar,
+        0xf3,
+        &[&["--capacity", "4000000"][..], &cookies].concat(),
+    )?;
+    let takeover = pu.log.wait_for_text("tail taken over", IMAGE_TIMEOUT)?;
+    let tail = field(&takeover, "tail").context("tail=")?;
+    let connected = pu.log.wait_for(READY_TIMEOUT, |l| {
+        l.contains("session connected") && field(l, "tile").as_deref() == Some(tail.as_str())
+    })?;
+    let victim_id = field(&connected, "pe").context("pe=")?;
+    // Let it deliver for a while (the tail takes it about 0.4 s), then kill it.
+    std::thread::sleep(Duration::from_millis(150));
+    let victim = [&fast, &spare]
+        .into_iter()
+        .find(|pe| pe.id == victim_id)
+        .context("the tail went to a fast PE")?;
+    victim.proc.signal(Signal::SIGKILL)?;
+    let started = pu.log.wait_for(READY_TIMEOUT, |l| {
+        l.contains("failover started") && field(l, "tile").as_deref() == Some(tail.as_str())
+    })?;
+    assert_eq!(field(&started, "pe"), Some(victim_id.clone()));
+    let stats = finish_and_check(&mut pu, &picture, dir.path())?;
+    assert!(number(&stats, "tail_takeovers") >= 1, "{stats}");
+    assert!(number(&stats, "failovers") >= 1, "{stats}");
+    // Nothing lost beyond one cookie interval (10 Data messages) per failover.
+    let interval = 10 * MAX_POINTS_PER_DATA as u64;
+    let records = stats["failover_records"].as_array().context("records")?;
+    assert!(!records.is_empty());
+    for record in records {
+        assert!(number(record, "recomputed_pixels") <= interval, "{record}");
+    }
+    drop(slow);
     Ok(())
 }

@@ -36,6 +36,9 @@ pub struct PoolEntry {
     pub policy: String,
     /// Load in [0, 1] for load-based policies.
     pub load: Option<f64>,
+    /// Iterations per second its policy advertises (a capacity-aware PE's weight or load
+    /// degradation, see `pool_element::capacity`).
+    pub capacity: Option<f64>,
 }
 
 /// Why a session gave up its pool element.

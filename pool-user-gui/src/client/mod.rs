@@ -241,6 +241,9 @@ impl FractalClient {
                                     address: pe.address,
                                     policy: pe.policy.to_string(),
                                     load: pe.policy.load().map(fraction_from_wire),
+                                    capacity: pool_element::capacity::advertised_capacity(
+                                        &pe.policy,
+                                    ),
                                 })
                             })
                             .collect(),
@@ -524,7 +527,7 @@ async fn run_image_result(
                         job,
                     } => {
                         tally.tail_takeovers += 1;
-                        tracing::debug!(
+                        tracing::info!(
                             image,
                             tile = from,
                             kept_rows,

@@ -752,20 +752,54 @@ impl PoolUserApp {
         }
 
         let bundled_pes = bundled.map(|(_, pes)| pes).unwrap_or_default();
+        if let Some(picture) = &self.state.picture {
+            ui.label(format!(
+                "Image {}: {} units for {} sessions, {} waiting, {} tails taken over",
+                picture.image,
+                picture.units,
+                picture.sessions,
+                picture.units_waiting(),
+                picture.tail_takeovers
+            ));
+        }
+        // Each PE's capacity: what a bundled PE reported, else what its policy advertises.
+        let capacities: Vec<Option<f64>> = self
+            .state
+            .pool
+            .iter()
+            .map(|entry| {
+                bundled_pes
+                    .iter()
+                    .find(|pe| pe.pe_id == Some(entry.id))
+                    .and_then(|pe| pe.reported_capacity.or(pe.capacity))
+                    .map(|capacity| capacity as f64)
+                    .or(entry.capacity)
+            })
+            .collect();
+        let total_capacity: f64 = capacities.iter().flatten().sum();
+        let total_work: u64 = self
+            .state
+            .picture
+            .as_ref()
+            .map_or(0, |picture| picture.pe_work.values().sum());
         let mut action: Option<(&'static str, usize)> = None;
         egui::Grid::new("pool-grid")
             .striped(true)
-            .num_columns(6)
+            .num_columns(8)
             .show(ui, |ui| {
                 ui.strong("PE");
                 ui.strong("Address");
                 ui.strong("Policy / load");
+                ui.strong("Capacity");
+                ui.strong("Work / capacity").on_hover_text(
+                    "Share of this picture's iterations against share of the pool's capacity",
+                );
                 ui.strong("Tiles");
                 ui.strong("Done");
                 ui.strong("");
                 ui.end_row();
                 let picture = self.state.picture.as_ref();
-                for entry in &self.state.pool {
+                for (entry, capacity) in self.state.pool.iter().zip(&capacities) {
                     let mark = picture
                         .and_then(|picture| picture.pe_mark_index(entry.id))
                         .map(|index| palette::mark_tint(index as u32));
@@ -779,11 +813,17 @@ impl PoolUserApp {
                         Some(load) => ui.label(format!("{} {:.0} %", entry.policy, load * 100.0)),
                         None => ui.label(&entry.policy),
                     };
+                    ui.label(capacity.map_or("?".to_owned(), |c| format!("{:.0} M it/s", c / 1e6)));
+                    let work = picture
+                        .and_then(|picture| picture.pe_work.get(&entry.id))
+                        .copied()
+                        .unwrap_or(0);
+                    work_share(ui, work, total_work, *capacity, total_capacity);
                     let tiles: Vec<String> = self
                         .state
                         .serving
                         .get(&entry.id)
-                        .map(|sessions| sessions.iter().map(|s| (s + 1).to_string()).collect())
+                        .map(|tiles| tiles.iter().map(|t| (t + 1).to_string()).collect())
                         .unwrap_or_default();
                     ui.label(tiles.join(","));
                     ui.label(
@@ -995,6 +1035,49 @@ fn pe_buttons(
     if ui.button("Restart").clicked() {
         *action = Some(("restart", pe.slot));
     }
+}
+
+/// A PE's share of the picture's work beside its share of the pool's capacity: a bar of the
+/// work share with a tick at the capacity share, green when within 20 % of it.
+fn work_share(ui: &mut egui::Ui, work: u64, total_work: u64, capacity: Option<f64>, total: f64) {
+    let work_share = if total_work > 0 {
+        work as f64 / total_work as f64
+    } else {
+        0.0
+    };
+    let capacity_share = capacity.filter(|_| total > 0.0).map(|c| c / total);
+    let (rect, _) = ui.allocate_exact_size(egui::vec2(120.0, 14.0), egui::Sense::hover());
+    let painter = ui.painter_at(rect);
+    painter.rect_filled(rect, 2.0, Color32::from_gray(50));
+    let fair = capacity_share.is_none_or(|share| {
+        total_work == 0 || (work_share / share.max(f64::MIN_POSITIVE) - 1.0).abs() <= 0.2
+    });
+    let fill = if fair {
+        Color32::from_rgb(70, 170, 90)
+    } else {
+        Color32::from_rgb(210, 170, 40)
+    };
+    let mut bar = rect;
+    bar.set_width(rect.width() * work_share.clamp(0.0, 1.0) as f32);
+    painter.rect_filled(bar, 2.0, fill);
+    if let Some(share) = capacity_share {
+        let x = rect.left() + rect.width() * share.clamp(0.0, 1.0) as f32;
+        painter.line_segment(
+            [egui::pos2(x, rect.top()), egui::pos2(x, rect.bottom())],
+            egui::Stroke::new(2.0, Color32::WHITE),
+        );
+    }
+    let text = match capacity_share {
+        Some(share) => format!("{:.0} % / {:.0} %", work_share * 100.0, share * 100.0),
+        None => format!("{:.0} %", work_share * 100.0),
+    };
+    painter.text(
+        rect.center(),
+        egui::Align2::CENTER_CENTER,
+        text,
+        FontId::proportional(11.0),
+        Color32::WHITE,
+    );
 }
 
 fn describe_capacity(capacity: Option<u64>) -> String {

@@ -98,6 +98,7 @@ fn snapshot(alive: &[bool], serving: &[usize]) -> ClientEvent {
             address: pe_info(index).address,
             policy: "LeastUsed".to_owned(),
             load: Some((serving[index] as f64 / 4.0).min(1.0)),
+            capacity: Some(PES[index].1 as f64),
         })
         .collect();
     ClientEvent::PoolSnapshot {

@@ -427,7 +427,15 @@ impl Session {
                     selector.avoid(pe_id, Instant::now(), duration)
                 });
             }
-            Action::Event(event) => self.events.push_back(event),
+            Action::Event(event) => {
+                if let SessionEvent::Refused { pe } = &event {
+                    // Before the session lets go of the PE: the refusal counts our others.
+                    self.pool_user.with_selector(&self.pool, |selector| {
+                        selector.refused(pe.id, Instant::now())
+                    });
+                }
+                self.events.push_back(event)
+            }
         }
     }
 

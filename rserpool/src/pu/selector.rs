@@ -19,6 +19,11 @@
 //! * round robin and anything else: fewest own sessions, in the registrar's order.
 //!
 //! Within equal keys, the PE this selector handed out least often wins, then answer order.
+//!
+//! A PE that refused a session (at its session limit) while this pool user had sessions on it
+//! is taken to be full at that many of ours: it is not chosen while we have as many there
+//! (for [`FULL_MEMORY`]), rather than being tried and refused again and again. A policy that
+//! favours a fast PE would otherwise keep choosing it past its limit.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -60,6 +65,8 @@ impl PeCandidate {
 pub const DEFAULT_STALE_CACHE: Duration = Duration::from_millis(1000);
 /// Default time a PE that failed is not chosen again.
 pub const DEFAULT_AVOID_FOR: Duration = Duration::from_secs(5);
+/// How long a PE's refusal tells how many of our sessions it takes.
+pub const FULL_MEMORY: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 struct Cached {
@@ -78,6 +85,9 @@ pub struct PeSelector {
     uses: HashMap<u32, u64>,
     /// Sessions of this pool user on each PE now: chosen and not yet released.
     open: HashMap<u32, u64>,
+    /// PE id -> (how many of our sessions it takes, until when we believe so): learnt from a
+    /// refusal.
+    full_at: HashMap<u32, (u64, Instant)>,
 }
 
 impl PeSelector {
@@ -89,6 +99,7 @@ impl PeSelector {
             avoid_until: HashMap::new(),
             uses: HashMap::new(),
             open: HashMap::new(),
+            full_at: HashMap::new(),
         }
     }
 
@@ -132,12 +143,34 @@ impl PeSelector {
             .is_some_and(|&until| now < until)
     }
 
-    /// Cached PEs not being avoided at `now` (fresh or not), in answer order.
+    /// `pe_id` refused a session at `now` that [`PeSelector::choose`] gave it (and that is
+    /// not released yet): it is full at the other sessions we have there, if any.
+    pub fn refused(&mut self, pe_id: u32, now: Instant) {
+        let others = self
+            .open
+            .get(&pe_id)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(1);
+        if others > 0 {
+            self.full_at.insert(pe_id, (others, now + FULL_MEMORY));
+        }
+    }
+
+    /// Whether `pe_id` is believed full with the sessions we have there.
+    fn is_full(&self, pe_id: u32, now: Instant) -> bool {
+        self.full_at.get(&pe_id).is_some_and(|&(limit, until)| {
+            now < until && self.open.get(&pe_id).copied().unwrap_or(0) >= limit
+        })
+    }
+
+    /// Cached PEs not being avoided at `now` (fresh or not), nor believed full, in answer
+    /// order.
     pub fn usable(&self, now: Instant) -> Vec<PeCandidate> {
         self.cache
             .iter()
             .flat_map(|c| c.elements.iter())
-            .filter(|pe| !self.is_avoided(pe.id, now))
+            .filter(|pe| !self.is_avoided(pe.id, now) && !self.is_full(pe.id, now))
             .cloned()
             .collect()
     }
@@ -146,6 +179,7 @@ impl PeSelector {
     /// is usable. Stale answers are used too: the caller decides when to refresh.
     pub fn choose<R: Rng + ?Sized>(&mut self, now: Instant, rng: &mut R) -> Option<PeCandidate> {
         self.avoid_until.retain(|_, until| now < *until);
+        self.full_at.retain(|_, (_, until)| now < *until);
         let usable = self.usable(now);
         let chosen = choose_by_policy(&usable, &self.uses, &self.open, rng)?.clone();
         *self.uses.entry(chosen.id).or_insert(0) += 1;
@@ -460,6 +494,33 @@ mod tests {
         let got = choices(&mut selector, now, 8);
         assert_eq!(counts(&got, &[1, 2, 3]), vec![2, 6, 0]);
         assert_eq!(got[0], 2, "the heaviest first");
+    }
+
+    #[test]
+    fn a_pe_that_refused_is_full_at_our_sessions_there() {
+        let now = Instant::now();
+        let mut selector = PeSelector::new(Duration::from_secs(60));
+        selector.store(&listing(&[1, 2], Policy::LeastUsed { load: 0 }), now);
+        assert_eq!(choices(&mut selector, now, 4), vec![1, 2, 1, 2]);
+        // A fifth session, on PE 1, is refused: PE 1 takes two of ours.
+        assert_eq!(choices(&mut selector, now, 1), vec![1]);
+        selector.refused(1, now);
+        selector.release(1);
+        assert_eq!(choices(&mut selector, now, 2), vec![2, 2]);
+        // One of ours on PE 1 ends: room again.
+        selector.release(1);
+        assert_eq!(choices(&mut selector, now, 1), vec![1]);
+        assert_eq!(choices(&mut selector, now, 1), vec![2]);
+        // After a while PE 1 is tried again.
+        assert_eq!(choices(&mut selector, now + FULL_MEMORY, 1), vec![1]);
+        // A refusal without sessions of ours there (another pool user filled it) teaches
+        // nothing.
+        let mut fresh = PeSelector::new(Duration::from_secs(60));
+        fresh.store(&listing(&[1], Policy::LeastUsed { load: 0 }), now);
+        assert_eq!(choices(&mut fresh, now, 1), vec![1]);
+        fresh.refused(1, now);
+        fresh.release(1);
+        assert_eq!(choices(&mut fresh, now, 1), vec![1]);
     }
 
     #[test]
