@@ -389,6 +389,7 @@ fn empty_states_say_what_is_missing() {
         image: 1,
         tile: 0,
         retry_in: Duration::from_millis(500),
+        detail: None,
     });
     setup.harness.run();
     setup

@@ -64,14 +64,25 @@ struct Args {
         default_value = "full-set,seahorse-valley,elephant-valley"
     )]
     presets: Vec<String>,
-    /// --efficiency: picture size (default: the window's picture at its default size).
-    #[arg(long, default_value_t = 1000)]
+    /// --efficiency: picture size (default: the window's picture at the window's default
+    /// size, 1400x860).
+    #[arg(long, default_value_t = 728)]
     width: u32,
-    #[arg(long, default_value_t = 700)]
+    #[arg(long, default_value_t = 771)]
     height: u32,
     /// --efficiency: sessions at once (default: the window's).
     #[arg(long, default_value_t = 16)]
     efficiency_sessions: usize,
+    /// --efficiency: which splits to measure: `units` (work units with tail takeovers) and
+    /// `static` (one tile per session, rsplib's way).
+    #[arg(long, value_delimiter = ',', default_value = "units,static")]
+    splits: Vec<String>,
+    /// --efficiency: print every picture's figures too.
+    #[arg(long)]
+    verbose: bool,
+    /// --efficiency: the PEs' --max-sessions.
+    #[arg(long, default_value_t = 4)]
+    max_sessions: u32,
     /// --efficiency: work units per session (default: the pool user's default).
     #[arg(long)]
     units_per_session: Option<usize>,
@@ -570,9 +581,17 @@ async fn efficiency(program: PathBuf, args: &Args) -> Result<()> {
         for policy in &args.policies {
             let mut pool = Pool::start(program.clone())?;
             let mut capacity_of = std::collections::HashMap::new();
+            let max_sessions = args.max_sessions.to_string();
             for &capacity in &capacities {
                 let capacity_text = capacity.to_string();
-                let id = pool.add_pe(&["--policy", policy, "--capacity", &capacity_text])?;
+                let id = pool.add_pe(&[
+                    "--policy",
+                    policy,
+                    "--capacity",
+                    &capacity_text,
+                    "--max-sessions",
+                    &max_sessions,
+                ])?;
                 capacity_of.insert(id, capacity);
             }
             let (client, mut events) = pool.client()?;
@@ -584,6 +603,10 @@ async fn efficiency(program: PathBuf, args: &Args) -> Result<()> {
                     let view = preset.parameter(args.width, args.height);
                     // Alternating, so that both splits see the same drift of the machine.
                     for (split, static_split) in [false, true].into_iter().enumerate() {
+                        let name = if static_split { "static" } else { "units" };
+                        if !args.splits.iter().any(|wanted| wanted == name) {
+                            continue;
+                        }
                         let mut request =
                             request(view, args.efficiency_sessions, &preset.name, static_split);
                         if let (Some(per_session), false) = (args.units_per_session, static_split) {
@@ -604,6 +627,17 @@ async fn efficiency(program: PathBuf, args: &Args) -> Result<()> {
                                 (share / (capacity as f64 / total as f64) - 1.0).abs()
                             })
                             .fold(0.0, f64::max);
+                        if args.verbose {
+                            println!(
+                                "  {shape} {policy} {name} {}: efficiency {:.3}, worst PE {:.0} %, \
+                                 {:.3} s, {} tails",
+                                preset.name,
+                                stats.iterations as f64 / total as f64 / stats.wall_time_s,
+                                100.0 * worst_share,
+                                stats.wall_time_s,
+                                stats.tail_takeovers
+                            );
+                        }
                         results[split].push(Measured {
                             efficiency: stats.iterations as f64 / total as f64 / stats.wall_time_s,
                             worst_share,
@@ -615,6 +649,9 @@ async fn efficiency(program: PathBuf, args: &Args) -> Result<()> {
             }
             for (split, name) in [(1, "static"), (0, "units")] {
                 let measured = &results[split];
+                if measured.is_empty() {
+                    continue;
+                }
                 let mut efficiencies: Vec<f64> = measured.iter().map(|m| m.efficiency).collect();
                 let mut shares: Vec<f64> = measured.iter().map(|m| m.worst_share).collect();
                 let mut walls: Vec<f64> = measured.iter().map(|m| m.wall_s).collect();

@@ -214,6 +214,9 @@ pub enum ClientEvent {
         image: u64,
         tile: usize,
         retry_in: Duration,
+        /// Why, when not simply an empty pool (the registrar unreachable, or every listed PE
+        /// full or just failed).
+        detail: Option<String>,
     },
     /// All tiles are complete.
     ImageCompleted { image: u64, stats: ImageStats },

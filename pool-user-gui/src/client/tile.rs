@@ -264,6 +264,7 @@ pub(crate) async fn run_tile(
                     image,
                     tile,
                     retry_in,
+                    detail,
                 }
             }
             SessionEvent::CookieStored { pe, cookie } => match Cookie::decode(&cookie) {

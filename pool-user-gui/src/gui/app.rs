@@ -754,7 +754,7 @@ impl PoolUserApp {
         let bundled_pes = bundled.map(|(_, pes)| pes).unwrap_or_default();
         if let Some(picture) = &self.state.picture {
             ui.label(format!(
-                "Image {}: {} units for {} sessions, {} waiting, {} tails taken over",
+                "Image {}: {} units for {} sessions, {} waiting; {} tails taken over",
                 picture.image,
                 picture.units,
                 picture.sessions,
@@ -785,17 +785,17 @@ impl PoolUserApp {
         let mut action: Option<(&'static str, usize)> = None;
         egui::Grid::new("pool-grid")
             .striped(true)
-            .num_columns(8)
+            .num_columns(6)
             .show(ui, |ui| {
                 ui.strong("PE");
-                ui.strong("Address");
-                ui.strong("Policy / load");
+                ui.strong("Policy, load");
                 ui.strong("Capacity");
                 ui.strong("Work / capacity").on_hover_text(
-                    "Share of this picture's iterations against share of the pool's capacity",
+                    "This picture's iterations the PE computed, against its share of the \
+                     pool's capacity (the white tick)",
                 );
-                ui.strong("Tiles");
-                ui.strong("Done");
+                ui.strong("Done")
+                    .on_hover_text("Tiles completed since the window opened");
                 ui.strong("");
                 ui.end_row();
                 let picture = self.state.picture.as_ref();
@@ -804,11 +804,26 @@ impl PoolUserApp {
                         .and_then(|picture| picture.pe_mark_index(entry.id))
                         .map(|index| palette::mark_tint(index as u32));
                     let label = RichText::new(format!("0x{:08x}", entry.id)).monospace();
+                    let serving: Vec<String> = self
+                        .state
+                        .serving
+                        .get(&entry.id)
+                        .map(|tiles| tiles.iter().map(|t| (t + 1).to_string()).collect())
+                        .unwrap_or_default();
+                    let hover = format!(
+                        "{}\nserving tiles {}",
+                        entry.address,
+                        if serving.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            serving.join(", ")
+                        }
+                    );
                     match mark {
                         Some([r, g, b]) => ui.colored_label(Color32::from_rgb(r, g, b), label),
                         None => ui.label(label),
-                    };
-                    ui.label(entry.address.to_string());
+                    }
+                    .on_hover_text(hover);
                     match entry.load {
                         Some(load) => ui.label(format!("{} {:.0} %", entry.policy, load * 100.0)),
                         None => ui.label(&entry.policy),
@@ -819,13 +834,6 @@ impl PoolUserApp {
                         .copied()
                         .unwrap_or(0);
                     work_share(ui, work, total_work, *capacity, total_capacity);
-                    let tiles: Vec<String> = self
-                        .state
-                        .serving
-                        .get(&entry.id)
-                        .map(|tiles| tiles.iter().map(|t| (t + 1).to_string()).collect())
-                        .unwrap_or_default();
-                    ui.label(tiles.join(","));
                     ui.label(
                         self.state
                             .tiles_completed_by

@@ -576,16 +576,22 @@ impl GuiState {
                 let slow_pe = picture.progress.get(tile).and_then(|progress| progress.pe);
                 let (new_tile, rows) = (tail.index, tail.height);
                 picture.split(tile, kept_rows, tail);
-                let pe = slow_pe.map_or_else(|| "its PE".to_owned(), |pe| format!("PE 0x{pe:08x}"));
-                self.note(
-                    StoryKind::Control,
-                    format!(
-                        "Tail takeover: tile {}'s last {rows} rows go to a free session (tile {}), \
-                         as {pe} would finish them last",
-                        tile + 1,
-                        new_tile + 1
-                    ),
-                );
+                // The first of a picture is told; the rest are counted at its end (a picture
+                // has dozens).
+                if picture.tail_takeovers == 1 {
+                    let pe =
+                        slow_pe.map_or_else(|| "its PE".to_owned(), |pe| format!("PE 0x{pe:08x}"));
+                    self.note(
+                        StoryKind::Recovery,
+                        format!(
+                            "No unit left: free sessions take over the tails of the tiles that \
+                             would finish last, first tile {}'s last {rows} rows (now tile {}) \
+                             from {pe}",
+                            tile + 1,
+                            new_tile + 1
+                        ),
+                    );
+                }
             }
             ClientEvent::TileCompleted { image, tile } => {
                 let Some(picture) = self.picture.as_mut().filter(|p| p.image == image) else {
@@ -680,15 +686,17 @@ impl GuiState {
                 image,
                 tile,
                 retry_in,
+                detail,
             } => {
                 if !self.is_current(image) {
                     return;
                 }
                 if self.waiting_for_pe.insert(tile) && self.waiting_for_pe.len() == 1 {
+                    let why = detail.map_or(String::new(), |detail| format!(" ({detail})"));
                     self.note(
                         StoryKind::Pool,
                         format!(
-                            "No pool element available; retrying every {} ms",
+                            "No pool element available{why}; retrying every {} ms",
                             retry_in.as_millis()
                         ),
                     );
@@ -702,6 +710,11 @@ impl GuiState {
                 }
             }
             ClientEvent::ImageCompleted { image, stats } => {
+                let tails = self
+                    .picture
+                    .as_ref()
+                    .filter(|p| p.image == image)
+                    .map_or(0, |p| p.tail_takeovers);
                 if let Some(picture) = self.picture.as_mut().filter(|p| p.image == image) {
                     picture.completed_after = Some(picture.started.elapsed());
                     for progress in &mut picture.progress {
@@ -719,7 +732,8 @@ impl GuiState {
                 self.note(
                     StoryKind::Image,
                     format!(
-                        "Image {image} complete in {:.1} s: {} PEs, {} failovers, {} pixels recomputed",
+                        "Image {image} complete in {:.1} s: {} PEs, {tails} tails taken over, {} \
+                         failovers, {} pixels recomputed",
                         stats.wall_time_s, stats.pes_used, stats.failovers, stats.recomputed_pixels
                     ),
                 );

@@ -451,16 +451,28 @@ impl Session {
     async fn resolve(&mut self, fresh: bool) {
         let now = Instant::now();
         let rng = &mut self.rng;
+        // From a fresh cache: a PE, or none free among those it lists (no need to ask).
         let cached = self.pool_user.with_selector(&self.pool, |selector| {
-            if !fresh && selector.is_fresh(now) {
-                selector.choose(now, rng)
-            } else {
-                None
+            if fresh || !selector.is_fresh(now) {
+                return None;
             }
+            Some(
+                selector
+                    .choose(now, rng)
+                    .ok_or_else(|| selector.cached_len()),
+            )
         });
-        if let Some(pe) = cached {
-            self.resolved(now, Some(pe), None);
-            return;
+        match cached {
+            Some(Ok(pe)) => {
+                self.resolved(now, Some(pe), None);
+                return;
+            }
+            Some(Err(listed)) if listed > 0 => {
+                let detail = format!("all {listed} listed pool elements full or failed just now");
+                self.state.on_busy(now, detail);
+                return;
+            }
+            _ => {}
         }
         match self.pool_user.resolve(&self.pool, ALL_ITEMS).await {
             Ok(resolution) => {
@@ -471,13 +483,15 @@ impl Session {
                     selector.choose(now, rng)
                 });
                 // Listed but all avoided: full (refused) or failed moments ago.
-                let detail = (chosen.is_none() && !resolution.elements.is_empty()).then(|| {
-                    format!(
-                        "all {} listed pool elements refused or failed just now",
+                if chosen.is_none() && !resolution.elements.is_empty() {
+                    let detail = format!(
+                        "all {} listed pool elements full or failed just now",
                         resolution.elements.len()
-                    )
-                });
-                self.resolved(now, chosen, detail);
+                    );
+                    self.state.on_busy(now, detail);
+                    return;
+                }
+                self.resolved(now, chosen, None);
             }
             Err(error) => self.resolved(Instant::now(), None, Some(error.to_string())),
         }

@@ -123,6 +123,11 @@ impl PeSelector {
         });
     }
 
+    /// PEs in the cached answer (usable or not).
+    pub fn cached_len(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.elements.len())
+    }
+
     /// Forgets the cached answer (the next resolution asks the registrar).
     pub fn invalidate(&mut self) {
         self.cache = None;

@@ -10,7 +10,9 @@
 //!    as after a failover (how a pool user hands a PE the rest of another session's work).
 //! 2. A PE ([`SessionState::on_resolved`]) is connected to ([`Action::Connect`]); none means an
 //!    empty pool: wait with capped exponential backoff ([`SessionEvent::PoolEmpty`]) and ask
-//!    again, for ever (until the application drops the session).
+//!    again, for ever (until the application drops the session). A pool whose PEs are all
+//!    full or just failed ([`SessionState::on_busy`]) is asked again after a short, fixed
+//!    wait, from the cached answer.
 //! 3. Connected: send the Cookie Echo with the last cookie, or the application's first message
 //!    if no cookie came yet. Frames from the PE are handed up; ASAP Cookies are stored.
 //! 4. Failure of the PE (association reset, heartbeat loss, no frame for the session timeout, or
@@ -157,6 +159,9 @@ enum Phase {
     Resolving,
     Waiting {
         until: Instant,
+        /// Ask the registrar again (an empty pool), or choose from the cached answer (a busy
+        /// one).
+        fresh: bool,
     },
     Connecting {
         pe: PeCandidate,
@@ -232,7 +237,7 @@ impl SessionState {
     /// When [`SessionState::on_timeout`] must be called next (`None`: no timer).
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
-            Phase::Waiting { until } => Some(*until),
+            Phase::Waiting { until, .. } => Some(*until),
             Phase::Connected { last_frame, .. } => Some(*last_frame + self.config.session_timeout),
             _ => None,
         }
@@ -277,10 +282,29 @@ impl SessionState {
                 self.backoff = (self.backoff * 2).min(self.config.backoff_max);
                 self.phase = Phase::Waiting {
                     until: now + retry_in,
+                    fresh: true,
                 };
                 self.emit(SessionEvent::PoolEmpty { retry_in, detail });
             }
         }
+    }
+
+    /// The answer to [`Action::Resolve`] when the pool lists PEs but every one is full or
+    /// being avoided: wait [`SessionConfig::avoid_refused_for`], without backing off (a PE has
+    /// room again as soon as any of its sessions ends), and ask again.
+    pub fn on_busy(&mut self, now: Instant, detail: String) {
+        if self.phase != Phase::Resolving {
+            return;
+        }
+        let retry_in = self.config.avoid_refused_for;
+        self.phase = Phase::Waiting {
+            until: now + retry_in,
+            fresh: false,
+        };
+        self.emit(SessionEvent::PoolEmpty {
+            retry_in,
+            detail: Some(detail),
+        });
     }
 
     /// The association to the PE of [`Action::Connect`] is up.
@@ -399,7 +423,7 @@ impl SessionState {
     /// Time passed: detects data silence and ends the empty-pool wait.
     pub fn on_timeout(&mut self, now: Instant) {
         match &self.phase {
-            Phase::Waiting { until } if now >= *until => self.resolve(true),
+            Phase::Waiting { until, fresh } if now >= *until => self.resolve(*fresh),
             Phase::Connected { pe, last_frame, .. }
                 if now.saturating_duration_since(*last_frame) >= self.config.session_timeout =>
             {

@@ -399,3 +399,32 @@ fn a_resuming_session_echoes_its_cookie_and_forgetting_returns_to_it() {
     state.on_connected(t0);
     assert_eq!(drain(&mut state)[0], Action::Send(echo_frame(b"start")));
 }
+
+#[test]
+fn a_busy_pool_is_asked_again_soon_without_backing_off() {
+    let t0 = Instant::now();
+    let config = SessionConfig::default();
+    let mut state = SessionState::new(config.clone(), first_message());
+    state.start(t0);
+    drain(&mut state);
+    for round in 0..5u32 {
+        let now = t0 + config.avoid_refused_for * round;
+        state.on_busy(
+            now,
+            "all 2 listed pool elements full or failed just now".into(),
+        );
+        let actions = drain(&mut state);
+        assert!(events(&actions).iter().any(|e| matches!(
+            e,
+            SessionEvent::PoolEmpty { retry_in, detail: Some(_) } if *retry_in == config.avoid_refused_for
+        )));
+        assert_eq!(state.poll_timeout(), Some(now + config.avoid_refused_for));
+        state.on_timeout(now + config.avoid_refused_for);
+        // The cached answer will do: it lists PEs, they were only full.
+        assert_eq!(drain(&mut state), vec![Action::Resolve { fresh: false }]);
+    }
+    // An empty pool still backs off from the start.
+    let now = t0 + config.avoid_refused_for * 5;
+    state.on_resolved(now, None, None);
+    assert_eq!(state.poll_timeout(), Some(now + config.backoff_initial));
+}
