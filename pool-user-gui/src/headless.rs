@@ -40,7 +40,8 @@ pub struct HeadlessArgs {
     #[arg(long, default_value_t = 1, hide_default_value = true)]
     pub sessions: usize,
     /// Work units the picture is cut into; a session that finishes one takes the next
-    /// (default: 4 per session, 1 for a single session).
+    /// (default: 4 per session, or 1 per session after a picture that took under 0.25 s; 1 for
+    /// a single session).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub units: Option<u32>,
     /// Once no unit is left, free sessions do not take over the tails of slow tiles.
@@ -111,7 +112,7 @@ impl HeadlessArgs {
     ) -> ImageRequest {
         let mut request = ImageRequest::new(view, self.sessions, preset);
         if let Some(units) = self.units {
-            request.units = units as usize;
+            request.units = Some(units as usize);
         }
         request.tail_takeover = !self.no_tail_takeover;
         if self.static_split {

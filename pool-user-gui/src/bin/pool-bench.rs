@@ -83,7 +83,7 @@ struct Args {
     /// --efficiency: the PEs' --max-sessions.
     #[arg(long, default_value_t = 4)]
     max_sessions: u32,
-    /// --efficiency: work units per session (default: the pool user's default).
+    /// Work units per session (default: the pool user's default).
     #[arg(long)]
     units_per_session: Option<usize>,
     /// The `pool-user` binary [default: next to this one].
@@ -390,6 +390,7 @@ async fn overhead(
     sessions: &[usize],
     repeat: usize,
     static_split: bool,
+    units_per_session: Option<usize>,
 ) -> Result<()> {
     let preset = Preset::by_name("full-set").context("preset")?;
     let mut view = preset.parameter(1024, 768);
@@ -428,7 +429,13 @@ async fn overhead(
             // process CPU time too.
             let own_before = own_cpu();
             let result = client
-                .compute_image(request(view, count, &preset.name, static_split))
+                .compute_image({
+                    let mut request = request(view, count, &preset.name, static_split);
+                    if let (Some(per_session), false) = (units_per_session, static_split) {
+                        request.units = Some(per_session * count);
+                    }
+                    request
+                })
                 .await?;
             let own_after = own_cpu();
             cpu.pu += own_after.0.saturating_sub(own_before.0);
@@ -525,7 +532,14 @@ async fn main() -> Result<()> {
             );
         }
     }
-    overhead(program, &args.sessions, args.repeat, args.static_split).await
+    overhead(
+        program,
+        &args.sessions,
+        args.repeat,
+        args.static_split,
+        args.units_per_session,
+    )
+    .await
 }
 
 /// The capacities (iterations per second) of a named pool shape.
@@ -610,7 +624,7 @@ async fn efficiency(program: PathBuf, args: &Args) -> Result<()> {
                         let mut request =
                             request(view, args.efficiency_sessions, &preset.name, static_split);
                         if let (Some(per_session), false) = (args.units_per_session, static_split) {
-                            request.units = per_session * args.efficiency_sessions;
+                            request.units = Some(per_session * args.efficiency_sessions);
                         }
                         let result = client.compute_image(request).await?;
                         let stats = &result.stats;

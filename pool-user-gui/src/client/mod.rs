@@ -66,13 +66,19 @@ impl Default for ClientConfig {
 
 /// Work units per session by default (see [`default_units`]).
 pub const UNITS_PER_SESSION: usize = 4;
+/// A picture the pool computed faster than this is not worth more units than sessions: their
+/// set-ups (a resolution, a connect and a close each) cost more than the balance gains.
+pub const SHORT_PICTURE: Duration = Duration::from_millis(250);
 
-/// The work units a picture is cut into for `sessions` sessions at once when not told:
-/// [`UNITS_PER_SESSION`] per session, so that a session that finishes early takes another unit
-/// (with a fresh choice of PE); one session computes the picture as one unit.
-pub fn default_units(sessions: usize) -> usize {
+/// The work units a picture is cut into for `sessions` sessions at once when not told, given
+/// how long the client's previous picture took: [`UNITS_PER_SESSION`] per session, so that a
+/// session that finishes early takes another unit (with a fresh choice of PE), unless the
+/// previous picture was short ([`SHORT_PICTURE`]), then one per session (tail takeovers still
+/// balance). One session computes the picture as one unit.
+pub fn default_units(sessions: usize, previous: Option<Duration>) -> usize {
     match sessions.max(1) {
         1 => 1,
+        sessions if previous.is_some_and(|took| took < SHORT_PICTURE) => sessions,
         sessions => sessions * UNITS_PER_SESSION,
     }
 }
@@ -84,8 +90,8 @@ pub struct ImageRequest {
     pub view: Parameter,
     /// Sessions at once (rsplib's meaning); at least 1.
     pub sessions: usize,
-    /// Work units the picture is cut into, at least 1 (see [`default_units`]).
-    pub units: usize,
+    /// Work units the picture is cut into, at least 1 (`None`: [`default_units`]).
+    pub units: Option<usize>,
     /// Whether a free session takes over the tail of the tile expected to finish last once no
     /// unit is left (see `schedule`).
     pub tail_takeover: bool,
@@ -100,7 +106,7 @@ impl ImageRequest {
         ImageRequest {
             view,
             sessions,
-            units: default_units(sessions),
+            units: None,
             tail_takeover: true,
             preset: preset.into(),
         }
@@ -108,7 +114,7 @@ impl ImageRequest {
 
     /// rsplib's way: one unit per session, no tail takeovers.
     pub fn static_split(mut self) -> ImageRequest {
-        self.units = self.sessions.max(1);
+        self.units = Some(self.sessions.max(1));
         self.tail_takeover = false;
         self
     }
@@ -133,6 +139,8 @@ pub struct FractalClient {
     monitor: Mutex<Option<JoinHandle<()>>>,
     /// Buffers of a finished picture for the next one (see [`FractalClient::recycle`]).
     spare: Arc<Mutex<SpareBuffers>>,
+    /// How long the latest finished picture took (for [`default_units`]).
+    last_wall: Arc<Mutex<Option<Duration>>>,
 }
 
 impl FractalClient {
@@ -152,6 +160,7 @@ impl FractalClient {
             current: Mutex::new(None),
             monitor: Mutex::new(None),
             spare: Arc::default(),
+            last_wall: Arc::default(),
         };
         Ok((client, receiver))
     }
@@ -196,6 +205,7 @@ impl FractalClient {
             pool_user: self.pool_user.clone(),
             pool: self.pool.clone(),
             pixel_events: self.pixel_events,
+            last_wall: self.last_wall.clone(),
         }
     }
 
@@ -287,6 +297,7 @@ struct ImageContext {
     pool_user: PoolUser,
     pool: PoolHandle,
     pixel_events: bool,
+    last_wall: Arc<Mutex<Option<Duration>>>,
 }
 
 async fn run_image(
@@ -421,7 +432,11 @@ async fn run_image_result(
     let started_at = Instant::now();
     let view = request.view;
     let sessions = request.sessions.max(1);
-    let units = tiling::split(&view, request.units.max(1));
+    let previous = *context.last_wall.lock().unwrap_or_else(|e| e.into_inner());
+    let units = request
+        .units
+        .unwrap_or_else(|| default_units(sessions, previous));
+    let units = tiling::split(&view, units.max(1));
     let pixels = u64::from(view.width) * u64::from(view.height);
     usize::try_from(pixels)
         .ok()
@@ -474,6 +489,7 @@ async fn run_image_result(
                 account(&event, &assembly, &mut tally, now);
                 match &event {
                     ClientEvent::SessionConnected { tile, .. } => schedule.connected(*tile, now),
+                    ClientEvent::FailoverStarted { tile, .. } => schedule.lost(*tile, now),
                     ClientEvent::TileCompleted { tile, .. } => {
                         schedule.completed(*tile);
                         session_freed = true;
@@ -491,7 +507,7 @@ async fn run_image_result(
                 frames,
             } => {
                 let stored = store_frames(&mut assembly, tile, first, count, &frames);
-                schedule.received(tile, count);
+                schedule.received(tile, stored.pixels);
                 let pe = tally.pes.entry(pe_id).or_default();
                 pe.pixels += stored.pixels;
                 pe.iterations += stored.iterations;
@@ -552,6 +568,7 @@ async fn run_image_result(
     }
     let finished_at = Instant::now();
     let wall = finished_at.duration_since(started_at);
+    *context.last_wall.lock().unwrap_or_else(|e| e.into_inner()) = Some(wall);
     let wall_time_s = wall.as_secs_f64();
     let iterations = assembly.total_iterations();
     let per_second = |count: u64| {
@@ -733,5 +750,19 @@ fn account(event: &ClientEvent, assembly: &ImageAssembly, tally: &mut Tally, now
             );
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_follow_sessions_and_the_previous_picture() {
+        assert_eq!(default_units(1, None), 1);
+        assert_eq!(default_units(0, None), 1);
+        assert_eq!(default_units(16, None), 16 * UNITS_PER_SESSION);
+        assert_eq!(default_units(16, Some(Duration::from_secs(2))), 64);
+        assert_eq!(default_units(16, Some(Duration::from_millis(60))), 16);
     }
 }

@@ -31,13 +31,16 @@ use super::events::TileRect;
 /// How far ahead of what arrived a PE may have computed: a PE sends Data at least every 25 ms
 /// (more often while it is fast), and some is in flight.
 const LOOKAHEAD: Duration = Duration::from_millis(40);
-/// A tail expected to take less than this on its PE is left to it: a new session costs a
-/// connect and a resolution (one to two milliseconds on loopback) plus the overrun.
-const MIN_TAIL_TIME: Duration = Duration::from_millis(15);
+/// A tail its PE would compute in less than this is left to it: a new session costs a
+/// resolution, a connect and the PE's start (one to a few milliseconds on loopback), plus what
+/// the cut tile's PE computed beyond the cut.
+const MIN_TAIL_TIME: Duration = Duration::from_millis(30);
 /// Nor is a tail of fewer pixels cut off.
 const MIN_TAIL_PIXELS: u64 = 256;
-/// A rate measured over less time than this is not trusted.
-const MIN_RATE_WINDOW: Duration = Duration::from_millis(5);
+/// A rate measured over less time than this is not trusted: a PE sends Data in batches (every
+/// 25 ms at least), so a short window says little, and a picture that takes less than this has
+/// no tail worth taking over.
+const MIN_RATE_WINDOW: Duration = Duration::from_millis(50);
 
 /// The part of a unit one tile covers, shared by the tile's task (which receives its pixels)
 /// and the picture's (which cuts tails off). The lock orders the two: a cut is always beyond
@@ -259,6 +262,16 @@ impl Schedule {
 
     /// Tile `tile`'s session has a new PE: its rate is measured afresh.
     pub(crate) fn connected(&mut self, tile: usize, now: Instant) {
+        self.measure_from(tile, now);
+    }
+
+    /// Tile `tile`'s session lost its PE (a failover): it goes at no rate until another PE
+    /// delivers.
+    pub(crate) fn lost(&mut self, tile: usize, now: Instant) {
+        self.measure_from(tile, now);
+    }
+
+    fn measure_from(&mut self, tile: usize, now: Instant) {
         if let Some(Some(running)) = self.running.get_mut(tile) {
             running.rate = Rate {
                 since: now,
@@ -343,7 +356,8 @@ impl Schedule {
             .filter_map(|running| running.rate.per_second(now))
             .collect();
         rates.sort_by(f64::total_cmp);
-        let typical = rates.get(rates.len() / 2).copied();
+        // Without any measured rate it is too early to tell which tile finishes last.
+        let typical = rates.get(rates.len() / 2).copied()?;
         let mut best: Option<(f64, u64, usize, u32)> = None;
         for (tile, running) in self.running.iter().enumerate() {
             let Some(running) = running else { continue };
@@ -352,16 +366,16 @@ impl Schedule {
             };
             let width = u64::from(self.units[running.unit].width);
             let start = received_end.max(running.offset);
-            let rate = running.rate.per_second(now).or(typical);
+            let rate = running.rate.per_second(now).unwrap_or(typical);
             let remaining = end - start;
-            let seconds_left = rate.map_or(f64::INFINITY, |rate| remaining as f64 / rate);
-            let ahead = rate.map_or(0.0, |rate| rate * LOOKAHEAD.as_secs_f64());
+            let seconds_left = remaining as f64 / rate;
+            let ahead = rate * LOOKAHEAD.as_secs_f64();
             let Some(cut_row) = cut_row(start, end, width, ahead as u64) else {
                 continue;
             };
             // The tail must be worth a session: its PE would need a while for it.
             let tail = end - u64::from(cut_row) * width;
-            if rate.is_some_and(|rate| (tail as f64 / rate) < MIN_TAIL_TIME.as_secs_f64()) {
+            if (tail as f64 / rate) < MIN_TAIL_TIME.as_secs_f64() {
                 continue;
             }
             let key = (seconds_left, remaining, tile, cut_row);
@@ -454,6 +468,53 @@ mod tests {
         assert!(middle.receive(50..100, &mut received, 50).complete);
     }
 
+    /// Two units: unit 0 delivered `fast` pixels and unit 1 `slow` pixels of their 20,000 in
+    /// 100 ms, then unit 0 completes: what does its free session do?
+    fn after_unit_0(fast: u64, slow: u64) -> Option<Assignment> {
+        let units = tiling::split(&view(100, 400), 2);
+        let start = Instant::now();
+        let mut schedule = Schedule::new(units, 2, true);
+        let jobs: Vec<TileJob> = std::iter::from_fn(|| match schedule.next(start) {
+            Some(Assignment::Unit(job)) => Some(job),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(jobs.len(), 2);
+        let mut received = [Coverage::default(), Coverage::default()];
+        for (job, count) in jobs.iter().zip([fast, slow]) {
+            schedule.connected(job.tile, start);
+            job.bounds.receive(0..count, &mut received[job.tile], 0);
+            schedule.received(job.tile, count);
+        }
+        schedule.completed(0);
+        schedule.next(start + Duration::from_millis(100))
+    }
+
+    #[test]
+    fn the_tail_of_a_slow_tile_is_taken_over_and_a_short_one_is_not() {
+        // Unit 1 did 2,000 of 20,000 pixels (40 of 400 rows of 50) in 100 ms: 0.9 s left. It
+        // is cut halfway between row 57 (what arrived, 16 rows its PE may have computed since
+        // at 20,000 pixels/s, and one more) and the end.
+        match after_unit_0(20_000, 2_000) {
+            Some(Assignment::Tail {
+                from: 1,
+                kept_rows,
+                rect,
+                job,
+            }) => {
+                assert_eq!(kept_rows, 228);
+                assert_eq!(rect.index, 2);
+                assert_eq!(rect.y, kept_rows);
+                assert_eq!(rect.height, 400 - kept_rows);
+                assert_eq!(job.offset, u64::from(kept_rows) * 50);
+                assert_eq!(job.bounds.end(), 20_000);
+            }
+            other => panic!("no tail takeover: {other:?}"),
+        }
+        // Unit 1 did 19,000 in 100 ms: about 5 ms left, not worth a session.
+        assert!(after_unit_0(20_000, 19_000).is_none());
+    }
+
     /// Which tile each pixel of a `width` x `height` picture belongs to, by the rectangles.
     fn owners(rects: &[TileRect], width: u32, height: u32) -> Vec<Vec<usize>> {
         let mut owners = vec![Vec::new(); (width * height) as usize];
@@ -509,11 +570,12 @@ mod tests {
                 jobs.push(job);
                 Ok(())
             };
-            let later = now + Duration::from_millis(100);
-            while let Some(assignment) = schedule.next(now) {
+            let mut clock = now;
+            while let Some(assignment) = schedule.next(clock) {
                 apply(assignment, &mut rects, &mut jobs)?;
             }
             for (action, amount, pick) in steps {
+                clock += Duration::from_millis(20);
                 if jobs.is_empty() {
                     break;
                 }
@@ -543,7 +605,7 @@ mod tests {
                     // Time passes: nothing arrives.
                     _ => {}
                 }
-                while let Some(assignment) = schedule.next(later) {
+                while let Some(assignment) = schedule.next(clock) {
                     apply(assignment, &mut rects, &mut jobs)?;
                 }
             }
