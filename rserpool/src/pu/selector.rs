@@ -18,7 +18,9 @@
 //! * Random: uniformly at random;
 //! * round robin and anything else: fewest own sessions, in the registrar's order.
 //!
-//! Within equal keys, the PE this selector handed out least often wins, then answer order.
+//! Within equal keys, the PE this selector handed out least often wins, then answer order. For
+//! every policy but Priority, PEs without a session of this pool user come first: a session on
+//! a busy PE while another PE idles wastes the idle one, whatever the policy ranks higher.
 //!
 //! A PE that refused a session (at its session limit) while this pool user had sessions on it
 //! is taken to be full at that many of ours: it is not chosen while we have as many there
@@ -185,7 +187,21 @@ impl PeSelector {
     pub fn choose<R: Rng + ?Sized>(&mut self, now: Instant, rng: &mut R) -> Option<PeCandidate> {
         self.avoid_until.retain(|_, until| now < *until);
         self.full_at.retain(|_, (_, until)| now < *until);
-        let usable = self.usable(now);
+        let mut usable = self.usable(now);
+        // PEs without a session of ours first (but for Priority, which means the best PE
+        // whatever it does): a session of ours on a busy PE while another idles wastes the
+        // idle one, whatever the policy thinks of the two.
+        // (A weight of 0 means "cannot serve".)
+        let idle = |pe: &PeCandidate| {
+            !self.open.contains_key(&pe.id) && pe.policy.weight().is_none_or(|weight| weight > 0)
+        };
+        if usable
+            .first()
+            .is_some_and(|pe| !matches!(pe.policy, Policy::Priority { .. }))
+            && usable.iter().any(idle)
+        {
+            usable.retain(idle);
+        }
         let chosen = choose_by_policy(&usable, &self.uses, &self.open, rng)?.clone();
         *self.uses.entry(chosen.id).or_insert(0) += 1;
         *self.open.entry(chosen.id).or_insert(0) += 1;
@@ -526,6 +542,22 @@ mod tests {
         fresh.refused(1, now);
         fresh.release(1);
         assert_eq!(choices(&mut fresh, now, 1), vec![1]);
+    }
+
+    #[test]
+    fn random_policies_fill_idle_pes_first() {
+        let now = Instant::now();
+        for policy in [Policy::Random, Policy::WeightedRandom { weight: 5 }] {
+            let mut selector = PeSelector::new(Duration::from_secs(60));
+            selector.store(&listing(&[1, 2, 3, 4], policy), now);
+            // Four sessions, one on each PE (whatever the draws), then anywhere.
+            let mut first = choices(&mut selector, now, 4);
+            first.sort_unstable();
+            assert_eq!(first, vec![1, 2, 3, 4], "{policy:?}");
+            // One of ours ends on PE 3: the next session goes there.
+            selector.release(3);
+            assert_eq!(choices(&mut selector, now, 1), vec![3], "{policy:?}");
+        }
     }
 
     #[test]
