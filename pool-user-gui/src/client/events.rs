@@ -151,6 +151,9 @@ pub enum ClientEvent {
         /// fresh start).
         resumed_at: Option<u64>,
     },
+    /// The PE of [`ClientEvent::SessionConnected`] refused the session (full): the tile's
+    /// session looks for another.
+    SessionRefused { image: u64, tile: usize, pe_id: u32 },
     /// Iteration counts of consecutive pixels of one tile, row-major within the tile,
     /// starting at pixel index `first` of that tile.
     TileData {

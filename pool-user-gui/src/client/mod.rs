@@ -395,6 +395,9 @@ impl Tally {
     }
 }
 
+/// How often a free session looks for a tail to take over while none is worth it yet.
+const TAIL_RETRY: Duration = Duration::from_millis(20);
+
 /// Starts a tile's session.
 fn spawn_tile(
     sessions: &mut JoinSet<()>,
@@ -459,10 +462,8 @@ async fn run_image_result(
     let mut tally = Tally::default();
     // The first units' sessions resolve and connect while the picture's buffers are set up
     // (their events wait in the channel, and go out after `ImageStarted`).
-    while let Some(assignment) = schedule.next(started_at) {
-        if let Assignment::Unit(job) = assignment {
-            spawn_tile(&mut running, &context, image, job, &reports);
-        }
+    while let Some(job) = schedule.next_unit(started_at) {
+        spawn_tile(&mut running, &context, image, job, &reports);
     }
     tokio::task::yield_now().await;
     let mut assembly = ImageAssembly::from_started_reusing(&started, spare)
@@ -478,13 +479,25 @@ async fn run_image_result(
         "image started"
     );
 
+    // When a free session last looked for a tail to take over.
+    let mut tail_looked_at = started_at;
     while !assembly.is_complete() {
-        let Some(report) = from_tiles.recv().await else {
+        // A free session looks for a tail again now and then: rates take a while to measure.
+        let report = if schedule.wants_tail() {
+            match tokio::time::timeout(TAIL_RETRY, from_tiles.recv()).await {
+                Ok(report) => report,
+                Err(_) => Some(TileReport::Tick),
+            }
+        } else {
+            from_tiles.recv().await
+        };
+        let Some(report) = report else {
             anyhow::bail!("sessions ended before the image was complete");
         };
         let now = Instant::now();
         let mut session_freed = false;
         let event = match report {
+            TileReport::Tick => None,
             TileReport::Event(event) => {
                 account(&event, &assembly, &mut tally, now);
                 match &event {
@@ -494,10 +507,11 @@ async fn run_image_result(
                         schedule.completed(*tile);
                         session_freed = true;
                     }
+                    ClientEvent::SessionRefused { tile, .. } => schedule.lost(*tile, now),
                     _ => {}
                 }
                 assembly.apply(&event);
-                event
+                Some(event)
             }
             TileReport::Data {
                 tile,
@@ -512,7 +526,7 @@ async fn run_image_result(
                 pe.pixels += stored.pixels;
                 pe.iterations += stored.iterations;
                 tally.last_delivery.insert(tile, pe_id);
-                if context.pixel_events {
+                Some(if context.pixel_events {
                     ClientEvent::TileData {
                         image,
                         tile,
@@ -528,11 +542,16 @@ async fn run_image_result(
                         first,
                         count: stored.pixels,
                     }
-                }
+                })
             }
         };
-        let _ = events.send(event);
-        if session_freed {
+        if let Some(event) = event {
+            let _ = events.send(event);
+        }
+        let look_for_tail =
+            schedule.wants_tail() && now.saturating_duration_since(tail_looked_at) >= TAIL_RETRY;
+        if session_freed || look_for_tail {
+            tail_looked_at = now;
             while let Some(assignment) = schedule.next(now) {
                 let job = match assignment {
                     Assignment::Unit(job) => job,
@@ -742,6 +761,9 @@ fn account(event: &ClientEvent, assembly: &ImageAssembly, tally: &mut Tally, now
                 resumed = resumed_at.is_some(),
                 "session connected"
             );
+        }
+        ClientEvent::SessionRefused { tile, .. } => {
+            tally.move_tile(*tile, None, now);
         }
         ClientEvent::UnreachableReported { pe_id } => {
             tracing::info!(

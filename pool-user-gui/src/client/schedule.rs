@@ -233,6 +233,21 @@ impl Schedule {
         self.bounds.iter().map(|bounds| bounds.overrun()).sum()
     }
 
+    /// The next unit for a free session, if any (never a tail).
+    pub(crate) fn next_unit(&mut self, now: Instant) -> Option<TileJob> {
+        if self.free_sessions == 0 {
+            return None;
+        }
+        let unit = self.pending.pop_front()?;
+        self.free_sessions -= 1;
+        Some(self.start(unit, unit, 0, now))
+    }
+
+    /// Whether a session is free to take over a tail (every unit has been taken).
+    pub(crate) fn wants_tail(&self) -> bool {
+        self.tail_takeover && self.free_sessions > 0 && self.pending.is_empty()
+    }
+
     /// What a free session does next, if there is a free session and anything worth doing:
     /// the next unit, else a tail takeover (when enabled).
     pub(crate) fn next(&mut self, now: Instant) -> Option<Assignment> {
@@ -513,6 +528,34 @@ mod tests {
         }
         // Unit 1 did 19,000 in 100 ms: about 5 ms left, not worth a session.
         assert!(after_unit_0(20_000, 19_000).is_none());
+    }
+
+    #[test]
+    fn a_free_session_finds_a_tail_once_rates_are_known() {
+        let units = tiling::split(&view(100, 400), 2);
+        let start = Instant::now();
+        let mut schedule = Schedule::new(units, 2, true);
+        let jobs: Vec<TileJob> = std::iter::from_fn(|| schedule.next_unit(start)).collect();
+        for job in &jobs {
+            schedule.connected(job.tile, start);
+        }
+        // Unit 0 was cheap: done after 10 ms, before any rate is worth trusting.
+        let mut received = Coverage::default();
+        jobs[0].bounds.receive(0..20_000, &mut received, 0);
+        schedule.completed(0);
+        let early = start + Duration::from_millis(10);
+        assert!(schedule.wants_tail());
+        assert!(schedule.next(early).is_none(), "too early to tell");
+        // Later, unit 1's rate is known and shows it slow: the free session takes its tail.
+        let mut received = Coverage::default();
+        jobs[1].bounds.receive(0..1_000, &mut received, 0);
+        schedule.received(1, 1_000);
+        let later = start + Duration::from_millis(100);
+        assert!(matches!(
+            schedule.next(later),
+            Some(Assignment::Tail { from: 1, .. })
+        ));
+        assert!(!schedule.wants_tail(), "no session is free any more");
     }
 
     /// Which tile each pixel of a `width` x `height` picture belongs to, by the rectangles.

@@ -41,6 +41,8 @@ const MAX_BATCH_POINTS: u64 = 32 * MAX_POINTS_PER_DATA as u64;
 pub(crate) enum TileReport {
     /// An event for the picture and the front end.
     Event(ClientEvent),
+    /// Nothing: a timer went off (see the image loop).
+    Tick,
     /// Checked FGP Data messages of one PE whose first `count` points follow each other from
     /// pixel `first` of the tile (points after those lie beyond a cut): the picture decodes
     /// them in place.
@@ -216,7 +218,11 @@ pub(crate) async fn run_tile(
                     pe = format_args!("{:#010x}", pe.id),
                     "pool element refused the session"
                 );
-                continue;
+                ClientEvent::SessionRefused {
+                    image,
+                    tile,
+                    pe_id: pe.id,
+                }
             }
             SessionEvent::FailoverStarted {
                 pe,
@@ -269,7 +275,8 @@ pub(crate) async fn run_tile(
             }
             SessionEvent::CookieStored { pe, cookie } => match Cookie::decode(&cookie) {
                 Ok(cookie)
-                    if cookie.parameter.encode() == request && cookie.pixels_done() >= offset =>
+                    if cookie.parameter.encode() == request
+                        && (offset..=bounds.end()).contains(&cookie.pixels_done()) =>
                 {
                     let position = cookie.pixels_done();
                     progress.cookie_position = Some(position);
@@ -279,7 +286,7 @@ pub(crate) async fn run_tile(
                 other => {
                     let detail = match other {
                         Ok(cookie) if cookie.parameter.encode() == request => {
-                            "cookie before the tile's first pixel".to_string()
+                            "cookie outside the tile".to_string()
                         }
                         Ok(_) => "cookie for another request".to_string(),
                         Err(error) => error.to_string(),

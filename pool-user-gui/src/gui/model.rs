@@ -534,6 +534,19 @@ impl GuiState {
                     );
                 }
             }
+            ClientEvent::SessionRefused { image, tile, .. } => {
+                if !self.is_current(image) {
+                    return;
+                }
+                self.stop_serving(tile);
+                if let Some(progress) = self
+                    .picture
+                    .as_mut()
+                    .and_then(|picture| picture.progress.get_mut(tile))
+                {
+                    progress.pe = None;
+                }
+            }
             // The window's client sends the pixels (`pixel_events`), never this.
             ClientEvent::TileProgress { .. } => {}
             ClientEvent::TileData {

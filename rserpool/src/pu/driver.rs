@@ -428,11 +428,17 @@ impl Session {
                 });
             }
             Action::Event(event) => {
-                if let SessionEvent::Refused { pe } = &event {
-                    // Before the session lets go of the PE: the refusal counts our others.
-                    self.pool_user.with_selector(&self.pool, |selector| {
-                        selector.refused(pe.id, Instant::now())
-                    });
+                match &event {
+                    SessionEvent::Refused { pe } => {
+                        // Before the session lets go of the PE: the refusal counts our others.
+                        self.pool_user.with_selector(&self.pool, |selector| {
+                            selector.refused(pe.id, Instant::now())
+                        });
+                        self.release_pe();
+                    }
+                    // Not on that PE any more, while it waits for another.
+                    SessionEvent::FailoverStarted { .. } => self.release_pe(),
+                    _ => {}
                 }
                 self.events.push_back(event)
             }
