@@ -16,7 +16,7 @@ use crate::client::events::ClientEvent;
 pub struct ImageRequest {
     pub width: u32,
     pub height: u32,
-    /// Parallel sessions (tiles), 1 to 400.
+    /// Sessions at once, 1 to 400 (the picture is cut into more work units).
     pub sessions: usize,
     pub preset: Preset,
 }

@@ -34,7 +34,8 @@ pub struct GuiOptions {
     /// Pool handle of the fractal generator pool.
     #[arg(long, default_value = "FractalGeneratorPool")]
     pub pool: String,
-    /// Parallel sessions (tiles) per image, 1 to 400 (default 16).
+    /// Sessions at once, 1 to 400 (default 16); the picture is cut into 4 work units per
+    /// session.
     #[arg(long, default_value_t = 16, value_parser = parse_sessions)]
     pub sessions: usize,
     /// View: a built-in preset name, a path to an `.fsf` file, or `random` (default: random).

@@ -394,7 +394,7 @@ pub struct GuiState {
     pub failovers: u64,
     pub pool: Vec<PoolEntry>,
     pub registrar: RegistrarStatus,
-    /// Sessions (tiles) of the current image each PE serves right now.
+    /// Tiles of the current image each PE serves right now.
     pub serving: BTreeMap<u32, BTreeSet<usize>>,
     /// Tiles each PE completed since the window opened.
     pub tiles_completed_by: HashMap<u32, u64>,
