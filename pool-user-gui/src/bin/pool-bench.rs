@@ -375,13 +375,22 @@ async fn local_picture(view: Parameter) -> Result<(Duration, Vec<u32>)> {
     .context("local computation")
 }
 
-/// The request of one measured picture.
-fn request(view: Parameter, sessions: usize, preset: &str, static_split: bool) -> ImageRequest {
+/// The request of one measured picture: rsplib's static split, or work units with tail
+/// takeovers (`units_per_session`, else the pool user's default).
+fn request(
+    view: Parameter,
+    sessions: usize,
+    preset: &str,
+    static_split: bool,
+    units_per_session: Option<usize>,
+) -> ImageRequest {
     let request = ImageRequest::new(view, sessions, preset);
     if static_split {
-        request.static_split()
-    } else {
-        request
+        return request.static_split();
+    }
+    ImageRequest {
+        units: units_per_session.map(|per_session| per_session * sessions),
+        ..request
     }
 }
 
@@ -429,13 +438,13 @@ async fn overhead(
             // process CPU time too.
             let own_before = own_cpu();
             let result = client
-                .compute_image({
-                    let mut request = request(view, count, &preset.name, static_split);
-                    if let (Some(per_session), false) = (units_per_session, static_split) {
-                        request.units = Some(per_session * count);
-                    }
-                    request
-                })
+                .compute_image(request(
+                    view,
+                    count,
+                    &preset.name,
+                    static_split,
+                    units_per_session,
+                ))
                 .await?;
             let own_after = own_cpu();
             cpu.pu += own_after.0.saturating_sub(own_before.0);
@@ -621,11 +630,13 @@ async fn efficiency(program: PathBuf, args: &Args) -> Result<()> {
                         if !args.splits.iter().any(|wanted| wanted == name) {
                             continue;
                         }
-                        let mut request =
-                            request(view, args.efficiency_sessions, &preset.name, static_split);
-                        if let (Some(per_session), false) = (args.units_per_session, static_split) {
-                            request.units = Some(per_session * args.efficiency_sessions);
-                        }
+                        let request = request(
+                            view,
+                            args.efficiency_sessions,
+                            &preset.name,
+                            static_split,
+                            args.units_per_session,
+                        );
                         let result = client.compute_image(request).await?;
                         let stats = &result.stats;
                         let iterations: u64 = stats.pes.iter().map(|pe| pe.iterations).sum();

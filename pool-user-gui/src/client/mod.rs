@@ -483,43 +483,45 @@ async fn run_image_result(
     let mut tail_looked_at = started_at;
     while !assembly.is_complete() {
         // A free session looks for a tail again now and then: rates take a while to measure.
+        // (`None`: the wait for a report ended first.)
         let report = if schedule.wants_tail() {
-            match tokio::time::timeout(TAIL_RETRY, from_tiles.recv()).await {
-                Ok(report) => report,
-                Err(_) => Some(TileReport::Tick),
-            }
+            tokio::time::timeout(TAIL_RETRY, from_tiles.recv())
+                .await
+                .ok()
         } else {
-            from_tiles.recv().await
+            Some(from_tiles.recv().await)
         };
-        let Some(report) = report else {
+        if matches!(report, Some(None)) {
             anyhow::bail!("sessions ended before the image was complete");
-        };
+        }
         let now = Instant::now();
         let mut session_freed = false;
-        let event = match report {
-            TileReport::Tick => None,
-            TileReport::Event(event) => {
+        let event = match report.flatten() {
+            None => None,
+            Some(TileReport::Event(event)) => {
                 account(&event, &assembly, &mut tally, now);
                 match &event {
-                    ClientEvent::SessionConnected { tile, .. } => schedule.connected(*tile, now),
-                    ClientEvent::FailoverStarted { tile, .. } => schedule.lost(*tile, now),
+                    ClientEvent::SessionConnected { tile, .. }
+                    | ClientEvent::FailoverStarted { tile, .. }
+                    | ClientEvent::SessionRefused { tile, .. } => {
+                        schedule.measure_afresh(*tile, now)
+                    }
                     ClientEvent::TileCompleted { tile, .. } => {
                         schedule.completed(*tile);
                         session_freed = true;
                     }
-                    ClientEvent::SessionRefused { tile, .. } => schedule.lost(*tile, now),
                     _ => {}
                 }
                 assembly.apply(&event);
                 Some(event)
             }
-            TileReport::Data {
+            Some(TileReport::Data {
                 tile,
                 pe_id,
                 first,
                 count,
                 frames,
-            } => {
+            }) => {
                 let stored = store_frames(&mut assembly, tile, first, count, &frames);
                 schedule.received(tile, stored.pixels);
                 let pe = tally.pes.entry(pe_id).or_default();
@@ -671,9 +673,6 @@ fn store_frames(
 /// Updates the statistics (and logs failovers) before `event` is applied to the picture.
 fn account(event: &ClientEvent, assembly: &ImageAssembly, tally: &mut Tally, now: Instant) {
     match event {
-        ClientEvent::TileData { pe_id, .. } => {
-            tally.pes.entry(*pe_id).or_default();
-        }
         ClientEvent::CookieStored { tile, .. } => {
             tally.have_cookie.insert(*tile);
         }

@@ -191,7 +191,6 @@ impl Rate {
 struct Running {
     unit: usize,
     offset: u64,
-    bounds: Arc<TileBounds>,
     rate: Rate,
 }
 
@@ -254,14 +253,13 @@ impl Schedule {
         if self.free_sessions == 0 {
             return None;
         }
-        let assignment = match self.pending.pop_front() {
-            Some(unit) => {
-                let job = self.start(unit, unit, 0, now);
-                Assignment::Unit(job)
-            }
-            None if self.tail_takeover => self.take_tail(now)?,
-            None => return None,
-        };
+        if let Some(job) = self.next_unit(now) {
+            return Some(Assignment::Unit(job));
+        }
+        if !self.tail_takeover {
+            return None;
+        }
+        let assignment = self.take_tail(now)?;
         self.free_sessions -= 1;
         Some(assignment)
     }
@@ -275,18 +273,9 @@ impl Schedule {
         }
     }
 
-    /// Tile `tile`'s session has a new PE: its rate is measured afresh.
-    pub(crate) fn connected(&mut self, tile: usize, now: Instant) {
-        self.measure_from(tile, now);
-    }
-
-    /// Tile `tile`'s session lost its PE (a failover): it goes at no rate until another PE
-    /// delivers.
-    pub(crate) fn lost(&mut self, tile: usize, now: Instant) {
-        self.measure_from(tile, now);
-    }
-
-    fn measure_from(&mut self, tile: usize, now: Instant) {
+    /// Tile `tile`'s session has a new PE, or lost its PE (a failover or a refusal): its rate
+    /// is measured afresh from `now`.
+    pub(crate) fn measure_afresh(&mut self, tile: usize, now: Instant) {
         if let Some(Some(running)) = self.running.get_mut(tile) {
             running.rate = Rate {
                 since: now,
@@ -307,7 +296,6 @@ impl Schedule {
         self.running[tile] = Some(Running {
             unit,
             offset,
-            bounds: bounds.clone(),
             rate: Rate {
                 since: now,
                 pixels: 0,
@@ -330,8 +318,8 @@ impl Schedule {
             let unit = self.units[running.unit];
             let width = u64::from(unit.width);
             let (offset, unit_index) = (running.offset, running.unit);
-            let end = running.bounds.end();
-            if !running.bounds.cut(u64::from(cut_row) * width) {
+            let end = self.bounds[from].end();
+            if !self.bounds[from].cut(u64::from(cut_row) * width) {
                 continue;
             }
             let first_row = (offset / width) as u32;
@@ -376,7 +364,7 @@ impl Schedule {
         let mut best: Option<(f64, u64, usize, u32)> = None;
         for (tile, running) in self.running.iter().enumerate() {
             let Some(running) = running else { continue };
-            let Some((received_end, end)) = running.bounds.snapshot() else {
+            let Some((received_end, end)) = self.bounds[tile].snapshot() else {
                 continue;
             };
             let width = u64::from(self.units[running.unit].width);
@@ -497,7 +485,7 @@ mod tests {
         assert_eq!(jobs.len(), 2);
         let mut received = [Coverage::default(), Coverage::default()];
         for (job, count) in jobs.iter().zip([fast, slow]) {
-            schedule.connected(job.tile, start);
+            schedule.measure_afresh(job.tile, start);
             job.bounds.receive(0..count, &mut received[job.tile], 0);
             schedule.received(job.tile, count);
         }
@@ -537,7 +525,7 @@ mod tests {
         let mut schedule = Schedule::new(units, 2, true);
         let jobs: Vec<TileJob> = std::iter::from_fn(|| schedule.next_unit(start)).collect();
         for job in &jobs {
-            schedule.connected(job.tile, start);
+            schedule.measure_afresh(job.tile, start);
         }
         // Unit 0 was cheap: done after 10 ms, before any rate is worth trusting.
         let mut received = Coverage::default();

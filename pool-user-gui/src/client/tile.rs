@@ -41,8 +41,6 @@ const MAX_BATCH_POINTS: u64 = 32 * MAX_POINTS_PER_DATA as u64;
 pub(crate) enum TileReport {
     /// An event for the picture and the front end.
     Event(ClientEvent),
-    /// Nothing: a timer went off (see the image loop).
-    Tick,
     /// Checked FGP Data messages of one PE whose first `count` points follow each other from
     /// pixel `first` of the tile (points after those lie beyond a cut): the picture decodes
     /// them in place.

@@ -463,6 +463,11 @@ impl GuiState {
             .is_some_and(|picture| picture.image == image)
     }
 
+    /// The progress of tile `tile` of the current picture.
+    fn tile_progress(&mut self, tile: usize) -> Option<&mut TileProgress> {
+        self.picture.as_mut()?.progress.get_mut(tile)
+    }
+
     fn stop_serving(&mut self, tile: usize) {
         for tiles in self.serving.values_mut() {
             tiles.remove(&tile);
@@ -514,11 +519,7 @@ impl GuiState {
                 self.stop_serving(tile);
                 self.serving.entry(pe.id).or_default().insert(tile);
                 self.waiting_for_pe.remove(&tile);
-                if let Some(progress) = self
-                    .picture
-                    .as_mut()
-                    .and_then(|picture| picture.progress.get_mut(tile))
-                {
+                if let Some(progress) = self.tile_progress(tile) {
                     progress.pe = Some(pe.id);
                     progress.waiting = false;
                     progress.started = true;
@@ -539,11 +540,7 @@ impl GuiState {
                     return;
                 }
                 self.stop_serving(tile);
-                if let Some(progress) = self
-                    .picture
-                    .as_mut()
-                    .and_then(|picture| picture.progress.get_mut(tile))
-                {
+                if let Some(progress) = self.tile_progress(tile) {
                     progress.pe = None;
                 }
             }
@@ -632,11 +629,7 @@ impl GuiState {
                     return;
                 }
                 self.stop_serving(tile);
-                if let Some(progress) = self
-                    .picture
-                    .as_mut()
-                    .and_then(|picture| picture.progress.get_mut(tile))
-                {
+                if let Some(progress) = self.tile_progress(tile) {
                     progress.failing_over = true;
                     progress.pe = None;
                 }
@@ -674,11 +667,7 @@ impl GuiState {
                 self.stop_serving(tile);
                 self.serving.entry(new_pe.id).or_default().insert(tile);
                 self.waiting_for_pe.remove(&tile);
-                if let Some(progress) = self
-                    .picture
-                    .as_mut()
-                    .and_then(|picture| picture.progress.get_mut(tile))
-                {
+                if let Some(progress) = self.tile_progress(tile) {
                     progress.failovers += 1;
                     progress.failing_over = false;
                     progress.waiting = false;
@@ -714,11 +703,7 @@ impl GuiState {
                         ),
                     );
                 }
-                if let Some(progress) = self
-                    .picture
-                    .as_mut()
-                    .and_then(|picture| picture.progress.get_mut(tile))
-                {
+                if let Some(progress) = self.tile_progress(tile) {
                     progress.waiting = true;
                 }
             }

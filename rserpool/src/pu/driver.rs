@@ -474,8 +474,7 @@ impl Session {
                 return;
             }
             Some(Err(listed)) if listed > 0 => {
-                let detail = format!("all {listed} listed pool elements full or failed just now");
-                self.state.on_busy(now, detail);
+                self.busy(now, listed);
                 return;
             }
             _ => {}
@@ -490,17 +489,19 @@ impl Session {
                 });
                 // Listed but all avoided: full (refused) or failed moments ago.
                 if chosen.is_none() && !resolution.elements.is_empty() {
-                    let detail = format!(
-                        "all {} listed pool elements full or failed just now",
-                        resolution.elements.len()
-                    );
-                    self.state.on_busy(now, detail);
+                    self.busy(now, resolution.elements.len());
                     return;
                 }
                 self.resolved(now, chosen, None);
             }
             Err(error) => self.resolved(Instant::now(), None, Some(error.to_string())),
         }
+    }
+
+    /// The pool lists `listed` PEs but none is free (full or failed moments ago).
+    fn busy(&mut self, now: Instant, listed: usize) {
+        let detail = format!("all {listed} listed pool elements full or failed just now");
+        self.state.on_busy(now, detail);
     }
 
     /// Passes a resolution's outcome on; a chosen PE now counts this session (and the PE it

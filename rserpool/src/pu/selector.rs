@@ -153,12 +153,7 @@ impl PeSelector {
     /// `pe_id` refused a session at `now` that [`PeSelector::choose`] gave it (and that is
     /// not released yet): it is full at the other sessions we have there, if any.
     pub fn refused(&mut self, pe_id: u32, now: Instant) {
-        let others = self
-            .open
-            .get(&pe_id)
-            .copied()
-            .unwrap_or(0)
-            .saturating_sub(1);
+        let others = self.open_sessions(pe_id).saturating_sub(1);
         if others > 0 {
             self.full_at.insert(pe_id, (others, now + FULL_MEMORY));
         }
@@ -166,9 +161,14 @@ impl PeSelector {
 
     /// Whether `pe_id` is believed full with the sessions we have there.
     fn is_full(&self, pe_id: u32, now: Instant) -> bool {
-        self.full_at.get(&pe_id).is_some_and(|&(limit, until)| {
-            now < until && self.open.get(&pe_id).copied().unwrap_or(0) >= limit
-        })
+        self.full_at
+            .get(&pe_id)
+            .is_some_and(|&(limit, until)| now < until && self.open_sessions(pe_id) >= limit)
+    }
+
+    /// Sessions of ours on `pe_id` now.
+    fn open_sessions(&self, pe_id: u32) -> u64 {
+        self.open.get(&pe_id).copied().unwrap_or(0)
     }
 
     /// Cached PEs not being avoided at `now` (fresh or not), nor believed full, in answer
