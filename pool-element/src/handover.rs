@@ -123,9 +123,9 @@ pub(crate) mod tests {
     /// The frames of `batch`, decoded.
     pub(crate) fn frames_of(batch: &FrameBatch) -> Vec<Frame> {
         let mut decoder = FrameDecoder::default();
-        let mut input = batch.as_bytes();
+        let mut input = bytes::BytesMut::from(batch.as_bytes());
         let mut frames = Vec::new();
-        while let Some(frame) = decoder.decode(&mut input).expect("valid frames") {
+        while let Some(frame) = decoder.decode_buf(&mut input).expect("valid frames") {
             frames.push(frame);
         }
         frames

@@ -32,19 +32,6 @@ fn codec(c: &mut Criterion) {
             black_box(out.len())
         })
     });
-    group.bench_function("decode_1000_fgp_data_in_64k_chunks", |b| {
-        b.iter(|| {
-            let mut decoder = FrameDecoder::default();
-            let mut frames = 0;
-            for chunk in black_box(&stream).chunks(64 * 1024) {
-                let mut input = chunk;
-                while let Some(frame) = decoder.decode(&mut input).unwrap() {
-                    frames += frame.payload.len();
-                }
-            }
-            frames
-        })
-    });
     // The connection's way: reads appended to one buffer, frames split off it.
     group.bench_function("split_1000_fgp_data_off_64k_reads", |b| {
         b.iter(|| {

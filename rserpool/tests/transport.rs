@@ -273,14 +273,15 @@ async fn silent_peer_is_declared_dead_after_heartbeat_timeout() {
     // The raw peer reads (its kernel ACKs, as for a SIGSTOPped process) but never sends.
     let reader = tokio::spawn(async move {
         let mut decoder = FrameDecoder::default();
+        let mut input = bytes::BytesMut::new();
         let mut requests = Vec::new();
         let mut buf = [0u8; 1024];
         let end = loop {
             match raw.read(&mut buf).await {
                 Ok(0) => break Ok(()),
                 Ok(n) => {
-                    let mut input = &buf[..n];
-                    while let Some(frame) = decoder.decode(&mut input).unwrap() {
+                    input.extend_from_slice(&buf[..n]);
+                    while let Some(frame) = decoder.decode_buf(&mut input).unwrap() {
                         assert_eq!(frame.ppid, PPID_HEARTBEAT);
                         requests.push(HeartbeatMessage::decode(&frame.payload).unwrap());
                     }
@@ -334,7 +335,10 @@ async fn heartbeat_requests_are_acked_with_their_nonce() {
     let mut reply = [0u8; 20];
     bounded("ack", raw.read_exact(&mut reply)).await.unwrap();
     let mut decoder = FrameDecoder::default();
-    let ack = decoder.decode(&mut &reply[..]).unwrap().unwrap();
+    let ack = decoder
+        .decode_buf(&mut bytes::BytesMut::from(&reply[..]))
+        .unwrap()
+        .unwrap();
     assert_eq!(ack.ppid, PPID_HEARTBEAT);
     assert_eq!(
         HeartbeatMessage::decode(&ack.payload),

@@ -1,12 +1,10 @@
 //! Sans-I/O codec for the association framing `PPID u32 BE | Length u32 BE | payload[Length]`.
 //!
 //! The decoder never trusts a length field: a header announcing more than the configured maximum
-//! is refused with [`FrameError::TooLarge`] before anything is allocated for it. It takes bytes
-//! two ways: [`FrameDecoder::decode`] copies from any chunking into a payload buffer that grows
-//! only with bytes that actually arrived; [`FrameDecoder::decode_buf`], the connection's way,
-//! splits complete frames off a buffer the caller fills, without copying, and says through
-//! [`FrameDecoder::wanted_len`] how much the next frame needs (at most the header and the
-//! maximum). After an error the decoder stays failed (the stream has lost sync) and the
+//! is refused with [`FrameError::TooLarge`] before anything is allocated for it.
+//! [`FrameDecoder::decode_buf`] splits complete frames off a buffer the caller fills, without
+//! copying, and says through [`FrameDecoder::wanted_len`] how much the next frame needs (at most
+//! the header and the maximum), so the caller never reads more than one frame ahead. After an error the decoder stays failed (the stream has lost sync) and the
 //! connection must be closed.
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -22,10 +20,6 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 256 * 1024;
 
 /// Smallest maximum a decoder may be configured with: every RSerPool message must fit.
 pub const MIN_MAX_FRAME_LEN: usize = 64 * 1024;
-
-/// First allocation for a payload whose header announced more; the buffer then doubles as data
-/// arrives, capped at the announced length.
-const INITIAL_PAYLOAD_RESERVE: usize = 16 * 1024;
 
 /// One framed message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,15 +184,11 @@ impl FrameBatch {
     }
 }
 
-/// Incremental frame decoder: feed it any chunking of the byte stream, pull complete frames.
+/// Incremental frame decoder: append any chunking of the byte stream to a buffer, split complete
+/// frames off its front.
 #[derive(Debug)]
 pub struct FrameDecoder {
     max_frame_len: usize,
-    header: [u8; HEADER_LEN],
-    header_filled: usize,
-    /// Set once the header of the current frame is complete: (ppid, announced length).
-    current: Option<(u32, usize)>,
-    payload: Vec<u8>,
     failed: Option<FrameError>,
 }
 
@@ -213,10 +203,6 @@ impl FrameDecoder {
     pub fn new(max_frame_len: usize) -> Self {
         FrameDecoder {
             max_frame_len,
-            header: [0; HEADER_LEN],
-            header_filled: 0,
-            current: None,
-            payload: Vec::new(),
             failed: None,
         }
     }
@@ -226,53 +212,10 @@ impl FrameDecoder {
         self.max_frame_len
     }
 
-    /// Consumes bytes from the front of `input` until one frame is complete (returned) or
-    /// `input` is exhausted (`Ok(None)`; the partial frame is kept). Bytes after a complete frame
-    /// are left in `input` for the next call.
-    pub fn decode(&mut self, input: &mut &[u8]) -> Result<Option<Frame>, FrameError> {
-        if let Some(error) = &self.failed {
-            return Err(error.clone());
-        }
-        if self.current.is_none() {
-            let take = (HEADER_LEN - self.header_filled).min(input.len());
-            let (head, rest) = input.split_at(take);
-            self.header[self.header_filled..self.header_filled + take].copy_from_slice(head);
-            self.header_filled += take;
-            *input = rest;
-            if self.header_filled < HEADER_LEN {
-                return Ok(None);
-            }
-            let header = self.header;
-            let Some((ppid, len)) = self.peek_header(&header)? else {
-                return Ok(None);
-            };
-            self.current = Some((ppid, len));
-            self.payload = Vec::with_capacity(len.min(INITIAL_PAYLOAD_RESERVE));
-        }
-        let Some((ppid, len)) = self.current else {
-            return Ok(None);
-        };
-        let take = (len - self.payload.len()).min(input.len());
-        let (body, rest) = input.split_at(take);
-        self.grow_payload_for(take, len);
-        self.payload.extend_from_slice(body);
-        *input = rest;
-        if self.payload.len() < len {
-            return Ok(None);
-        }
-        self.current = None;
-        self.header_filled = 0;
-        Ok(Some(Frame {
-            ppid,
-            payload: Bytes::from(std::mem::take(&mut self.payload)),
-        }))
-    }
-
     /// Splits the next complete frame off the front of `buffer`, without copying its payload
     /// (it shares `buffer`'s memory). `Ok(None)` while `buffer` holds only part of a frame:
     /// [`FrameDecoder::wanted_len`] says how many bytes it needs in all. A header announcing
-    /// more than the maximum fails before anything is allocated for it. Not to be mixed with
-    /// [`FrameDecoder::decode`] on one stream.
+    /// more than the maximum fails before anything is allocated for it.
     pub fn decode_buf(&mut self, buffer: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         if let Some(error) = &self.failed {
             return Err(error.clone());
@@ -336,42 +279,6 @@ impl FrameDecoder {
         }
         Ok(Some((ppid, len as usize)))
     }
-
-    /// Call at end of stream: fails if the stream stopped inside a frame.
-    pub fn finish(&self) -> Result<(), FrameError> {
-        if let Some(error) = &self.failed {
-            return Err(error.clone());
-        }
-        let buffered = self.buffered_len();
-        if buffered == 0 {
-            Ok(())
-        } else {
-            Err(FrameError::Truncated { buffered })
-        }
-    }
-
-    /// Bytes of the current, incomplete frame held (header included).
-    pub fn buffered_len(&self) -> usize {
-        self.header_filled + self.payload.len()
-    }
-
-    /// Bytes allocated for the incomplete frame's payload; never above the maximum frame length.
-    pub fn allocated_len(&self) -> usize {
-        self.payload.capacity()
-    }
-
-    /// Doubles the payload buffer as data arrives instead of trusting the announced length up
-    /// front, and never beyond that length.
-    fn grow_payload_for(&mut self, additional: usize, announced: usize) {
-        let needed = self.payload.len() + additional;
-        if needed <= self.payload.capacity() {
-            return;
-        }
-        let target = needed
-            .max(self.payload.capacity().saturating_mul(2))
-            .min(announced);
-        self.payload.reserve_exact(target - self.payload.len());
-    }
 }
 
 #[cfg(test)]
@@ -401,9 +308,9 @@ mod tests {
         assert!(!batch.has_heartbeat_ppid());
         let bytes = batch.into_bytes();
         let mut decoder = FrameDecoder::default();
-        let mut input = &bytes[..];
+        let mut input = BytesMut::from(&bytes[..]);
         let mut frames = Vec::new();
-        while let Some(frame) = decoder.decode(&mut input).expect("valid") {
+        while let Some(frame) = decoder.decode_buf(&mut input).expect("valid") {
             frames.push(frame);
         }
         assert_eq!(
@@ -450,28 +357,29 @@ mod tests {
         out
     }
 
-    /// Feeds `stream` cut at `cuts` (positions, any order) and collects frames.
+    /// Feeds `stream` cut at `cuts` (positions, any order) into one buffer, as a connection's
+    /// reads do, and collects the frames; returns what is left in the buffer too.
     fn decode_chunked(
         decoder: &mut FrameDecoder,
         stream: &[u8],
         cuts: &[usize],
-    ) -> Result<Vec<Frame>, FrameError> {
+    ) -> Result<(Vec<Frame>, BytesMut), FrameError> {
         let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
         points.push(0);
         points.push(stream.len());
         points.sort_unstable();
+        let mut buffer = BytesMut::new();
         let mut frames = Vec::new();
         for window in points.windows(2) {
-            let mut chunk = &stream[window[0]..window[1]];
-            while let Some(frame) = decoder.decode(&mut chunk)? {
+            buffer.extend_from_slice(&stream[window[0]..window[1]]);
+            while let Some(frame) = decoder.decode_buf(&mut buffer)? {
                 frames.push(frame);
             }
-            assert!(
-                chunk.is_empty(),
-                "decoder left input unconsumed without a frame"
-            );
+            // Nothing is left that would make a frame: the caller may wait for more bytes.
+            assert!(buffer.len() < decoder.wanted_len(&buffer));
+            assert!(decoder.wanted_len(&buffer) <= HEADER_LEN + decoder.max_frame_len());
         }
-        Ok(frames)
+        Ok((frames, buffer))
     }
 
     #[test]
@@ -486,38 +394,37 @@ mod tests {
         let mut stream = Vec::new();
         encode_frame(11, &[], &mut stream).unwrap();
         encode_frame(12, b"a", &mut stream).unwrap();
-        let mut input = stream.as_slice();
+        let mut input = BytesMut::from(stream.as_slice());
         let mut decoder = FrameDecoder::default();
         assert_eq!(
-            decoder.decode(&mut input).unwrap(),
+            decoder.decode_buf(&mut input).unwrap(),
             Some(Frame::new(11, vec![]))
         );
         assert_eq!(input.len(), 9);
         assert_eq!(
-            decoder.decode(&mut input).unwrap(),
+            decoder.decode_buf(&mut input).unwrap(),
             Some(Frame::new(12, b"a".to_vec()))
         );
         assert!(input.is_empty());
-        assert_eq!(decoder.finish(), Ok(()));
+        assert_eq!(decoder.finish_buf(&input), Ok(()));
     }
 
     #[test]
     fn refuses_oversized_header_before_payload_arrives_and_stays_failed() {
         let mut decoder = FrameDecoder::new(MIN_MAX_FRAME_LEN);
-        let mut header = Vec::new();
+        let mut header = BytesMut::new();
         header.extend_from_slice(&32u32.to_be_bytes());
         header.extend_from_slice(&(MIN_MAX_FRAME_LEN as u32 + 1).to_be_bytes());
         let expected = FrameError::TooLarge {
             len: MIN_MAX_FRAME_LEN as u64 + 1,
             max: MIN_MAX_FRAME_LEN,
         };
-        assert_eq!(
-            decoder.decode(&mut header.as_slice()),
-            Err(expected.clone())
-        );
-        assert_eq!(decoder.allocated_len(), 0);
-        assert_eq!(decoder.decode(&mut &[0u8; 8][..]), Err(expected.clone()));
-        assert_eq!(decoder.finish(), Err(expected));
+        // It asks for no more than the maximum, whatever the header announced.
+        assert_eq!(decoder.wanted_len(&header), HEADER_LEN + MIN_MAX_FRAME_LEN);
+        assert_eq!(decoder.decode_buf(&mut header), Err(expected.clone()));
+        let mut valid = BytesMut::from(&[0u8; 8][..]);
+        assert_eq!(decoder.decode_buf(&mut valid), Err(expected.clone()));
+        assert_eq!(decoder.finish_buf(&[]), Err(expected));
     }
 
     #[test]
@@ -525,27 +432,24 @@ mod tests {
         let mut decoder = FrameDecoder::new(MIN_MAX_FRAME_LEN);
         let frame = Frame::new(32, vec![7u8; MIN_MAX_FRAME_LEN]);
         let stream = encode_all(std::slice::from_ref(&frame));
-        assert_eq!(
-            decode_chunked(&mut decoder, &stream, &[3, 100, 5000]).unwrap(),
-            vec![frame]
-        );
+        let (frames, rest) = decode_chunked(&mut decoder, &stream, &[3, 100, 5000]).unwrap();
+        assert_eq!(frames, vec![frame]);
+        assert!(rest.is_empty());
     }
 
     #[test]
     fn truncated_stream_is_reported_at_finish() {
         let mut stream = Vec::new();
         encode_frame(11, b"hello", &mut stream).unwrap();
-        let mut decoder = FrameDecoder::default();
-        let mut input = &stream[..10];
-        assert_eq!(decoder.decode(&mut input), Ok(None));
-        assert_eq!(
-            decoder.finish(),
-            Err(FrameError::Truncated { buffered: 10 })
-        );
-        let mut header_only = &stream[..5];
-        let mut decoder = FrameDecoder::default();
-        assert_eq!(decoder.decode(&mut header_only), Ok(None));
-        assert_eq!(decoder.finish(), Err(FrameError::Truncated { buffered: 5 }));
+        for keep in [10, 5] {
+            let mut decoder = FrameDecoder::default();
+            let mut input = BytesMut::from(&stream[..keep]);
+            assert_eq!(decoder.decode_buf(&mut input), Ok(None));
+            assert_eq!(
+                decoder.finish_buf(&input),
+                Err(FrameError::Truncated { buffered: keep })
+            );
+        }
     }
 
     fn arb_frame() -> impl Strategy<Value = Frame> {
@@ -564,52 +468,32 @@ mod tests {
         ) {
             let stream = encode_all(&frames);
             let mut decoder = FrameDecoder::default();
-            let decoded = decode_chunked(&mut decoder, &stream, &cuts).unwrap();
+            let (decoded, rest) = decode_chunked(&mut decoder, &stream, &cuts).unwrap();
             prop_assert_eq!(decoded, frames);
-            prop_assert_eq!(decoder.finish(), Ok(()));
+            prop_assert_eq!(decoder.finish_buf(&rest), Ok(()));
         }
 
-        /// The connection's way: bytes appended to one buffer as they arrive, frames split off
-        /// its front; the buffer never has to hold more than one frame beyond what arrived.
+        /// Under a small maximum, a stream either decodes whole (every frame within it) or fails
+        /// at the first frame beyond it, with every frame before that decoded, whatever the
+        /// chunking.
         #[test]
-        fn frames_split_off_a_buffer_are_those_decoded_from_any_chunking(
+        fn a_maximum_fails_at_the_first_frame_beyond_it(
             frames in prop::collection::vec(arb_frame(), 0..20),
             cuts in prop::collection::vec(any::<usize>(), 0..40),
             max in 0usize..300,
         ) {
             let stream = encode_all(&frames);
-            let mut reference = FrameDecoder::new(max);
-            let expected = decode_chunked(&mut reference, &stream, &cuts);
-            let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
-            points.push(0);
-            points.push(stream.len());
-            points.sort_unstable();
             let mut decoder = FrameDecoder::new(max);
-            let mut buffer = BytesMut::new();
-            let mut decoded = Vec::new();
-            let mut failed = None;
-            'feed: for window in points.windows(2) {
-                buffer.extend_from_slice(&stream[window[0]..window[1]]);
-                loop {
-                    match decoder.decode_buf(&mut buffer) {
-                        Ok(Some(frame)) => decoded.push(frame),
-                        Ok(None) => break,
-                        Err(error) => {
-                            failed = Some(error);
-                            break 'feed;
-                        }
-                    }
+            let first_too_large = frames.iter().position(|f| f.payload.len() > max);
+            match (decode_chunked(&mut decoder, &stream, &cuts), first_too_large) {
+                (Ok((decoded, rest)), None) => {
+                    prop_assert_eq!(decoded, frames);
+                    prop_assert!(rest.is_empty());
                 }
-                prop_assert!(buffer.len() < decoder.wanted_len(&buffer));
-                prop_assert!(decoder.wanted_len(&buffer) <= HEADER_LEN + max);
-            }
-            match (expected, failed) {
-                (Ok(expected), None) => {
-                    prop_assert_eq!(decoded, expected);
-                    prop_assert_eq!(decoder.finish_buf(&buffer), Ok(()));
+                (Err(FrameError::TooLarge { len, .. }), Some(index)) => {
+                    prop_assert_eq!(len, frames[index].payload.len() as u64);
                 }
-                (Err(expected), Some(error)) => prop_assert_eq!(error, expected),
-                (expected, failed) => prop_assert!(false, "{expected:?} but {failed:?}"),
+                (outcome, expected) => prop_assert!(false, "{outcome:?} for {expected:?}"),
             }
         }
 
@@ -630,47 +514,37 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_bytes_never_panic_nor_allocate_beyond_the_limit(
+        fn arbitrary_bytes_never_panic_nor_ask_beyond_the_limit(
             bytes in prop::collection::vec(any::<u8>(), 0..4096),
             cuts in prop::collection::vec(any::<usize>(), 0..16),
             max in 0usize..2048,
         ) {
             let mut decoder = FrameDecoder::new(max);
-            let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
-            points.push(0);
-            points.push(bytes.len());
-            points.sort_unstable();
-            'feed: for window in points.windows(2) {
-                let mut chunk = &bytes[window[0]..window[1]];
-                loop {
-                    match decoder.decode(&mut chunk) {
-                        Ok(Some(frame)) => prop_assert!(frame.payload.len() <= max),
-                        Ok(None) => break,
-                        Err(FrameError::TooLarge { len, .. }) => {
-                            prop_assert!(len > max as u64);
-                            break 'feed;
-                        }
-                        Err(other) => prop_assert!(false, "unexpected {other:?}"),
-                    }
-                    prop_assert!(decoder.allocated_len() <= max);
-                }
-                prop_assert!(decoder.allocated_len() <= max);
+            match decode_chunked(&mut decoder, &bytes, &cuts) {
+                Ok((frames, _)) => prop_assert!(frames.iter().all(|f| f.payload.len() <= max)),
+                Err(FrameError::TooLarge { len, .. }) => prop_assert!(len > max as u64),
+                Err(other) => prop_assert!(false, "unexpected {other:?}"),
             }
-            let _ = decoder.finish();
         }
 
         #[test]
-        fn huge_announced_length_allocates_only_what_arrived(
+        fn a_huge_announced_length_asks_only_for_the_maximum(
             announced in 100_000u32..=u32::MAX,
             arrived in 0usize..5000,
         ) {
-            let mut decoder = FrameDecoder::new(u32::MAX as usize);
-            let mut stream = Vec::new();
-            stream.extend_from_slice(&32u32.to_be_bytes());
-            stream.extend_from_slice(&announced.to_be_bytes());
-            stream.extend(std::iter::repeat_n(0u8, arrived));
-            prop_assert_eq!(decoder.decode(&mut stream.as_slice()), Ok(None));
-            prop_assert!(decoder.allocated_len() <= INITIAL_PAYLOAD_RESERVE.max(arrived));
+            let max = DEFAULT_MAX_FRAME_LEN;
+            let mut decoder = FrameDecoder::new(max);
+            let mut buffer = BytesMut::new();
+            buffer.extend_from_slice(&32u32.to_be_bytes());
+            buffer.extend_from_slice(&announced.to_be_bytes());
+            buffer.extend(std::iter::repeat_n(0u8, arrived));
+            prop_assert!(decoder.wanted_len(&buffer) <= HEADER_LEN + max);
+            let outcome = decoder.decode_buf(&mut buffer);
+            if announced as usize > max {
+                prop_assert!(outcome.is_err());
+            } else {
+                prop_assert_eq!(outcome, Ok(None));
+            }
         }
     }
 }
