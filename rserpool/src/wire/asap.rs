@@ -308,8 +308,8 @@ impl AsapMessage {
             _ => 0,
         };
         let mut p = Params::new(parse_tlvs(r.rest(), &mut ctx)?, name);
-        let ph = |p: &mut Params<'_>| PoolHandle::read(&p.expect(param_type::POOL_HANDLE)?);
-        let pe_id = |p: &mut Params<'_>| read_pe_id(&p.expect(param_type::PE_IDENTIFIER)?);
+        let ph = |p: &mut Params<'_>| PoolHandle::read(&p.required(param_type::POOL_HANDLE)?);
+        let pe_id = |p: &mut Params<'_>| read_pe_id(&p.required(param_type::PE_IDENTIFIER)?);
         let op_error = |p: &mut Params<'_>| {
             p.take(param_type::OPERATION_ERROR)
                 .map(|t| OperationError::read(&t))
@@ -327,11 +327,11 @@ impl AsapMessage {
             }
             Ok::<_, WireError>(pes)
         };
-        let cookie = |p: &mut Params<'_>| p.expect(param_type::COOKIE).map(|t| t.value.to_vec());
+        let cookie = |p: &mut Params<'_>| p.required(param_type::COOKIE).map(|t| t.value.to_vec());
         let message = match frame.msg_type {
             msg_type::REGISTRATION => AsapMessage::Registration {
                 pool_handle: ph(&mut p)?,
-                pool_element: PoolElement::read(&p.expect(param_type::POOL_ELEMENT)?, &mut ctx)?,
+                pool_element: PoolElement::read(&p.required(param_type::POOL_ELEMENT)?, &mut ctx)?,
             },
             msg_type::DEREGISTRATION => AsapMessage::Deregistration {
                 pool_handle: ph(&mut p)?,
@@ -402,7 +402,7 @@ impl AsapMessage {
                 pool_elements: pool_elements(&mut p, &mut ctx)?,
             },
             _ => AsapMessage::Error {
-                error: OperationError::read(&p.expect(param_type::OPERATION_ERROR)?)?,
+                error: OperationError::read(&p.required(param_type::OPERATION_ERROR)?)?,
             },
         };
         p.finish()?;

@@ -281,7 +281,7 @@ impl EnrpMessage {
         let body = match frame.msg_type {
             msg_type::PRESENCE => EnrpBody::Presence {
                 reply_required: flag0,
-                checksum: read_pe_checksum(&p.expect(param_type::PE_CHECKSUM)?)?,
+                checksum: read_pe_checksum(&p.required(param_type::PE_CHECKSUM)?)?,
                 server_info: p
                     .take(param_type::SERVER_INFORMATION)
                     .map(|t| ServerInformation::read(&t, &mut ctx))
@@ -295,7 +295,7 @@ impl EnrpMessage {
                 while let Some(t) = p.take(param_type::POOL_HANDLE) {
                     let pool_handle = PoolHandle::read(&t)?;
                     let mut pool_elements = vec![PoolElement::read(
-                        &p.expect(param_type::POOL_ELEMENT)?,
+                        &p.required(param_type::POOL_ELEMENT)?,
                         &mut ctx,
                     )?];
                     while let Some(t) = p.take(param_type::POOL_ELEMENT) {
@@ -315,8 +315,8 @@ impl EnrpMessage {
             msg_type::HANDLE_UPDATE => EnrpBody::HandleUpdate {
                 takeover_suggested: flag0,
                 action,
-                pool_handle: PoolHandle::read(&p.expect(param_type::POOL_HANDLE)?)?,
-                pool_element: PoolElement::read(&p.expect(param_type::POOL_ELEMENT)?, &mut ctx)?,
+                pool_handle: PoolHandle::read(&p.required(param_type::POOL_HANDLE)?)?,
+                pool_element: PoolElement::read(&p.required(param_type::POOL_ELEMENT)?, &mut ctx)?,
             },
             msg_type::LIST_REQUEST => EnrpBody::ListRequest,
             msg_type::LIST_RESPONSE => {
@@ -333,7 +333,7 @@ impl EnrpMessage {
             msg_type::INIT_TAKEOVER_ACK => EnrpBody::InitTakeoverAck { target_id },
             msg_type::TAKEOVER_SERVER => EnrpBody::TakeoverServer { target_id },
             _ => EnrpBody::Error {
-                error: OperationError::read(&p.expect(param_type::OPERATION_ERROR)?)?,
+                error: OperationError::read(&p.required(param_type::OPERATION_ERROR)?)?,
             },
         };
         p.finish()?;

@@ -480,9 +480,9 @@ impl PoolElement {
             return Err(tlv.invalid("pool element parameter too short"));
         };
         let mut params = Params::new(parse_tlvs(r.rest(), ctx)?, "Pool Element parameter");
-        let user = params.expect_where(is_transport_type, "User Transport")?;
+        let user = params.required_where(is_transport_type, "User Transport")?;
         let user_transport = TransportAddress::read(&user, ctx)?;
-        let policy = Policy::read(&params.expect(param_type::POOL_MEMBER_SELECTION_POLICY)?)?;
+        let policy = Policy::read(&params.required(param_type::POOL_MEMBER_SELECTION_POLICY)?)?;
         let asap_transport = match params.take_where(is_transport_type) {
             Some(t) => Some(TransportAddress::read(&t, ctx)?),
             None => None,
@@ -522,7 +522,7 @@ impl ServerInformation {
         };
         let mut params = Params::new(parse_tlvs(r.rest(), ctx)?, "Server Information parameter");
         let transport = TransportAddress::read(
-            &params.expect_where(is_transport_type, "Server Transport")?,
+            &params.required_where(is_transport_type, "Server Transport")?,
             ctx,
         )?;
         params.finish()?;
@@ -1012,7 +1012,7 @@ impl<'a> Params<'a> {
     }
 
     /// The next TLV, which must satisfy `pred`.
-    pub(crate) fn expect_where(
+    pub(crate) fn required_where(
         &mut self,
         pred: impl Fn(u16) -> bool,
         name: &'static str,
@@ -1027,9 +1027,9 @@ impl<'a> Params<'a> {
         }
     }
 
-    /// The next TLV, which must have type `ty`.
-    pub(crate) fn expect(&mut self, ty: u16) -> Result<Tlv<'a>, WireError> {
-        self.expect_where(|t| t == ty, param_name(ty))
+    /// The next TLV, which must have type `ty` (a missing or other one is a [`WireError`]).
+    pub(crate) fn required(&mut self, ty: u16) -> Result<Tlv<'a>, WireError> {
+        self.required_where(|t| t == ty, param_name(ty))
     }
 
     /// Fails on any TLV left over.
