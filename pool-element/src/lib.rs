@@ -18,10 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use fractal_protocol::kernel::KernelChoice;
-use rserpool::discovery::{
-    RegistrarTable, SharedRegistrarTable, announce_receiver_config, listen_for_announces,
-};
-use rserpool::pe::driver::{self as registration, RegistrationHandle};
+use rserpool::discovery::{RegistrarTable, announce_receiver_config};
+use rserpool::pe::driver::{self as registration, Registrars, RegistrationHandle};
 use rserpool::pe::{Event, RegistrationConfig};
 use rserpool::transport::{
     self, Association, AssociationConfig, AssociationSender, Listener, PPID_ASAP,
@@ -219,20 +217,16 @@ pub async fn run_until(
     // adds on a fast PE.
     let session_load = fraction_to_wire(capacity::session_load(capacity)).unwrap_or(u32::MAX);
     config.load_update_threshold = config.load_update_threshold.min(session_load / 2).max(1);
-    let table: SharedRegistrarTable = Arc::new(std::sync::Mutex::new(RegistrarTable::new(
-        cli.registrars.iter().copied(),
-    )));
-    let announce_task = cli.registrars.is_empty().then(|| {
-        let receiver = announce_receiver_config(cli.announce_listen, Some(data_addr.ip()));
-        let table = table.clone();
-        tokio::spawn(async move {
-            let error = listen_for_announces(receiver, table).await;
-            tracing::warn!(%error, "announce listener failed");
-        })
-    });
+    let registrars = Registrars {
+        table: RegistrarTable::new(cli.registrars.iter().copied()),
+        announces: cli
+            .registrars
+            .is_empty()
+            .then(|| announce_receiver_config(cli.announce_listen, Some(data_addr.ip()))),
+    };
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let registration: RegistrationHandle =
-        registration::spawn(config, table, AssociationConfig::default(), events_tx);
+        registration::spawn(config, registrars, AssociationConfig::default(), events_tx);
     let pool_name = String::from_utf8_lossy(pool.as_bytes()).into_owned();
     let events_task = tokio::spawn(async move {
         while let Some(event) = events_rx.recv().await {
@@ -299,9 +293,6 @@ pub async fn run_until(
         sessions.abort_all();
     }
     registration.shutdown(DEREGISTRATION_TIMEOUT).await;
-    if let Some(task) = announce_task {
-        task.abort();
-    }
     let _ = tokio::time::timeout(Duration::from_secs(1), events_task).await;
     tracing::info!("pool element stopped");
     Ok(())

@@ -318,7 +318,7 @@ impl Session {
 
     /// Emits what the timers ask for: a partial Data message after `data_max_time` without
     /// one, a cookie after `cookie_max_time` without one.
-    pub fn on_timer(&mut self, now: Instant, out: &mut Vec<Output>) {
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Output>) {
         if self.done {
             return;
         }
@@ -337,8 +337,8 @@ impl Session {
         }
     }
 
-    /// When [`Session::on_timer`] has something to do next.
-    pub fn next_deadline(&self) -> Instant {
+    /// When [`Session::handle_timeout`] has something to do next.
+    pub fn poll_timeout(&self) -> Instant {
         let cookie = self.last_cookie + self.config.cookie_max_time;
         if self.pending.is_empty() {
             cookie

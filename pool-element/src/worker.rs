@@ -194,7 +194,7 @@ impl Job {
             if self.control.stop.load(Ordering::Acquire) {
                 state.session.shutdown(now, &mut out);
             } else {
-                state.session.on_timer(now, &mut out);
+                state.session.handle_timeout(now, &mut out);
             }
             self.publish(&mut state, out, now);
             if !state.backlog.is_empty() {
@@ -217,7 +217,7 @@ impl Job {
             let mut out = Vec::new();
             let now = Instant::now();
             state.session.complete(&piece, values, now, &mut out);
-            state.session.on_timer(now, &mut out);
+            state.session.handle_timeout(now, &mut out);
             self.publish(&mut state, out, now);
         }
         iterations

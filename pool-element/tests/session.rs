@@ -37,7 +37,7 @@ fn drive(session: &mut Session, chunk: usize, mut now: Instant, step: Duration) 
     let mut out = Vec::new();
     let mut guard = 0;
     while !session.is_done() {
-        session.on_timer(now, &mut out);
+        session.handle_timeout(now, &mut out);
         session.compute(chunk, now, &mut out);
         now += step;
         guard += 1;
@@ -410,13 +410,13 @@ fn data_is_sent_at_least_every_data_max_time() {
     // One pixel per 100 ms (a slow PE): the third chunk's timer check flushes.
     for step in 0..3u64 {
         let t = now + Duration::from_millis(100 * step);
-        session.on_timer(t, &mut out);
+        session.handle_timeout(t, &mut out);
         session.compute(1, t, &mut out);
     }
     assert!(out.iter().all(|o| !matches!(o, Output::Data(_))));
-    session.on_timer(now + Duration::from_millis(250), &mut out);
+    session.handle_timeout(now + Duration::from_millis(250), &mut out);
     assert!(matches!(out.as_slice(), [Output::Data(d)] if d.points.len() == 3));
-    assert!(session.next_deadline() <= now + Duration::from_millis(1250));
+    assert!(session.poll_timeout() <= now + Duration::from_millis(1250));
 }
 
 #[test]

@@ -95,7 +95,7 @@ impl RegistrarTable {
     /// Handles one announce datagram from `source`. Returns the registrar it named, or `None`
     /// for anything that is not a well-formed Server Announce (ignored: announces are
     /// unauthenticated hints, and there is no one to send an error to).
-    pub fn on_announce(
+    pub fn handle_announce(
         &mut self,
         source: SocketAddr,
         payload: &[u8],
@@ -245,7 +245,7 @@ pub async fn listen_for_announces(
                     Ok(mut table) => {
                         let now = Instant::now();
                         table.expire(now);
-                        table.on_announce(source, &payload, now)
+                        table.handle_announce(source, &payload, now)
                     }
                     Err(_) => None,
                 };
@@ -311,12 +311,12 @@ mod tests {
         let now = Instant::now();
         let mut table = RegistrarTable::new([addr(9)]);
         let learned = table
-            .on_announce(addr(5000), &announce(7, Some(addr(4000))), now)
+            .handle_announce(addr(5000), &announce(7, Some(addr(4000))), now)
             .expect("announce accepted");
         assert_eq!(learned.address, addr(4000));
         assert_eq!(learned.id, Some(7));
         let learned = table
-            .on_announce(addr(5001), &announce(8, None), now)
+            .handle_announce(addr(5001), &announce(8, None), now)
             .expect("announce accepted");
         assert_eq!(learned.address, addr(5001));
         // Announced ones first (most recent first), then configured.
@@ -344,11 +344,11 @@ mod tests {
     fn garbage_and_other_messages_are_ignored() {
         let now = Instant::now();
         let mut table = RegistrarTable::new([]);
-        assert!(table.on_announce(addr(1), &[1, 2, 3], now).is_none());
+        assert!(table.handle_announce(addr(1), &[1, 2, 3], now).is_none());
         let other = AsapMessage::CookieEcho { cookie: vec![1] }
             .to_bytes()
             .expect("encodable");
-        assert!(table.on_announce(addr(1), &other, now).is_none());
+        assert!(table.handle_announce(addr(1), &other, now).is_none());
         assert!(table.is_empty(now));
     }
 }

@@ -7,5 +7,6 @@ pub mod pe;
 pub mod process;
 pub mod pu;
 pub mod registrar;
+pub mod timer;
 pub mod transport;
 pub mod wire;

@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use rserpool::pe::driver::{spawn, static_table};
+use rserpool::pe::driver::{Registrars, spawn};
 use rserpool::pe::{Event, LossReason, RegistrationConfig};
 use rserpool::transport::{self, AssociationConfig, Listener, PPID_ASAP, TcpFramedListener};
 use rserpool::wire::{AsapMessage, PeId, Policy, PoolHandle, TransportAddress};
@@ -77,7 +77,7 @@ async fn registers_updates_load_fails_over_and_deregisters() {
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let handle = spawn(
         config(),
-        static_table([first_addr, second_addr]),
+        Registrars::fixed([first_addr, second_addr]),
         AssociationConfig::default(),
         events_tx,
     );

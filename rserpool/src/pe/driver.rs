@@ -1,15 +1,15 @@
 //! Tokio driver for [`Registration`]: one framed-TCP association to the current registrar.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::{Action, Event, Registration, RegistrationConfig};
-use crate::discovery::{RegistrarTable, SharedRegistrarTable};
+use crate::discovery::RegistrarTable;
+use crate::timer::sleep_until;
+use crate::transport::announce::{AnnounceReceiver, AnnounceReceiverConfig};
 use crate::transport::{self, Association, AssociationConfig, PPID_ASAP};
 use crate::wire::AsapMessage;
 
@@ -49,21 +49,42 @@ impl RegistrationHandle {
     }
 }
 
-/// Starts registering `config` with registrars from `table` (shared with an announce
-/// listener, if any). Events are sent to `events` (dropped if nobody listens).
+/// Where the registration finds registrars: a static list, and Server Announces heard on
+/// `announces` (when set).
+#[derive(Clone, Debug)]
+pub struct Registrars {
+    /// Configured registrars, tried in order.
+    pub table: RegistrarTable,
+    /// Listen for Server Announces here.
+    pub announces: Option<AnnounceReceiverConfig>,
+}
+
+impl Registrars {
+    /// A static list of registrars, no announces.
+    pub fn fixed(registrars: impl IntoIterator<Item = std::net::SocketAddr>) -> Self {
+        Registrars {
+            table: RegistrarTable::new(registrars),
+            announces: None,
+        }
+    }
+}
+
+/// Starts registering `config` with `registrars`. Events are sent to `events` (dropped if
+/// nobody listens).
 pub fn spawn(
     config: RegistrationConfig,
-    table: SharedRegistrarTable,
+    registrars: Registrars,
     association: AssociationConfig,
     events: mpsc::UnboundedSender<Event>,
 ) -> RegistrationHandle {
     let (load_tx, load_rx) = watch::channel(0.0);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (foreign_tx, foreign_rx) = mpsc::unbounded_channel();
-    let core = Registration::new(config, table, Instant::now());
+    let core = Registration::new(config, registrars.table, Instant::now());
     let task = tokio::spawn(run(
         core,
         association,
+        registrars.announces,
         events,
         load_rx,
         shutdown_rx,
@@ -77,16 +98,10 @@ pub fn spawn(
     }
 }
 
-/// A table with a static list of registrars.
-pub fn static_table(
-    registrars: impl IntoIterator<Item = std::net::SocketAddr>,
-) -> SharedRegistrarTable {
-    Arc::new(Mutex::new(RegistrarTable::new(registrars)))
-}
-
 async fn run(
     mut core: Registration,
     association_config: AssociationConfig,
+    announces: Option<AnnounceReceiverConfig>,
     events: mpsc::UnboundedSender<Event>,
     mut load: watch::Receiver<f64>,
     mut shutdown: watch::Receiver<bool>,
@@ -95,6 +110,13 @@ async fn run(
     let mut association: Option<Association> = None;
     let mut connecting: Option<ConnectFuture> = None;
     let mut shutdown_seen = false;
+    let mut announces = announces.and_then(|config| match AnnounceReceiver::new(&config) {
+        Ok(receiver) => Some(receiver),
+        Err(error) => {
+            tracing::warn!(%error, address = %config.address, "cannot listen for announces");
+            None
+        }
+    });
     loop {
         while let Some(action) = core.poll_action() {
             match action {
@@ -138,18 +160,18 @@ async fn run(
                 match result {
                     Ok(assoc) => {
                         association = Some(assoc);
-                        core.on_connected(Instant::now());
+                        core.handle_connected(Instant::now());
                     }
                     Err(error) => {
                         tracing::debug!(%error, "cannot connect to registrar");
-                        core.on_connect_failed(Instant::now());
+                        core.handle_connect_failed(Instant::now());
                     }
                 }
             }
             frame = async { association.as_mut().expect("guarded").recv().await }, if association.is_some() => {
                 match frame {
                     Ok(frame) if frame.ppid == PPID_ASAP => match AsapMessage::decode(&frame.payload) {
-                        Ok(decoded) => core.on_message(decoded.message, Instant::now()),
+                        Ok(decoded) => core.handle_message(decoded.message, Instant::now()),
                         Err(error) => {
                             tracing::debug!(%error, "undecodable ASAP message from registrar");
                             if let (Some(reply), Some(assoc)) = (AsapMessage::error_reply(&error), &association)
@@ -163,11 +185,20 @@ async fn run(
                     Err(error) => {
                         tracing::debug!(%error, "registrar association ended");
                         association = None;
-                        core.on_disconnected(Instant::now());
+                        core.handle_disconnected(Instant::now());
                     }
                 }
             }
             _ = sleep_until(deadline) => core.handle_timeout(Instant::now()),
+            announce = async { announces.as_ref().expect("guarded").recv().await }, if announces.is_some() => {
+                match announce {
+                    Ok((payload, source)) => core.handle_announce(source, &payload, Instant::now()),
+                    Err(error) => {
+                        tracing::warn!(%error, "announce listener failed");
+                        announces = None;
+                    }
+                }
+            }
             changed = load.changed(), if !shutdown_seen => {
                 if changed.is_ok() {
                     let fraction = *load.borrow_and_update();
@@ -175,7 +206,7 @@ async fn run(
                 }
             }
             Some((home, server_id)) = foreign_keep_alives.recv() => {
-                core.on_foreign_keep_alive(home, server_id, Instant::now());
+                core.handle_foreign_keep_alive(home, server_id, Instant::now());
             }
             changed = shutdown.changed(), if !shutdown_seen => {
                 // A dropped handle counts as shutdown too.
@@ -185,12 +216,5 @@ async fn run(
                 }
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => std::future::pending().await,
     }
 }

@@ -1,8 +1,9 @@
 //! The ASAP pool element side (RFC 5352 §3): registration with a home registrar.
 //!
 //! [`Registration`] is a sans-I/O state machine: the caller reports connection outcomes,
-//! received ASAP messages and the passing of time (`Instant`s), and collects [`Action`]s
-//! (connect, send, disconnect) and [`Event`]s (registered, rejected, registrar lost, ...).
+//! received ASAP messages and announces, and the passing of time (`Instant`s) with `handle_*`,
+//! and collects [`Action`]s (connect, send, disconnect), [`Event`]s (registered, rejected,
+//! registrar lost, ...) and the next timeout with `poll_*`.
 //! [`driver`] runs it on tokio over framed-TCP associations.
 //!
 //! Behaviour:
@@ -13,8 +14,8 @@
 //! - Answers Endpoint Keep-Alives with Keep-Alive Acks; the server identifier of a keep-alive
 //!   on the association names the home registrar, and an H-flagged one from another server
 //!   makes that server the new home (RFC 5352 KA2.4).
-//! - A lost association, a registration timeout or a rejection marks the registrar failed in the
-//!   [`RegistrarTable`] and another candidate is tried (or the same one later); nothing here
+//! - A lost association, a registration timeout or a rejection marks the registrar failed in its
+//!   own [`RegistrarTable`] and another candidate is tried (or the same one later); nothing here
 //!   touches the PE's sessions.
 //! - [`Registration::shutdown`] deregisters (bounded by the response timeout) and stops.
 
@@ -24,7 +25,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::discovery::SharedRegistrarTable;
+use crate::discovery::RegistrarTable;
 use crate::wire::policy::fraction_to_wire;
 use crate::wire::{
     AsapMessage, CauseCode, PeId, Policy, PoolElement, PoolHandle, TransportAddress,
@@ -91,7 +92,7 @@ impl RegistrationConfig {
 /// What the driver must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Open an association to this registrar; report with `on_connected`/`on_connect_failed`.
+    /// Open an association to this registrar; report with `handle_connected`/`handle_connect_failed`.
     Connect(SocketAddr),
     /// Send this message on the current association.
     Send(AsapMessage),
@@ -175,7 +176,8 @@ enum State {
 #[derive(Debug)]
 pub struct Registration {
     config: RegistrationConfig,
-    table: SharedRegistrarTable,
+    /// The registrars we know of: configured ones and those heard in announces.
+    registrars: RegistrarTable,
     state: State,
     /// Home registrar identifier; 0 = unknown.
     home: u32,
@@ -191,11 +193,11 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// A client that starts looking for a registrar at `now`.
-    pub fn new(config: RegistrationConfig, table: SharedRegistrarTable, now: Instant) -> Self {
+    /// A client that starts looking for a registrar among `registrars` at `now`.
+    pub fn new(config: RegistrationConfig, registrars: RegistrarTable, now: Instant) -> Self {
         Registration {
             config,
-            table,
+            registrars,
             state: State::Searching { retry_at: now },
             home: 0,
             load: 0,
@@ -226,6 +228,20 @@ impl Registration {
                 ..
             } => Some(registrar),
             _ => None,
+        }
+    }
+
+    /// The registrars known so far.
+    pub fn registrars(&self) -> &RegistrarTable {
+        &self.registrars
+    }
+
+    /// A Server Announce datagram from `source` (ignored unless well formed): the registrar
+    /// it names becomes a candidate, and registrars silent for too long are forgotten.
+    pub fn handle_announce(&mut self, source: SocketAddr, payload: &[u8], now: Instant) {
+        self.registrars.expire(now);
+        if let Some(registrar) = self.registrars.handle_announce(source, payload, now) {
+            tracing::trace!(address = %registrar.address, id = ?registrar.id, "server announce");
         }
     }
 
@@ -296,21 +312,16 @@ impl Registration {
     }
 
     /// The association asked for by [`Action::Connect`] is up.
-    pub fn on_connected(&mut self, now: Instant) {
+    pub fn handle_connected(&mut self, now: Instant) {
         if let State::Connecting { registrar } = self.state {
             // The registrar we register with becomes home (RFC 5352 §3.1 rule 4); its
             // identifier is known if it announced itself, else a keep-alive will tell.
             self.home = self
-                .table
-                .lock()
-                .ok()
-                .and_then(|table| {
-                    table
-                        .candidates(now)
-                        .into_iter()
-                        .find(|r| r.address == registrar)
-                        .and_then(|r| r.id)
-                })
+                .registrars
+                .candidates(now)
+                .into_iter()
+                .find(|r| r.address == registrar)
+                .and_then(|r| r.id)
                 .unwrap_or(0);
             self.state = State::Connected {
                 registrar,
@@ -323,7 +334,7 @@ impl Registration {
     }
 
     /// The connection attempt failed.
-    pub fn on_connect_failed(&mut self, now: Instant) {
+    pub fn handle_connect_failed(&mut self, now: Instant) {
         if let State::Connecting { registrar } = self.state {
             self.mark_failed(registrar, now);
             self.state = State::Searching {
@@ -333,7 +344,7 @@ impl Registration {
     }
 
     /// The association to the registrar ended.
-    pub fn on_disconnected(&mut self, now: Instant) {
+    pub fn handle_disconnected(&mut self, now: Instant) {
         match self.state {
             State::Connected { registrar, .. } | State::Connecting { registrar } => {
                 self.mark_failed(registrar, now);
@@ -350,7 +361,7 @@ impl Registration {
     }
 
     /// An ASAP message arrived on the registrar association.
-    pub fn on_message(&mut self, message: AsapMessage, now: Instant) {
+    pub fn handle_message(&mut self, message: AsapMessage, now: Instant) {
         match message {
             AsapMessage::RegistrationResponse {
                 rejected,
@@ -358,7 +369,7 @@ impl Registration {
                 pe_id,
                 error,
             } if pool_handle == self.config.pool_handle && pe_id == self.config.pe_id => {
-                self.on_registration_response(rejected, error.and_then(|e| e.first_code()), now)
+                self.handle_registration_response(rejected, error.and_then(|e| e.first_code()), now)
             }
             AsapMessage::DeregistrationResponse { pe_id, .. } if pe_id == self.config.pe_id => {
                 if matches!(self.state, State::Deregistering { .. }) {
@@ -367,7 +378,7 @@ impl Registration {
             }
             AsapMessage::EndpointKeepAlive {
                 home, server_id, ..
-            } => self.on_keep_alive(home, server_id, now),
+            } => self.handle_keep_alive(home, server_id, now),
             _ => {}
         }
     }
@@ -421,7 +432,12 @@ impl Registration {
         }
     }
 
-    fn on_registration_response(&mut self, rejected: bool, cause: Option<CauseCode>, now: Instant) {
+    fn handle_registration_response(
+        &mut self,
+        rejected: bool,
+        cause: Option<CauseCode>,
+        now: Instant,
+    ) {
         let State::Connected {
             registrar,
             registered,
@@ -444,9 +460,7 @@ impl Registration {
             };
             return;
         }
-        if let Ok(mut table) = self.table.lock() {
-            table.mark_working(registrar);
-        }
+        self.registrars.mark_working(registrar);
         self.state = State::Connected {
             registrar,
             registered: true,
@@ -465,7 +479,7 @@ impl Registration {
         }
     }
 
-    fn on_keep_alive(&mut self, home_flag: bool, server_id: u32, now: Instant) {
+    fn handle_keep_alive(&mut self, home_flag: bool, server_id: u32, now: Instant) {
         let State::Connected { registrar, .. } = self.state else {
             return;
         };
@@ -481,7 +495,7 @@ impl Registration {
     /// from our failed home connects to our data address). With the H flag its sender becomes
     /// our home; if we know where it listens, we register with it there. The caller answers
     /// with [`Registration::keep_alive_ack`].
-    pub fn on_foreign_keep_alive(&mut self, home_flag: bool, server_id: u32, now: Instant) {
+    pub fn handle_foreign_keep_alive(&mut self, home_flag: bool, server_id: u32, now: Instant) {
         if !home_flag || server_id == self.home || self.is_stopped() {
             return;
         }
@@ -514,13 +528,12 @@ impl Registration {
             return;
         }
         // A new home we know at another address: move there (re-register with it).
-        let elsewhere = self.table.lock().ok().and_then(|table| {
-            table
-                .candidates(now)
-                .into_iter()
-                .find(|r| r.id == Some(server_id) && Some(r.address) != current)
-                .map(|r| r.address)
-        });
+        let elsewhere = self
+            .registrars
+            .candidates(now)
+            .into_iter()
+            .find(|r| r.id == Some(server_id) && Some(r.address) != current)
+            .map(|r| r.address);
         let Some(address) = elsewhere else { return };
         self.preferred = Some(address);
         match current {
@@ -555,12 +568,7 @@ impl Registration {
 
     fn try_next_registrar(&mut self, now: Instant) {
         let preferred = self.preferred.take();
-        let next = preferred.or_else(|| {
-            self.table
-                .lock()
-                .ok()
-                .and_then(|table| table.candidates(now).first().map(|r| r.address))
-        });
+        let next = preferred.or_else(|| self.registrars.candidates(now).first().map(|r| r.address));
         match next {
             Some(registrar) => {
                 self.state = State::Connecting { registrar };
@@ -584,9 +592,7 @@ impl Registration {
     }
 
     fn mark_failed(&mut self, registrar: SocketAddr, now: Instant) {
-        if let Ok(mut table) = self.table.lock() {
-            table.mark_failed(registrar, now);
-        }
+        self.registrars.mark_failed(registrar, now);
     }
 
     fn stop(&mut self, confirmed: bool) {

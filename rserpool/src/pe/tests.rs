@@ -31,9 +31,7 @@ struct Harness {
 impl Harness {
     fn new(policy: Policy, registrars: &[SocketAddr]) -> Self {
         let now = Instant::now();
-        let table = std::sync::Arc::new(std::sync::Mutex::new(RegistrarTable::new(
-            registrars.iter().copied(),
-        )));
+        let table = RegistrarTable::new(registrars.iter().copied());
         Harness {
             core: Registration::new(config(policy), table, now),
             now,
@@ -60,7 +58,7 @@ impl Harness {
             pe_id: self.core.config().pe_id,
             error: None,
         };
-        self.core.on_message(response, self.now);
+        self.core.handle_message(response, self.now);
     }
 
     /// Connects to the first candidate and gets registered; returns the registrar.
@@ -71,7 +69,7 @@ impl Harness {
             panic!("expected one connect, got {actions:?}");
         };
         let registrar = *registrar;
-        self.core.on_connected(self.now);
+        self.core.handle_connected(self.now);
         let sent = self.actions();
         assert!(
             matches!(
@@ -97,7 +95,7 @@ fn registers_with_life_three_times_the_interval() {
     let mut h = Harness::new(Policy::RoundRobin, &[addr(1)]);
     h.core.handle_timeout(h.now);
     assert_eq!(h.actions(), vec![Action::Connect(addr(1))]);
-    h.core.on_connected(h.now);
+    h.core.handle_connected(h.now);
     let actions = h.actions();
     let [
         Action::Send(AsapMessage::Registration {
@@ -152,7 +150,7 @@ fn response_timeout_moves_to_another_registrar() {
     let mut h = Harness::new(Policy::RoundRobin, &[addr(1), addr(2)]);
     h.core.handle_timeout(h.now);
     assert_eq!(h.actions(), vec![Action::Connect(addr(1))]);
-    h.core.on_connected(h.now);
+    h.core.handle_connected(h.now);
     h.actions();
     h.advance(DEFAULT_RESPONSE_TIMEOUT);
     assert_eq!(h.actions(), vec![Action::Disconnect]);
@@ -205,7 +203,7 @@ fn keep_alive_is_acked_and_names_home() {
         pool_handle: PoolHandle::new("FractalGeneratorPool").expect("valid"),
         pe_id: Some(PeId(0x1234)),
     };
-    h.core.on_message(keep_alive(false, 0xabc), h.now);
+    h.core.handle_message(keep_alive(false, 0xabc), h.now);
     assert_eq!(
         h.actions(),
         vec![Action::Send(AsapMessage::EndpointKeepAliveAck {
@@ -216,7 +214,7 @@ fn keep_alive_is_acked_and_names_home() {
     assert_eq!(h.events(), vec![Event::HomeChanged { home: 0xabc }]);
     assert_eq!(h.core.home(), 0xabc);
     // H flag from a new server: adopted; next registration carries it.
-    h.core.on_message(keep_alive(true, 0xdef), h.now);
+    h.core.handle_message(keep_alive(true, 0xdef), h.now);
     assert_eq!(h.events(), vec![Event::HomeChanged { home: 0xdef }]);
     h.actions();
     h.advance(Duration::from_secs(5));
@@ -240,13 +238,9 @@ fn h_flag_from_a_known_registrar_elsewhere_moves_there() {
     }
     .to_bytes()
     .expect("encodable");
-    table.on_announce(addr(9), &announce, now);
+    table.handle_announce(addr(9), &announce, now);
     let mut h = Harness {
-        core: Registration::new(
-            config(Policy::RoundRobin),
-            std::sync::Arc::new(std::sync::Mutex::new(table)),
-            now,
-        ),
+        core: Registration::new(config(Policy::RoundRobin), table, now),
         now,
     };
     // Announced registrars come first.
@@ -254,14 +248,14 @@ fn h_flag_from_a_known_registrar_elsewhere_moves_there() {
     h.events();
     h.now += Duration::from_millis(10);
     // Pretend we ended up at addr(1) by losing addr(2).
-    h.core.on_disconnected(h.now);
+    h.core.handle_disconnected(h.now);
     h.core.handle_timeout(h.now);
     assert_eq!(h.actions(), vec![Action::Connect(addr(1))]);
-    h.core.on_connected(h.now);
+    h.core.handle_connected(h.now);
     h.grant();
     h.actions();
     h.events();
-    h.core.on_message(
+    h.core.handle_message(
         AsapMessage::EndpointKeepAlive {
             home: true,
             server_id: 0x77,
@@ -285,9 +279,9 @@ fn rejection_is_reported_and_retried_later() {
     let mut h = Harness::new(Policy::RoundRobin, &[addr(1)]);
     h.core.handle_timeout(h.now);
     h.actions();
-    h.core.on_connected(h.now);
+    h.core.handle_connected(h.now);
     h.actions();
-    h.core.on_message(
+    h.core.handle_message(
         AsapMessage::RegistrationResponse {
             rejected: true,
             pool_handle: PoolHandle::new("FractalGeneratorPool").expect("valid"),
@@ -319,9 +313,9 @@ fn responses_for_other_pes_are_ignored() {
     let mut h = Harness::new(Policy::RoundRobin, &[addr(1)]);
     h.core.handle_timeout(h.now);
     h.actions();
-    h.core.on_connected(h.now);
+    h.core.handle_connected(h.now);
     h.actions();
-    h.core.on_message(
+    h.core.handle_message(
         AsapMessage::RegistrationResponse {
             rejected: false,
             pool_handle: PoolHandle::new("FractalGeneratorPool").expect("valid"),
@@ -338,7 +332,7 @@ fn registrar_loss_retries_with_the_same_one_when_alone() {
     let mut h = Harness::new(Policy::RoundRobin, &[addr(1)]);
     h.register();
     h.events();
-    h.core.on_disconnected(h.now);
+    h.core.handle_disconnected(h.now);
     assert_eq!(
         h.events(),
         vec![Event::RegistrarLost {
@@ -348,12 +342,12 @@ fn registrar_loss_retries_with_the_same_one_when_alone() {
     );
     h.core.handle_timeout(h.now);
     assert_eq!(h.actions(), vec![Action::Connect(addr(1))]);
-    h.core.on_connect_failed(h.now);
+    h.core.handle_connect_failed(h.now);
     h.advance(DEFAULT_RETRY_INTERVAL / 2);
     assert!(h.actions().is_empty(), "waits before retrying");
     h.advance(DEFAULT_RETRY_INTERVAL);
     assert_eq!(h.actions(), vec![Action::Connect(addr(1))]);
-    h.core.on_connected(h.now);
+    h.core.handle_connected(h.now);
     h.grant();
     assert_eq!(h.core.registered_with(), Some(addr(1)));
 }
@@ -380,7 +374,7 @@ fn shutdown_deregisters_and_stops() {
         })]
     );
     assert!(!h.core.is_stopped());
-    h.core.on_message(
+    h.core.handle_message(
         AsapMessage::DeregistrationResponse {
             pool_handle: PoolHandle::new("FractalGeneratorPool").expect("valid"),
             pe_id: PeId(0x1234),
@@ -419,25 +413,21 @@ fn h_flagged_keep_alive_from_elsewhere_moves_to_the_announced_home() {
     }
     .to_bytes()
     .expect("encodable");
-    let table = std::sync::Arc::new(std::sync::Mutex::new(table));
     let mut h = Harness {
-        core: Registration::new(config(Policy::RoundRobin), table.clone(), now),
+        core: Registration::new(config(Policy::RoundRobin), table, now),
         now,
     };
     assert_eq!(h.register(), addr(1));
     h.events();
     // Without H, or from an unknown server: home changes at most, no move.
-    h.core.on_foreign_keep_alive(false, 0x55, h.now);
+    h.core.handle_foreign_keep_alive(false, 0x55, h.now);
     assert!(h.actions().is_empty() && h.events().is_empty());
-    h.core.on_foreign_keep_alive(true, 0x66, h.now);
+    h.core.handle_foreign_keep_alive(true, 0x66, h.now);
     assert!(h.actions().is_empty());
     assert_eq!(h.events(), vec![Event::HomeChanged { home: 0x66 }]);
     // Known by announce: move there.
-    table
-        .lock()
-        .expect("lock")
-        .on_announce(addr(9), &announce, h.now);
-    h.core.on_foreign_keep_alive(true, 0x55, h.now);
+    h.core.handle_announce(addr(9), &announce, h.now);
+    h.core.handle_foreign_keep_alive(true, 0x55, h.now);
     assert_eq!(h.actions(), vec![Action::Disconnect]);
     h.core.handle_timeout(h.now);
     assert_eq!(h.actions(), vec![Action::Connect(addr(3))]);

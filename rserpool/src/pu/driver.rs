@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::discovery::{RegistrarTable, announce_receiver_config, listen_for_announces};
+use crate::timer::sleep_until;
 use crate::transport::{self, Association, AssociationConfig, Frame, HeartbeatConfig};
 use crate::wire::PoolHandle;
 
@@ -308,24 +309,19 @@ impl Session {
             if let Some(association) = self.association.as_mut() {
                 match association.try_recv() {
                     Ok(Some(frame)) => {
-                        self.state.on_frame(Instant::now(), frame);
+                        self.state.handle_frame(Instant::now(), frame);
                         continue;
                     }
                     Ok(None) => {}
                     Err(error) => {
                         self.association = None;
-                        self.state.on_closed(Instant::now(), &error);
+                        self.state.handle_closed(Instant::now(), &error);
                         continue;
                     }
                 }
             }
             let deadline = self.state.poll_timeout();
-            let sleep = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = sleep_until(deadline);
             let received = async {
                 match self.association.as_mut() {
                     Some(association) => association.recv().await,
@@ -339,14 +335,14 @@ impl Session {
                 frame = received => {
                     let now = Instant::now();
                     match frame {
-                        Ok(frame) => self.state.on_frame(now, frame),
+                        Ok(frame) => self.state.handle_frame(now, frame),
                         Err(error) => {
                             self.association = None;
-                            self.state.on_closed(now, &error);
+                            self.state.handle_closed(now, &error);
                         }
                     }
                 }
-                () = sleep => self.state.on_timeout(Instant::now()),
+                () = sleep => self.state.handle_timeout(Instant::now()),
             }
         }
     }
@@ -375,7 +371,7 @@ impl Session {
                         .0
                 }
             };
-            self.state.on_frame(now, frame);
+            self.state.handle_frame(now, frame);
             while let Some(action) = self.state.poll_action() {
                 match action {
                     // Events behind a deferred action wait for it, to keep their order.
@@ -396,11 +392,11 @@ impl Session {
                 match transport::connect(pe.address, config).await {
                     Ok(association) => {
                         self.association = Some(association);
-                        self.state.on_connected(Instant::now());
+                        self.state.handle_connected(Instant::now());
                     }
                     Err(error) => self
                         .state
-                        .on_connect_failed(Instant::now(), format!("{}: {error}", pe.address)),
+                        .handle_connect_failed(Instant::now(), format!("{}: {error}", pe.address)),
                 }
             }
             Action::Send(frame) => {
@@ -501,7 +497,7 @@ impl Session {
     /// The pool lists `listed` PEs but none is free (full or failed moments ago).
     fn busy(&mut self, now: Instant, listed: usize) {
         let detail = format!("all {listed} listed pool elements full or failed just now");
-        self.state.on_busy(now, detail);
+        self.state.handle_busy(now, detail);
     }
 
     /// Passes a resolution's outcome on; a chosen PE now counts this session (and the PE it
@@ -511,7 +507,7 @@ impl Session {
             self.release_pe();
             self.holding = Some(pe.id);
         }
-        self.state.on_resolved(now, chosen, detail);
+        self.state.handle_resolved(now, chosen, detail);
     }
 
     /// The selector no longer counts this session on its PE.

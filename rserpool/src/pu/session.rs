@@ -2,16 +2,16 @@
 //!
 //! Events go in (`on_*` methods, each with the current time), [`Action`]s come out of
 //! [`SessionState::poll_action`], and [`SessionState::poll_timeout`] says when to call
-//! [`SessionState::on_timeout`] next. No sockets, no clocks: tests drive it with simulated time.
+//! [`SessionState::handle_timeout`] next. No sockets, no clocks: tests drive it with simulated time.
 //!
 //! Life of a session:
 //! 1. [`SessionState::start`]: ask for a PE ([`Action::Resolve`]). A session made with
 //!    [`SessionState::resuming`] holds a cookie from the start: its first PE gets a Cookie Echo,
 //!    as after a failover (how a pool user hands a PE the rest of another session's work).
-//! 2. A PE ([`SessionState::on_resolved`]) is connected to ([`Action::Connect`]); none means an
+//! 2. A PE ([`SessionState::handle_resolved`]) is connected to ([`Action::Connect`]); none means an
 //!    empty pool: wait with capped exponential backoff ([`SessionEvent::PoolEmpty`]) and ask
 //!    again, for ever (until the application drops the session). A pool whose PEs are all
-//!    full or just failed ([`SessionState::on_busy`]) is asked again after a short, fixed
+//!    full or just failed ([`SessionState::handle_busy`]) is asked again after a short, fixed
 //!    wait, from the cached answer.
 //! 3. Connected: send the Cookie Echo with the last cookie, or the application's first message
 //!    if no cookie came yet. Frames from the PE are handed up; ASAP Cookies are stored.
@@ -134,10 +134,10 @@ pub enum SessionEvent {
 /// What the driver must do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    /// Find a PE and call [`SessionState::on_resolved`]; `fresh` = ask the registrar, not the
+    /// Find a PE and call [`SessionState::handle_resolved`]; `fresh` = ask the registrar, not the
     /// cache (after a failure).
     Resolve { fresh: bool },
-    /// Open an association to this PE, then call `on_connected` or `on_connect_failed`.
+    /// Open an association to this PE, then call `handle_connected` or `handle_connect_failed`.
     Connect(PeCandidate),
     /// Send this frame on the current association.
     Send(Frame),
@@ -234,7 +234,7 @@ impl SessionState {
         self.actions.pop_front()
     }
 
-    /// When [`SessionState::on_timeout`] must be called next (`None`: no timer).
+    /// When [`SessionState::handle_timeout`] must be called next (`None`: no timer).
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
             Phase::Waiting { until, .. } => Some(*until),
@@ -261,14 +261,14 @@ impl SessionState {
         self.phase == Phase::Finished
     }
 
-    /// Whether the session is waiting for a resolution answer.
-    pub fn is_resolving(&self) -> bool {
-        self.phase == Phase::Resolving
-    }
-
     /// The answer to [`Action::Resolve`]: the chosen PE, or `None` for an empty pool (or no
     /// registrar; `detail` says why).
-    pub fn on_resolved(&mut self, now: Instant, pe: Option<PeCandidate>, detail: Option<String>) {
+    pub fn handle_resolved(
+        &mut self,
+        now: Instant,
+        pe: Option<PeCandidate>,
+        detail: Option<String>,
+    ) {
         if self.phase != Phase::Resolving {
             return;
         }
@@ -292,7 +292,7 @@ impl SessionState {
     /// The answer to [`Action::Resolve`] when the pool lists PEs but every one is full or
     /// being avoided: wait [`SessionConfig::avoid_refused_for`], without backing off (a PE has
     /// room again as soon as any of its sessions ends), and ask again.
-    pub fn on_busy(&mut self, now: Instant, detail: String) {
+    pub fn handle_busy(&mut self, now: Instant, detail: String) {
         if self.phase != Phase::Resolving {
             return;
         }
@@ -308,7 +308,7 @@ impl SessionState {
     }
 
     /// The association to the PE of [`Action::Connect`] is up.
-    pub fn on_connected(&mut self, now: Instant) {
+    pub fn handle_connected(&mut self, now: Instant) {
         let Phase::Connecting { pe } = &self.phase else {
             return;
         };
@@ -336,7 +336,7 @@ impl SessionState {
     }
 
     /// Connecting to the PE of [`Action::Connect`] failed: it is reported and avoided.
-    pub fn on_connect_failed(&mut self, _now: Instant, detail: String) {
+    pub fn handle_connect_failed(&mut self, _now: Instant, detail: String) {
         let Phase::Connecting { pe } = &self.phase else {
             return;
         };
@@ -347,7 +347,7 @@ impl SessionState {
     }
 
     /// A frame arrived on the current association.
-    pub fn on_frame(&mut self, now: Instant, frame: Frame) {
+    pub fn handle_frame(&mut self, now: Instant, frame: Frame) {
         let Phase::Connected {
             pe,
             last_frame,
@@ -385,7 +385,7 @@ impl SessionState {
     }
 
     /// The current association ended with `error`.
-    pub fn on_closed(&mut self, now: Instant, error: &AssociationError) {
+    pub fn handle_closed(&mut self, now: Instant, error: &AssociationError) {
         let Phase::Connected {
             pe,
             last_frame,
@@ -421,7 +421,7 @@ impl SessionState {
     }
 
     /// Time passed: detects data silence and ends the empty-pool wait.
-    pub fn on_timeout(&mut self, now: Instant) {
+    pub fn handle_timeout(&mut self, now: Instant) {
         match &self.phase {
             Phase::Waiting { until, fresh } if now >= *until => self.resolve(*fresh),
             Phase::Connected { pe, last_frame, .. }

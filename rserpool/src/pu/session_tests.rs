@@ -73,12 +73,12 @@ fn connected(t0: Instant) -> SessionState {
     let mut state = SessionState::new(SessionConfig::default(), first_message());
     state.start(t0);
     assert_eq!(drain(&mut state), vec![Action::Resolve { fresh: false }]);
-    state.on_resolved(t0, Some(pe(1)), None);
+    state.handle_resolved(t0, Some(pe(1)), None);
     assert_eq!(drain(&mut state), vec![Action::Connect(pe(1))]);
-    state.on_connected(t0);
+    state.handle_connected(t0);
     let actions = drain(&mut state);
     assert_eq!(actions[0], Action::Send(first_message()));
-    state.on_frame(t0, Frame::new(FGP, vec![9]));
+    state.handle_frame(t0, Frame::new(FGP, vec![9]));
     drain(&mut state);
     state
 }
@@ -90,15 +90,15 @@ fn data_silence_is_detected_after_the_session_timeout_and_reported_once() {
     let timeout = state.config().session_timeout;
     assert_eq!(state.poll_timeout(), Some(t0 + timeout));
     // Just before the timeout nothing happens.
-    state.on_timeout(t0 + timeout - Duration::from_millis(1));
+    state.handle_timeout(t0 + timeout - Duration::from_millis(1));
     assert!(drain(&mut state).is_empty());
     // Frames push the deadline.
     let t1 = t0 + Duration::from_millis(1500);
-    state.on_frame(t1, Frame::new(FGP, vec![1]));
+    state.handle_frame(t1, Frame::new(FGP, vec![1]));
     drain(&mut state);
-    state.on_timeout(t0 + timeout);
+    state.handle_timeout(t0 + timeout);
     assert!(drain(&mut state).is_empty());
-    state.on_timeout(t1 + timeout);
+    state.handle_timeout(t1 + timeout);
     let actions = drain(&mut state);
     assert_eq!(actions[0], Action::Abort);
     assert_eq!(reports(&actions), vec![1]);
@@ -109,8 +109,8 @@ fn data_silence_is_detected_after_the_session_timeout_and_reported_once() {
             if *silent_for == timeout && p.id == 1
     )));
     // The old association closing afterwards does not report again.
-    state.on_closed(t1 + timeout, &AssociationError::Reset);
-    state.on_timeout(t1 + timeout * 3);
+    state.handle_closed(t1 + timeout, &AssociationError::Reset);
+    state.handle_timeout(t1 + timeout * 3);
     assert!(reports(&drain(&mut state)).is_empty());
 }
 
@@ -118,8 +118,8 @@ fn data_silence_is_detected_after_the_session_timeout_and_reported_once() {
 fn connection_loss_fails_over_with_the_last_cookie() {
     let t0 = Instant::now();
     let mut state = connected(t0);
-    state.on_frame(t0, cookie_frame(b"first"));
-    state.on_frame(t0, cookie_frame(b"second"));
+    state.handle_frame(t0, cookie_frame(b"first"));
+    state.handle_frame(t0, cookie_frame(b"second"));
     let actions = drain(&mut state);
     assert_eq!(
         events(&actions).len(),
@@ -128,7 +128,7 @@ fn connection_loss_fails_over_with_the_last_cookie() {
     );
     assert_eq!(state.cookie(), Some(&b"second"[..]));
     let t1 = t0 + Duration::from_millis(100);
-    state.on_closed(t1, &AssociationError::Reset);
+    state.handle_closed(t1, &AssociationError::Reset);
     let actions = drain(&mut state);
     assert_eq!(reports(&actions), vec![1]);
     assert!(actions.contains(&Action::Avoid {
@@ -143,10 +143,10 @@ fn connection_loss_fails_over_with_the_last_cookie() {
             ..
         }
     )));
-    state.on_resolved(t1, Some(pe(2)), None);
+    state.handle_resolved(t1, Some(pe(2)), None);
     assert_eq!(drain(&mut state), vec![Action::Connect(pe(2))]);
     let t2 = t1 + Duration::from_millis(5);
-    state.on_connected(t2);
+    state.handle_connected(t2);
     let actions = drain(&mut state);
     let echo = AsapMessage::CookieEcho {
         cookie: b"second".to_vec(),
@@ -161,7 +161,7 @@ fn connection_loss_fails_over_with_the_last_cookie() {
             .any(|e| matches!(e, SessionEvent::FailoverCompleted { .. }))
     );
     let t3 = t2 + Duration::from_millis(3);
-    state.on_frame(t3, Frame::new(FGP, vec![7]));
+    state.handle_frame(t3, Frame::new(FGP, vec![7]));
     let actions = drain(&mut state);
     assert!(events(&actions).iter().any(|e| matches!(
         e,
@@ -174,7 +174,7 @@ fn connection_loss_fails_over_with_the_last_cookie() {
 fn failure_before_any_cookie_restarts_with_the_first_message() {
     let t0 = Instant::now();
     let mut state = connected(t0);
-    state.on_closed(t0, &AssociationError::Reset);
+    state.handle_closed(t0, &AssociationError::Reset);
     let actions = drain(&mut state);
     assert!(events(&actions).iter().any(|e| matches!(
         e,
@@ -183,9 +183,9 @@ fn failure_before_any_cookie_restarts_with_the_first_message() {
             ..
         }
     )));
-    state.on_resolved(t0, Some(pe(2)), None);
+    state.handle_resolved(t0, Some(pe(2)), None);
     drain(&mut state);
-    state.on_connected(t0);
+    state.handle_connected(t0);
     assert_eq!(drain(&mut state)[0], Action::Send(first_message()));
 }
 
@@ -195,11 +195,11 @@ fn refusal_tries_another_pe_without_reporting() {
     let mut state = SessionState::new(SessionConfig::default(), first_message());
     state.start(t0);
     drain(&mut state);
-    state.on_resolved(t0, Some(pe(1)), None);
-    state.on_connected(t0);
+    state.handle_resolved(t0, Some(pe(1)), None);
+    state.handle_connected(t0);
     drain(&mut state);
     // Closed before any frame: a full PE.
-    state.on_closed(t0, &AssociationError::ClosedByPeer);
+    state.handle_closed(t0, &AssociationError::ClosedByPeer);
     let actions = drain(&mut state);
     assert!(reports(&actions).is_empty(), "{actions:?}");
     assert!(actions.contains(&Action::Avoid {
@@ -209,10 +209,10 @@ fn refusal_tries_another_pe_without_reporting() {
     assert!(events(&actions).contains(&&SessionEvent::Refused { pe: pe(1) }));
     assert!(actions.contains(&Action::Resolve { fresh: false }));
     // A heartbeat timeout before any frame is a failure, not a refusal.
-    state.on_resolved(t0, Some(pe(2)), None);
-    state.on_connected(t0);
+    state.handle_resolved(t0, Some(pe(2)), None);
+    state.handle_connected(t0);
     drain(&mut state);
-    state.on_closed(
+    state.handle_closed(
         t0,
         &AssociationError::HeartbeatTimeout {
             silent_for: Duration::from_secs(2),
@@ -227,9 +227,9 @@ fn connect_failure_is_reported_and_avoided() {
     let mut state = SessionState::new(SessionConfig::default(), first_message());
     state.start(t0);
     drain(&mut state);
-    state.on_resolved(t0, Some(pe(3)), None);
+    state.handle_resolved(t0, Some(pe(3)), None);
     drain(&mut state);
-    state.on_connect_failed(t0, "refused".into());
+    state.handle_connect_failed(t0, "refused".into());
     let actions = drain(&mut state);
     assert_eq!(reports(&actions), vec![3]);
     assert!(actions.contains(&Action::Resolve { fresh: true }));
@@ -244,7 +244,7 @@ fn empty_pool_backs_off_with_a_cap_and_never_gives_up() {
     drain(&mut state);
     let mut waits = Vec::new();
     for _ in 0..12 {
-        state.on_resolved(now, None, None);
+        state.handle_resolved(now, None, None);
         let actions = drain(&mut state);
         let retry_in = events(&actions)
             .iter()
@@ -255,10 +255,10 @@ fn empty_pool_backs_off_with_a_cap_and_never_gives_up() {
             .expect("PoolEmpty reported");
         assert_eq!(state.poll_timeout(), Some(now + retry_in));
         // Not before the wait is over.
-        state.on_timeout(now + retry_in - Duration::from_millis(1));
+        state.handle_timeout(now + retry_in - Duration::from_millis(1));
         assert!(drain(&mut state).is_empty());
         now += retry_in;
-        state.on_timeout(now);
+        state.handle_timeout(now);
         assert_eq!(drain(&mut state), vec![Action::Resolve { fresh: true }]);
         waits.push(retry_in);
     }
@@ -267,12 +267,12 @@ fn empty_pool_backs_off_with_a_cap_and_never_gives_up() {
     assert!(waits.iter().all(|w| *w <= config.backoff_max));
     assert_eq!(*waits.last().expect("waits"), config.backoff_max);
     // A PE at last: the session goes on, and the backoff starts over after its first frame.
-    state.on_resolved(now, Some(pe(1)), None);
-    state.on_connected(now);
-    state.on_frame(now, Frame::new(FGP, vec![1]));
-    state.on_closed(now, &AssociationError::Reset);
+    state.handle_resolved(now, Some(pe(1)), None);
+    state.handle_connected(now);
+    state.handle_frame(now, Frame::new(FGP, vec![1]));
+    state.handle_closed(now, &AssociationError::Reset);
     drain(&mut state);
-    state.on_resolved(now, None, None);
+    state.handle_resolved(now, None, None);
     let actions = drain(&mut state);
     assert!(events(&actions).contains(&&SessionEvent::PoolEmpty {
         retry_in: config.backoff_initial,
@@ -288,8 +288,8 @@ fn finish_closes_and_later_closure_is_not_a_failure() {
     let actions = drain(&mut state);
     assert_eq!(actions[0], Action::Close);
     assert!(events(&actions).contains(&&SessionEvent::Finished));
-    state.on_closed(t0, &AssociationError::ClosedByPeer);
-    state.on_timeout(t0 + Duration::from_secs(60));
+    state.handle_closed(t0, &AssociationError::ClosedByPeer);
+    state.handle_timeout(t0 + Duration::from_secs(60));
     assert!(drain(&mut state).is_empty());
     assert_eq!(state.poll_timeout(), None);
 }
@@ -312,11 +312,11 @@ fn failed_pe_is_not_chosen_again_while_the_registrar_lists_it() {
                 Action::Resolve { .. } => {
                     selector.store(&[element(1), element(2)], now);
                     let pe = selector.choose(now, &mut rng);
-                    state.on_resolved(now, pe, None);
+                    state.handle_resolved(now, pe, None);
                 }
                 Action::Connect(pe) => {
                     chosen.push(pe.id);
-                    state.on_connected(now);
+                    state.handle_connected(now);
                 }
                 Action::Avoid { pe_id, duration } => selector.avoid(pe_id, now, duration),
                 Action::ReportUnreachable { .. } => total_reports += 1,
@@ -324,14 +324,14 @@ fn failed_pe_is_not_chosen_again_while_the_registrar_lists_it() {
             }
         }
         if round == 0 {
-            state.on_frame(now, Frame::new(FGP, vec![0]));
+            state.handle_frame(now, Frame::new(FGP, vec![0]));
             // PE hangs: detected by silence.
             now += state.config().session_timeout;
-            state.on_timeout(now);
+            state.handle_timeout(now);
         } else {
             // Keep the current PE alive.
             now += Duration::from_millis(100);
-            state.on_frame(now, Frame::new(FGP, vec![0]));
+            state.handle_frame(now, Frame::new(FGP, vec![0]));
         }
     }
     assert_eq!(chosen, vec![1, 2], "PE 1 was not chosen again");
@@ -342,9 +342,9 @@ fn failed_pe_is_not_chosen_again_while_the_registrar_lists_it() {
 fn graceful_close_after_data_fails_over_without_report() {
     let t0 = Instant::now();
     let mut state = connected(t0);
-    state.on_frame(t0, cookie_frame(b"c"));
+    state.handle_frame(t0, cookie_frame(b"c"));
     drain(&mut state);
-    state.on_closed(t0, &AssociationError::ClosedByPeer);
+    state.handle_closed(t0, &AssociationError::ClosedByPeer);
     let actions = drain(&mut state);
     assert!(reports(&actions).is_empty(), "{actions:?}");
     assert!(actions.contains(&Action::Avoid {
@@ -377,9 +377,9 @@ fn a_resuming_session_echoes_its_cookie_and_forgetting_returns_to_it() {
         SessionState::resuming(SessionConfig::default(), first_message(), b"start".to_vec());
     state.start(t0);
     drain(&mut state);
-    state.on_resolved(t0, Some(pe(1)), None);
+    state.handle_resolved(t0, Some(pe(1)), None);
     drain(&mut state);
-    state.on_connected(t0);
+    state.handle_connected(t0);
     let actions = drain(&mut state);
     assert_eq!(actions[0], Action::Send(echo_frame(b"start")));
     assert!(events(&actions).contains(&&SessionEvent::Connected {
@@ -387,16 +387,16 @@ fn a_resuming_session_echoes_its_cookie_and_forgetting_returns_to_it() {
         resumed: true
     }));
     // The PE's own cookie replaces it; forgetting that one goes back to the first.
-    state.on_frame(t0, cookie_frame(b"later"));
+    state.handle_frame(t0, cookie_frame(b"later"));
     drain(&mut state);
     assert_eq!(state.cookie(), Some(&b"later"[..]));
     state.forget_cookie();
     assert_eq!(state.cookie(), Some(&b"start"[..]));
     state.fail(t0, FailureKind::ProtocolError("bad".into()));
     drain(&mut state);
-    state.on_resolved(t0, Some(pe(2)), None);
+    state.handle_resolved(t0, Some(pe(2)), None);
     drain(&mut state);
-    state.on_connected(t0);
+    state.handle_connected(t0);
     assert_eq!(drain(&mut state)[0], Action::Send(echo_frame(b"start")));
 }
 
@@ -409,7 +409,7 @@ fn a_busy_pool_is_asked_again_soon_without_backing_off() {
     drain(&mut state);
     for round in 0..5u32 {
         let now = t0 + config.avoid_refused_for * round;
-        state.on_busy(
+        state.handle_busy(
             now,
             "all 2 listed pool elements full or failed just now".into(),
         );
@@ -419,12 +419,12 @@ fn a_busy_pool_is_asked_again_soon_without_backing_off() {
             SessionEvent::PoolEmpty { retry_in, detail: Some(_) } if *retry_in == config.avoid_refused_for
         )));
         assert_eq!(state.poll_timeout(), Some(now + config.avoid_refused_for));
-        state.on_timeout(now + config.avoid_refused_for);
+        state.handle_timeout(now + config.avoid_refused_for);
         // The cached answer will do: it lists PEs, they were only full.
         assert_eq!(drain(&mut state), vec![Action::Resolve { fresh: false }]);
     }
     // An empty pool still backs off from the start.
     let now = t0 + config.avoid_refused_for * 5;
-    state.on_resolved(now, None, None);
+    state.handle_resolved(now, None, None);
     assert_eq!(state.poll_timeout(), Some(now + config.backoff_initial));
 }

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use super::keepalive::spread;
 use super::{Registrar, RegistrarConfig, RegistrarEvent, RegistrarStats, Transmit, pool_name};
 use crate::handlespace::{AssociationKey, HandlespaceSnapshot};
+use crate::timer::sleep_until;
 use crate::transport::announce::{AnnounceSender, AnnounceSenderConfig};
 use crate::transport::{
     AssociationConfig, AssociationReceiver, AssociationSender, Listener, PPID_ASAP, TcpFramed,
@@ -261,7 +262,7 @@ async fn read_loop(
 async fn core_loop(mut registrar: Registrar, mut inputs: mpsc::Receiver<Input>) {
     let mut senders: HashMap<AssociationKey, AssociationSender> = HashMap::new();
     loop {
-        let deadline = registrar.next_deadline();
+        let deadline = registrar.poll_timeout();
         let input = tokio::select! {
             input = inputs.recv() => input,
             () = sleep_until(deadline) => {
@@ -274,7 +275,7 @@ async fn core_loop(mut registrar: Registrar, mut inputs: mpsc::Receiver<Input>) 
         match input {
             Input::Opened { key, sender } => {
                 debug!(association = key, peer = %sender.peer_addr(), "association opened");
-                registrar.association_opened(key, sender.peer_addr());
+                registrar.handle_association_opened(key, sender.peer_addr());
                 senders.insert(key, sender);
             }
             Input::Frame { key, ppid, payload } => {
@@ -287,7 +288,7 @@ async fn core_loop(mut registrar: Registrar, mut inputs: mpsc::Receiver<Input>) 
             Input::Closed { key, why } => {
                 debug!(association = key, %why, "association closed");
                 senders.remove(&key);
-                registrar.association_closed(key);
+                registrar.handle_association_closed(key);
             }
             Input::Inspect(reply) => {
                 let hs = registrar.handlespace();
@@ -322,13 +323,6 @@ async fn core_loop(mut registrar: Registrar, mut inputs: mpsc::Receiver<Input>) 
     }
 }
 
-async fn sleep_until(deadline: Option<std::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Hands the core's answers to the associations and logs its events.
 fn flush(registrar: &mut Registrar, senders: &mut HashMap<AssociationKey, AssociationSender>) {
     while let Some(transmit) = registrar.poll_transmit() {
@@ -346,7 +340,7 @@ fn flush(registrar: &mut Registrar, senders: &mut HashMap<AssociationKey, Associ
                         warn!(association, peer = %sender.peer_addr(), "peer does not read its answers; aborting the association");
                         sender.abort();
                         senders.remove(&association);
-                        registrar.association_closed(association);
+                        registrar.handle_association_closed(association);
                     }
                     // Closing already; its reader reports the end.
                     Err(TrySendError::Rejected(_)) => {}
@@ -356,7 +350,7 @@ fn flush(registrar: &mut Registrar, senders: &mut HashMap<AssociationKey, Associ
                 if let Some(sender) = senders.remove(&association) {
                     sender.abort();
                 }
-                registrar.association_closed(association);
+                registrar.handle_association_closed(association);
             }
         }
     }

@@ -5,7 +5,7 @@
 //! their keep-alive in the same millisecond) after the last sign of life a Keep-Alive is due;
 //! once sent, the PE has `timeout` to acknowledge it, else it is removed. An Ack or a
 //! re-registration restarts the cycle. Sans-I/O: the caller passes `now` and a random source,
-//! and polls [`KeepAliveSupervisor::poll`] at [`KeepAliveSupervisor::next_deadline`].
+//! and polls [`KeepAliveSupervisor::poll`] at [`KeepAliveSupervisor::poll_timeout`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -119,7 +119,7 @@ impl KeepAliveSupervisor {
     }
 
     /// The earliest deadline, to arm the caller's timer.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.deadlines.first().map(|(at, _)| *at)
     }
 
@@ -188,19 +188,19 @@ mod tests {
         let t0 = Instant::now();
         let mut ka = KeepAliveSupervisor::new(config());
         ka.alive(key(1), t0, &mut rng);
-        let due = ka.next_deadline().expect("armed");
+        let due = ka.poll_timeout().expect("armed");
         assert!(due >= t0 + Duration::from_millis(4375) && due <= t0 + Duration::from_millis(5625));
         assert!(ka.poll(due - Duration::from_millis(1)).is_empty());
         assert_eq!(ka.poll(due), vec![KeepAliveAction::Send(key(1))]);
         assert!(ka.awaiting_ack(&key(1)));
-        assert_eq!(ka.next_deadline(), Some(due + Duration::from_secs(2)));
+        assert_eq!(ka.poll_timeout(), Some(due + Duration::from_secs(2)));
         assert!(ka.poll(due + Duration::from_millis(1999)).is_empty());
         assert_eq!(
             ka.poll(due + Duration::from_secs(2)),
             vec![KeepAliveAction::TimedOut(key(1))]
         );
         assert!(ka.is_empty());
-        assert_eq!(ka.next_deadline(), None);
+        assert_eq!(ka.poll_timeout(), None);
     }
 
     #[test]
@@ -209,7 +209,7 @@ mod tests {
         let t0 = Instant::now();
         let mut ka = KeepAliveSupervisor::new(config());
         ka.alive(key(1), t0, &mut rng);
-        let due = ka.next_deadline().expect("armed");
+        let due = ka.poll_timeout().expect("armed");
         assert_eq!(ka.poll(due).len(), 1);
         let ack_at = due + Duration::from_secs(1);
         assert!(ka.acknowledged(&key(1), ack_at, &mut rng));
@@ -217,7 +217,7 @@ mod tests {
         assert!(!ka.acknowledged(&key(2), ack_at, &mut rng));
         // Past the old timeout nothing happens; the next Keep-Alive is an interval after the Ack.
         assert!(ka.poll(due + Duration::from_secs(3)).is_empty());
-        let next = ka.next_deadline().expect("armed");
+        let next = ka.poll_timeout().expect("armed");
         assert!(next >= ack_at + Duration::from_millis(4375));
         assert_eq!(ka.poll(next), vec![KeepAliveAction::Send(key(1))]);
     }

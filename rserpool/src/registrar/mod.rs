@@ -218,12 +218,12 @@ impl Registrar {
     }
 
     /// A PE or PU connected from `peer`.
-    pub fn association_opened(&mut self, association: AssociationKey, peer: SocketAddr) {
+    pub fn handle_association_opened(&mut self, association: AssociationKey, peer: SocketAddr) {
         self.associations.insert(association, peer);
     }
 
     /// An association ended (closed, reset, timed out): every PE registered over it goes.
-    pub fn association_closed(&mut self, association: AssociationKey) {
+    pub fn handle_association_closed(&mut self, association: AssociationKey) {
         self.associations.remove(&association);
         for (pool, element) in self.handlespace.remove_association(association) {
             self.removed(pool, element.id, RemovalReason::AssociationClosed);
@@ -253,13 +253,13 @@ impl Registrar {
             AsapMessage::Registration {
                 pool_handle,
                 pool_element,
-            } => self.on_registration(association, pool_handle, pool_element, now),
+            } => self.handle_registration(association, pool_handle, pool_element, now),
             AsapMessage::Deregistration { pool_handle, pe_id } => {
-                self.on_deregistration(association, pool_handle, pe_id)
+                self.handle_deregistration(association, pool_handle, pe_id)
             }
             AsapMessage::HandleResolution {
                 pool_handle, items, ..
-            } => self.on_handle_resolution(association, pool_handle, items),
+            } => self.handle_handle_resolution(association, pool_handle, items),
             AsapMessage::EndpointKeepAliveAck { pool_handle, pe_id } => {
                 let owned = self
                     .handlespace
@@ -271,7 +271,7 @@ impl Registrar {
                 }
             }
             AsapMessage::EndpointUnreachable { pool_handle, pe_id } => {
-                self.on_unreachable(association, pool_handle, pe_id)
+                self.handle_unreachable(association, pool_handle, pe_id)
             }
             other => {
                 self.stats.bad_messages += 1;
@@ -317,8 +317,8 @@ impl Registrar {
     }
 
     /// When [`Registrar::handle_timeout`] must be called next.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.keepalive.next_deadline()
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.keepalive.poll_timeout()
     }
 
     /// The next thing to send or close.
@@ -379,7 +379,7 @@ impl Registrar {
         self.send(association, &response);
     }
 
-    fn on_registration(
+    fn handle_registration(
         &mut self,
         association: AssociationKey,
         pool: PoolHandle,
@@ -442,7 +442,7 @@ impl Registrar {
         }
     }
 
-    fn on_deregistration(&mut self, association: AssociationKey, pool: PoolHandle, pe: PeId) {
+    fn handle_deregistration(&mut self, association: AssociationKey, pool: PoolHandle, pe: PeId) {
         let foreign = self
             .handlespace
             .get(&pool, pe)
@@ -473,7 +473,7 @@ impl Registrar {
         self.send(association, &response);
     }
 
-    fn on_handle_resolution(
+    fn handle_handle_resolution(
         &mut self,
         association: AssociationKey,
         pool: PoolHandle,
@@ -524,7 +524,7 @@ impl Registrar {
         self.send(association, &response);
     }
 
-    fn on_unreachable(&mut self, association: AssociationKey, pool: PoolHandle, pe: PeId) {
+    fn handle_unreachable(&mut self, association: AssociationKey, pool: PoolHandle, pe: PeId) {
         self.stats.unreachable_reports += 1;
         let threshold = self.config.max_bad_pe_reports;
         match self

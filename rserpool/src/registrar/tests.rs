@@ -38,7 +38,7 @@ fn config() -> RegistrarConfig {
 fn registrar(config: RegistrarConfig) -> Registrar {
     let mut r = Registrar::new(config);
     for a in 1..=4 {
-        r.association_opened(a, peer(a));
+        r.handle_association_opened(a, peer(a));
     }
     r
 }
@@ -406,7 +406,7 @@ fn deregistration_only_from_the_registering_association() {
     );
     assert!(r.handlespace().is_empty());
     // Keep-alive supervision ended with it.
-    assert_eq!(r.next_deadline(), None);
+    assert_eq!(r.poll_timeout(), None);
 
     // An unknown PE's deregistration is granted (RFC 5352 §3.2).
     r.handle_message(3, &dereg, now);
@@ -506,7 +506,7 @@ fn keepalive_timeout_removes_a_silent_pe_and_acks_keep_it() {
     let mut keepalives = [0u32; 3];
     // Ten keep-alive cycles: PE 2 answers each Keep-Alive, PE 1 never does.
     for _ in 0..40 {
-        let Some(deadline) = r.next_deadline() else {
+        let Some(deadline) = r.poll_timeout() else {
             break;
         };
         assert!(deadline >= now, "deadlines never lie in the past");
@@ -550,7 +550,7 @@ fn keepalive_ack_from_another_association_does_not_count() {
     let mut r = registrar(config());
     let t0 = Instant::now();
     register_ok(&mut r, 1, "pool", pe(1, ip(1), Policy::RoundRobin), t0);
-    let due = r.next_deadline().expect("armed");
+    let due = r.poll_timeout().expect("armed");
     assert!(due >= t0 + Duration::from_millis(4375) && due <= t0 + Duration::from_millis(5625));
     r.handle_timeout(due);
     assert_eq!(sent(&mut r).len(), 1);
@@ -568,7 +568,7 @@ fn reregistration_restarts_the_keepalive_cycle() {
     let mut r = registrar(config());
     let t0 = Instant::now();
     register_ok(&mut r, 1, "pool", pe(1, ip(1), Policy::RoundRobin), t0);
-    let due = r.next_deadline().expect("armed");
+    let due = r.poll_timeout().expect("armed");
     r.handle_timeout(due);
     assert_eq!(sent(&mut r).len(), 1);
     // No Ack, but a re-registration before the timeout proves the PE alive.
@@ -581,7 +581,7 @@ fn reregistration_restarts_the_keepalive_cycle() {
     );
     r.handle_timeout(due + Duration::from_secs(5));
     assert!(r.handlespace().get(&handle("pool"), PeId(1)).is_some());
-    assert!(r.next_deadline().expect("armed") > due + Duration::from_secs(8));
+    assert!(r.poll_timeout().expect("armed") > due + Duration::from_secs(8));
 }
 
 #[test]
@@ -592,7 +592,7 @@ fn association_close_removes_all_its_pes_at_once() {
     register_ok(&mut r, 1, "b", pe(2, ip(1), Policy::RoundRobin), now);
     register_ok(&mut r, 2, "a", pe(3, ip(2), Policy::RoundRobin), now);
     events(&mut r);
-    r.association_closed(1);
+    r.handle_association_closed(1);
     let mut removed = removals(&mut r);
     removed.sort_by_key(|(pe, _)| pe.0);
     assert_eq!(
@@ -606,7 +606,7 @@ fn association_close_removes_all_its_pes_at_once() {
     assert!(r.handlespace().pool(&handle("b")).is_none());
     assert_eq!(r.association_count(), 3);
     // Only PE 3 is still supervised: one Keep-Alive, to association 2.
-    let due = r.next_deadline().expect("armed");
+    let due = r.poll_timeout().expect("armed");
     r.handle_timeout(due);
     let ka = sent(&mut r);
     assert_eq!(ka.len(), 1);
@@ -652,7 +652,7 @@ fn unreachable_reports_remove_after_the_threshold_of_distinct_reporters() {
         reason: RemovalReason::UnreachableReports
     }));
     assert!(r.handlespace().is_empty());
-    assert_eq!(r.next_deadline(), None);
+    assert_eq!(r.poll_timeout(), None);
 
     // Configured to 1, a single PU suffices.
     let mut one = config();
@@ -767,8 +767,8 @@ proptest! {
                     r.handle_message(association, &m, now);
                 }
                 4 => {
-                    r.association_closed(association);
-                    r.association_opened(association, peer(association));
+                    r.handle_association_closed(association);
+                    r.handle_association_opened(association, peer(association));
                 }
                 _ => {
                     now += Duration::from_millis(u64::from(position));

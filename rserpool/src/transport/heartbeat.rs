@@ -96,7 +96,7 @@ impl Default for HeartbeatConfig {
 /// What the driver must do now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeartbeatEvent {
-    /// Nothing to do before [`HeartbeatTimer::next_deadline`].
+    /// Nothing to do before [`HeartbeatTimer::poll_timeout`].
     Idle,
     /// Send this request now (already recorded as sent).
     SendRequest(HeartbeatMessage),
@@ -139,12 +139,12 @@ impl HeartbeatTimer {
     }
 
     /// Bytes were written to the peer at `now`.
-    pub fn on_sent(&mut self, now: Instant) {
+    pub fn handle_sent(&mut self, now: Instant) {
         self.last_sent = self.last_sent.max(now);
     }
 
     /// Bytes were read from the peer at `now`.
-    pub fn on_received(&mut self, now: Instant) {
+    pub fn handle_received(&mut self, now: Instant) {
         self.last_received = self.last_received.max(now);
     }
 
@@ -153,14 +153,14 @@ impl HeartbeatTimer {
     /// starts when reading resumes.
     pub fn set_receive_blocked(&mut self, blocked: bool, now: Instant) {
         if self.receive_blocked && !blocked {
-            self.on_received(now);
+            self.handle_received(now);
         }
         self.receive_blocked = blocked;
     }
 
     /// Handles a received heartbeat; returns the ack to send for a request. Acks of one of the
     /// recent requests update the smoothed RTT.
-    pub fn on_heartbeat(
+    pub fn handle_heartbeat(
         &mut self,
         message: HeartbeatMessage,
         now: Instant,
@@ -200,14 +200,14 @@ impl HeartbeatTimer {
             }
             self.outstanding.push_back((nonce, now));
             self.last_request = now;
-            self.on_sent(now);
+            self.handle_sent(now);
             return HeartbeatEvent::SendRequest(HeartbeatMessage::Request { nonce });
         }
         HeartbeatEvent::Idle
     }
 
     /// When [`poll`](Self::poll) has something to do next.
-    pub fn next_deadline(&self) -> Instant {
+    pub fn poll_timeout(&self) -> Instant {
         let request = self.request_due();
         if self.receive_blocked {
             request
@@ -302,7 +302,7 @@ mod tests {
     fn idle_sender_requests_every_interval() {
         let t0 = Instant::now();
         let mut timer = HeartbeatTimer::new(config(), t0);
-        assert_eq!(timer.next_deadline(), t0 + 100 * MS);
+        assert_eq!(timer.poll_timeout(), t0 + 100 * MS);
         assert_eq!(timer.poll(t0 + 99 * MS), HeartbeatEvent::Idle);
         assert_eq!(
             timer.poll(t0 + 100 * MS),
@@ -313,8 +313,8 @@ mod tests {
             HeartbeatEvent::Idle,
             "one request per interval"
         );
-        timer.on_received(t0 + 150 * MS);
-        assert_eq!(timer.next_deadline(), t0 + 200 * MS);
+        timer.handle_received(t0 + 150 * MS);
+        assert_eq!(timer.poll_timeout(), t0 + 200 * MS);
         assert_eq!(
             timer.poll(t0 + 200 * MS),
             HeartbeatEvent::SendRequest(HeartbeatMessage::Request { nonce: 2 })
@@ -330,8 +330,8 @@ mod tests {
         // every RTT_PROBE_INTERVALS intervals.
         for step in 1..=20 {
             let now = t0 + 50 * MS * step;
-            timer.on_sent(now);
-            timer.on_received(now);
+            timer.handle_sent(now);
+            timer.handle_received(now);
             if let HeartbeatEvent::SendRequest(_) = timer.poll(now) {
                 requests += 1;
             }
@@ -345,7 +345,7 @@ mod tests {
         let mut timer = HeartbeatTimer::new(config(), t0);
         let mut requests = 0;
         let died_at = loop {
-            let now = timer.next_deadline();
+            let now = timer.poll_timeout();
             match timer.poll(now) {
                 HeartbeatEvent::PeerDead { silent_for } => {
                     assert_eq!(silent_for, 300 * MS);
@@ -367,7 +367,7 @@ mod tests {
         for step in 1..=10 {
             let now = t0 + 250 * MS * step;
             assert!(!matches!(timer.poll(now), HeartbeatEvent::PeerDead { .. }));
-            timer.on_received(now);
+            timer.handle_received(now);
         }
     }
 
@@ -377,7 +377,7 @@ mod tests {
         let mut timer = HeartbeatTimer::new(config(), t0);
         timer.set_receive_blocked(true, t0 + 10 * MS);
         for step in 1..=10 {
-            timer.on_sent(t0 + 100 * MS * step);
+            timer.handle_sent(t0 + 100 * MS * step);
             assert!(!matches!(
                 timer.poll(t0 + 100 * MS * step),
                 HeartbeatEvent::PeerDead { .. }
@@ -401,7 +401,7 @@ mod tests {
         let t0 = Instant::now();
         let mut timer = HeartbeatTimer::new(config(), t0);
         assert_eq!(
-            timer.on_heartbeat(HeartbeatMessage::Request { nonce: 77 }, t0),
+            timer.handle_heartbeat(HeartbeatMessage::Request { nonce: 77 }, t0),
             Some(HeartbeatMessage::Ack { nonce: 77 })
         );
         assert_eq!(timer.srtt(), None);
@@ -411,21 +411,21 @@ mod tests {
             panic!("expected a request");
         };
         assert_eq!(
-            timer.on_heartbeat(HeartbeatMessage::Ack { nonce }, t0 + 180 * MS),
+            timer.handle_heartbeat(HeartbeatMessage::Ack { nonce }, t0 + 180 * MS),
             None
         );
         assert_eq!(timer.srtt(), Some(80 * MS));
         // A duplicate or unknown ack does not change the estimate.
-        timer.on_heartbeat(HeartbeatMessage::Ack { nonce }, t0 + 900 * MS);
-        timer.on_heartbeat(HeartbeatMessage::Ack { nonce: 12345 }, t0 + 900 * MS);
+        timer.handle_heartbeat(HeartbeatMessage::Ack { nonce }, t0 + 900 * MS);
+        timer.handle_heartbeat(HeartbeatMessage::Ack { nonce: 12345 }, t0 + 900 * MS);
         assert_eq!(timer.srtt(), Some(80 * MS));
-        timer.on_received(t0 + 180 * MS);
+        timer.handle_received(t0 + 180 * MS);
         let HeartbeatEvent::SendRequest(HeartbeatMessage::Request { nonce }) =
             timer.poll(t0 + 280 * MS)
         else {
             panic!("expected a request");
         };
-        timer.on_heartbeat(HeartbeatMessage::Ack { nonce }, t0 + 296 * MS);
+        timer.handle_heartbeat(HeartbeatMessage::Ack { nonce }, t0 + 296 * MS);
         // 7/8 * 80 + 1/8 * 16 = 72 ms.
         assert_eq!(timer.srtt(), Some(72 * MS));
     }
@@ -442,7 +442,7 @@ mod tests {
         let HeartbeatEvent::SendRequest(_) = timer.poll(t0 + 200 * MS) else {
             panic!("expected a second request");
         };
-        timer.on_heartbeat(HeartbeatMessage::Ack { nonce: first }, t0 + 250 * MS);
+        timer.handle_heartbeat(HeartbeatMessage::Ack { nonce: first }, t0 + 250 * MS);
         assert_eq!(timer.srtt(), Some(150 * MS));
     }
 }

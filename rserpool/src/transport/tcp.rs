@@ -19,6 +19,7 @@ use super::association::{
 use super::frame::{Frame, FrameDecoder, encode_frame};
 use super::heartbeat::{HeartbeatEvent, HeartbeatMessage, HeartbeatTimer};
 use super::{AssociationConfig, Listener, PPID_HEARTBEAT, Transport};
+use crate::timer::sleep_until;
 
 /// Room the read buffer offers the socket at first; received frames are split off it without
 /// copying, so it is allocated afresh (or reused in place once they are all dropped).
@@ -305,7 +306,7 @@ impl Connection {
             match self.decoder.decode_buf(&mut self.read_buf) {
                 Ok(None) => self.read_buf_has_frames = false,
                 Ok(Some(frame)) if frame.ppid == PPID_HEARTBEAT => {
-                    self.on_heartbeat(&frame.payload, now)?
+                    self.handle_heartbeat(&frame.payload, now)?
                 }
                 Ok(Some(frame)) => self.pending = Some(frame),
                 Err(error) => return Err(Ending::Reset(ProtocolError::from(error).into())),
@@ -351,12 +352,12 @@ impl Connection {
         }
     }
 
-    fn on_heartbeat(&mut self, payload: &[u8], now: Instant) -> Result<(), Ending> {
+    fn handle_heartbeat(&mut self, payload: &[u8], now: Instant) -> Result<(), Ending> {
         let message = HeartbeatMessage::decode(payload)
             .map_err(|error| Ending::Reset(ProtocolError::from(error).into()))?;
         let reply = match self.heartbeat.as_mut() {
             Some(timer) => {
-                let reply = timer.on_heartbeat(message, now);
+                let reply = timer.handle_heartbeat(message, now);
                 if let Some(srtt) = timer.srtt() {
                     self.shared.set_srtt(srtt);
                 }
@@ -526,7 +527,7 @@ impl Connection {
             .heartbeat
             .as_ref()
             .filter(|_| self.phase.heartbeats_active())
-            .map(HeartbeatTimer::next_deadline);
+            .map(HeartbeatTimer::poll_timeout);
         let deadline = match (heartbeat_deadline, self.phase.deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -584,7 +585,7 @@ impl Connection {
                 self.write_pos += written;
                 self.reclaim_written();
                 if let Some(timer) = self.heartbeat.as_mut() {
-                    timer.on_sent(Instant::now());
+                    timer.handle_sent(Instant::now());
                 }
                 Ok(())
             }
@@ -612,7 +613,7 @@ impl Connection {
                 }
                 self.read_buf_has_frames = true;
                 if let Some(timer) = self.heartbeat.as_mut() {
-                    timer.on_received(Instant::now());
+                    timer.handle_received(Instant::now());
                 }
                 Ok(())
             }
@@ -632,13 +633,6 @@ async fn reserve(inbound: Option<&mpsc::Sender<Frame>>) -> Option<mpsc::Permit<'
 async fn receiver_dropped(inbound: Option<&mpsc::Sender<Frame>>) {
     match inbound {
         Some(inbound) => inbound.closed().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
         None => std::future::pending().await,
     }
 }
