@@ -7,6 +7,7 @@ pub mod pe;
 pub mod process;
 pub mod pu;
 pub mod registrar;
+pub mod sim;
 pub mod timer;
 pub mod transport;
 pub mod wire;

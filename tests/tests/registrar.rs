@@ -169,39 +169,6 @@ fn silent_pe_is_removed_by_keepalive_timeout() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn unreachable_reports_from_distinct_pus_remove_the_pe() -> Result<()> {
-    let (registrar, asap) = start_registrar(&["--max-bad-pe-reports", "2"])?;
-    let rt = runtime();
-    // Every association stays open until the end: closing the PE's would remove it too.
-    let _associations = rt.block_on(async {
-        let mut pe_assoc = connect(asap).await?;
-        register(&mut pe_assoc, "ur", 7).await?;
-        let report = AsapMessage::EndpointUnreachable {
-            pool_handle: handle("ur"),
-            pe_id: PeId(7),
-        }
-        .to_bytes()?;
-        let mut first = connect(asap).await?;
-        first.send(PPID_ASAP, report.clone()).await?;
-        first.send(PPID_ASAP, report.clone()).await?;
-        // Answered after both reports (one association is served in order): one PU alone
-        // cannot remove the PE, however often it reports.
-        assert_eq!(resolve_all(&mut first, "ur").await?.len(), 1);
-        let second = connect(asap).await?;
-        second.send(PPID_ASAP, report).await?;
-        anyhow::Ok((pe_assoc, first, second))
-    })?;
-    let line = registrar.log.wait_for_text("pe removed", READY_TIMEOUT)?;
-    assert_eq!(
-        field(&line, "reason").as_deref(),
-        Some("unreachable-reports")
-    );
-    let reports = registrar.log.count("unreachable report");
-    assert_eq!(reports, 3, "{:?}", registrar.log.lines());
-    Ok(())
-}
-
 /// xorshift64*: deterministic noise without another dependency.
 struct Noise(u64);
 
