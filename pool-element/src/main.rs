@@ -6,7 +6,6 @@ use clap::Parser;
 // one thread does that without cross-thread wake-ups.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    rserpool::logging::init();
-    rserpool::process::retain_freed_memory();
+    program_setup::init();
     pool_element::run(pool_element::Cli::parse()).await
 }

@@ -10,6 +10,6 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    rserpool::logging::init();
+    program_setup::logging::init();
     pool_user_gui::gui::run(Cli::parse().gui)
 }

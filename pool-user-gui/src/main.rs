@@ -35,8 +35,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    rserpool::logging::init();
-    rserpool::process::retain_freed_memory();
+    program_setup::init();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     let sessions_given = matches.value_source("sessions") == Some(ValueSource::CommandLine);

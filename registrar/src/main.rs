@@ -7,7 +7,6 @@ use registrar::{Cli, run};
 // a cross-thread wake-up per message (registrar-bench showed no loss of throughput).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    rserpool::logging::init();
-    rserpool::process::retain_freed_memory();
+    program_setup::init();
     run(Cli::parse()).await
 }

@@ -2,9 +2,7 @@
 
 pub mod discovery;
 pub mod handlespace;
-pub mod logging;
 pub mod pe;
-pub mod process;
 pub mod pu;
 pub mod registrar;
 pub mod sim;

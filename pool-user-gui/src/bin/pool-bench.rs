@@ -511,7 +511,7 @@ async fn overhead(
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     // The in-process pool user runs as `pool-user` does.
-    rserpool::process::retain_freed_memory();
+    program_setup::allocator::retain_freed_memory();
     let args = Args::parse();
     let program = match args.pool_user.clone() {
         Some(path) => path,

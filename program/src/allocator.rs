@@ -1,4 +1,4 @@
-//! Process-wide settings the RSerPool programs apply at start.
+//! The allocator setting the programs apply at start.
 
 /// Freed memory below this stays with the process instead of going back to the system.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
