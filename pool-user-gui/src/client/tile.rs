@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fractal_protocol::cookie::Cookie;
 use fractal_protocol::message::{
-    DataView, MAX_POINTS_PER_DATA, PPID_FGP, Parameter, TYPE_PARAMETER,
+    DataView, DecodeError, MAX_POINTS_PER_DATA, PPID_FGP, Parameter, TYPE_PARAMETER,
 };
 use rserpool::pu::{FailureKind, PeCandidate, PoolUser, SessionEvent};
 use rserpool::transport::Frame;
@@ -131,6 +131,30 @@ enum Checked<'a> {
     Points { first: u64, data: DataView<'a> },
     /// The finalizer (the PE computed the unit to its end).
     Finalizer,
+}
+
+/// Why a PE's FGP message is refused (the session then fails over with this as the protocol
+/// error's text).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DataError {
+    #[error("pool element sent a Parameter")]
+    Parameter,
+    #[error("malformed FGP message: {0}")]
+    Malformed(#[source] DecodeError),
+    #[error("data start ({x}, {y}) outside the {width}x{height} tile")]
+    StartOutside {
+        x: u32,
+        y: u32,
+        width: u32,
+        height: u32,
+    },
+    #[error("{points} points from ({x}, {y}) run past the tile's end")]
+    PastEnd { points: usize, x: u32, y: u32 },
+    #[error("data from ({x}, {y}) before the tile's first row {first_row}")]
+    BeforeTile { x: u32, y: u32, first_row: u64 },
+    /// The finalizer came before every pixel of the tile did.
+    #[error("finalizer with {missing} of {pixels} pixels missing")]
+    EarlyFinalizer { missing: u64, pixels: u64 },
 }
 
 /// Runs the session of `job`'s tile until the tile is complete; reports through `events`.
@@ -302,44 +326,44 @@ pub(crate) async fn run_tile(
             SessionEvent::Data { pe, frame } => {
                 pool_empty_since = None;
                 let checked = check_data(&parameter, offset, &frame.payload);
-                let outcome = match checked {
-                    Ok(Checked::Points { first, data }) => {
-                        let receipt = bounds.receive(
-                            first..first + data.len() as u64,
-                            &mut progress.received,
-                            offset,
-                        );
-                        let kept = receipt.kept.end - receipt.kept.start;
-                        if kept < data.len() as u64 {
-                            let dropped = data.len() as u64 - kept;
-                            tracing::trace!(tile, first, dropped, "points beyond the cut");
-                        }
-                        if kept > 0 {
-                            progress.got_data = true;
-                            progress.received_end = progress.received_end.max(receipt.kept.end);
-                            let first = first - offset;
-                            if !pending.frames.is_empty()
-                                && !pending.continues(pe.id, first, kept as usize)
-                                && pending.flush(image, tile, &events).is_err()
-                            {
-                                return;
+                let outcome =
+                    match checked {
+                        Ok(Checked::Points { first, data }) => {
+                            let receipt = bounds.receive(
+                                first..first + data.len() as u64,
+                                &mut progress.received,
+                                offset,
+                            );
+                            let kept = receipt.kept.end - receipt.kept.start;
+                            if kept < data.len() as u64 {
+                                let dropped = data.len() as u64 - kept;
+                                tracing::trace!(tile, first, dropped, "points beyond the cut");
                             }
-                            pending.push(pe.id, first, kept as usize, frame);
+                            if kept > 0 {
+                                progress.got_data = true;
+                                progress.received_end = progress.received_end.max(receipt.kept.end);
+                                let first = first - offset;
+                                if !pending.frames.is_empty()
+                                    && !pending.continues(pe.id, first, kept as usize)
+                                    && pending.flush(image, tile, &events).is_err()
+                                {
+                                    return;
+                                }
+                                pending.push(pe.id, first, kept as usize, frame);
+                            }
+                            if !receipt.complete {
+                                continue;
+                            }
+                            Ok(())
                         }
-                        if !receipt.complete {
-                            continue;
-                        }
-                        Ok(())
-                    }
-                    Ok(Checked::Finalizer) => match bounds.finish(&progress.received, offset) {
-                        Ok(()) => Ok(()),
-                        Err(missing) => Err(format!(
-                            "finalizer with {missing} of {} pixels missing",
-                            bounds.end() - offset
-                        )),
-                    },
-                    Err(detail) => Err(detail),
-                };
+                        Ok(Checked::Finalizer) => bounds
+                            .finish(&progress.received, offset)
+                            .map_err(|missing| DataError::EarlyFinalizer {
+                                missing,
+                                pixels: bounds.end() - offset,
+                            }),
+                        Err(error) => Err(error),
+                    };
                 // Ok: the tile is complete.
                 match outcome {
                     Ok(()) => {
@@ -351,12 +375,13 @@ pub(crate) async fn run_tile(
                         }));
                         return;
                     }
-                    Err(detail) => {
+                    Err(error) => {
                         if pending.flush(image, tile, &events).is_err() {
                             return;
                         }
+                        let detail = error.to_string();
                         tracing::warn!(tile, pe = format_args!("{:#010x}", pe.id), %detail, "bad data from pool element");
-                        if detail.starts_with("finalizer") {
+                        if let DataError::EarlyFinalizer { .. } = error {
                             // The PE skipped pixels: its cookies cannot be trusted either.
                             progress.cookie_position = None;
                             session.forget_cookie();
@@ -380,40 +405,38 @@ fn check_data<'a>(
     parameter: &Parameter,
     offset: u64,
     payload: &'a [u8],
-) -> Result<Checked<'a>, String> {
+) -> Result<Checked<'a>, DataError> {
     let data = match DataView::decode(payload) {
         Ok(data) => data,
-        Err(_) if payload.first() == Some(&TYPE_PARAMETER) => {
-            return Err("pool element sent a Parameter".into());
-        }
-        Err(error) => return Err(format!("malformed FGP message: {error}")),
+        Err(_) if payload.first() == Some(&TYPE_PARAMETER) => return Err(DataError::Parameter),
+        Err(error) => return Err(DataError::Malformed(error)),
     };
     if data.is_finalizer() {
         return Ok(Checked::Finalizer);
     }
     let (width, height) = (parameter.width, parameter.height);
     if data.start_x >= width || data.start_y >= height {
-        return Err(format!(
-            "data start ({}, {}) outside the {width}x{height} tile",
-            data.start_x, data.start_y
-        ));
+        return Err(DataError::StartOutside {
+            x: data.start_x,
+            y: data.start_y,
+            width,
+            height,
+        });
     }
     let first = u64::from(data.start_y) * u64::from(width) + u64::from(data.start_x);
     if first + data.len() as u64 > u64::from(width) * u64::from(height) {
-        return Err(format!(
-            "{} points from ({}, {}) run past the tile's end",
-            data.len(),
-            data.start_x,
-            data.start_y
-        ));
+        return Err(DataError::PastEnd {
+            points: data.len(),
+            x: data.start_x,
+            y: data.start_y,
+        });
     }
     if first < offset {
-        return Err(format!(
-            "data from ({}, {}) before the tile's first row {}",
-            data.start_x,
-            data.start_y,
-            offset / u64::from(width)
-        ));
+        return Err(DataError::BeforeTile {
+            x: data.start_x,
+            y: data.start_y,
+            first_row: offset / u64::from(width),
+        });
     }
     Ok(Checked::Points { first, data })
 }
@@ -443,7 +466,7 @@ mod tests {
 
     /// What `check_data` makes of `data`: the first pixel and the points, or `None` for the
     /// finalizer.
-    fn check(offset: u64, data: &[u8]) -> Result<Option<(u64, Vec<u32>)>, String> {
+    fn check(offset: u64, data: &[u8]) -> Result<Option<(u64, Vec<u32>)>, DataError> {
         check_data(&parameter(), offset, data).map(|checked| match checked {
             Checked::Points { first, data } => Some((first, data.points().collect())),
             Checked::Finalizer => None,
@@ -457,18 +480,70 @@ mod tests {
             Ok(Some((1, vec![1, 2, 3])))
         );
         assert_eq!(check(0, &bytes(Data::finalizer())), Ok(None));
-        assert!(check(0, &bytes(Data::new(4, 0, vec![1]))).is_err());
-        assert!(check(0, &bytes(Data::new(3, 1, vec![1, 2]))).is_err());
-        assert!(check(0, &[2, 0]).is_err());
-        assert_eq!(
-            check(0, &parameter().encode()),
-            Err("pool element sent a Parameter".to_string())
-        );
+        assert!(matches!(
+            check(0, &bytes(Data::new(4, 0, vec![1]))),
+            Err(DataError::StartOutside { x: 4, y: 0, .. })
+        ));
+        assert!(matches!(
+            check(0, &bytes(Data::new(3, 1, vec![1, 2]))),
+            Err(DataError::PastEnd { points: 2, .. })
+        ));
+        assert!(matches!(check(0, &[2, 0]), Err(DataError::Malformed(_))));
+        assert_eq!(check(0, &parameter().encode()), Err(DataError::Parameter));
         // A tail from the second row: its PE must not send the first.
-        assert!(check(4, &bytes(Data::new(3, 0, vec![1, 2]))).is_err());
+        assert_eq!(
+            check(4, &bytes(Data::new(3, 0, vec![1, 2]))),
+            Err(DataError::BeforeTile {
+                x: 3,
+                y: 0,
+                first_row: 1
+            })
+        );
         assert_eq!(
             check(4, &bytes(Data::new(0, 1, vec![5]))),
             Ok(Some((4, vec![5])))
         );
+    }
+    /// The texts are the protocol error a failover reports (the story shows them).
+    #[test]
+    fn data_errors_read_as_before() {
+        let texts = [
+            (DataError::Parameter, "pool element sent a Parameter"),
+            (
+                DataError::StartOutside {
+                    x: 4,
+                    y: 0,
+                    width: 4,
+                    height: 2,
+                },
+                "data start (4, 0) outside the 4x2 tile",
+            ),
+            (
+                DataError::PastEnd {
+                    points: 2,
+                    x: 3,
+                    y: 1,
+                },
+                "2 points from (3, 1) run past the tile's end",
+            ),
+            (
+                DataError::BeforeTile {
+                    x: 3,
+                    y: 0,
+                    first_row: 1,
+                },
+                "data from (3, 0) before the tile's first row 1",
+            ),
+            (
+                DataError::EarlyFinalizer {
+                    missing: 3,
+                    pixels: 8,
+                },
+                "finalizer with 3 of 8 pixels missing",
+            ),
+        ];
+        for (error, text) in texts {
+            assert_eq!(error.to_string(), text);
+        }
     }
 }
