@@ -12,11 +12,12 @@ use egui_kittest::kittest::Queryable;
 use pool_user_gui::client::events::{
     ClientEvent, FailureReason, ImageStats, PeInfo, PoolEntry, TileRect,
 };
-use pool_user_gui::gui::app::{PoolUserApp, Settings, TestHooks};
+use pool_user_gui::gui::app::{PoolUserApp, Settings};
 use pool_user_gui::gui::control::{
     BundledPe, BundledRegistrar, ChildState, ClientControl, EventSink, ImageRequest, PoolControl,
 };
 use pool_user_gui::gui::model::{ColourOptions, GuiState};
+use pool_user_gui::gui::test_hooks::TestHooks;
 
 /// Records what the window asked the client to do.
 #[derive(Clone, Default)]

@@ -14,6 +14,7 @@ use fractal_protocol::preset::Preset;
 
 use super::control::{ChildState, ClientControl, ImageRequest, PoolControl};
 use super::model::{ColourOptions, GuiState, RegistrarStatus, StoryKind};
+use super::test_hooks::{HookRunner, TestHooks};
 use crate::client::events::ClientEvent;
 
 /// rsplib's session choices (its context menu).
@@ -73,18 +74,6 @@ impl Default for Settings {
     }
 }
 
-/// Hooks for automated tests of the real window.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TestHooks {
-    /// Kill (SIGKILL) the bundled PE serving the most sessions once the first picture is this
-    /// far done (percent).
-    pub kill_at_percent: Option<f64>,
-    /// Close the window after this many completed images.
-    pub quit_after_images: Option<u64>,
-    /// Fixed picture size instead of following the window.
-    pub fixed_size: Option<(u32, u32)>,
-}
-
 /// The application: state, settings and the two outward interfaces.
 pub struct PoolUserApp {
     pub state: GuiState,
@@ -94,7 +83,8 @@ pub struct PoolUserApp {
     client_error: Option<String>,
     pool_control: Option<Box<dyn PoolControl>>,
     pool_name: String,
-    hooks: TestHooks,
+    /// Only tests turn these on.
+    hooks: HookRunner,
     builtin: Vec<Preset>,
     texture: Option<TextureHandle>,
     /// Colours the texture was drawn with (a change redraws everything).
@@ -112,7 +102,6 @@ pub struct PoolUserApp {
     fsf_path: String,
     status_line: String,
     title: String,
-    hook_killed: bool,
 }
 
 impl PoolUserApp {
@@ -146,7 +135,7 @@ impl PoolUserApp {
             pool_control,
             title: String::new(),
             pool_name,
-            hooks,
+            hooks: HookRunner::new(hooks),
             builtin: Preset::builtin(),
             texture: None,
             drawn_with: None,
@@ -159,7 +148,6 @@ impl PoolUserApp {
             add_capacity_m: 100.0,
             fsf_path: String::new(),
             status_line: String::new(),
-            hook_killed: false,
         }
     }
 
@@ -185,7 +173,7 @@ impl PoolUserApp {
 
     /// Sends a new image request with the current settings (now).
     pub fn start_next_image(&mut self) {
-        let Some((width, height)) = self.hooks.fixed_size.or(self.wanted_size) else {
+        let Some((width, height)) = self.hooks.fixed_size().or(self.wanted_size) else {
             return;
         };
         let preset = match &self.settings.preset {
@@ -273,11 +261,11 @@ impl PoolUserApp {
         if self.window_size != Some(window) {
             let resized = self.window_size.is_some();
             self.window_size = Some(window);
-            if resized && self.requested.is_some() && self.hooks.fixed_size.is_none() {
+            if resized && self.requested.is_some() && self.hooks.fixed_size().is_none() {
                 self.schedule_restart();
             }
         }
-        let size_known = self.hooks.fixed_size.or(self.wanted_size).is_some();
+        let size_known = self.hooks.fixed_size().or(self.wanted_size).is_some();
         if self.requested.is_none() && self.restart_at.is_none() && size_known {
             // The first image, once the layout has settled.
             self.schedule_restart();
@@ -295,7 +283,8 @@ impl PoolUserApp {
         if self.next_image_at.is_some_and(|at| now >= at) {
             self.start_next_image();
         }
-        self.run_hooks(ctx);
+        self.hooks
+            .run(ctx, &mut self.state, self.pool_control.as_deref_mut());
         let streaming = self
             .last_data_at
             .is_some_and(|at| at.elapsed() < Duration::from_millis(500));
@@ -309,60 +298,6 @@ impl PoolUserApp {
         if title != self.title {
             ctx.send_viewport_cmd(ViewportCommand::Title(title.clone()));
             self.title = title;
-        }
-    }
-
-    fn run_hooks(&mut self, ctx: &egui::Context) {
-        if let (Some(percent), false) = (self.hooks.kill_at_percent, self.hook_killed) {
-            let done = self
-                .state
-                .picture
-                .as_ref()
-                .map_or(0.0, |picture| picture.fraction() * 100.0);
-            if done >= percent && self.state.images_completed == 0 {
-                self.hook_killed = true;
-                self.kill_busiest_bundled_pe();
-            }
-        }
-        if let Some(limit) = self.hooks.quit_after_images
-            && self.state.images_completed >= limit
-        {
-            tracing::info!(images = self.state.images_completed, "closing window");
-            ctx.send_viewport_cmd(ViewportCommand::Close);
-        }
-    }
-
-    /// Kills the bundled PE that serves the most sessions right now (the test hook).
-    fn kill_busiest_bundled_pe(&mut self) {
-        let Some(pool) = self.pool_control.as_mut() else {
-            tracing::warn!("demo kill requested but there is no bundled pool");
-            return;
-        };
-        let members = pool.pool_elements();
-        let busiest = members
-            .iter()
-            .filter(|pe| pe.state == ChildState::Running)
-            .filter_map(|pe| {
-                let id = pe.pe_id?;
-                let serving = self.state.serving.get(&id).map_or(0, |set| set.len());
-                Some((serving, pe.slot, id, pe.pid))
-            })
-            .max();
-        match busiest {
-            Some((serving, slot, id, pid)) => {
-                tracing::info!(
-                    pe = format_args!("0x{id:08x}"),
-                    pid = pid.unwrap_or(0),
-                    serving,
-                    "demo kill"
-                );
-                self.state.note(
-                    StoryKind::Control,
-                    format!("Killed PE 0x{id:08x} (SIGKILL) serving {serving} sessions"),
-                );
-                pool.kill(slot);
-            }
-            None => tracing::warn!("demo kill: no running bundled PE"),
         }
     }
 
