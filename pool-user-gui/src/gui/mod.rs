@@ -1,7 +1,8 @@
 //! The eframe window of the pool user (feature `gui`).
 //!
 //! * [`model`]: what is shown, as data; [`model::GuiState::apply`] folds client events in.
-//! * [`app`]: drawing and controls ([`app::PoolUserApp`]).
+//! * [`app`]: the window's state, frame loop and wiring ([`app::PoolUserApp`]).
+//! * `panels`: drawing, one file per panel (controls, picture, pool, story, plots, status).
 //! * [`control`]: the interfaces to the client ([`control::ClientControl`]) and to the bundled
 //!   processes ([`control::PoolControl`]).
 //! * [`synthetic`]: a stand-in client for `--demo-synthetic`.
@@ -12,6 +13,7 @@ pub mod app;
 pub mod control;
 pub mod link;
 pub mod model;
+mod panels;
 pub mod synthetic;
 pub mod test_hooks;
 
