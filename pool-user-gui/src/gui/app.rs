@@ -108,7 +108,8 @@ impl PoolUserApp {
             Ok(client) => (Some(client), None),
             Err(error) => (None, Some(error)),
         };
-        let mut state = GuiState::new();
+        let hooks = HookRunner::new(hooks);
+        let mut state = GuiState::with_clock(hooks.clock());
         let mode = if pool_control.is_some() {
             "bundled demo pool on loopback"
         } else {
@@ -124,7 +125,7 @@ impl PoolUserApp {
             pool_control,
             title: String::new(),
             pool_name,
-            hooks: HookRunner::new(hooks),
+            hooks,
             builtin: Preset::builtin(),
             picture_view: PictureView::default(),
             wanted_size: None,
@@ -148,13 +149,13 @@ impl PoolUserApp {
     pub fn drain_events(&mut self) {
         while let Ok(event) = self.events.try_recv() {
             if matches!(event, ClientEvent::TileData { .. }) {
-                self.last_data_at = Some(Instant::now());
+                self.last_data_at = Some(self.state.now());
             }
             let completed = matches!(event, ClientEvent::ImageCompleted { .. });
             self.state.apply(event);
             if completed && self.settings.auto_continue {
-                self.next_image_at =
-                    Some(Instant::now() + Duration::from_secs_f32(self.settings.pause_s.max(0.0)));
+                let pause = Duration::from_secs_f32(self.settings.pause_s.max(0.0));
+                self.next_image_at = Some(self.state.now() + pause);
             }
         }
     }
@@ -184,7 +185,7 @@ impl PoolUserApp {
 
     /// Restarts the picture after the calm period (resize, session change).
     fn schedule_restart(&mut self) {
-        self.restart_at = Some(Instant::now() + RESTART_DELAY);
+        self.restart_at = Some(self.state.now() + RESTART_DELAY);
     }
 
     fn set_sessions(&mut self, sessions: usize) {
@@ -244,7 +245,7 @@ impl PoolUserApp {
         if let Some(pool) = self.pool_control.as_mut() {
             pool.poll();
         }
-        let now = Instant::now();
+        let now = self.state.now();
         let window = ctx.content_rect().size();
         if self.window_size != Some(window) {
             let resized = self.window_size.is_some();
@@ -273,9 +274,10 @@ impl PoolUserApp {
         }
         self.hooks
             .run(ctx, &mut self.state, self.pool_control.as_deref_mut());
+        let now = self.state.now();
         let streaming = self
             .last_data_at
-            .is_some_and(|at| at.elapsed() < Duration::from_millis(500));
+            .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_millis(500));
         if streaming {
             ctx.request_repaint_after(STREAMING_FRAME);
         } else {
@@ -334,9 +336,10 @@ impl PoolUserApp {
         for command in commands {
             self.execute(command);
         }
+        let now = self.state.now();
         let next_in = self
             .next_image_at
-            .map(|at| at.saturating_duration_since(Instant::now()));
+            .map(|at| at.saturating_duration_since(now));
         egui::Panel::bottom("status").show(ui, |ui| {
             status::show(ui, &self.state, next_in, &self.status_line)
         });

@@ -379,6 +379,31 @@ fn push_limited(series: &mut VecDeque<[f64; 2]>, point: [f64; 2]) {
     }
 }
 
+/// Where the window's time comes from. The model and the window's timers (restart delay,
+/// auto-continue, speed plot, story times) all read [`GuiState::now`], so that a test can move
+/// time on by hand ([`GuiState::advance_clock`]) instead of sleeping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// The system's monotonic clock.
+    System,
+    /// Stands at this instant until advanced.
+    Manual(Instant),
+}
+
+impl Clock {
+    /// A manual clock standing at the present moment.
+    pub fn manual() -> Clock {
+        Clock::Manual(Instant::now())
+    }
+
+    pub fn now(&self) -> Instant {
+        match *self {
+            Clock::System => Instant::now(),
+            Clock::Manual(at) => at,
+        }
+    }
+}
+
 /// Registrar status as far as the window knows it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RegistrarStatus {
@@ -409,6 +434,7 @@ pub struct GuiState {
     pub waiting_for_pe: BTreeSet<usize>,
     /// Pixel throughput over the last second.
     pub pixels_per_s: f64,
+    clock: Clock,
     opened: Instant,
     speed_window_start: Instant,
     speed_window_pixels: u64,
@@ -422,8 +448,13 @@ impl Default for GuiState {
 }
 
 impl GuiState {
+    /// A state on the system clock.
     pub fn new() -> GuiState {
-        let now = Instant::now();
+        GuiState::with_clock(Clock::System)
+    }
+
+    pub fn with_clock(clock: Clock) -> GuiState {
+        let now = clock.now();
         GuiState {
             picture: None,
             images_completed: 0,
@@ -437,6 +468,7 @@ impl GuiState {
             history: History::default(),
             waiting_for_pe: BTreeSet::new(),
             pixels_per_s: 0.0,
+            clock,
             opened: now,
             speed_window_start: now,
             speed_window_pixels: 0,
@@ -444,14 +476,23 @@ impl GuiState {
         }
     }
 
-    /// The time now.
+    /// The time now, by the state's clock.
     pub fn now(&self) -> Instant {
-        Instant::now()
+        self.clock.now()
+    }
+
+    /// Moves a manual clock on by `by`; the system clock moves by itself (no effect).
+    pub fn advance_clock(&mut self, by: Duration) {
+        if let Clock::Manual(at) = &mut self.clock {
+            *at += by;
+        }
     }
 
     /// Seconds since the window opened.
     pub fn elapsed_s(&self) -> f64 {
-        self.opened.elapsed().as_secs_f64()
+        self.now()
+            .saturating_duration_since(self.opened)
+            .as_secs_f64()
     }
 
     /// Adds a line to the failover story (also used for the user's own actions).
@@ -878,13 +919,14 @@ impl GuiState {
 
     /// Closes the one-second speed window when due and samples the plots; call once per frame.
     pub fn tick(&mut self) {
-        let window = self.speed_window_start.elapsed();
+        let now = self.now();
+        let window = now.saturating_duration_since(self.speed_window_start);
         if window < Duration::from_secs(1) {
             return;
         }
         self.pixels_per_s = self.speed_window_pixels as f64 / window.as_secs_f64();
         self.speed_window_pixels = 0;
-        self.speed_window_start = Instant::now();
+        self.speed_window_start = now;
         let now = self.elapsed_s();
         push_limited(&mut self.history.speed, [now, self.pixels_per_s]);
         let known: Vec<u32> = self

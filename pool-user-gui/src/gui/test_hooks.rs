@@ -1,13 +1,13 @@
 //! Hooks that exist only so automated tests can drive the real window: the end-to-end GUI test
 //! (`tests/tests/gui_demo.rs`) kills a bundled PE halfway through the first picture and closes
 //! the window when done; the panel tests (`pool-user-gui/tests/gui_panels.rs`) fix the picture
-//! size. Kept here, off the window's own code paths: every hook is off unless a hidden option
+//! size and stop the window's clock. Kept here, off the window's own code paths: every hook is off unless a hidden option
 //! (`--demo-kill-at-percent`, `--quit-after-images`, `--picture-size`) or a test turns it on.
 
 use egui::ViewportCommand;
 
 use super::control::{ChildState, PoolControl};
-use super::model::{GuiState, StoryKind};
+use super::model::{Clock, GuiState, StoryKind};
 
 /// The hooks' hidden command-line options (flattened into `WindowOptions`).
 #[derive(clap::Args, Clone, Debug)]
@@ -33,6 +33,9 @@ pub struct TestHooks {
     pub quit_after_images: Option<u64>,
     /// Fixed picture size instead of following the window.
     pub fixed_size: Option<(u32, u32)>,
+    /// The window's clock stands still until the test moves it on
+    /// ([`GuiState::advance_clock`]): its timers fire without sleeping.
+    pub manual_clock: bool,
 }
 
 impl From<&TestHookOptions> for TestHooks {
@@ -41,6 +44,7 @@ impl From<&TestHookOptions> for TestHooks {
             kill_at_percent: options.demo_kill_at_percent,
             quit_after_images: options.quit_after_images,
             fixed_size: options.picture_size,
+            manual_clock: false,
         }
     }
 }
@@ -58,6 +62,15 @@ impl HookRunner {
         HookRunner {
             hooks,
             killed: false,
+        }
+    }
+
+    /// The clock the window's state goes by.
+    pub(super) fn clock(&self) -> Clock {
+        if self.hooks.manual_clock {
+            Clock::manual()
+        } else {
+            Clock::System
         }
     }
 
