@@ -283,6 +283,55 @@ async fn fail_after_on_every_pe_gives_deterministic_failovers_without_lost_work(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalizer_with_pixels_missing_restarts_the_tile_from_scratch() {
+    let registrar = FakeRegistrar::start().await;
+    // Each PE leaves out its second Data message once in its life, with cookies after it.
+    let behaviour = Behaviour {
+        cookie_every: 1,
+        skip_data: Some(2),
+        ..Behaviour::default()
+    };
+    let a = FakePe::start(0x45, behaviour).await;
+    let b = FakePe::start(0x46, behaviour).await;
+    registrar.add(&a);
+    registrar.add(&b);
+    let mut pool_user = PoolUserConfig {
+        registrars: vec![registrar.address],
+        announce: None,
+        ..PoolUserConfig::default()
+    };
+    // Both PEs may fail once; the tile need not wait the default 10 s for either again.
+    pool_user.session.avoid_failed_for = Duration::from_millis(50);
+    let (client, mut events) = FractalClient::start(ClientConfig {
+        pool: POOL.into(),
+        pool_user,
+        pixel_events: true,
+    })
+    .expect("client starts");
+    // One tile of 16 Data messages (see above).
+    let view = view(64, 81, 100);
+    let result = compute(&client, view, 1).await;
+    assert_eq!(result.assembly.iterations, kernel::compute_image(&view));
+    let events = drain(&mut events);
+    let missing = format!("finalizer with {MAX_POINTS_PER_DATA} of 5184 pixels missing");
+    let refusals = events
+        .iter()
+        .filter(|e| {
+            matches!(e, ClientEvent::FailoverStarted {
+                reason: FailureReason::ProtocolError(detail), ..
+            } if *detail == missing)
+        })
+        .count() as u64;
+    assert!(refusals >= 1, "{events:?}");
+    assert_eq!(refusals, result.stats.failovers);
+    // A PE that skipped pixels has untrustworthy cookies: the next one starts afresh.
+    assert!(events.iter().all(|e| !matches!(
+        e,
+        ClientEvent::FailoverCompleted { resumed_at, .. } if *resumed_at != 0
+    )));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_pe_is_detected_reported_and_not_chosen_again() {
     let registrar = FakeRegistrar::start().await;
     let session_timeout = Duration::from_millis(400);

@@ -12,11 +12,12 @@ use egui_kittest::kittest::Queryable;
 use pool_user_gui::client::events::{
     ClientEvent, FailureReason, ImageStats, PeInfo, PoolEntry, TileRect,
 };
-use pool_user_gui::gui::app::{PoolUserApp, Settings, TestHooks};
+use pool_user_gui::gui::app::{PoolUserApp, Settings};
 use pool_user_gui::gui::control::{
     BundledPe, BundledRegistrar, ChildState, ClientControl, EventSink, ImageRequest, PoolControl,
 };
-use pool_user_gui::gui::model::{ColourOptions, GuiState};
+use pool_user_gui::gui::model::{Clock, ColourOptions, GuiState};
+use pool_user_gui::gui::test_hooks::TestHooks;
 
 /// Records what the window asked the client to do.
 #[derive(Clone, Default)]
@@ -156,6 +157,7 @@ fn setup(bundled: bool) -> Setup {
     };
     let hooks = TestHooks {
         fixed_size: Some((40, 20)),
+        manual_clock: true,
         ..TestHooks::default()
     };
     let app = PoolUserApp::new(
@@ -175,6 +177,15 @@ fn setup(bundled: bool) -> Setup {
         requests,
         actions,
     }
+}
+
+/// Lets the window's (manual) clock pass the calm period after which a resize or a session
+/// change restarts the picture (500 ms), as if the user had waited.
+fn wait_out_restart_delay(harness: &mut Harness<'static, PoolUserApp>) {
+    harness
+        .state_mut()
+        .state
+        .advance_clock(Duration::from_millis(600));
 }
 
 fn snapshot(ids: &[u32]) -> ClientEvent {
@@ -414,9 +425,10 @@ fn empty_states_say_what_is_missing() {
 #[test]
 fn controls_send_image_requests() {
     let mut setup = setup(false);
-    // The first image starts once the layout has settled.
+    // The first image starts once the layout has settled, and not before.
     setup.harness.run();
-    std::thread::sleep(Duration::from_millis(600));
+    assert!(setup.requests.borrow().is_empty());
+    wait_out_restart_delay(&mut setup.harness);
     setup.harness.run();
     assert_eq!(setup.requests.borrow().len(), 1);
     let first = setup.requests.borrow()[0].clone();
@@ -430,7 +442,8 @@ fn controls_send_image_requests() {
     setup.harness.key_press(egui::Key::Plus);
     setup.harness.run();
     assert_eq!(setup.harness.state().settings.sessions, 25);
-    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(setup.requests.borrow().len(), 2);
+    wait_out_restart_delay(&mut setup.harness);
     setup.harness.run();
     let requests = setup.requests.borrow();
     assert_eq!(requests.len(), 3);
@@ -480,6 +493,21 @@ fn completed_image_is_counted_and_saved() {
 }
 
 #[test]
+fn speed_and_story_times_follow_the_model_clock() {
+    let mut state = GuiState::with_clock(Clock::manual());
+    state.apply(image_started(1));
+    state.apply(tile_data(0, 1, 0, 100));
+    state.tick();
+    assert_eq!(state.pixels_per_s, 0.0, "the speed window is still open");
+    state.advance_clock(Duration::from_secs(2));
+    state.tick();
+    assert_eq!(state.pixels_per_s, 50.0);
+    assert_eq!(state.history.speed.back(), Some(&[2.0, 50.0]));
+    state.apply(ClientEvent::UnreachableReported { pe_id: 1 });
+    assert_eq!(state.story.back().map(|entry| entry.at_s), Some(2.0));
+}
+
+#[test]
 fn events_of_an_old_image_are_ignored() {
     let mut state = GuiState::new();
     state.apply(image_started(2));
@@ -513,12 +541,16 @@ fn window_resize_restarts_the_picture_at_the_new_size() {
         None,
         "TestPool".to_owned(),
         Settings::default(),
-        TestHooks::default(),
+        TestHooks {
+            manual_clock: true,
+            ..TestHooks::default()
+        },
     );
     let mut harness = Harness::builder()
         .with_size(egui::vec2(1600.0, 1000.0))
         .build_ui_state(|ui, app: &mut PoolUserApp| app.ui(ui), app);
-    std::thread::sleep(Duration::from_millis(600));
+    assert!(requests.borrow().is_empty());
+    wait_out_restart_delay(&mut harness);
     harness.run();
     assert_eq!(requests.borrow().len(), 1);
     let first = requests.borrow()[0].clone();
@@ -528,7 +560,8 @@ fn window_resize_restarts_the_picture_at_the_new_size() {
 
     harness.set_size(egui::vec2(1200.0, 800.0));
     harness.run();
-    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(requests.borrow().len(), 1);
+    wait_out_restart_delay(&mut harness);
     harness.run();
     let requests = requests.borrow();
     assert_eq!(requests.len(), 2);

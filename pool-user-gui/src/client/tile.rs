@@ -2,20 +2,21 @@
 //! sends. A tile is a work unit, or the tail of one (see `schedule`): pixel indices of the
 //! session are the unit's ("unit pixels"), those reported to the picture the tile's.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use fractal_protocol::cookie::Cookie;
+use fractal_protocol::cookie::{Cookie, CookieError};
 use fractal_protocol::message::{
-    DataView, MAX_POINTS_PER_DATA, PPID_FGP, Parameter, TYPE_PARAMETER,
+    DataView, DecodeError, MAX_POINTS_PER_DATA, PARAMETER_LEN, PPID_FGP, Parameter, TYPE_PARAMETER,
 };
-use rserpool::pu::{FailureKind, PeCandidate, PoolUser, SessionEvent};
+use rserpool::pu::{FailureKind, PeCandidate, PoolUser, Session, SessionEvent};
 use rserpool::transport::Frame;
 use rserpool::wire::PoolHandle;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::coverage::Coverage;
 use super::events::{ClientEvent, FailureReason, PeInfo};
-use super::schedule::TileJob;
+use super::schedule::{TileBounds, TileJob};
 
 pub(crate) fn pe_info(pe: &PeCandidate) -> PeInfo {
     PeInfo {
@@ -133,6 +134,30 @@ enum Checked<'a> {
     Finalizer,
 }
 
+/// Why a PE's FGP message is refused (the session then fails over with this as the protocol
+/// error's text).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DataError {
+    #[error("pool element sent a Parameter")]
+    Parameter,
+    #[error("malformed FGP message: {0}")]
+    Malformed(#[source] DecodeError),
+    #[error("data start ({x}, {y}) outside the {width}x{height} tile")]
+    StartOutside {
+        x: u32,
+        y: u32,
+        width: u32,
+        height: u32,
+    },
+    #[error("{points} points from ({x}, {y}) run past the tile's end")]
+    PastEnd { points: usize, x: u32, y: u32 },
+    #[error("data from ({x}, {y}) before the tile's first row {first_row}")]
+    BeforeTile { x: u32, y: u32, first_row: u64 },
+    /// The finalizer came before every pixel of the tile did.
+    #[error("finalizer with {missing} of {pixels} pixels missing")]
+    EarlyFinalizer { missing: u64, pixels: u64 },
+}
+
 /// Runs the session of `job`'s tile until the tile is complete; reports through `events`.
 /// Returns when the tile is complete or the receiver is gone.
 pub(crate) async fn run_tile(
@@ -142,73 +167,146 @@ pub(crate) async fn run_tile(
     job: TileJob,
     events: UnboundedSender<TileReport>,
 ) {
-    let TileJob {
-        tile,
-        parameter,
-        offset,
-        bounds,
-    } = job;
-    // A cookie is for this tile if it carries this very request (bit for bit).
-    let request = parameter.encode();
-    let first = Frame::new(PPID_FGP, request.to_vec());
-    let mut session = if offset == 0 {
-        pool_user.session(pool, first)
-    } else {
-        // A tail: the PE resumes the unit's own Parameter at the cut (see `schedule`).
-        let start = Cookie {
+    TileRun::start(&pool_user, pool, image, job, events)
+        .run()
+        .await;
+}
+
+/// The session loop ends: the tile is complete, the session finished, or the picture's
+/// receiver is gone.
+struct Stop;
+
+/// One tile's session and what it has received so far.
+struct TileRun {
+    session: Session,
+    image: u64,
+    tile: usize,
+    /// The unit's request (a tail shares its unit's).
+    parameter: Parameter,
+    /// `parameter` encoded: a cookie is for this tile if it carries this very request (bit for
+    /// bit).
+    request: [u8; PARAMETER_LEN],
+    /// The tile's first unit pixel (0 for a whole unit).
+    offset: u64,
+    bounds: Arc<TileBounds>,
+    reports: UnboundedSender<TileReport>,
+    progress: Progress,
+    pending: Pending,
+    /// A pool-empty wait was logged and no data came since (one warning per wait, not one per
+    /// retry).
+    pool_empty_logged: bool,
+}
+
+impl TileRun {
+    /// Opens the tile's session: a whole unit from its start, a tail from its cut.
+    fn start(
+        pool_user: &PoolUser,
+        pool: PoolHandle,
+        image: u64,
+        job: TileJob,
+        reports: UnboundedSender<TileReport>,
+    ) -> TileRun {
+        let TileJob {
+            tile,
             parameter,
-            current_x: 0,
-            current_y: (offset / u64::from(parameter.width.max(1))) as u32,
+            offset,
+            bounds,
+        } = job;
+        let request = parameter.encode();
+        let first = Frame::new(PPID_FGP, request.to_vec());
+        let session = if offset == 0 {
+            pool_user.session(pool, first)
+        } else {
+            // A tail: the PE resumes the unit's own Parameter at the cut (see `schedule`).
+            let start = Cookie {
+                parameter,
+                current_x: 0,
+                current_y: (offset / u64::from(parameter.width.max(1))) as u32,
+            };
+            pool_user.session_resuming(pool, first, start.encode().to_vec())
         };
-        pool_user.session_resuming(pool, first, start.encode().to_vec())
-    };
-    let mut progress = Progress {
-        received: Coverage::default(),
-        received_end: offset,
-        cookie_position: None,
-        got_data: false,
-    };
-    let mut pool_empty_since: Option<Duration> = None;
-    let mut pending = Pending {
-        pe_id: 0,
-        first: 0,
-        count: 0,
-        frames: Vec::new(),
-        cookie_position: None,
-    };
-    // Where the next PE resumes, in the tile's pixels.
-    let resume_point = |progress: &Progress| progress.cookie_position.unwrap_or(offset) - offset;
-    loop {
-        let next = match session.ready_event() {
-            Some(event) => event,
-            None => {
-                // Nothing more without waiting: what was gathered goes on now.
-                if pending.flush(image, tile, &events).is_err() {
-                    return;
-                }
-                session.next_event().await
-            }
-        };
+        TileRun {
+            session,
+            image,
+            tile,
+            parameter,
+            request,
+            offset,
+            bounds,
+            reports,
+            progress: Progress {
+                received: Coverage::default(),
+                received_end: offset,
+                cookie_position: None,
+                got_data: false,
+            },
+            pending: Pending {
+                pe_id: 0,
+                first: 0,
+                count: 0,
+                frames: Vec::new(),
+                cookie_position: None,
+            },
+            pool_empty_logged: false,
+        }
+    }
+
+    async fn run(mut self) {
+        while self.step().await.is_ok() {}
+    }
+
+    /// Handles the session's next event.
+    async fn step(&mut self) -> Result<(), Stop> {
+        let next = self.next_event().await?;
+        // Data and cookies are gathered; anything else goes on after what was gathered.
         if !matches!(
             next,
             SessionEvent::Data { .. } | SessionEvent::CookieStored { .. }
-        ) && pending.flush(image, tile, &events).is_err()
-        {
-            return;
+        ) {
+            self.flush()?;
         }
-        let event = match next {
-            SessionEvent::Finished => return,
-            SessionEvent::Connected { pe, resumed } => ClientEvent::SessionConnected {
-                image,
-                tile,
-                pe: pe_info(&pe),
-                // A tail's first PE starts the tile afresh, though from a cookie.
-                resumed_at: (resumed && (progress.got_data || progress.cookie_position.is_some()))
-                    .then(|| resume_point(&progress)),
-            },
+        if let Some(event) = self.handle(next)? {
+            self.report(event)?;
+        }
+        Ok(())
+    }
+
+    async fn next_event(&mut self) -> Result<SessionEvent, Stop> {
+        if let Some(event) = self.session.ready_event() {
+            return Ok(event);
+        }
+        // Nothing more without waiting: what was gathered goes on now.
+        self.flush()?;
+        Ok(self.session.next_event().await)
+    }
+
+    /// Passes on the gathered points and cookie.
+    fn flush(&mut self) -> Result<(), Stop> {
+        self.pending
+            .flush(self.image, self.tile, &self.reports)
+            .map_err(|()| Stop)
+    }
+
+    fn report(&self, event: ClientEvent) -> Result<(), Stop> {
+        self.reports
+            .send(TileReport::Event(event))
+            .map_err(|_| Stop)
+    }
+
+    /// Where the next PE resumes, in the tile's pixels.
+    fn resume_point(&self) -> u64 {
+        self.progress.cookie_position.unwrap_or(self.offset) - self.offset
+    }
+
+    /// What a session event means for the picture (None: nothing to tell).
+    fn handle(&mut self, event: SessionEvent) -> Result<Option<ClientEvent>, Stop> {
+        let (image, tile) = (self.image, self.tile);
+        let event = match event {
+            SessionEvent::Finished => return Err(Stop),
+            SessionEvent::Connected { pe, resumed } => self.connected(&pe, resumed),
             SessionEvent::ConnectFailed { pe, detail } => {
                 tracing::info!(tile, pe = format_args!("{:#010x}", pe.id), %detail, "could not connect to pool element");
-                continue;
+                return Ok(None);
             }
             SessionEvent::Refused { pe } => {
                 tracing::debug!(
@@ -239,138 +337,205 @@ pub(crate) async fn run_tile(
                 new_pe,
                 took,
                 resumed,
-            } => {
-                let resumed_at = if resumed { resume_point(&progress) } else { 0 };
-                ClientEvent::FailoverCompleted {
-                    image,
-                    tile,
-                    old_pe: old_pe.id,
-                    new_pe: pe_info(&new_pe),
-                    resumed_at,
-                    recomputed_pixels: (progress.received_end - offset).saturating_sub(resumed_at),
-                    took,
-                }
-            }
+            } => self.failover_completed(&old_pe, &new_pe, took, resumed),
             SessionEvent::UnreachableReported { pe_id } => {
                 ClientEvent::UnreachableReported { pe_id }
             }
-            SessionEvent::PoolEmpty { retry_in, detail } => {
-                if pool_empty_since.is_none() {
-                    tracing::warn!(
-                        tile,
-                        retry_ms = retry_in.as_millis() as u64,
-                        detail = detail.as_deref().unwrap_or("no pool element registered"),
-                        "pool empty, retrying"
-                    );
-                }
-                pool_empty_since = Some(retry_in);
-                ClientEvent::PoolEmpty {
-                    image,
-                    tile,
-                    retry_in,
-                    detail,
-                }
+            SessionEvent::PoolEmpty { retry_in, detail } => self.pool_empty(retry_in, detail),
+            SessionEvent::CookieStored { pe, cookie } => {
+                self.on_cookie(&pe, &cookie)?;
+                return Ok(None);
             }
-            SessionEvent::CookieStored { pe, cookie } => match Cookie::decode(&cookie) {
-                Ok(cookie)
-                    if cookie.parameter.encode() == request
-                        && (offset..=bounds.end()).contains(&cookie.pixels_done()) =>
-                {
-                    let position = cookie.pixels_done();
-                    progress.cookie_position = Some(position);
-                    pending.cookie_position = Some(position - offset);
-                    continue;
-                }
-                other => {
-                    let detail = match other {
-                        Ok(cookie) if cookie.parameter.encode() == request => {
-                            "cookie outside the tile".to_string()
-                        }
-                        Ok(_) => "cookie for another request".to_string(),
-                        Err(error) => error.to_string(),
-                    };
-                    if pending.flush(image, tile, &events).is_err() {
-                        return;
-                    }
-                    tracing::warn!(tile, pe = format_args!("{:#010x}", pe.id), %detail, "unusable cookie; restarting the tile");
-                    progress.cookie_position = None;
-                    session.forget_cookie();
-                    session.fail(FailureKind::ProtocolError(detail));
-                    continue;
-                }
-            },
             SessionEvent::Data { pe, frame } => {
-                pool_empty_since = None;
-                let checked = check_data(&parameter, offset, &frame.payload);
-                let outcome = match checked {
-                    Ok(Checked::Points { first, data }) => {
-                        let receipt = bounds.receive(
-                            first..first + data.len() as u64,
-                            &mut progress.received,
-                            offset,
-                        );
-                        let kept = receipt.kept.end - receipt.kept.start;
-                        if kept < data.len() as u64 {
-                            let dropped = data.len() as u64 - kept;
-                            tracing::trace!(tile, first, dropped, "points beyond the cut");
-                        }
-                        if kept > 0 {
-                            progress.got_data = true;
-                            progress.received_end = progress.received_end.max(receipt.kept.end);
-                            let first = first - offset;
-                            if !pending.frames.is_empty()
-                                && !pending.continues(pe.id, first, kept as usize)
-                                && pending.flush(image, tile, &events).is_err()
-                            {
-                                return;
-                            }
-                            pending.push(pe.id, first, kept as usize, frame);
-                        }
-                        if !receipt.complete {
-                            continue;
-                        }
-                        Ok(())
-                    }
-                    Ok(Checked::Finalizer) => match bounds.finish(&progress.received, offset) {
-                        Ok(()) => Ok(()),
-                        Err(missing) => Err(format!(
-                            "finalizer with {missing} of {} pixels missing",
-                            bounds.end() - offset
-                        )),
-                    },
-                    Err(detail) => Err(detail),
-                };
-                // Ok: the tile is complete.
-                match outcome {
-                    Ok(()) => {
-                        let _ = pending.flush(image, tile, &events);
-                        session.finish();
-                        let _ = events.send(TileReport::Event(ClientEvent::TileCompleted {
-                            image,
-                            tile,
-                        }));
-                        return;
-                    }
-                    Err(detail) => {
-                        if pending.flush(image, tile, &events).is_err() {
-                            return;
-                        }
-                        tracing::warn!(tile, pe = format_args!("{:#010x}", pe.id), %detail, "bad data from pool element");
-                        if detail.starts_with("finalizer") {
-                            // The PE skipped pixels: its cookies cannot be trusted either.
-                            progress.cookie_position = None;
-                            session.forget_cookie();
-                        }
-                        session.fail(FailureKind::ProtocolError(detail));
-                        continue;
-                    }
-                }
+                self.on_data(&pe, frame)?;
+                return Ok(None);
             }
         };
-        if events.send(TileReport::Event(event)).is_err() {
-            return;
+        Ok(Some(event))
+    }
+
+    fn connected(&self, pe: &PeCandidate, resumed: bool) -> ClientEvent {
+        ClientEvent::SessionConnected {
+            image: self.image,
+            tile: self.tile,
+            pe: pe_info(pe),
+            // A tail's first PE starts the tile afresh, though from a cookie.
+            resumed_at: (resumed
+                && (self.progress.got_data || self.progress.cookie_position.is_some()))
+            .then(|| self.resume_point()),
         }
     }
+
+    fn failover_completed(
+        &self,
+        old_pe: &PeCandidate,
+        new_pe: &PeCandidate,
+        took: Duration,
+        resumed: bool,
+    ) -> ClientEvent {
+        let resumed_at = if resumed { self.resume_point() } else { 0 };
+        ClientEvent::FailoverCompleted {
+            image: self.image,
+            tile: self.tile,
+            old_pe: old_pe.id,
+            new_pe: pe_info(new_pe),
+            resumed_at,
+            recomputed_pixels: (self.progress.received_end - self.offset)
+                .saturating_sub(resumed_at),
+            took,
+        }
+    }
+
+    fn pool_empty(&mut self, retry_in: Duration, detail: Option<String>) -> ClientEvent {
+        let tile = self.tile;
+        if !self.pool_empty_logged {
+            tracing::warn!(
+                tile,
+                retry_ms = retry_in.as_millis() as u64,
+                detail = detail.as_deref().unwrap_or("no pool element registered"),
+                "pool empty, retrying"
+            );
+        }
+        self.pool_empty_logged = true;
+        ClientEvent::PoolEmpty {
+            image: self.image,
+            tile,
+            retry_in,
+            detail,
+        }
+    }
+
+    /// Keeps a usable cookie for the next PE; an unusable one fails the PE over, and the tile
+    /// restarts.
+    fn on_cookie(&mut self, pe: &PeCandidate, cookie: &[u8]) -> Result<(), Stop> {
+        let tile = self.tile;
+        match self.check_cookie(cookie) {
+            Ok(position) => {
+                self.progress.cookie_position = Some(position);
+                self.pending.cookie_position = Some(position - self.offset);
+            }
+            Err(error) => {
+                self.flush()?;
+                let detail = error.to_string();
+                tracing::warn!(tile, pe = format_args!("{:#010x}", pe.id), %detail, "unusable cookie; restarting the tile");
+                self.progress.cookie_position = None;
+                self.session.forget_cookie();
+                self.session.fail(FailureKind::ProtocolError(detail));
+            }
+        }
+        Ok(())
+    }
+
+    /// The unit pixel a cookie resumes at, if it is for this tile.
+    fn check_cookie(&self, cookie: &[u8]) -> Result<u64, UnusableCookie> {
+        let cookie = Cookie::decode(cookie)?;
+        if cookie.parameter.encode() != self.request {
+            return Err(UnusableCookie::OtherRequest);
+        }
+        let position = cookie.pixels_done();
+        if !(self.offset..=self.bounds.end()).contains(&position) {
+            return Err(UnusableCookie::OutsideTile);
+        }
+        Ok(position)
+    }
+
+    /// Takes in a Data message; the tile's last pixels complete it, and bad data fails the PE
+    /// over.
+    fn on_data(&mut self, pe: &PeCandidate, frame: Frame) -> Result<(), Stop> {
+        self.pool_empty_logged = false;
+        let complete = match check_data(&self.parameter, self.offset, &frame.payload) {
+            Ok(Checked::Points { first, data }) => {
+                let points = data.len() as u64;
+                self.accept_points(pe, first, points, frame)?
+            }
+            Ok(Checked::Finalizer) => {
+                match self.bounds.finish(&self.progress.received, self.offset) {
+                    Ok(()) => true,
+                    Err(missing) => {
+                        let pixels = self.bounds.end() - self.offset;
+                        return self.refuse_data(pe, DataError::EarlyFinalizer { missing, pixels });
+                    }
+                }
+            }
+            Err(error) => return self.refuse_data(pe, error),
+        };
+        if complete {
+            self.complete();
+            return Err(Stop);
+        }
+        Ok(())
+    }
+
+    /// Gathers `points` points from unit pixel `first` (those beyond a cut are dropped);
+    /// whether they complete a cut tile.
+    fn accept_points(
+        &mut self,
+        pe: &PeCandidate,
+        first: u64,
+        points: u64,
+        frame: Frame,
+    ) -> Result<bool, Stop> {
+        let tile = self.tile;
+        let receipt = self.bounds.receive(
+            first..first + points,
+            &mut self.progress.received,
+            self.offset,
+        );
+        let kept = receipt.kept.end - receipt.kept.start;
+        if kept < points {
+            let dropped = points - kept;
+            tracing::trace!(tile, first, dropped, "points beyond the cut");
+        }
+        if kept > 0 {
+            self.progress.got_data = true;
+            self.progress.received_end = self.progress.received_end.max(receipt.kept.end);
+            let first = first - self.offset;
+            if !self.pending.frames.is_empty()
+                && !self.pending.continues(pe.id, first, kept as usize)
+            {
+                self.flush()?;
+            }
+            self.pending.push(pe.id, first, kept as usize, frame);
+        }
+        Ok(receipt.complete)
+    }
+
+    /// Fails the PE over for sending `error`.
+    fn refuse_data(&mut self, pe: &PeCandidate, error: DataError) -> Result<(), Stop> {
+        let tile = self.tile;
+        self.flush()?;
+        let detail = error.to_string();
+        tracing::warn!(tile, pe = format_args!("{:#010x}", pe.id), %detail, "bad data from pool element");
+        if let DataError::EarlyFinalizer { .. } = error {
+            // The PE skipped pixels: its cookies cannot be trusted either.
+            self.progress.cookie_position = None;
+            self.session.forget_cookie();
+        }
+        self.session.fail(FailureKind::ProtocolError(detail));
+        Ok(())
+    }
+
+    /// Every pixel arrived: the rest goes on, the session ends, the picture hears of it.
+    fn complete(&mut self) {
+        // The picture may be gone; the session ends all the same.
+        let _ = self.pending.flush(self.image, self.tile, &self.reports);
+        self.session.finish();
+        let _ = self.report(ClientEvent::TileCompleted {
+            image: self.image,
+            tile: self.tile,
+        });
+    }
+}
+
+/// Why a cookie from the PE is not kept (the text is the protocol error of the failover).
+#[derive(Debug, thiserror::Error)]
+enum UnusableCookie {
+    #[error("cookie outside the tile")]
+    OutsideTile,
+    #[error("cookie for another request")]
+    OtherRequest,
+    #[error(transparent)]
+    Malformed(#[from] CookieError),
 }
 
 /// Checks an FGP message from the PE of a tile that starts at unit pixel `offset` of the unit
@@ -380,40 +545,38 @@ fn check_data<'a>(
     parameter: &Parameter,
     offset: u64,
     payload: &'a [u8],
-) -> Result<Checked<'a>, String> {
+) -> Result<Checked<'a>, DataError> {
     let data = match DataView::decode(payload) {
         Ok(data) => data,
-        Err(_) if payload.first() == Some(&TYPE_PARAMETER) => {
-            return Err("pool element sent a Parameter".into());
-        }
-        Err(error) => return Err(format!("malformed FGP message: {error}")),
+        Err(_) if payload.first() == Some(&TYPE_PARAMETER) => return Err(DataError::Parameter),
+        Err(error) => return Err(DataError::Malformed(error)),
     };
     if data.is_finalizer() {
         return Ok(Checked::Finalizer);
     }
     let (width, height) = (parameter.width, parameter.height);
     if data.start_x >= width || data.start_y >= height {
-        return Err(format!(
-            "data start ({}, {}) outside the {width}x{height} tile",
-            data.start_x, data.start_y
-        ));
+        return Err(DataError::StartOutside {
+            x: data.start_x,
+            y: data.start_y,
+            width,
+            height,
+        });
     }
     let first = u64::from(data.start_y) * u64::from(width) + u64::from(data.start_x);
     if first + data.len() as u64 > u64::from(width) * u64::from(height) {
-        return Err(format!(
-            "{} points from ({}, {}) run past the tile's end",
-            data.len(),
-            data.start_x,
-            data.start_y
-        ));
+        return Err(DataError::PastEnd {
+            points: data.len(),
+            x: data.start_x,
+            y: data.start_y,
+        });
     }
     if first < offset {
-        return Err(format!(
-            "data from ({}, {}) before the tile's first row {}",
-            data.start_x,
-            data.start_y,
-            offset / u64::from(width)
-        ));
+        return Err(DataError::BeforeTile {
+            x: data.start_x,
+            y: data.start_y,
+            first_row: offset / u64::from(width),
+        });
     }
     Ok(Checked::Points { first, data })
 }
@@ -443,7 +606,7 @@ mod tests {
 
     /// What `check_data` makes of `data`: the first pixel and the points, or `None` for the
     /// finalizer.
-    fn check(offset: u64, data: &[u8]) -> Result<Option<(u64, Vec<u32>)>, String> {
+    fn check(offset: u64, data: &[u8]) -> Result<Option<(u64, Vec<u32>)>, DataError> {
         check_data(&parameter(), offset, data).map(|checked| match checked {
             Checked::Points { first, data } => Some((first, data.points().collect())),
             Checked::Finalizer => None,
@@ -457,18 +620,70 @@ mod tests {
             Ok(Some((1, vec![1, 2, 3])))
         );
         assert_eq!(check(0, &bytes(Data::finalizer())), Ok(None));
-        assert!(check(0, &bytes(Data::new(4, 0, vec![1]))).is_err());
-        assert!(check(0, &bytes(Data::new(3, 1, vec![1, 2]))).is_err());
-        assert!(check(0, &[2, 0]).is_err());
-        assert_eq!(
-            check(0, &parameter().encode()),
-            Err("pool element sent a Parameter".to_string())
-        );
+        assert!(matches!(
+            check(0, &bytes(Data::new(4, 0, vec![1]))),
+            Err(DataError::StartOutside { x: 4, y: 0, .. })
+        ));
+        assert!(matches!(
+            check(0, &bytes(Data::new(3, 1, vec![1, 2]))),
+            Err(DataError::PastEnd { points: 2, .. })
+        ));
+        assert!(matches!(check(0, &[2, 0]), Err(DataError::Malformed(_))));
+        assert_eq!(check(0, &parameter().encode()), Err(DataError::Parameter));
         // A tail from the second row: its PE must not send the first.
-        assert!(check(4, &bytes(Data::new(3, 0, vec![1, 2]))).is_err());
+        assert_eq!(
+            check(4, &bytes(Data::new(3, 0, vec![1, 2]))),
+            Err(DataError::BeforeTile {
+                x: 3,
+                y: 0,
+                first_row: 1
+            })
+        );
         assert_eq!(
             check(4, &bytes(Data::new(0, 1, vec![5]))),
             Ok(Some((4, vec![5])))
         );
+    }
+    /// The texts are the protocol error a failover reports (the story shows them).
+    #[test]
+    fn data_errors_read_as_before() {
+        let texts = [
+            (DataError::Parameter, "pool element sent a Parameter"),
+            (
+                DataError::StartOutside {
+                    x: 4,
+                    y: 0,
+                    width: 4,
+                    height: 2,
+                },
+                "data start (4, 0) outside the 4x2 tile",
+            ),
+            (
+                DataError::PastEnd {
+                    points: 2,
+                    x: 3,
+                    y: 1,
+                },
+                "2 points from (3, 1) run past the tile's end",
+            ),
+            (
+                DataError::BeforeTile {
+                    x: 3,
+                    y: 0,
+                    first_row: 1,
+                },
+                "data from (3, 0) before the tile's first row 1",
+            ),
+            (
+                DataError::EarlyFinalizer {
+                    missing: 3,
+                    pixels: 8,
+                },
+                "finalizer with 3 of 8 pixels missing",
+            ),
+        ];
+        for (error, text) in texts {
+            assert_eq!(error.to_string(), text);
+        }
     }
 }

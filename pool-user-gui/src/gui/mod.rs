@@ -1,17 +1,21 @@
 //! The eframe window of the pool user (feature `gui`).
 //!
 //! * [`model`]: what is shown, as data; [`model::GuiState::apply`] folds client events in.
-//! * [`app`]: drawing and controls ([`app::PoolUserApp`]).
+//! * [`app`]: the window's state, frame loop and wiring ([`app::PoolUserApp`]).
+//! * `panels`: drawing, one file per panel (controls, picture, pool, story, plots, status).
 //! * [`control`]: the interfaces to the client ([`control::ClientControl`]) and to the bundled
 //!   processes ([`control::PoolControl`]).
 //! * [`synthetic`]: a stand-in client for `--demo-synthetic`.
 //! * [`link`]: connects the window to the real fractal client.
+//! * [`test_hooks`]: what only automated tests of the window use (hidden options).
 
 pub mod app;
 pub mod control;
 pub mod link;
 pub mod model;
+mod panels;
 pub mod synthetic;
+pub mod test_hooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,8 +25,9 @@ use fractal_protocol::palette::Palette;
 use fractal_protocol::preset::Preset;
 
 use crate::bundle::{Bundle, BundleConfig};
-use app::{PoolUserApp, PresetChoice, Settings, TestHooks};
+use app::{PoolUserApp, PresetChoice, Settings};
 use control::{ClientConfig, ClientControl, ClientFactory, EventSink, PoolControl};
+use test_hooks::{TestHookOptions, TestHooks};
 
 /// Options of the window (`pool-user` without `--headless`).
 #[derive(clap::Args, Clone, Debug)]
@@ -79,15 +84,9 @@ pub struct WindowOptions {
     /// Test/demo: compute the picture in-process with a scripted failover instead of a pool.
     #[arg(long, hide = true)]
     pub demo_synthetic: bool,
-    /// Test hook: SIGKILL the busiest bundled PE once the first picture is this many percent done.
-    #[arg(long, hide = true)]
-    pub demo_kill_at_percent: Option<f64>,
-    /// Test hook: close the window after this many completed images.
-    #[arg(long, hide = true)]
-    pub quit_after_images: Option<u64>,
-    /// Test hook: fixed picture size WIDTHxHEIGHT instead of following the window.
-    #[arg(long, hide = true, value_parser = parse_size)]
-    pub picture_size: Option<(u32, u32)>,
+    /// Hooks for automated tests (hidden).
+    #[command(flatten)]
+    pub test_hooks: TestHookOptions,
 }
 
 /// A bundled PE's capacity on the command line (iterations per second; None = unlimited).
@@ -155,14 +154,6 @@ impl GuiOptions {
         settings.colours.palette = palette;
         Ok(settings)
     }
-
-    fn hooks(&self) -> TestHooks {
-        TestHooks {
-            kill_at_percent: self.window.demo_kill_at_percent,
-            quit_after_images: self.window.quit_after_images,
-            fixed_size: self.window.picture_size,
-        }
-    }
 }
 
 /// Opens the window with the real fractal client; returns when the window is closed.
@@ -180,7 +171,7 @@ pub fn run(options: GuiOptions) -> anyhow::Result<()> {
 /// Opens the window with the client `factory` builds.
 pub fn run_with(options: GuiOptions, factory: ClientFactory) -> anyhow::Result<()> {
     let settings = options.settings()?;
-    let hooks = options.hooks();
+    let hooks = TestHooks::from(&options.window.test_hooks);
     let bundle = if options.registrars.is_empty() && !options.window.demo_synthetic {
         let config = BundleConfig {
             pool: options.pool.clone(),
@@ -293,7 +284,7 @@ mod tests {
             options.window.bundled_capacities,
             Some(vec![Capacity(None), Capacity(Some(200_000_000))])
         );
-        assert_eq!(options.window.picture_size, Some((300, 200)));
+        assert_eq!(options.window.test_hooks.picture_size, Some((300, 200)));
         let settings = options.settings().expect("settings");
         assert!(
             matches!(settings.preset, PresetChoice::Fixed(ref preset) if preset.name == "deep-minibrot")

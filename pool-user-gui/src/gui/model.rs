@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fractal_protocol::palette::{self, Marks, Palette};
 
-use crate::client::events::{ClientEvent, FailureReason, ImageStats, PoolEntry, TileRect};
+use crate::client::events::{ClientEvent, FailureReason, ImageStats, PeInfo, PoolEntry, TileRect};
 
 /// Most entries kept in the failover story.
 const TIMELINE_LIMIT: usize = 500;
@@ -93,6 +93,10 @@ pub struct Picture {
 }
 
 impl Picture {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of ClientEvent::ImageStarted, and when it came"
+    )]
     fn new(
         image: u64,
         width: u32,
@@ -101,6 +105,7 @@ impl Picture {
         preset: String,
         sessions: usize,
         tiles: Vec<TileRect>,
+        started: Instant,
     ) -> Picture {
         let pixels = width as usize * height as usize;
         let progress = vec![TileProgress::default(); tiles.len()];
@@ -122,7 +127,7 @@ impl Picture {
             pe_order: Vec::new(),
             received: 0,
             dirty_rows: Some((0, height)),
-            started: Instant::now(),
+            started,
             completed_after: None,
         }
     }
@@ -374,6 +379,31 @@ fn push_limited(series: &mut VecDeque<[f64; 2]>, point: [f64; 2]) {
     }
 }
 
+/// Where the window's time comes from. The model and the window's timers (restart delay,
+/// auto-continue, speed plot, story times) all read [`GuiState::now`], so that a test can move
+/// time on by hand ([`GuiState::advance_clock`]) instead of sleeping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// The system's monotonic clock.
+    System,
+    /// Stands at this instant until advanced.
+    Manual(Instant),
+}
+
+impl Clock {
+    /// A manual clock standing at the present moment.
+    pub fn manual() -> Clock {
+        Clock::Manual(Instant::now())
+    }
+
+    pub fn now(&self) -> Instant {
+        match *self {
+            Clock::System => Instant::now(),
+            Clock::Manual(at) => at,
+        }
+    }
+}
+
 /// Registrar status as far as the window knows it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RegistrarStatus {
@@ -404,6 +434,7 @@ pub struct GuiState {
     pub waiting_for_pe: BTreeSet<usize>,
     /// Pixel throughput over the last second.
     pub pixels_per_s: f64,
+    clock: Clock,
     opened: Instant,
     speed_window_start: Instant,
     speed_window_pixels: u64,
@@ -417,8 +448,13 @@ impl Default for GuiState {
 }
 
 impl GuiState {
+    /// A state on the system clock.
     pub fn new() -> GuiState {
-        let now = Instant::now();
+        GuiState::with_clock(Clock::System)
+    }
+
+    pub fn with_clock(clock: Clock) -> GuiState {
+        let now = clock.now();
         GuiState {
             picture: None,
             images_completed: 0,
@@ -432,6 +468,7 @@ impl GuiState {
             history: History::default(),
             waiting_for_pe: BTreeSet::new(),
             pixels_per_s: 0.0,
+            clock,
             opened: now,
             speed_window_start: now,
             speed_window_pixels: 0,
@@ -439,9 +476,23 @@ impl GuiState {
         }
     }
 
+    /// The time now, by the state's clock.
+    pub fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// Moves a manual clock on by `by`; the system clock moves by itself (no effect).
+    pub fn advance_clock(&mut self, by: Duration) {
+        if let Clock::Manual(at) = &mut self.clock {
+            *at += by;
+        }
+    }
+
     /// Seconds since the window opened.
     pub fn elapsed_s(&self) -> f64 {
-        self.opened.elapsed().as_secs_f64()
+        self.now()
+            .saturating_duration_since(self.opened)
+            .as_secs_f64()
     }
 
     /// Adds a line to the failover story (also used for the user's own actions).
@@ -463,9 +514,16 @@ impl GuiState {
             .is_some_and(|picture| picture.image == image)
     }
 
-    /// The progress of tile `tile` of the current picture.
-    fn tile_progress(&mut self, tile: usize) -> Option<&mut TileProgress> {
-        self.picture.as_mut()?.progress.get_mut(tile)
+    /// The picture of `image`, if that is the current one (events of older images are stale).
+    fn current_picture_mut(&mut self, image: u64) -> Option<&mut Picture> {
+        self.picture
+            .as_mut()
+            .filter(|picture| picture.image == image)
+    }
+
+    /// The progress of tile `tile` of `image`, if that is the current picture.
+    fn progress_mut(&mut self, image: u64, tile: usize) -> Option<&mut TileProgress> {
+        self.current_picture_mut(image)?.progress.get_mut(tile)
     }
 
     fn stop_serving(&mut self, tile: usize) {
@@ -473,6 +531,12 @@ impl GuiState {
             tiles.remove(&tile);
         }
         self.serving.retain(|_, tiles| !tiles.is_empty());
+    }
+
+    /// `pe` serves `tile` now, and no other PE does.
+    fn set_serving(&mut self, tile: usize, pe: u32) {
+        self.stop_serving(tile);
+        self.serving.entry(pe).or_default().insert(tile);
     }
 
     /// Folds one client event into the state.
@@ -487,17 +551,8 @@ impl GuiState {
                 sessions,
                 tiles,
             } => {
-                self.serving.clear();
-                self.waiting_for_pe.clear();
-                self.last_logged_decile = None;
-                self.note(
-                    StoryKind::Image,
-                    format!(
-                        "Image {image}: {preset}, {width}x{height}, {} units for {sessions} sessions",
-                        tiles.len()
-                    ),
-                );
-                self.picture = Some(Picture::new(
+                let started = self.now();
+                self.on_image_started(Picture::new(
                     image,
                     width,
                     height,
@@ -505,6 +560,7 @@ impl GuiState {
                     preset,
                     sessions,
                     tiles,
+                    started,
                 ));
             }
             ClientEvent::SessionConnected {
@@ -512,38 +568,8 @@ impl GuiState {
                 tile,
                 pe,
                 resumed_at,
-            } => {
-                if !self.is_current(image) {
-                    return;
-                }
-                self.stop_serving(tile);
-                self.serving.entry(pe.id).or_default().insert(tile);
-                self.waiting_for_pe.remove(&tile);
-                if let Some(progress) = self.tile_progress(tile) {
-                    progress.pe = Some(pe.id);
-                    progress.waiting = false;
-                    progress.started = true;
-                }
-                if let Some(position) = resumed_at {
-                    self.note(
-                        StoryKind::Recovery,
-                        format!(
-                            "Tile {} resumed on PE 0x{:08x} at pixel {position}",
-                            tile + 1,
-                            pe.id
-                        ),
-                    );
-                }
-            }
-            ClientEvent::SessionRefused { image, tile, .. } => {
-                if !self.is_current(image) {
-                    return;
-                }
-                self.stop_serving(tile);
-                if let Some(progress) = self.tile_progress(tile) {
-                    progress.pe = None;
-                }
-            }
+            } => self.on_session_connected(image, tile, &pe, resumed_at),
+            ClientEvent::SessionRefused { image, tile, .. } => self.on_session_refused(image, tile),
             // The window's client sends the pixels (`pixel_events`), never this.
             ClientEvent::TileProgress { .. } => {}
             ClientEvent::TileData {
@@ -552,105 +578,23 @@ impl GuiState {
                 pe_id,
                 first,
                 iterations,
-            } => {
-                let Some(picture) = self.picture.as_mut().filter(|p| p.image == image) else {
-                    return;
-                };
-                let fresh = picture.store(tile, pe_id, first, &iterations);
-                // The PE delivering data is the tile's PE, whatever we heard before.
-                let mut moved = false;
-                if let Some(progress) = picture.progress.get_mut(tile)
-                    && progress.pe != Some(pe_id)
-                    && !progress.completed
-                {
-                    progress.pe = Some(pe_id);
-                    moved = true;
-                }
-                if moved {
-                    self.stop_serving(tile);
-                    self.serving.entry(pe_id).or_default().insert(tile);
-                }
-                self.speed_window_pixels += fresh;
-                self.log_progress();
-            }
+            } => self.on_tile_data(image, tile, pe_id, first, &iterations),
             ClientEvent::CookieStored { .. } => {}
             ClientEvent::TileSplit {
                 image,
                 tile,
                 kept_rows,
                 tail,
-            } => {
-                let Some(picture) = self.picture.as_mut().filter(|p| p.image == image) else {
-                    return;
-                };
-                let slow_pe = picture.progress.get(tile).and_then(|progress| progress.pe);
-                let (new_tile, rows) = (tail.index, tail.height);
-                picture.split(tile, kept_rows, tail);
-                // The first of a picture is told; the rest are counted at its end (a picture
-                // has dozens).
-                if picture.tail_takeovers == 1 {
-                    let pe =
-                        slow_pe.map_or_else(|| "its PE".to_owned(), |pe| format!("PE 0x{pe:08x}"));
-                    self.note(
-                        StoryKind::Recovery,
-                        format!(
-                            "No unit left: free sessions take over the tails of the tiles that \
-                             would finish last, first tile {}'s last {rows} rows (now tile {}) \
-                             from {pe}",
-                            tile + 1,
-                            new_tile + 1
-                        ),
-                    );
-                }
-            }
-            ClientEvent::TileCompleted { image, tile } => {
-                let Some(picture) = self.picture.as_mut().filter(|p| p.image == image) else {
-                    return;
-                };
-                let mut finished_by = None;
-                if let Some(progress) = picture.progress.get_mut(tile) {
-                    progress.completed = true;
-                    progress.failing_over = false;
-                    finished_by = progress.pe;
-                }
-                if let Some(pe) = finished_by {
-                    *self.tiles_completed_by.entry(pe).or_default() += 1;
-                }
-                self.stop_serving(tile);
-            }
+            } => self.on_tile_split(image, tile, kept_rows, tail),
+            ClientEvent::TileCompleted { image, tile } => self.on_tile_completed(image, tile),
             ClientEvent::FailoverStarted {
                 image,
                 tile,
                 pe,
                 reason,
                 silent_for,
-            } => {
-                if !self.is_current(image) {
-                    return;
-                }
-                self.stop_serving(tile);
-                if let Some(progress) = self.tile_progress(tile) {
-                    progress.failing_over = true;
-                    progress.pe = None;
-                }
-                self.history.failovers.push(self.elapsed_s());
-                self.note(
-                    StoryKind::Failure,
-                    format!(
-                        "Tile {}: PE 0x{:08x} failed ({}), detected after {} ms",
-                        tile + 1,
-                        pe.id,
-                        describe_reason(&reason),
-                        silent_for.as_millis()
-                    ),
-                );
-            }
-            ClientEvent::UnreachableReported { pe_id } => {
-                self.note(
-                    StoryKind::Report,
-                    format!("Reported PE 0x{pe_id:08x} unreachable to the registrar"),
-                );
-            }
+            } => self.on_failover_started(image, tile, &pe, &reason, silent_for),
+            ClientEvent::UnreachableReported { pe_id } => self.on_unreachable_reported(pe_id),
             ClientEvent::FailoverCompleted {
                 image,
                 tile,
@@ -659,133 +603,330 @@ impl GuiState {
                 resumed_at,
                 recomputed_pixels,
                 took,
-            } => {
-                if !self.is_current(image) {
-                    return;
-                }
-                self.failovers += 1;
-                self.stop_serving(tile);
-                self.serving.entry(new_pe.id).or_default().insert(tile);
-                self.waiting_for_pe.remove(&tile);
-                if let Some(progress) = self.tile_progress(tile) {
-                    progress.failovers += 1;
-                    progress.failing_over = false;
-                    progress.waiting = false;
-                    progress.pe = Some(new_pe.id);
-                }
-                self.note(
-                    StoryKind::Recovery,
-                    format!(
-                        "Tile {}: PE 0x{:08x} took over from 0x{old_pe:08x} in {} ms, \
-                         resumed from cookie at pixel {resumed_at}, {recomputed_pixels} pixels recomputed",
-                        tile + 1,
-                        new_pe.id,
-                        took.as_millis()
-                    ),
-                );
-            }
+            } => self.on_failover_completed(
+                image,
+                tile,
+                old_pe,
+                &new_pe,
+                resumed_at,
+                recomputed_pixels,
+                took,
+            ),
             ClientEvent::PoolEmpty {
                 image,
                 tile,
                 retry_in,
                 detail,
-            } => {
-                if !self.is_current(image) {
-                    return;
-                }
-                if self.waiting_for_pe.insert(tile) && self.waiting_for_pe.len() == 1 {
-                    let why = detail.map_or(String::new(), |detail| format!(" ({detail})"));
-                    self.note(
-                        StoryKind::Pool,
-                        format!(
-                            "No pool element available{why}; retrying every {} ms",
-                            retry_in.as_millis()
-                        ),
-                    );
-                }
-                if let Some(progress) = self.tile_progress(tile) {
-                    progress.waiting = true;
-                }
-            }
-            ClientEvent::ImageCompleted { image, stats } => {
-                let tails = self
-                    .picture
-                    .as_ref()
-                    .filter(|p| p.image == image)
-                    .map_or(0, |p| p.tail_takeovers);
-                if let Some(picture) = self.picture.as_mut().filter(|p| p.image == image) {
-                    picture.completed_after = Some(picture.started.elapsed());
-                    for progress in &mut picture.progress {
-                        progress.completed = true;
-                    }
-                }
-                self.images_completed += 1;
-                tracing::info!(
-                    image,
-                    wall_time_s = stats.wall_time_s,
-                    failovers = stats.failovers,
-                    pes_used = stats.pes_used,
-                    "picture completed"
-                );
-                self.note(
-                    StoryKind::Image,
-                    format!(
-                        "Image {image} complete in {:.1} s: {} PEs, {tails} tails taken over, {} \
-                         failovers, {} pixels recomputed",
-                        stats.wall_time_s, stats.pes_used, stats.failovers, stats.recomputed_pixels
-                    ),
-                );
-                self.last_stats = Some(stats);
-                self.serving.clear();
-            }
+            } => self.on_pool_empty(image, tile, retry_in, detail),
+            ClientEvent::ImageCompleted { image, stats } => self.on_image_completed(image, stats),
             ClientEvent::PoolSnapshot { registrar, entries } => {
-                let now = self.elapsed_s();
-                let before: BTreeSet<u32> = self.pool.iter().map(|entry| entry.id).collect();
-                let after: BTreeSet<u32> = entries.iter().map(|entry| entry.id).collect();
-                if self.registrar != RegistrarStatus::Unknown {
-                    for gone in before.difference(&after) {
-                        self.note(
-                            StoryKind::Pool,
-                            format!("Registrar removed PE 0x{gone:08x} from the pool"),
-                        );
-                    }
-                    for new in after.difference(&before) {
-                        self.note(StoryKind::Pool, format!("PE 0x{new:08x} joined the pool"));
-                    }
-                }
-                if matches!(self.registrar, RegistrarStatus::Unavailable(_)) {
-                    self.note(StoryKind::Pool, "Registrar reachable again");
-                }
-                for entry in &entries {
-                    if let Some(load) = entry.load {
-                        let series = self.history.load.entry(entry.id).or_default();
-                        push_limited(series, [now, load]);
-                    }
-                }
-                self.registrar = RegistrarStatus::Up(registrar);
-                self.pool = entries;
+                self.on_pool_snapshot(registrar, entries);
             }
-            ClientEvent::RegistrarUnavailable { detail } => {
-                if !matches!(self.registrar, RegistrarStatus::Unavailable(_)) {
-                    self.note(
-                        StoryKind::Pool,
-                        format!("No registrar reachable ({detail}); still trying"),
-                    );
-                }
-                self.registrar = RegistrarStatus::Unavailable(detail);
+            ClientEvent::RegistrarUnavailable { detail } => self.on_registrar_unavailable(detail),
+        }
+    }
+
+    fn on_image_started(&mut self, picture: Picture) {
+        self.serving.clear();
+        self.waiting_for_pe.clear();
+        self.last_logged_decile = None;
+        self.note(
+            StoryKind::Image,
+            format!(
+                "Image {}: {}, {}x{}, {} units for {} sessions",
+                picture.image,
+                picture.preset,
+                picture.width,
+                picture.height,
+                picture.units,
+                picture.sessions
+            ),
+        );
+        self.picture = Some(picture);
+    }
+
+    fn on_session_connected(
+        &mut self,
+        image: u64,
+        tile: usize,
+        pe: &PeInfo,
+        resumed_at: Option<u64>,
+    ) {
+        if !self.is_current(image) {
+            return;
+        }
+        self.set_serving(tile, pe.id);
+        self.waiting_for_pe.remove(&tile);
+        if let Some(progress) = self.progress_mut(image, tile) {
+            progress.pe = Some(pe.id);
+            progress.waiting = false;
+            progress.started = true;
+        }
+        if let Some(position) = resumed_at {
+            self.note(
+                StoryKind::Recovery,
+                format!(
+                    "Tile {} resumed on PE 0x{:08x} at pixel {position}",
+                    tile + 1,
+                    pe.id
+                ),
+            );
+        }
+    }
+
+    fn on_session_refused(&mut self, image: u64, tile: usize) {
+        if !self.is_current(image) {
+            return;
+        }
+        self.stop_serving(tile);
+        if let Some(progress) = self.progress_mut(image, tile) {
+            progress.pe = None;
+        }
+    }
+
+    fn on_tile_data(
+        &mut self,
+        image: u64,
+        tile: usize,
+        pe_id: u32,
+        first: u64,
+        iterations: &[u32],
+    ) {
+        let Some(picture) = self.current_picture_mut(image) else {
+            return;
+        };
+        let fresh = picture.store(tile, pe_id, first, iterations);
+        self.speed_window_pixels += fresh;
+        // The PE delivering data is the tile's PE, whatever we heard before.
+        if let Some(progress) = self.progress_mut(image, tile)
+            && progress.pe != Some(pe_id)
+            && !progress.completed
+        {
+            progress.pe = Some(pe_id);
+            self.set_serving(tile, pe_id);
+        }
+        self.log_progress();
+    }
+
+    fn on_tile_split(&mut self, image: u64, tile: usize, kept_rows: u32, tail: TileRect) {
+        let Some(picture) = self.current_picture_mut(image) else {
+            return;
+        };
+        let slow_pe = picture.progress.get(tile).and_then(|progress| progress.pe);
+        let (new_tile, rows) = (tail.index, tail.height);
+        picture.split(tile, kept_rows, tail);
+        // The first of a picture is told; the rest are counted at its end (a picture has
+        // dozens).
+        if picture.tail_takeovers == 1 {
+            let pe = slow_pe.map_or_else(|| "its PE".to_owned(), |pe| format!("PE 0x{pe:08x}"));
+            self.note(
+                StoryKind::Recovery,
+                format!(
+                    "No unit left: free sessions take over the tails of the tiles that \
+                     would finish last, first tile {}'s last {rows} rows (now tile {}) \
+                     from {pe}",
+                    tile + 1,
+                    new_tile + 1
+                ),
+            );
+        }
+    }
+
+    fn on_tile_completed(&mut self, image: u64, tile: usize) {
+        if !self.is_current(image) {
+            return;
+        }
+        let mut finished_by = None;
+        if let Some(progress) = self.progress_mut(image, tile) {
+            progress.completed = true;
+            progress.failing_over = false;
+            finished_by = progress.pe;
+        }
+        if let Some(pe) = finished_by {
+            *self.tiles_completed_by.entry(pe).or_default() += 1;
+        }
+        self.stop_serving(tile);
+    }
+
+    fn on_failover_started(
+        &mut self,
+        image: u64,
+        tile: usize,
+        pe: &PeInfo,
+        reason: &FailureReason,
+        silent_for: Duration,
+    ) {
+        if !self.is_current(image) {
+            return;
+        }
+        self.stop_serving(tile);
+        if let Some(progress) = self.progress_mut(image, tile) {
+            progress.failing_over = true;
+            progress.pe = None;
+        }
+        self.history.failovers.push(self.elapsed_s());
+        self.note(
+            StoryKind::Failure,
+            format!(
+                "Tile {}: PE 0x{:08x} failed ({}), detected after {} ms",
+                tile + 1,
+                pe.id,
+                describe_reason(reason),
+                silent_for.as_millis()
+            ),
+        );
+    }
+
+    fn on_unreachable_reported(&mut self, pe_id: u32) {
+        self.note(
+            StoryKind::Report,
+            format!("Reported PE 0x{pe_id:08x} unreachable to the registrar"),
+        );
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of ClientEvent::FailoverCompleted, as they come"
+    )]
+    fn on_failover_completed(
+        &mut self,
+        image: u64,
+        tile: usize,
+        old_pe: u32,
+        new_pe: &PeInfo,
+        resumed_at: u64,
+        recomputed_pixels: u64,
+        took: Duration,
+    ) {
+        if !self.is_current(image) {
+            return;
+        }
+        self.failovers += 1;
+        self.set_serving(tile, new_pe.id);
+        self.waiting_for_pe.remove(&tile);
+        if let Some(progress) = self.progress_mut(image, tile) {
+            progress.failovers += 1;
+            progress.failing_over = false;
+            progress.waiting = false;
+            progress.pe = Some(new_pe.id);
+        }
+        self.note(
+            StoryKind::Recovery,
+            format!(
+                "Tile {}: PE 0x{:08x} took over from 0x{old_pe:08x} in {} ms, \
+                 resumed from cookie at pixel {resumed_at}, {recomputed_pixels} pixels recomputed",
+                tile + 1,
+                new_pe.id,
+                took.as_millis()
+            ),
+        );
+    }
+
+    fn on_pool_empty(
+        &mut self,
+        image: u64,
+        tile: usize,
+        retry_in: Duration,
+        detail: Option<String>,
+    ) {
+        if !self.is_current(image) {
+            return;
+        }
+        // Told once per wait, not once per waiting session.
+        if self.waiting_for_pe.insert(tile) && self.waiting_for_pe.len() == 1 {
+            let why = detail.map_or(String::new(), |detail| format!(" ({detail})"));
+            self.note(
+                StoryKind::Pool,
+                format!(
+                    "No pool element available{why}; retrying every {} ms",
+                    retry_in.as_millis()
+                ),
+            );
+        }
+        if let Some(progress) = self.progress_mut(image, tile) {
+            progress.waiting = true;
+        }
+    }
+
+    fn on_image_completed(&mut self, image: u64, stats: ImageStats) {
+        let now = self.now();
+        let mut tails = 0;
+        if let Some(picture) = self.current_picture_mut(image) {
+            tails = picture.tail_takeovers;
+            picture.completed_after = Some(now.saturating_duration_since(picture.started));
+            for progress in &mut picture.progress {
+                progress.completed = true;
             }
         }
+        self.images_completed += 1;
+        tracing::info!(
+            image,
+            wall_time_s = stats.wall_time_s,
+            failovers = stats.failovers,
+            pes_used = stats.pes_used,
+            "picture completed"
+        );
+        self.note(
+            StoryKind::Image,
+            format!(
+                "Image {image} complete in {:.1} s: {} PEs, {tails} tails taken over, {} \
+                 failovers, {} pixels recomputed",
+                stats.wall_time_s, stats.pes_used, stats.failovers, stats.recomputed_pixels
+            ),
+        );
+        self.last_stats = Some(stats);
+        self.serving.clear();
+    }
+
+    fn on_pool_snapshot(&mut self, registrar: Option<SocketAddr>, entries: Vec<PoolEntry>) {
+        let now = self.elapsed_s();
+        let before: BTreeSet<u32> = self.pool.iter().map(|entry| entry.id).collect();
+        let after: BTreeSet<u32> = entries.iter().map(|entry| entry.id).collect();
+        // The first snapshot is the pool as found, not news.
+        if self.registrar != RegistrarStatus::Unknown {
+            for gone in before.difference(&after) {
+                self.note(
+                    StoryKind::Pool,
+                    format!("Registrar removed PE 0x{gone:08x} from the pool"),
+                );
+            }
+            for new in after.difference(&before) {
+                self.note(StoryKind::Pool, format!("PE 0x{new:08x} joined the pool"));
+            }
+        }
+        if matches!(self.registrar, RegistrarStatus::Unavailable(_)) {
+            self.note(StoryKind::Pool, "Registrar reachable again");
+        }
+        for entry in &entries {
+            if let Some(load) = entry.load {
+                let series = self.history.load.entry(entry.id).or_default();
+                push_limited(series, [now, load]);
+            }
+        }
+        self.registrar = RegistrarStatus::Up(registrar);
+        self.pool = entries;
+    }
+
+    fn on_registrar_unavailable(&mut self, detail: String) {
+        if !matches!(self.registrar, RegistrarStatus::Unavailable(_)) {
+            self.note(
+                StoryKind::Pool,
+                format!("No registrar reachable ({detail}); still trying"),
+            );
+        }
+        self.registrar = RegistrarStatus::Unavailable(detail);
     }
 
     /// Closes the one-second speed window when due and samples the plots; call once per frame.
     pub fn tick(&mut self) {
-        let window = self.speed_window_start.elapsed();
+        let now = self.now();
+        let window = now.saturating_duration_since(self.speed_window_start);
         if window < Duration::from_secs(1) {
             return;
         }
         self.pixels_per_s = self.speed_window_pixels as f64 / window.as_secs_f64();
         self.speed_window_pixels = 0;
-        self.speed_window_start = Instant::now();
+        self.speed_window_start = now;
         let now = self.elapsed_s();
         push_limited(&mut self.history.speed, [now, self.pixels_per_s]);
         let known: Vec<u32> = self

@@ -117,6 +117,10 @@ pub struct Behaviour {
     pub hang_after: Option<u64>,
     /// Refuse sessions beyond this many at once (close before any frame).
     pub max_sessions: Option<u64>,
+    /// Leave out the Data message with this number (counting all sessions, from 1) but go on
+    /// as if it had been sent: later cookies skip its pixels, and the finalizer comes with
+    /// them missing.
+    pub skip_data: Option<u64>,
     /// Pause between Data messages.
     pub pace: Duration,
 }
@@ -234,10 +238,12 @@ async fn serve(
         view.compute(position, &mut buffer[..count])
             .expect("inside the view");
         let data = Data::new(position.0, position.1, buffer[..count].to_vec());
-        if association
-            .send(PPID_FGP, data.encode().expect("encodable"))
-            .await
-            .is_err()
+        let sent_total = total.fetch_add(1, Ordering::SeqCst) + 1;
+        if behaviour.skip_data != Some(sent_total)
+            && association
+                .send(PPID_FGP, data.encode().expect("encodable"))
+                .await
+                .is_err()
         {
             return;
         }
@@ -245,7 +251,6 @@ async fn serve(
             .advance(position, count as u64)
             .expect("advance within view");
         sent_here += 1;
-        let sent_total = total.fetch_add(1, Ordering::SeqCst) + 1;
         if behaviour.cookie_every > 0 && sent_here.is_multiple_of(behaviour.cookie_every) {
             let _ = association.send(PPID_ASAP, send_cookie(position)).await;
         }
