@@ -3,8 +3,10 @@
 //! and `pool-element` run those programs from this binary (the GUI's bundled demo starts them
 //! as child processes so that they can really be killed).
 
+use anyhow::Context;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use pool_user_gui::bundle::{Bundle, BundleConfig, kill_on_signals};
 use pool_user_gui::headless::{self, HeadlessArgs};
 
 /// Fractal Generator pool user (RSerPool): splits pictures into tiles, computes them on the
@@ -57,25 +59,81 @@ fn main() -> anyhow::Result<()> {
         None => {}
     }
     if cli.headless {
-        // The PEs compute; the pool user only moves and assembles data, which one thread does
-        // without cross-thread wake-ups.
-        return tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(headless::run(cli.options));
+        return run_headless(cli.options);
+    }
+    if let Some(missing) = no_display() {
+        // A window cannot open; rather than fail with a backend error, show the demo the only
+        // way that works here.
+        eprintln!(
+            "No display ({missing}): running the bundled demo without a window instead; the \
+             picture is written to {}. For a window, run where a display is; for the \
+             headless client's options: pool-user --headless --help",
+            DEMO_PICTURE
+        );
+        return run_headless_demo(cli.options, sessions_given);
     }
     run_gui(cli, sessions_given)
 }
 
+/// Where the demo without a window writes its picture (unless `--out` says otherwise).
+const DEMO_PICTURE: &str = "fractal-demo.png";
+/// Sessions of the demo without a window (the window's default too).
+const DEMO_SESSIONS: usize = 16;
+
+fn run_headless(options: HeadlessArgs) -> anyhow::Result<()> {
+    // The PEs compute; the pool user only moves and assembles data, which one thread does
+    // without cross-thread wake-ups.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(headless::run(options))
+}
+
+/// Why no window can open, on a Unix desktop without X11 or Wayland (`None`: one may).
+fn no_display() -> Option<&'static str> {
+    if !cfg!(feature = "gui") || !cfg!(all(unix, not(target_os = "macos"))) {
+        return None;
+    }
+    let set = |name| std::env::var_os(name).is_some_and(|value| !value.is_empty());
+    (!set("DISPLAY") && !set("WAYLAND_DISPLAY")).then_some("DISPLAY and WAYLAND_DISPLAY are unset")
+}
+
+/// The bundled demo pool (a registrar, four PEs of different speeds) and one picture through
+/// it, with the progress bar and the per-PE summary, written to [`DEMO_PICTURE`].
+fn run_headless_demo(mut options: HeadlessArgs, sessions_given: bool) -> anyhow::Result<()> {
+    if !options.registrars.is_empty() {
+        return run_headless(options);
+    }
+    let bundle = Bundle::start(BundleConfig {
+        pool: options.pool.clone(),
+        // The children's logs would scroll the progress bar away.
+        forward_logs: false,
+        ..BundleConfig::default()
+    })
+    .context("starting the bundled demo pool")?;
+    let switch = bundle.kill_switch();
+    kill_on_signals(switch.clone());
+    options.registrars = bundle.registrar_address().into_iter().collect();
+    if !sessions_given {
+        options.sessions = DEMO_SESSIONS;
+    }
+    options
+        .out
+        .get_or_insert_with(|| std::path::PathBuf::from(DEMO_PICTURE));
+    let result = run_headless(options);
+    switch.kill_all();
+    drop(bundle);
+    result
+}
+
 #[cfg(feature = "gui")]
 fn run_gui(cli: Cli, sessions_given: bool) -> anyhow::Result<()> {
-    /// The window's default: enough tiles to watch failovers.
-    const GUI_DEFAULT_SESSIONS: usize = 16;
     let options = cli.options;
+    // The window's default: enough tiles to watch failovers.
     let sessions = if sessions_given {
         options.sessions
     } else {
-        GUI_DEFAULT_SESSIONS
+        DEMO_SESSIONS
     };
     anyhow::ensure!(
         (1..=400).contains(&sessions),

@@ -229,3 +229,48 @@ fn sigkill_of_the_gui_takes_the_bundle_along() -> Result<()> {
     gui.wait_exit(Duration::from_secs(20))?;
     wait_gone(&pids)
 }
+
+/// `cargo run --release` on a machine without a display: no backend error, but the bundled
+/// demo without a window, its picture written, its processes gone at the end.
+#[test]
+fn without_a_display_the_demo_runs_headless_and_writes_the_picture() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let picture = dir.path().join("fractal-demo.png");
+    let mut child = Command::new(bin("pool-user"))
+        .args(["--width", "96", "--height", "64", "--no-progress"])
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            child.kill()?;
+            bail!("the demo without a display did not finish in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(status.success(), "exit {status}: {stderr}");
+    ensure!(
+        stderr.contains("No display") && stderr.contains("fractal-demo.png"),
+        "no explanation: {stderr}"
+    );
+    let (width, height) = image::image_dimensions(&picture).context("the picture")?;
+    ensure!((width, height) == (96, 64), "picture of {width}x{height}");
+    let pids: Vec<i32> = stderr
+        .lines()
+        .filter(|line| line.contains("bundled process started"))
+        .filter_map(|line| field(line, "pid")?.parse().ok())
+        .collect();
+    ensure!(pids.len() == 5, "bundled processes: {pids:?}");
+    wait_gone(&pids)
+}
