@@ -227,10 +227,10 @@ pub async fn run_until(
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let registration: RegistrationHandle =
         registration::spawn(config, registrars, AssociationConfig::default(), events_tx);
-    let pool_name = String::from_utf8_lossy(pool.as_bytes()).into_owned();
+    let logged_pool = pool.clone();
     let events_task = tokio::spawn(async move {
         while let Some(event) = events_rx.recv().await {
-            log_event(&event, pe_id, &pool_name);
+            log_event(&event, pe_id, &logged_pool);
         }
     });
 
@@ -298,7 +298,7 @@ pub async fn run_until(
     Ok(())
 }
 
-fn log_event(event: &Event, pe_id: PeId, pool: &str) {
+fn log_event(event: &Event, pe_id: PeId, pool: &PoolHandle) {
     match event {
         Event::Registered {
             registrar,

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
+use rserpool::wire::PeId;
 
 /// Lifecycle of a bundled process as the window shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,7 +43,7 @@ pub struct BundledPe {
     /// Local number (stable across restarts), from 1.
     pub slot: usize,
     /// Identifier once the PE has registered.
-    pub pe_id: Option<u32>,
+    pub pe_id: Option<PeId>,
     pub pid: Option<u32>,
     /// Iterations per second (None = unlimited).
     pub capacity: Option<u64>,
@@ -121,7 +122,7 @@ struct PeMember {
     slot: usize,
     capacity: Option<u64>,
     reported_capacity: Option<u64>,
-    pe_id: Option<u32>,
+    pe_id: Option<PeId>,
     member: Member,
 }
 
@@ -179,9 +180,9 @@ pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
-fn parse_pe_id(text: &str) -> Option<u32> {
+fn parse_pe_id(text: &str) -> Option<PeId> {
     let hex = text.strip_prefix("0x").unwrap_or(text);
-    u32::from_str_radix(hex, 16).ok()
+    u32::from_str_radix(hex, 16).ok().map(PeId)
 }
 
 impl Bundle {
@@ -679,7 +680,7 @@ exec sleep 600
         assert_eq!(log_field(line, "asap"), Some("127.0.0.1:3863"));
         assert_eq!(log_field(line, "id"), Some("0x0a"));
         assert_eq!(log_field(line, "as"), None);
-        assert_eq!(parse_pe_id("0x0000abcd"), Some(0xabcd));
+        assert_eq!(parse_pe_id("0x0000abcd"), Some(PeId(0xabcd)));
         assert_eq!(parse_pe_id("zz"), None);
     }
 
@@ -704,7 +705,7 @@ exec sleep 600
         for pe in &pes {
             assert_eq!(pe.state, ChildState::Running);
             // The fake prints its own pid as PE identifier.
-            assert_eq!(pe.pe_id, pe.pid);
+            assert_eq!(pe.pe_id, pe.pid.map(PeId));
         }
         let switch = bundle.kill_switch();
         assert_eq!(switch.pids().len(), 4);

@@ -257,8 +257,8 @@ fn print_summary(run: u64, preset: &str, stats: &ImageStats) {
     let total: u64 = stats.pes.iter().map(|pe| pe.iterations).sum();
     for pe in &stats.pes {
         println!(
-            "  PE {:#010x}: {:5.1} % of the iterations, {} tiles, {} pixels, busy {:.3} s",
-            pe.pe_id,
+            "  PE {}: {:5.1} % of the iterations, {} tiles, {} pixels, busy {:.3} s",
+            rserpool::wire::PeId(pe.pe_id),
             100.0 * pe.iterations as f64 / total.max(1) as f64,
             pe.units,
             pe.pixels,

@@ -14,6 +14,7 @@ use fractal_protocol::tiling;
 use pool_user_gui::client::events::{ClientEvent, FailureReason};
 use pool_user_gui::client::{ClientConfig, FractalClient, ImageRequest, ImageResult};
 use rserpool::pu::PoolUserConfig;
+use rserpool::wire::PeId;
 use tokio::sync::mpsc;
 
 fn view(width: u32, height: u32, max_iterations: u32) -> Parameter {
@@ -375,7 +376,7 @@ async fn hung_pe_is_detected_reported_and_not_chosen_again() {
         .collect();
     assert!(!silence.is_empty(), "the hang was detected");
     for (pe, silent_for) in &silence {
-        assert_eq!(*pe, 0x51);
+        assert_eq!(*pe, PeId(0x51));
         // Detected at the session timeout (plus scheduling slack), not seconds later.
         assert!(*silent_for >= session_timeout && *silent_for < session_timeout * 3);
     }
@@ -389,7 +390,7 @@ async fn hung_pe_is_detected_reported_and_not_chosen_again() {
     assert!(
         !events[first_detection..]
             .iter()
-            .any(|e| matches!(e, ClientEvent::SessionConnected { pe, .. } if pe.id == 0x51))
+            .any(|e| matches!(e, ClientEvent::SessionConnected { pe, .. } if pe.id == PeId(0x51)))
     );
     assert!(hanging.data_sent.load(Ordering::SeqCst) >= 2);
 }

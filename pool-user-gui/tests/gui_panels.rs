@@ -18,6 +18,7 @@ use pool_user_gui::gui::control::{
 };
 use pool_user_gui::gui::model::{Clock, ColourOptions, GuiState};
 use pool_user_gui::gui::test_hooks::TestHooks;
+use rserpool::wire::PeId;
 
 /// Records what the window asked the client to do.
 #[derive(Clone, Default)]
@@ -79,7 +80,7 @@ fn addr(port: u16) -> SocketAddr {
 
 fn pe(id: u32) -> PeInfo {
     PeInfo {
-        id,
+        id: PeId(id),
         address: addr(40_000 + (id % 1000) as u16),
     }
 }
@@ -110,7 +111,7 @@ fn tile_data(tile: usize, pe_id: u32, first: u64, count: usize) -> ClientEvent {
     ClientEvent::TileData {
         image: 1,
         tile,
-        pe_id,
+        pe_id: PeId(pe_id),
         first,
         iterations: (0..count as u32).map(|value| value % 100).collect(),
     }
@@ -134,7 +135,7 @@ fn setup(bundled: bool) -> Setup {
             pes: vec![
                 BundledPe {
                     slot: 1,
-                    pe_id: Some(0xaaaa_0001),
+                    pe_id: Some(PeId(0xaaaa_0001)),
                     pid: Some(101),
                     capacity: None,
                     reported_capacity: Some(150_000_000),
@@ -142,7 +143,7 @@ fn setup(bundled: bool) -> Setup {
                 },
                 BundledPe {
                     slot: 2,
-                    pe_id: Some(0xaaaa_0002),
+                    pe_id: Some(PeId(0xaaaa_0002)),
                     pid: Some(102),
                     capacity: Some(50_000_000),
                     reported_capacity: Some(50_000_000),
@@ -194,7 +195,7 @@ fn snapshot(ids: &[u32]) -> ClientEvent {
         entries: ids
             .iter()
             .map(|&id| PoolEntry {
-                id,
+                id: PeId(id),
                 address: pe(id).address,
                 policy: "LeastUsed".to_owned(),
                 load: Some(0.25),
@@ -225,11 +226,14 @@ fn tile_data_shows_up_in_the_picture() {
     assert_eq!(picture.value(20, 12), Some(0));
     assert_eq!(picture.value(21, 12), Some(1));
     assert_eq!(picture.value(20, 11), None);
-    assert_eq!(picture.pixel_pe(21, 13), Some(7));
+    assert_eq!(picture.pixel_pe(21, 13), Some(PeId(7)));
     assert_eq!(picture.tile_at(25, 15), Some(3));
     // Data alone (without SessionConnected) tells which PE serves which tile.
     let serving = &setup.harness.state().state.serving;
-    assert_eq!(serving[&7].iter().copied().collect::<Vec<_>>(), vec![0, 3]);
+    assert_eq!(
+        serving[&PeId(7)].iter().copied().collect::<Vec<_>>(),
+        vec![0, 3]
+    );
     setup
         .harness
         .get_by_label_contains("Image 1 (full-set) 40x20");
@@ -299,13 +303,13 @@ fn failover_appears_in_the_story_and_status_bar() {
         reason: FailureReason::ConnectionLost("reset".to_owned()),
         silent_for: Duration::from_millis(1234),
     });
-    setup
-        .sink
-        .send(ClientEvent::UnreachableReported { pe_id: 0x0bad });
+    setup.sink.send(ClientEvent::UnreachableReported {
+        pe_id: PeId(0x0bad),
+    });
     setup.sink.send(ClientEvent::FailoverCompleted {
         image: 1,
         tile: 2,
-        old_pe: 0x0bad,
+        old_pe: PeId(0x0bad),
         new_pe: pe(0x0000_0900),
         resumed_at: 20,
         recomputed_pixels: 10,
@@ -324,11 +328,11 @@ fn failover_appears_in_the_story_and_status_bar() {
     assert_eq!(state.failovers, 1);
     let picture = state.picture.as_ref().expect("picture");
     assert_eq!(picture.progress[2].failovers, 1);
-    assert_eq!(picture.progress[2].pe, Some(0x0900));
+    assert_eq!(picture.progress[2].pe, Some(PeId(0x0900)));
     // 30 + 20 new pixels; the 10 recomputed ones count once.
     assert_eq!(picture.received(), 50);
-    assert!(state.serving[&0x0900].contains(&2));
-    assert!(!state.serving.contains_key(&0x0bad));
+    assert!(state.serving[&PeId(0x0900)].contains(&2));
+    assert!(!state.serving.contains_key(&PeId(0x0bad)));
 }
 
 #[test]
@@ -479,7 +483,7 @@ fn completed_image_is_counted_and_saved() {
     setup
         .harness
         .get_by_label_contains("Image 1 complete in 1.5 s");
-    assert_eq!(setup.harness.state().state.tiles_completed_by[&5], 4);
+    assert_eq!(setup.harness.state().state.tiles_completed_by[&PeId(5)], 4);
     let path = setup.harness.state_mut().save_png().expect("saved");
     let saved = image::open(&path).expect("png").into_rgba8();
     assert_eq!(saved.dimensions(), (40, 20));
@@ -503,7 +507,7 @@ fn speed_and_story_times_follow_the_model_clock() {
     state.tick();
     assert_eq!(state.pixels_per_s, 50.0);
     assert_eq!(state.history.speed.back(), Some(&[2.0, 50.0]));
-    state.apply(ClientEvent::UnreachableReported { pe_id: 1 });
+    state.apply(ClientEvent::UnreachableReported { pe_id: PeId(1) });
     assert_eq!(state.story.back().map(|entry| entry.at_s), Some(2.0));
 }
 
@@ -521,13 +525,13 @@ fn events_of_an_old_image_are_ignored() {
 #[test]
 fn sink_reports_a_closed_window() {
     let (sink, events) = EventSink::new(None);
-    assert!(sink.send(ClientEvent::UnreachableReported { pe_id: 1 }));
+    assert!(sink.send(ClientEvent::UnreachableReported { pe_id: PeId(1) }));
     assert_eq!(
         events.try_recv().ok(),
-        Some(ClientEvent::UnreachableReported { pe_id: 1 })
+        Some(ClientEvent::UnreachableReported { pe_id: PeId(1) })
     );
     drop(events);
-    assert!(!sink.send(ClientEvent::UnreachableReported { pe_id: 2 }));
+    assert!(!sink.send(ClientEvent::UnreachableReported { pe_id: PeId(2) }));
 }
 
 #[test]

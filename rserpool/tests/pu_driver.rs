@@ -114,9 +114,7 @@ async fn resolutions_queued_behind_one_in_flight_share_its_answer() {
     let asked: Vec<String> = std::iter::once(first)
         .chain(later)
         .filter_map(|message| match message {
-            AsapMessage::HandleResolution { pool_handle, .. } => {
-                Some(String::from_utf8_lossy(pool_handle.as_bytes()).into_owned())
-            }
+            AsapMessage::HandleResolution { pool_handle, .. } => Some(pool_handle.to_string()),
             _ => None,
         })
         .collect();
@@ -210,7 +208,7 @@ async fn a_burst_of_frames_is_ready_without_waiting_and_in_order() {
         };
         match event {
             SessionEvent::Data { pe, frame } => {
-                assert_eq!(pe.id, 7);
+                assert_eq!(pe.id, rserpool::wire::PeId(7));
                 received.push(frame.payload[0]);
             }
             SessionEvent::Connected { .. } => {}

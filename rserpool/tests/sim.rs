@@ -50,7 +50,7 @@ fn serving_pe(sim: &Sim, pu: usize, session: usize) -> usize {
         panic!("session {pu}/{session} never connected\n{}", sim.dump());
     };
     (0..8)
-        .find(|&index| sim.pe_id(index).0 == pe.id)
+        .find(|&index| sim.pe_id(index) == pe.id)
         .expect("a PE of the simulation")
 }
 

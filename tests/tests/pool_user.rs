@@ -13,6 +13,7 @@ use fractal_protocol::message::{MAX_POINTS_PER_DATA, Parameter};
 use fractal_protocol::preset::Preset;
 use fractal_protocol::tiling;
 use nix::sys::signal::Signal;
+use rserpool::wire::PeId;
 
 /// How long a whole picture may take on a loaded 2-core machine.
 const IMAGE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -57,7 +58,7 @@ fn pool_element(registrar: &Registrar, id: u32, extra: &[&str]) -> Result<Pe> {
         .wait_for_text("pool element registered", READY_TIMEOUT)?;
     Ok(Pe {
         proc,
-        id: format!("{id:#010x}"),
+        id: PeId(id).to_string(),
     })
 }
 
@@ -402,11 +403,11 @@ fn pool_user_finds_the_registrar_by_announces() -> Result<()> {
     Ok(())
 }
 
-/// The pixels and iterations `stats` credits to the PE printed as `pe_id` (0x%08x).
+/// The pixels and iterations `stats` credits to the PE printed as `pe_id`.
 fn pe_record(stats: &serde_json::Value, pe_id: &str) -> Option<(u64, u64)> {
     stats["pes"].as_array()?.iter().find_map(|pe| {
-        let id = pe["pe_id"].as_u64()?;
-        (format!("{id:#010x}") == pe_id)
+        let id = u32::try_from(pe["pe_id"].as_u64()?).ok()?;
+        (PeId(id).to_string() == pe_id)
             .then(|| Some((pe["pixels"].as_u64()?, pe["iterations"].as_u64()?)))?
     })
 }

@@ -41,10 +41,7 @@ impl Expected {
     }
 
     fn pool_element(&mut self, prefix: Prefix, pe: &PoolElement) {
-        self.add(
-            prefix.f("pool_element_pe_identifier"),
-            format!("0x{:08x}", pe.id.0),
-        );
+        self.add(prefix.f("pool_element_pe_identifier"), pe.id.to_string());
         self.add(
             prefix.f("pool_element_home_enrp_server_identifier"),
             format!("0x{:08x}", pe.home_registrar),
@@ -111,7 +108,7 @@ fn expect_asap(m: &AsapMessage, e: &mut Expected) {
         | AsapMessage::EndpointKeepAliveAck { pool_handle, pe_id }
         | AsapMessage::EndpointUnreachable { pool_handle, pe_id } => {
             e.pool_handle(p, pool_handle);
-            e.add("asap.pe_identifier", format!("0x{:08x}", pe_id.0));
+            e.add("asap.pe_identifier", pe_id.to_string());
         }
         AsapMessage::RegistrationResponse {
             pool_handle,
@@ -125,7 +122,7 @@ fn expect_asap(m: &AsapMessage, e: &mut Expected) {
             error,
         } => {
             e.pool_handle(p, pool_handle);
-            e.add("asap.pe_identifier", format!("0x{:08x}", pe_id.0));
+            e.add("asap.pe_identifier", pe_id.to_string());
             if let Some(error) = error {
                 e.error(p, error);
             }
@@ -164,7 +161,7 @@ fn expect_asap(m: &AsapMessage, e: &mut Expected) {
             e.add("asap.server_identifier", format!("0x{server_id:08x}"));
             e.pool_handle(p, pool_handle);
             if let Some(pe_id) = pe_id {
-                e.add("asap.pe_identifier", format!("0x{:08x}", pe_id.0));
+                e.add("asap.pe_identifier", pe_id.to_string());
             }
         }
         AsapMessage::ServerAnnounce { server_id, .. } => {

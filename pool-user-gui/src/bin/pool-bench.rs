@@ -325,7 +325,7 @@ async fn failover_latency(program: PathBuf, kills: usize) -> Result<Vec<Duration
             .await
     });
     let mut latencies = Vec::new();
-    let mut serving: Option<u32> = None;
+    let mut serving: Option<rserpool::wire::PeId> = None;
     while latencies.len() < kills {
         // Let the serving PE deliver for a while.
         let settle = Instant::now() + Duration::from_millis(150);
@@ -337,7 +337,7 @@ async fn failover_latency(program: PathBuf, kills: usize) -> Result<Vec<Duration
             }
         }
         let victim = serving.take().context("serving PE")?;
-        let killed_at = pool.kill(victim)?;
+        let killed_at = pool.kill(victim.0)?;
         let latency = loop {
             match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
                 Ok(Some(ClientEvent::TileProgress { pe_id, .. })) if pe_id != victim => {

@@ -354,6 +354,7 @@ impl ImageAssembly {
 mod tests {
     use super::*;
     use fractal_protocol::kernel::iterations_for;
+    use rserpool::wire::PeId;
 
     fn started() -> ClientEvent {
         ClientEvent::ImageStarted {
@@ -392,7 +393,7 @@ mod tests {
         picture.apply(&ClientEvent::TileData {
             image: 3,
             tile: 1,
-            pe_id: 7,
+            pe_id: PeId(7),
             first: 2,
             iterations: vec![4, 10],
         });
@@ -404,9 +405,9 @@ mod tests {
         picture.apply(&ClientEvent::FailoverCompleted {
             image: 3,
             tile: 1,
-            old_pe: 7,
+            old_pe: PeId(7),
             new_pe: super::super::events::PeInfo {
-                id: 8,
+                id: PeId(8),
                 address: "127.0.0.1:1".parse().expect("address"),
             },
             resumed_at: 2,
@@ -416,7 +417,7 @@ mod tests {
         picture.apply(&ClientEvent::TileData {
             image: 3,
             tile: 1,
-            pe_id: 8,
+            pe_id: PeId(8),
             first: 5,
             iterations: vec![1],
         });
@@ -435,7 +436,7 @@ mod tests {
         let data = |tile, iterations: Vec<u32>| ClientEvent::TileData {
             image: 3,
             tile,
-            pe_id: 7,
+            pe_id: PeId(7),
             first: 0,
             iterations,
         };
@@ -469,7 +470,7 @@ mod tests {
             picture.apply(&ClientEvent::TileData {
                 image: 3,
                 tile: 1,
-                pe_id: 9,
+                pe_id: PeId(9),
                 first,
                 iterations: values.clone(),
             });

@@ -2,14 +2,15 @@
 //! `client` (which produces these) and `gui`/`headless` (which consume them): changes here
 //! touch both sides.
 
+use rserpool::wire::PeId;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 /// A pool element as the client knows it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PeInfo {
-    /// Pool element identifier (print as `0x%08x`).
-    pub id: u32,
+    /// Pool element identifier.
+    pub id: PeId,
     /// Its FGP/ASAP data address (what we connect to).
     pub address: SocketAddr,
 }
@@ -30,7 +31,7 @@ pub struct TileRect {
 /// A pool element as the registrar reports it (handle resolution for all items).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolEntry {
-    pub id: u32,
+    pub id: PeId,
     pub address: SocketAddr,
     /// Policy in rsplib's text form, e.g. `LeastUsed` or `WeightedRoundRobin:3`.
     pub policy: String,
@@ -59,7 +60,7 @@ pub enum FailureReason {
 /// What one pool element did for one image.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct PeStats {
-    /// Pool element identifier.
+    /// Pool element identifier (a number in the JSON statistics: `PeId(pe_id)` prints it).
     pub pe_id: u32,
     /// Tiles (work units or tails) it completed.
     pub units: u64,
@@ -153,13 +154,17 @@ pub enum ClientEvent {
     },
     /// The PE of [`ClientEvent::SessionConnected`] refused the session (full): the tile's
     /// session looks for another.
-    SessionRefused { image: u64, tile: usize, pe_id: u32 },
+    SessionRefused {
+        image: u64,
+        tile: usize,
+        pe_id: PeId,
+    },
     /// Iteration counts of consecutive pixels of one tile, row-major within the tile,
     /// starting at pixel index `first` of that tile.
     TileData {
         image: u64,
         tile: usize,
-        pe_id: u32,
+        pe_id: PeId,
         first: u64,
         iterations: Vec<u32>,
     },
@@ -168,7 +173,7 @@ pub enum ClientEvent {
     TileProgress {
         image: u64,
         tile: usize,
-        pe_id: u32,
+        pe_id: PeId,
         first: u64,
         count: u64,
     },
@@ -198,12 +203,12 @@ pub enum ClientEvent {
         silent_for: Duration,
     },
     /// We sent Endpoint Unreachable for this PE to the registrar.
-    UnreachableReported { pe_id: u32 },
+    UnreachableReported { pe_id: PeId },
     /// A failover finished: a new PE took over.
     FailoverCompleted {
         image: u64,
         tile: usize,
-        old_pe: u32,
+        old_pe: PeId,
         new_pe: PeInfo,
         /// Pixel index within the tile the new PE resumed from.
         resumed_at: u64,

@@ -28,8 +28,8 @@ use fractal_protocol::message::{DataView, Parameter};
 use fractal_protocol::tiling;
 use rserpool::pu::{PoolUser, PoolUserConfig};
 use rserpool::transport::Frame;
-use rserpool::wire::PoolHandle;
 use rserpool::wire::policy::fraction_from_wire;
+use rserpool::wire::{PeId, PoolHandle};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -337,11 +337,11 @@ struct PeTally {
 /// Per-image bookkeeping for the statistics.
 #[derive(Default)]
 struct Tally {
-    pes: BTreeMap<u32, PeTally>,
+    pes: BTreeMap<PeId, PeTally>,
     /// The PE each tile's session is on.
-    tile_pe: HashMap<usize, u32>,
+    tile_pe: HashMap<usize, PeId>,
     /// The PE that delivered each tile's latest data (the one that completes it).
-    last_delivery: HashMap<usize, u32>,
+    last_delivery: HashMap<usize, PeId>,
     failovers: u64,
     recomputed_pixels: u64,
     recomputed_iterations: u64,
@@ -356,7 +356,7 @@ struct Tally {
 
 impl Tally {
     /// Tile `tile`'s session is now on `pe` (`None`: on none).
-    fn move_tile(&mut self, tile: usize, pe: Option<u32>, now: Instant) {
+    fn move_tile(&mut self, tile: usize, pe: Option<PeId>, now: Instant) {
         if let Some(old) = self.tile_pe.remove(&tile)
             && let Some(entry) = self.pes.get_mut(&old)
         {
@@ -381,7 +381,7 @@ impl Tally {
             .iter()
             .filter(|(_, tally)| tally.pixels > 0)
             .map(|(&pe_id, tally)| PeStats {
-                pe_id,
+                pe_id: pe_id.0,
                 units: tally.units,
                 pixels: tally.pixels,
                 iterations: tally.iterations,
@@ -698,7 +698,7 @@ fn account(event: &ClientEvent, assembly: &ImageAssembly, tally: &mut Tally, now
                 .or_insert_with(|| (format!("{reason:?}"), *silent_for));
             tracing::info!(
                 tile,
-                pe = format_args!("{:#010x}", pe.id),
+                pe = %pe.id,
                 reason = ?reason,
                 silent_ms = silent_for.as_millis() as u64,
                 "failover started"
@@ -724,8 +724,8 @@ fn account(event: &ClientEvent, assembly: &ImageAssembly, tally: &mut Tally, now
             let (reason, detection) = tally.failing.remove(tile).unwrap_or_default();
             tally.failover_records.push(FailoverRecord {
                 tile: *tile,
-                old_pe: *old_pe,
-                new_pe: new_pe.id,
+                old_pe: old_pe.0,
+                new_pe: new_pe.id.0,
                 reason,
                 detection_s: detection.as_secs_f64(),
                 failover_s: took.as_secs_f64(),
@@ -735,8 +735,8 @@ fn account(event: &ClientEvent, assembly: &ImageAssembly, tally: &mut Tally, now
             });
             tracing::info!(
                 tile,
-                old_pe = format_args!("{old_pe:#010x}"),
-                pe = format_args!("{:#010x}", new_pe.id),
+                old_pe = %old_pe,
+                pe = %new_pe.id,
                 resumed_at,
                 recomputed_pixels,
                 recomputed_iterations,
@@ -754,7 +754,7 @@ fn account(event: &ClientEvent, assembly: &ImageAssembly, tally: &mut Tally, now
             tally.move_tile(*tile, Some(pe.id), now);
             tracing::info!(
                 tile,
-                pe = format_args!("{:#010x}", pe.id),
+                pe = %pe.id,
                 address = %pe.address,
                 resumed_at = resumed_at.unwrap_or(0),
                 resumed = resumed_at.is_some(),
@@ -766,7 +766,7 @@ fn account(event: &ClientEvent, assembly: &ImageAssembly, tally: &mut Tally, now
         }
         ClientEvent::UnreachableReported { pe_id } => {
             tracing::info!(
-                pe = format_args!("{pe_id:#010x}"),
+                pe = %pe_id,
                 "endpoint unreachable reported"
             );
         }

@@ -11,7 +11,7 @@ use fractal_protocol::message::{
 };
 use rserpool::pu::{FailureKind, PeCandidate, PoolUser, Session, SessionEvent};
 use rserpool::transport::Frame;
-use rserpool::wire::PoolHandle;
+use rserpool::wire::{PeId, PoolHandle};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::coverage::Coverage;
@@ -47,7 +47,7 @@ pub(crate) enum TileReport {
     /// them in place.
     Data {
         tile: usize,
-        pe_id: u32,
+        pe_id: PeId,
         first: u64,
         count: u64,
         frames: Vec<Frame>,
@@ -58,7 +58,7 @@ pub(crate) enum TileReport {
 /// one PE, and the latest cookie (a PE sends one every few Data messages; only the latest
 /// matters).
 struct Pending {
-    pe_id: u32,
+    pe_id: PeId,
     first: u64,
     count: u64,
     frames: Vec<Frame>,
@@ -67,14 +67,14 @@ struct Pending {
 
 impl Pending {
     /// Whether `count` points of `pe_id` starting at `first` continue the gathered ones.
-    fn continues(&self, pe_id: u32, first: u64, count: usize) -> bool {
+    fn continues(&self, pe_id: PeId, first: u64, count: usize) -> bool {
         self.pe_id == pe_id
             && self.first + self.count == first
             && self.count + count as u64 <= MAX_BATCH_POINTS
     }
 
     /// Adds a checked Data message with `count` points from pixel `first`.
-    fn push(&mut self, pe_id: u32, first: u64, count: usize, frame: Frame) {
+    fn push(&mut self, pe_id: PeId, first: u64, count: usize, frame: Frame) {
         if self.frames.is_empty() {
             self.pe_id = pe_id;
             self.first = first;
@@ -241,7 +241,7 @@ impl TileRun {
                 got_data: false,
             },
             pending: Pending {
-                pe_id: 0,
+                pe_id: PeId(0),
                 first: 0,
                 count: 0,
                 frames: Vec::new(),
@@ -305,13 +305,13 @@ impl TileRun {
             SessionEvent::Finished => return Err(Stop),
             SessionEvent::Connected { pe, resumed } => self.connected(&pe, resumed),
             SessionEvent::ConnectFailed { pe, detail } => {
-                tracing::info!(tile, pe = format_args!("{:#010x}", pe.id), %detail, "could not connect to pool element");
+                tracing::info!(tile, pe = %pe.id, %detail, "could not connect to pool element");
                 return Ok(None);
             }
             SessionEvent::Refused { pe } => {
                 tracing::debug!(
                     tile,
-                    pe = format_args!("{:#010x}", pe.id),
+                    pe = %pe.id,
                     "pool element refused the session"
                 );
                 ClientEvent::SessionRefused {
@@ -417,7 +417,7 @@ impl TileRun {
             Err(error) => {
                 self.flush()?;
                 let detail = error.to_string();
-                tracing::warn!(tile, pe = format_args!("{:#010x}", pe.id), %detail, "unusable cookie; restarting the tile");
+                tracing::warn!(tile, pe = %pe.id, %detail, "unusable cookie; restarting the tile");
                 self.progress.cookie_position = None;
                 self.session.forget_cookie();
                 self.session.fail(FailureKind::ProtocolError(detail));
@@ -505,7 +505,7 @@ impl TileRun {
         let tile = self.tile;
         self.flush()?;
         let detail = error.to_string();
-        tracing::warn!(tile, pe = format_args!("{:#010x}", pe.id), %detail, "bad data from pool element");
+        tracing::warn!(tile, pe = %pe.id, %detail, "bad data from pool element");
         if let DataError::EarlyFinalizer { .. } = error {
             // The PE skipped pixels: its cookies cannot be trusted either.
             self.progress.cookie_position = None;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use fractal_protocol::palette::{self, Marks, Palette};
 
 use crate::client::events::{ClientEvent, FailureReason, ImageStats, PeInfo, PoolEntry, TileRect};
+use rserpool::wire::PeId;
 
 /// Most entries kept in the failover story.
 const TIMELINE_LIMIT: usize = 500;
@@ -46,7 +47,7 @@ pub struct TileProgress {
     pub received: u64,
     pub completed: bool,
     /// The PE currently computing it.
-    pub pe: Option<u32>,
+    pub pe: Option<PeId>,
     /// Failovers of this tile's session so far.
     pub failovers: u32,
     /// A failover is in progress.
@@ -75,7 +76,7 @@ pub struct Picture {
     pub progress: Vec<TileProgress>,
     /// Per PE, iterations behind the pixels it delivered for this picture (recomputed ones
     /// included): its share of the work.
-    pub pe_work: BTreeMap<u32, u64>,
+    pub pe_work: BTreeMap<PeId, u64>,
     /// Tails taken over so far.
     pub tail_takeovers: u32,
     values: Vec<u32>,
@@ -84,7 +85,7 @@ pub struct Picture {
     /// Per pixel: failovers of its session when it arrived.
     pixel_generation: Vec<u8>,
     /// PE identifiers in order of first appearance (their mark colour index).
-    pe_order: Vec<u32>,
+    pe_order: Vec<PeId>,
     received: u64,
     /// Rows changed since the texture was last updated (inclusive start, exclusive end).
     dirty_rows: Option<(u32, u32)>,
@@ -190,7 +191,7 @@ impl Picture {
     }
 
     /// The PE that delivered pixel (x, y).
-    pub fn pixel_pe(&self, x: u32, y: u32) -> Option<u32> {
+    pub fn pixel_pe(&self, x: u32, y: u32) -> Option<PeId> {
         if x >= self.width || y >= self.height {
             return None;
         }
@@ -207,7 +208,7 @@ impl Picture {
     }
 
     /// Colour index of a PE for the per-PE marks (stable within an image).
-    pub fn pe_mark_index(&self, pe: u32) -> Option<usize> {
+    pub fn pe_mark_index(&self, pe: PeId) -> Option<usize> {
         self.pe_order.iter().position(|&known| known == pe)
     }
 
@@ -232,7 +233,7 @@ impl Picture {
         });
     }
 
-    fn pe_slot(&mut self, pe: u32) -> u16 {
+    fn pe_slot(&mut self, pe: PeId) -> u16 {
         if let Some(index) = self.pe_order.iter().position(|&known| known == pe) {
             return u16::try_from(index + 1).unwrap_or(u16::MAX);
         }
@@ -242,7 +243,7 @@ impl Picture {
 
     /// Stores `iterations` for pixels `first..` of tile `index`; returns the pixels that were
     /// new (not received before).
-    fn store(&mut self, index: usize, pe: u32, first: u64, iterations: &[u32]) -> u64 {
+    fn store(&mut self, index: usize, pe: PeId, first: u64, iterations: &[u32]) -> u64 {
         let Some(rect) = self.tiles.get(index).cloned() else {
             return 0;
         };
@@ -365,9 +366,9 @@ pub struct History {
     /// (seconds, pixels per second).
     pub speed: VecDeque<[f64; 2]>,
     /// Per PE: (seconds, load 0..1 as the registrar reports it).
-    pub load: BTreeMap<u32, VecDeque<[f64; 2]>>,
+    pub load: BTreeMap<PeId, VecDeque<[f64; 2]>>,
     /// Per PE: (seconds, sessions it serves for us).
-    pub sessions: BTreeMap<u32, VecDeque<[f64; 2]>>,
+    pub sessions: BTreeMap<PeId, VecDeque<[f64; 2]>>,
     /// Failover times (seconds), drawn as vertical marks.
     pub failovers: Vec<f64>,
 }
@@ -425,9 +426,9 @@ pub struct GuiState {
     pub pool: Vec<PoolEntry>,
     pub registrar: RegistrarStatus,
     /// Tiles of the current image each PE serves right now.
-    pub serving: BTreeMap<u32, BTreeSet<usize>>,
+    pub serving: BTreeMap<PeId, BTreeSet<usize>>,
     /// Tiles each PE completed since the window opened.
-    pub tiles_completed_by: HashMap<u32, u64>,
+    pub tiles_completed_by: HashMap<PeId, u64>,
     pub story: VecDeque<StoryEntry>,
     pub history: History,
     /// Sessions waiting for a PE (the pool is empty for them).
@@ -534,7 +535,7 @@ impl GuiState {
     }
 
     /// `pe` serves `tile` now, and no other PE does.
-    fn set_serving(&mut self, tile: usize, pe: u32) {
+    fn set_serving(&mut self, tile: usize, pe: PeId) {
         self.stop_serving(tile);
         self.serving.entry(pe).or_default().insert(tile);
     }
@@ -666,7 +667,7 @@ impl GuiState {
             self.note(
                 StoryKind::Recovery,
                 format!(
-                    "Tile {} resumed on PE 0x{:08x} at pixel {position}",
+                    "Tile {} resumed on PE {} at pixel {position}",
                     tile + 1,
                     pe.id
                 ),
@@ -688,7 +689,7 @@ impl GuiState {
         &mut self,
         image: u64,
         tile: usize,
-        pe_id: u32,
+        pe_id: PeId,
         first: u64,
         iterations: &[u32],
     ) {
@@ -718,7 +719,7 @@ impl GuiState {
         // The first of a picture is told; the rest are counted at its end (a picture has
         // dozens).
         if picture.tail_takeovers == 1 {
-            let pe = slow_pe.map_or_else(|| "its PE".to_owned(), |pe| format!("PE 0x{pe:08x}"));
+            let pe = slow_pe.map_or_else(|| "its PE".to_owned(), |pe| format!("PE {pe}"));
             self.note(
                 StoryKind::Recovery,
                 format!(
@@ -768,7 +769,7 @@ impl GuiState {
         self.note(
             StoryKind::Failure,
             format!(
-                "Tile {}: PE 0x{:08x} failed ({}), detected after {} ms",
+                "Tile {}: PE {} failed ({}), detected after {} ms",
                 tile + 1,
                 pe.id,
                 describe_reason(reason),
@@ -777,10 +778,10 @@ impl GuiState {
         );
     }
 
-    fn on_unreachable_reported(&mut self, pe_id: u32) {
+    fn on_unreachable_reported(&mut self, pe_id: PeId) {
         self.note(
             StoryKind::Report,
-            format!("Reported PE 0x{pe_id:08x} unreachable to the registrar"),
+            format!("Reported PE {pe_id} unreachable to the registrar"),
         );
     }
 
@@ -792,7 +793,7 @@ impl GuiState {
         &mut self,
         image: u64,
         tile: usize,
-        old_pe: u32,
+        old_pe: PeId,
         new_pe: &PeInfo,
         resumed_at: u64,
         recomputed_pixels: u64,
@@ -813,7 +814,7 @@ impl GuiState {
         self.note(
             StoryKind::Recovery,
             format!(
-                "Tile {}: PE 0x{:08x} took over from 0x{old_pe:08x} in {} ms, \
+                "Tile {}: PE {} took over from {old_pe} in {} ms, \
                  resumed from cookie at pixel {resumed_at}, {recomputed_pixels} pixels recomputed",
                 tile + 1,
                 new_pe.id,
@@ -880,18 +881,18 @@ impl GuiState {
 
     fn on_pool_snapshot(&mut self, registrar: Option<SocketAddr>, entries: Vec<PoolEntry>) {
         let now = self.elapsed_s();
-        let before: BTreeSet<u32> = self.pool.iter().map(|entry| entry.id).collect();
-        let after: BTreeSet<u32> = entries.iter().map(|entry| entry.id).collect();
+        let before: BTreeSet<PeId> = self.pool.iter().map(|entry| entry.id).collect();
+        let after: BTreeSet<PeId> = entries.iter().map(|entry| entry.id).collect();
         // The first snapshot is the pool as found, not news.
         if self.registrar != RegistrarStatus::Unknown {
             for gone in before.difference(&after) {
                 self.note(
                     StoryKind::Pool,
-                    format!("Registrar removed PE 0x{gone:08x} from the pool"),
+                    format!("Registrar removed PE {gone} from the pool"),
                 );
             }
             for new in after.difference(&before) {
-                self.note(StoryKind::Pool, format!("PE 0x{new:08x} joined the pool"));
+                self.note(StoryKind::Pool, format!("PE {new} joined the pool"));
             }
         }
         if matches!(self.registrar, RegistrarStatus::Unavailable(_)) {
@@ -929,7 +930,7 @@ impl GuiState {
         self.speed_window_start = now;
         let now = self.elapsed_s();
         push_limited(&mut self.history.speed, [now, self.pixels_per_s]);
-        let known: Vec<u32> = self
+        let known: Vec<PeId> = self
             .pool
             .iter()
             .map(|entry| entry.id)

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use fractal_protocol::kernel::{KernelChoice, View};
 use fractal_protocol::tiling;
+use rserpool::wire::PeId;
 
 use super::control::{ClientControl, EventSink, ImageRequest};
 use crate::client::events::{ClientEvent, FailureReason, ImageStats, PeInfo, PoolEntry, TileRect};
@@ -22,11 +23,11 @@ const MESSAGES_PER_COOKIE: u64 = 10;
 /// Simulation step.
 const TICK: Duration = Duration::from_millis(20);
 /// Simulated PEs: identifier and iterations per second.
-const PES: [(u32, u64); 4] = [
-    (0x1a2b_3c4d, 40_000_000),
-    (0x5e6f_7081, 20_000_000),
-    (0x9203_a4b5, 10_000_000),
-    (0xc6d7_e8f9, 5_000_000),
+const PES: [(PeId, u64); 4] = [
+    (PeId(0x1a2b_3c4d), 40_000_000),
+    (PeId(0x5e6f_7081), 20_000_000),
+    (PeId(0x9203_a4b5), 10_000_000),
+    (PeId(0xc6d7_e8f9), 5_000_000),
 ];
 /// The PE that fails in the first picture, and when (fraction of the picture done).
 const VICTIM: usize = 1;

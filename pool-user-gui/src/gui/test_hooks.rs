@@ -124,14 +124,14 @@ fn kill_busiest_bundled_pe(state: &mut GuiState, pool: Option<&mut (dyn PoolCont
     match busiest {
         Some((serving, slot, id, pid)) => {
             tracing::info!(
-                pe = format_args!("0x{id:08x}"),
+                pe = %id,
                 pid = pid.unwrap_or(0),
                 serving,
                 "demo kill"
             );
             state.note(
                 StoryKind::Control,
-                format!("Killed PE 0x{id:08x} (SIGKILL) serving {serving} sessions"),
+                format!("Killed PE {id} (SIGKILL) serving {serving} sessions"),
             );
             pool.kill(slot);
         }

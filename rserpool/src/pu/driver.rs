@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::discovery::{RegistrarTable, announce_receiver_config, listen_for_announces};
 use crate::timer::sleep_until;
 use crate::transport::{self, Association, AssociationConfig, Frame, HeartbeatConfig};
-use crate::wire::PoolHandle;
+use crate::wire::{PeId, PoolHandle};
 
 use super::registrar_client::{ALL_ITEMS, RegistrarClient, Request, Resolution, ResolveError};
 use super::selector::{DEFAULT_STALE_CACHE, PeCandidate, PeSelector};
@@ -167,14 +167,14 @@ impl PoolUser {
     }
 
     /// Sends Endpoint Unreachable for `pe_id` (queued; never waits for the registrar).
-    pub fn report_unreachable(&self, pool: &PoolHandle, pe_id: u32) {
+    pub fn report_unreachable(&self, pool: &PoolHandle, pe_id: PeId) {
         let request = Request::Unreachable {
             pool: pool.clone(),
             pe_id,
         };
         if self.inner.requests.try_send(request).is_err() {
             tracing::debug!(
-                pe = format_args!("{pe_id:#010x}"),
+                pe = %pe_id,
                 "unreachable report dropped (queue full)"
             );
         }
@@ -238,7 +238,7 @@ pub struct Session {
     state: SessionState,
     association: Option<Association>,
     /// The PE the selector counts this session on (see [`PeSelector::release`]).
-    holding: Option<u32>,
+    holding: Option<PeId>,
     events: VecDeque<SessionEvent>,
     /// Actions [`Session::ready_event`] could not carry out without waiting, in order; the
     /// next [`Session::next_event`] starts with them.

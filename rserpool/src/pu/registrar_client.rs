@@ -45,7 +45,7 @@ pub(crate) enum Request {
     },
     Unreachable {
         pool: PoolHandle,
-        pe_id: u32,
+        pe_id: PeId,
     },
 }
 
@@ -95,10 +95,10 @@ impl RegistrarClient {
                 Request::Unreachable { pool, pe_id } => {
                     let message = AsapMessage::EndpointUnreachable {
                         pool_handle: pool,
-                        pe_id: PeId(pe_id),
+                        pe_id,
                     };
                     if let Err(error) = self.send_only(&message).await {
-                        tracing::debug!(%error, pe = format_args!("{pe_id:#010x}"), "endpoint unreachable not sent");
+                        tracing::debug!(%error, pe = %pe_id, "endpoint unreachable not sent");
                     }
                 }
             }

@@ -33,13 +33,13 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, RngExt};
 
-use crate::wire::{Policy, PoolElement, TransportAddress};
+use crate::wire::{PeId, Policy, PoolElement, TransportAddress};
 
 /// A pool element a session can connect to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeCandidate {
     /// Pool element identifier.
-    pub id: u32,
+    pub id: PeId,
     /// Its data address (the TCP transport it registered).
     pub address: SocketAddr,
     /// Its policy with the registrar's policy information (load, weight, ...).
@@ -56,7 +56,7 @@ impl PeCandidate {
             _ => return None,
         };
         Some(PeCandidate {
-            id: element.id.0,
+            id: element.id,
             address,
             policy: element.policy,
         })
@@ -82,14 +82,14 @@ pub struct PeSelector {
     stale_cache: Duration,
     cache: Option<Cached>,
     /// PE id -> not to be chosen before this instant.
-    avoid_until: HashMap<u32, Instant>,
+    avoid_until: HashMap<PeId, Instant>,
     /// PE id -> how often this selector handed it out.
-    uses: HashMap<u32, u64>,
+    uses: HashMap<PeId, u64>,
     /// Sessions of this pool user on each PE now: chosen and not yet released.
-    open: HashMap<u32, u64>,
+    open: HashMap<PeId, u64>,
     /// PE id -> (how many of our sessions it takes, until when we believe so): learnt from a
     /// refusal.
-    full_at: HashMap<u32, (u64, Instant)>,
+    full_at: HashMap<PeId, (u64, Instant)>,
 }
 
 impl PeSelector {
@@ -137,14 +137,14 @@ impl PeSelector {
 
     /// Records that `pe_id` failed at `now`: it is not chosen for `avoid_for`, whatever the
     /// registrar says.
-    pub fn avoid(&mut self, pe_id: u32, now: Instant, avoid_for: Duration) {
+    pub fn avoid(&mut self, pe_id: PeId, now: Instant, avoid_for: Duration) {
         let until = now + avoid_for;
         let entry = self.avoid_until.entry(pe_id).or_insert(until);
         *entry = (*entry).max(until);
     }
 
     /// Whether `pe_id` is being avoided at `now`.
-    pub fn is_avoided(&self, pe_id: u32, now: Instant) -> bool {
+    pub fn is_avoided(&self, pe_id: PeId, now: Instant) -> bool {
         self.avoid_until
             .get(&pe_id)
             .is_some_and(|&until| now < until)
@@ -152,7 +152,7 @@ impl PeSelector {
 
     /// `pe_id` refused a session at `now` that [`PeSelector::choose`] gave it (and that is
     /// not released yet): it is full at the other sessions we have there, if any.
-    pub fn refused(&mut self, pe_id: u32, now: Instant) {
+    pub fn refused(&mut self, pe_id: PeId, now: Instant) {
         let others = self.open_sessions(pe_id).saturating_sub(1);
         if others > 0 {
             self.full_at.insert(pe_id, (others, now + FULL_MEMORY));
@@ -160,14 +160,14 @@ impl PeSelector {
     }
 
     /// Whether `pe_id` is believed full with the sessions we have there.
-    fn is_full(&self, pe_id: u32, now: Instant) -> bool {
+    fn is_full(&self, pe_id: PeId, now: Instant) -> bool {
         self.full_at
             .get(&pe_id)
             .is_some_and(|&(limit, until)| now < until && self.open_sessions(pe_id) >= limit)
     }
 
     /// Sessions of ours on `pe_id` now.
-    fn open_sessions(&self, pe_id: u32) -> u64 {
+    fn open_sessions(&self, pe_id: PeId) -> u64 {
         self.open.get(&pe_id).copied().unwrap_or(0)
     }
 
@@ -210,7 +210,7 @@ impl PeSelector {
 
     /// A session chosen with [`PeSelector::choose`] no longer uses `pe_id` (it ended or failed
     /// over).
-    pub fn release(&mut self, pe_id: u32) {
+    pub fn release(&mut self, pe_id: PeId) {
         if let Some(count) = self.open.get_mut(&pe_id) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -222,8 +222,8 @@ impl PeSelector {
 
 fn choose_by_policy<'a, R: Rng + ?Sized>(
     usable: &'a [PeCandidate],
-    uses: &HashMap<u32, u64>,
-    open: &HashMap<u32, u64>,
+    uses: &HashMap<PeId, u64>,
+    open: &HashMap<PeId, u64>,
     rng: &mut R,
 ) -> Option<&'a PeCandidate> {
     let first = usable.first()?;
@@ -340,7 +340,7 @@ mod tests {
     /// The ids of `count` choices made at `now`, one after the other (sessions kept open).
     fn choices(selector: &mut PeSelector, now: Instant, count: usize) -> Vec<u32> {
         (0..count)
-            .filter_map(|_| selector.choose(now, &mut rng()).map(|pe| pe.id))
+            .filter_map(|_| selector.choose(now, &mut rng()).map(|pe| pe.id.0))
             .collect()
     }
 
@@ -368,14 +368,14 @@ mod tests {
             element(2, Policy::RoundRobin),
         ];
         selector.store(&answer, now);
-        selector.avoid(1, now, Duration::from_secs(5));
+        selector.avoid(PeId(1), now, Duration::from_secs(5));
         // The registrar still lists PE 1.
         selector.store(&answer, now + Duration::from_millis(10));
         for _ in 0..3 {
             let chosen = selector.choose(now + Duration::from_secs(1), &mut rng());
-            assert_eq!(chosen.map(|pe| pe.id), Some(2));
+            assert_eq!(chosen.map(|pe| pe.id.0), Some(2));
         }
-        selector.avoid(2, now, Duration::from_secs(5));
+        selector.avoid(PeId(2), now, Duration::from_secs(5));
         assert_eq!(
             selector.choose(now + Duration::from_secs(1), &mut rng()),
             None
@@ -396,10 +396,10 @@ mod tests {
             ],
             now,
         );
-        assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id), Some(2));
+        assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id.0), Some(2));
         // The listed loads do not count the session just opened on PE 2: ours come first.
-        assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id), Some(1));
-        assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id), Some(2));
+        assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id.0), Some(1));
+        assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id.0), Some(2));
         selector.store(
             &[
                 element(1, Policy::Priority { priority: 1 }),
@@ -407,7 +407,7 @@ mod tests {
             ],
             now,
         );
-        assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id), Some(2));
+        assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id.0), Some(2));
     }
 
     #[test]
@@ -416,10 +416,10 @@ mod tests {
         let mut selector = PeSelector::new(DEFAULT_STALE_CACHE);
         selector.store(&listing(&[1, 2], Policy::LeastUsed { load: 0 }), now);
         // Earlier pictures used PE 1 ten times (PE 2 was avoided), all of those sessions over.
-        selector.avoid(2, now, Duration::from_secs(1));
+        selector.avoid(PeId(2), now, Duration::from_secs(1));
         for _ in 0..10 {
             let pe = selector.choose(now, &mut rng()).expect("a PE");
-            assert_eq!(pe.id, 1);
+            assert_eq!(pe.id, PeId(1));
             selector.release(pe.id);
         }
         let now = now + Duration::from_secs(2);
@@ -431,10 +431,10 @@ mod tests {
             "{chosen:?}"
         );
         // Sessions ending on PE 1 make it the choice again.
-        selector.release(1);
-        selector.release(1);
-        assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id), Some(1));
-        assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id), Some(1));
+        selector.release(PeId(1));
+        selector.release(PeId(1));
+        assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id.0), Some(1));
+        assert_eq!(selector.choose(now, &mut rng()).map(|pe| pe.id.0), Some(1));
     }
 
     #[test]
@@ -449,10 +449,10 @@ mod tests {
             selector.release(pe.id);
             pe.id
         };
-        assert_eq!(one_session(&mut selector), 1);
+        assert_eq!(one_session(&mut selector), PeId(1));
         selector.store(&listing(&[2, 1], Policy::RoundRobin), now);
-        assert_eq!(one_session(&mut selector), 2);
-        assert_eq!(one_session(&mut selector), 2);
+        assert_eq!(one_session(&mut selector), PeId(2));
+        assert_eq!(one_session(&mut selector), PeId(2));
         selector.store(&listing(&[1, 2], Policy::RoundRobin), now);
         let chosen = choices(&mut selector, now, 16);
         assert_eq!(
@@ -525,11 +525,11 @@ mod tests {
         assert_eq!(choices(&mut selector, now, 4), vec![1, 2, 1, 2]);
         // A fifth session, on PE 1, is refused: PE 1 takes two of ours.
         assert_eq!(choices(&mut selector, now, 1), vec![1]);
-        selector.refused(1, now);
-        selector.release(1);
+        selector.refused(PeId(1), now);
+        selector.release(PeId(1));
         assert_eq!(choices(&mut selector, now, 2), vec![2, 2]);
         // One of ours on PE 1 ends: room again.
-        selector.release(1);
+        selector.release(PeId(1));
         assert_eq!(choices(&mut selector, now, 1), vec![1]);
         assert_eq!(choices(&mut selector, now, 1), vec![2]);
         // After a while PE 1 is tried again.
@@ -539,8 +539,8 @@ mod tests {
         let mut fresh = PeSelector::new(Duration::from_secs(60));
         fresh.store(&listing(&[1], Policy::LeastUsed { load: 0 }), now);
         assert_eq!(choices(&mut fresh, now, 1), vec![1]);
-        fresh.refused(1, now);
-        fresh.release(1);
+        fresh.refused(PeId(1), now);
+        fresh.release(PeId(1));
         assert_eq!(choices(&mut fresh, now, 1), vec![1]);
     }
 
@@ -555,7 +555,7 @@ mod tests {
             first.sort_unstable();
             assert_eq!(first, vec![1, 2, 3, 4], "{policy:?}");
             // One of ours ends on PE 3: the next session goes there.
-            selector.release(3);
+            selector.release(PeId(3));
             assert_eq!(choices(&mut selector, now, 1), vec![3], "{policy:?}");
         }
     }
@@ -573,7 +573,7 @@ mod tests {
         );
         let mut rng = rng();
         for _ in 0..50 {
-            assert_eq!(selector.choose(now, &mut rng).map(|pe| pe.id), Some(2));
+            assert_eq!(selector.choose(now, &mut rng).map(|pe| pe.id.0), Some(2));
         }
     }
 

@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::transport::{AssociationError, Frame, PPID_ASAP};
-use crate::wire::AsapMessage;
+use crate::wire::{AsapMessage, PeId};
 
 use super::selector::PeCandidate;
 
@@ -116,7 +116,7 @@ pub enum SessionEvent {
         resumed: bool,
     },
     /// Endpoint Unreachable was sent (or queued) for this PE.
-    UnreachableReported { pe_id: u32 },
+    UnreachableReported { pe_id: PeId },
     /// No usable PE; asking again after `retry_in`.
     PoolEmpty {
         retry_in: Duration,
@@ -146,9 +146,9 @@ pub enum Action {
     /// Close the current association gracefully (and forget it).
     Close,
     /// Send Endpoint Unreachable for this PE to the registrar.
-    ReportUnreachable { pe_id: u32 },
+    ReportUnreachable { pe_id: PeId },
     /// Do not choose this PE for this long.
-    Avoid { pe_id: u32, duration: Duration },
+    Avoid { pe_id: PeId, duration: Duration },
     /// Hand this to the application.
     Event(SessionEvent),
 }

@@ -13,7 +13,7 @@ const FGP: u32 = 32;
 
 fn pe(id: u32) -> PeCandidate {
     PeCandidate {
-        id,
+        id: PeId(id),
         address: SocketAddr::from((Ipv4Addr::LOCALHOST, 9000 + id as u16)),
         policy: Policy::RoundRobin,
     }
@@ -62,7 +62,7 @@ fn reports(actions: &[Action]) -> Vec<u32> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::ReportUnreachable { pe_id } => Some(*pe_id),
+            Action::ReportUnreachable { pe_id } => Some(pe_id.0),
             _ => None,
         })
         .collect()
@@ -106,7 +106,7 @@ fn data_silence_is_detected_after_the_session_timeout_and_reported_once() {
     assert!(events(&actions).iter().any(|e| matches!(
         e,
         SessionEvent::FailoverStarted { reason: FailureKind::DataSilence, silent_for, pe: p, .. }
-            if *silent_for == timeout && p.id == 1
+            if *silent_for == timeout && p.id == PeId(1)
     )));
     // The old association closing afterwards does not report again.
     state.handle_closed(t1 + timeout, &AssociationError::Reset);
@@ -132,7 +132,7 @@ fn connection_loss_fails_over_with_the_last_cookie() {
     let actions = drain(&mut state);
     assert_eq!(reports(&actions), vec![1]);
     assert!(actions.contains(&Action::Avoid {
-        pe_id: 1,
+        pe_id: PeId(1),
         duration: SessionConfig::default().avoid_failed_for
     }));
     assert!(events(&actions).iter().any(|e| matches!(
@@ -166,7 +166,7 @@ fn connection_loss_fails_over_with_the_last_cookie() {
     assert!(events(&actions).iter().any(|e| matches!(
         e,
         SessionEvent::FailoverCompleted { old_pe, new_pe, took, resumed: true }
-            if old_pe.id == 1 && new_pe.id == 2 && *took == t3 - t1
+            if old_pe.id == PeId(1) && new_pe.id == PeId(2) && *took == t3 - t1
     )));
 }
 
@@ -203,7 +203,7 @@ fn refusal_tries_another_pe_without_reporting() {
     let actions = drain(&mut state);
     assert!(reports(&actions).is_empty(), "{actions:?}");
     assert!(actions.contains(&Action::Avoid {
-        pe_id: 1,
+        pe_id: PeId(1),
         duration: SessionConfig::default().avoid_refused_for
     }));
     assert!(events(&actions).contains(&&SessionEvent::Refused { pe: pe(1) }));
@@ -334,7 +334,7 @@ fn failed_pe_is_not_chosen_again_while_the_registrar_lists_it() {
             state.handle_frame(now, Frame::new(FGP, vec![0]));
         }
     }
-    assert_eq!(chosen, vec![1, 2], "PE 1 was not chosen again");
+    assert_eq!(chosen, vec![PeId(1), PeId(2)], "PE 1 was not chosen again");
     assert_eq!(total_reports, 1);
 }
 
@@ -348,7 +348,7 @@ fn graceful_close_after_data_fails_over_without_report() {
     let actions = drain(&mut state);
     assert!(reports(&actions).is_empty(), "{actions:?}");
     assert!(actions.contains(&Action::Avoid {
-        pe_id: 1,
+        pe_id: PeId(1),
         duration: SessionConfig::default().avoid_refused_for
     }));
     assert!(events(&actions).iter().any(|e| matches!(

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::keepalive::spread;
-use super::{Registrar, RegistrarConfig, RegistrarEvent, RegistrarStats, Transmit, pool_name};
+use super::{Registrar, RegistrarConfig, RegistrarEvent, RegistrarStats, Transmit};
 use crate::handlespace::{AssociationKey, HandlespaceSnapshot};
 use crate::timer::sleep_until;
 use crate::transport::announce::{AnnounceSender, AnnounceSenderConfig};
@@ -386,8 +386,6 @@ fn log_event(event: &RegistrarEvent) {
             user_transport,
             reregistration,
         } => {
-            let pool = pool_name(pool);
-            let pe = format!("0x{:08x}", pe.0);
             let addr = transport_addr(user_transport);
             if *reregistration {
                 info!(pool = %pool, pe = %pe, addr = %addr, "pe reregistered");
@@ -401,11 +399,11 @@ fn log_event(event: &RegistrarEvent) {
             cause,
             reason,
         } => {
-            info!(pool = %pool_name(pool), pe = %format!("0x{:08x}", pe.0), cause = %format!("{:#x}", cause.0), %reason, "registration rejected")
+            info!(%pool, %pe, cause = %format!("{:#x}", cause.0), %reason, "registration rejected")
         }
         RegistrarEvent::Removed { pool, pe, reason } => info!(
-            pool = %pool_name(pool),
-            pe = %format!("0x{:08x}", pe.0),
+            %pool,
+            %pe,
             reason = %reason.as_str(),
             "pe removed"
         ),
@@ -415,8 +413,8 @@ fn log_event(event: &RegistrarEvent) {
             reporter,
             count,
         } => info!(
-            pool = %pool_name(pool),
-            pe = %format!("0x{:08x}", pe.0),
+            %pool,
+            %pe,
             reporter,
             count,
             "unreachable report"

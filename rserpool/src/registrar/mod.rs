@@ -451,8 +451,7 @@ impl Registrar {
             self.events.push_back(RegistrarEvent::BadMessage {
                 association,
                 error: format!(
-                    "deregistration of pe {pe} in pool {} from another association refused",
-                    pool_name(&pool)
+                    "deregistration of pe {pe} in pool {pool} from another association refused"
                 ),
             });
             Some(OperationError::single(ErrorCause::new(
@@ -573,11 +572,6 @@ fn elements_that_fit(elements: &[PoolElement]) -> usize {
         }
     }
     elements.len()
-}
-
-/// The pool handle as printed in logs (UTF-8, lossy).
-pub fn pool_name(pool: &PoolHandle) -> String {
-    String::from_utf8_lossy(pool.as_bytes()).into_owned()
 }
 
 /// The cause-specific information of a refused registration (RFC 5354 §3.12): the pool's

@@ -348,7 +348,7 @@ impl Sim {
     /// Pool user `pu` reports PE `pe` unreachable to its registrar, as a session would.
     pub fn report_unreachable(&mut self, pu: usize, pe: usize) {
         let pe_id = self.pes[pe].pe_id;
-        self.pus[pu].report_unreachable(pe_id.0);
+        self.pus[pu].report_unreachable(pe_id);
         self.pump();
     }
 

@@ -288,7 +288,7 @@ struct PuSession {
     /// A connection attempt is outstanding and still wanted.
     connecting: bool,
     /// The PE the selector counts this session on.
-    holding: Option<u32>,
+    holding: Option<PeId>,
     job: Job,
 }
 
@@ -307,7 +307,7 @@ struct RegistrarLink {
     /// Resolutions sent, oldest first, with when.
     awaiting: VecDeque<(usize, Instant)>,
     /// Endpoint Unreachable reports not yet sent.
-    reports: Vec<u32>,
+    reports: Vec<PeId>,
 }
 
 pub(super) struct PuNode {
@@ -492,7 +492,7 @@ impl PuNode {
         }
     }
 
-    pub(super) fn report_unreachable(&mut self, pe_id: u32) {
+    pub(super) fn report_unreachable(&mut self, pe_id: PeId) {
         self.link.reports.push(pe_id);
         self.ensure_registrar();
     }
@@ -557,7 +557,7 @@ impl PuNode {
         for pe_id in self.link.reports.drain(..) {
             let message = AsapMessage::EndpointUnreachable {
                 pool_handle: self.spec.pool.clone(),
-                pe_id: PeId(pe_id),
+                pe_id,
             };
             self.outputs.push(Output::Send {
                 id,

@@ -165,7 +165,7 @@ fn failover_frame(ui: &egui::Ui, painter: &Painter, tile_rect: Rect) {
 fn tile_label(painter: &Painter, tile_rect: Rect, tile: &TileRect, progress: &TileProgress) {
     let mut label = format!("{}", tile.index + 1);
     if let Some(pe) = progress.pe {
-        label.push_str(&format!("\n{pe:08x}"));
+        label.push_str(&format!("\n{pe}"));
     } else if progress.waiting {
         label.push_str("\nno PE");
     } else if progress.failing_over {

@@ -6,6 +6,7 @@ use egui::Color32;
 use egui_plot::{Legend, Line, Plot, PlotPoints, VLine};
 
 use crate::gui::model::History;
+use rserpool::wire::PeId;
 
 pub(crate) fn show(ui: &mut egui::Ui, history: &History) {
     speed(ui, history);
@@ -50,11 +51,11 @@ fn speed(ui: &mut egui::Ui, history: &History) {
 }
 
 /// One line per PE, named by its identifier.
-fn per_pe(ui: &mut egui::Ui, plot: Plot<'_>, series: &BTreeMap<u32, VecDeque<[f64; 2]>>) {
+fn per_pe(ui: &mut egui::Ui, plot: Plot<'_>, series: &BTreeMap<PeId, VecDeque<[f64; 2]>>) {
     plot.show(ui, |plot| {
         for (pe, series) in series {
             let points: Vec<[f64; 2]> = series.iter().copied().collect();
-            plot.line(Line::new(format!("{pe:08x}"), PlotPoints::from(points)));
+            plot.line(Line::new(format!("{pe}"), PlotPoints::from(points)));
         }
     });
 }

@@ -71,7 +71,7 @@ fn pe_action(
         .iter()
         .find(|pe| pe.slot == slot)
         .and_then(|pe| pe.pe_id)
-        .map_or(format!("#{slot}"), |id| format!("0x{id:08x}"));
+        .map_or(format!("#{slot}"), |id| format!("{id}"));
     let (what, text) = match action {
         PeAction::Kill => {
             pool.kill(slot);
@@ -256,7 +256,7 @@ fn pool_row(
     let mark = picture
         .and_then(|picture| picture.pe_mark_index(entry.id))
         .map(|index| palette::mark_tint(index as u32));
-    let label = RichText::new(format!("0x{:08x}", entry.id)).monospace();
+    let label = RichText::new(format!("{}", entry.id)).monospace();
     let serving: Vec<String> = state
         .serving
         .get(&entry.id)
@@ -304,7 +304,7 @@ fn bundle_grid(ui: &mut egui::Ui, pes: &[BundledPe], action: &mut Option<PoolAct
         .show(ui, |ui| {
             for pe in pes {
                 ui.label(format!("#{}", pe.slot));
-                ui.label(pe.pe_id.map_or("-".to_owned(), |id| format!("0x{id:08x}")));
+                ui.label(pe.pe_id.map_or("-".to_owned(), |id| format!("{id}")));
                 ui.label(format!(
                     "{}, {}",
                     describe_capacity(pe.capacity),
