@@ -411,6 +411,8 @@ async fn shutdown_sends_final_cookies_then_deregisters() {
         .await;
 }
 
+// Real time: the PE driver's re-registration timer is std::time::Instant-based and the
+// registrar is a real socket; tokio's paused clock cannot drive it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alives_reregistration_and_registrar_loss() {
     let mut registrar = FakeRegistrar::start().await;
@@ -473,6 +475,7 @@ async fn keep_alives_reregistration_and_registrar_loss() {
     pe.stop().await;
 }
 
+// Real time: std::time::Instant-based re-registration timer, real sockets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_keep_alive_on_the_data_address_is_acked_and_adopted() {
     let mut registrar = FakeRegistrar::start().await;
@@ -510,6 +513,7 @@ async fn takeover_keep_alive_on_the_data_address_is_acked_and_adopted() {
     pe.stop().await;
 }
 
+// Real time: the announces go over a real UDP socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finds_a_registrar_by_server_announce() {
     let mut registrar = FakeRegistrar::start().await;
