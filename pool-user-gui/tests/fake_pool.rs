@@ -332,6 +332,8 @@ async fn finalizer_with_pixels_missing_restarts_the_tile_from_scratch() {
     )));
 }
 
+// Real time: rserpool's PU driver measures the session timeout with std::time::Instant over
+// real sockets; tokio's paused clock cannot drive it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_pe_is_detected_reported_and_not_chosen_again() {
     let registrar = FakeRegistrar::start().await;
@@ -395,6 +397,7 @@ async fn hung_pe_is_detected_reported_and_not_chosen_again() {
     assert!(hanging.data_sent.load(Ordering::SeqCst) >= 2);
 }
 
+// Real time: the retries go to a fake registrar over a real socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_pool_is_waited_for() {
     let registrar = FakeRegistrar::start().await;

@@ -266,6 +266,8 @@ async fn truncated_frame_at_eof_is_a_protocol_error() {
     );
 }
 
+// Real time: the heartbeat deadlines are std::time::Instant, which tokio's paused clock does
+// not move, and the peer is a real socket.
 #[tokio::test]
 async fn silent_peer_is_declared_dead_after_heartbeat_timeout() {
     let (mut association, mut raw) = association_and_raw(fast_heartbeats()).await;
@@ -348,6 +350,8 @@ async fn heartbeat_requests_are_acked_with_their_nonce() {
     );
 }
 
+// Real time: heartbeats (std::time::Instant deadlines) and the SRTT they measure run over a
+// real socket.
 #[tokio::test]
 async fn heartbeats_measure_srtt_and_are_never_delivered() {
     let (client, mut server) = pair(fast_heartbeats(), fast_heartbeats()).await;
@@ -528,6 +532,8 @@ async fn concurrent_senders_keep_frames_intact() {
     assert!(next_seq.values().all(|&n| n == FRAMES));
 }
 
+// Real time: the stall must let real socket buffers fill while heartbeats (std::time::Instant
+// deadlines) run.
 #[tokio::test]
 async fn slow_reader_is_not_declared_dead_while_its_queue_is_full() {
     let config = AssociationConfig {

@@ -5,7 +5,11 @@
 //! Readiness convention shared by all programs: they log to stderr through `tracing` (no
 //! colours when stderr is not a terminal) and announce each milestone with a stable message
 //! followed by `key=value` fields, e.g. `registrar ready asap=127.0.0.1:41234 id=0x1234abcd`.
+//!
+//! [`fake_registrar::FakeRegistrar`] stands in for the registrar where a test talks to a pool
+//! element (the program, the `pool-element` library or the PE driver) itself.
 
+pub mod fake_registrar;
 pub mod tshark;
 
 use std::collections::VecDeque;

@@ -1,83 +1,17 @@
-//! The real `pool-element` binary on loopback with a fake registrar (built from the wire
-//! codecs in this test): registration, a whole session over TCP, SIGTERM with a final cookie
-//! and deregistration, `--crash-after`.
+//! The real `pool-element` binary on loopback with a fake registrar
+//! ([`e2e::fake_registrar`]): registration, a whole session over TCP, SIGTERM with a final
+//! cookie and deregistration, `--crash-after`.
 
 use std::net::SocketAddr;
 
+use e2e::fake_registrar::FakeRegistrar;
 use e2e::{Proc, READY_TIMEOUT, bin, field};
 use fractal_protocol::cookie::Cookie;
 use fractal_protocol::kernel::{KernelChoice, View};
 use fractal_protocol::message::{AlgorithmId, Data, Parameter};
-use rserpool::transport::{self, AssociationConfig, Listener, PPID_ASAP, PPID_FGP};
+use rserpool::transport::{self, AssociationConfig, PPID_ASAP, PPID_FGP};
 use rserpool::wire::{AsapMessage, TransportAddress};
-use tokio::sync::mpsc;
 use tokio::time::timeout;
-
-/// Grants every registration, answers deregistrations, reports every message.
-async fn fake_registrar() -> (SocketAddr, mpsc::UnboundedReceiver<AsapMessage>) {
-    let listener = transport::bind(
-        "127.0.0.1:0".parse().expect("address"),
-        AssociationConfig::default(),
-    )
-    .await
-    .expect("bind");
-    let address = listener.local_addr().expect("bound");
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(mut association) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                while let Ok(frame) = association.recv().await {
-                    let Ok(decoded) = AsapMessage::decode(&frame.payload) else {
-                        continue;
-                    };
-                    let reply = match &decoded.message {
-                        AsapMessage::Registration {
-                            pool_handle,
-                            pool_element,
-                        } => Some(AsapMessage::RegistrationResponse {
-                            rejected: false,
-                            pool_handle: pool_handle.clone(),
-                            pe_id: pool_element.id,
-                            error: None,
-                        }),
-                        AsapMessage::Deregistration { pool_handle, pe_id } => {
-                            Some(AsapMessage::DeregistrationResponse {
-                                pool_handle: pool_handle.clone(),
-                                pe_id: *pe_id,
-                                error: None,
-                            })
-                        }
-                        _ => None,
-                    };
-                    let _ = tx.send(decoded.message);
-                    if let Some(reply) = reply {
-                        let bytes = reply.to_bytes().expect("encodable");
-                        let _ = association.send(PPID_ASAP, bytes).await;
-                    }
-                }
-            });
-        }
-    });
-    (address, rx)
-}
-
-async fn expect(
-    messages: &mut mpsc::UnboundedReceiver<AsapMessage>,
-    what: &str,
-    pred: impl Fn(&AsapMessage) -> bool,
-) -> AsapMessage {
-    timeout(READY_TIMEOUT, async {
-        loop {
-            let message = messages.recv().await.expect("registrar running");
-            if pred(&message) {
-                return message;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
 
 fn start_pe(registrar: SocketAddr, extra: &[&str]) -> (Proc, SocketAddr) {
     let mut args = vec![
@@ -115,15 +49,9 @@ fn parameter(width: u32, height: u32, max_iterations: u32) -> Parameter {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_element_registers_and_serves_a_session() {
-    let (registrar, mut messages) = fake_registrar().await;
-    let (mut pe, data) = start_pe(registrar, &[]);
-    let registration = expect(&mut messages, "registration", |m| {
-        matches!(m, AsapMessage::Registration { .. })
-    })
-    .await;
-    let AsapMessage::Registration { pool_element, .. } = registration else {
-        unreachable!()
-    };
+    let mut registrar = FakeRegistrar::start().await;
+    let (mut pe, data) = start_pe(registrar.address(), &[]);
+    let (_, pool_element) = registrar.expect_registration().await;
     assert_eq!(pool_element.id.0, 0x00c0_ffee);
     assert_eq!(
         pool_element.user_transport,
@@ -137,7 +65,10 @@ async fn pool_element_registers_and_serves_a_session() {
         .wait_for_text("pool element registered", READY_TIMEOUT)
         .expect("registered line");
     assert_eq!(field(&line, "pe").as_deref(), Some("0x00c0ffee"));
-    assert_eq!(field(&line, "registrar"), Some(registrar.to_string()));
+    assert_eq!(
+        field(&line, "registrar"),
+        Some(registrar.address().to_string())
+    );
 
     // One whole session over TCP, compared with the reference kernel.
     let p = parameter(160, 100, 500);
@@ -199,22 +130,20 @@ async fn pool_element_registers_and_serves_a_session() {
     // SIGTERM: deregistration and exit 0.
     pe.signal(nix::sys::signal::Signal::SIGTERM)
         .expect("signal");
-    expect(&mut messages, "deregistration", |m| {
-        matches!(m, AsapMessage::Deregistration { .. })
-    })
-    .await;
+    registrar
+        .expect("deregistration", |m| {
+            matches!(m, AsapMessage::Deregistration { .. })
+        })
+        .await;
     let status = pe.wait_exit(READY_TIMEOUT).expect("exits");
     assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_gives_running_sessions_a_final_cookie() {
-    let (registrar, mut messages) = fake_registrar().await;
-    let (mut pe, data) = start_pe(registrar, &["--capacity", "100000"]);
-    expect(&mut messages, "registration", |m| {
-        matches!(m, AsapMessage::Registration { .. })
-    })
-    .await;
+    let mut registrar = FakeRegistrar::start().await;
+    let (mut pe, data) = start_pe(registrar.address(), &["--capacity", "100000"]);
+    registrar.expect_registration().await;
     let p = parameter(500, 500, 1000);
     let mut session = transport::connect(data, AssociationConfig::default())
         .await
@@ -259,18 +188,19 @@ async fn sigterm_gives_running_sessions_a_final_cookie() {
         emitted,
         "final cookie covers all Data"
     );
-    expect(&mut messages, "deregistration", |m| {
-        matches!(m, AsapMessage::Deregistration { .. })
-    })
-    .await;
+    registrar
+        .expect("deregistration", |m| {
+            matches!(m, AsapMessage::Deregistration { .. })
+        })
+        .await;
     assert!(pe.wait_exit(READY_TIMEOUT).expect("exits").success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_aborts_the_process_without_a_final_cookie() {
-    let (registrar, _messages) = fake_registrar().await;
+    let registrar = FakeRegistrar::start().await;
     let (mut pe, data) = start_pe(
-        registrar,
+        registrar.address(),
         &["--crash-after", "3", "--cookie-max-packets", "100"],
     );
     let p = parameter(324, 50, 50);

@@ -1,129 +1,24 @@
-//! The pool element in-process over loopback TCP, with a fake registrar built from the wire
-//! codecs: registration, keep-alives, registrar loss, sessions, refusal, resume, shutdown.
+//! The pool element (the `pool-element` library's `run_until`) in-process over loopback TCP,
+//! with a fake registrar ([`e2e::fake_registrar`]): registration, keep-alives, registrar loss,
+//! sessions, refusal, resume, shutdown.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
+use e2e::fake_registrar::FakeRegistrar;
 use fractal_protocol::cookie::Cookie;
 use fractal_protocol::kernel::{KernelChoice, View};
 use fractal_protocol::message::{AlgorithmId, Data, Parameter};
 use pool_element::{Cli, run_until};
-use rserpool::transport::{
-    self, Association, AssociationConfig, AssociationSender, Listener, PPID_ASAP, PPID_FGP,
-};
+use rserpool::transport::{self, Association, AssociationConfig, PPID_ASAP, PPID_FGP};
 use rserpool::wire::policy::fraction_to_wire;
 use rserpool::wire::{AsapMessage, PoolHandle, TransportAddress};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A registrar that grants every registration and records every message.
-struct FakeRegistrar {
-    address: SocketAddr,
-    messages: mpsc::UnboundedReceiver<AsapMessage>,
-    associations: Arc<Mutex<Vec<AssociationSender>>>,
-    task: JoinHandle<()>,
-}
-
-impl FakeRegistrar {
-    async fn start() -> FakeRegistrar {
-        let listener = transport::bind(
-            "127.0.0.1:0".parse().expect("address"),
-            AssociationConfig::default(),
-        )
-        .await
-        .expect("bind");
-        let address = listener.local_addr().expect("bound");
-        let (tx, messages) = mpsc::unbounded_channel();
-        let associations = Arc::new(Mutex::new(Vec::new()));
-        let list = associations.clone();
-        let task = tokio::spawn(async move {
-            while let Ok(association) = listener.accept().await {
-                let (sender, mut receiver) = association.split();
-                list.lock().expect("lock").push(sender.clone());
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    while let Ok(frame) = receiver.recv().await {
-                        assert_eq!(frame.ppid, PPID_ASAP);
-                        let message = AsapMessage::decode(&frame.payload)
-                            .expect("valid ASAP")
-                            .message;
-                        let reply = match &message {
-                            AsapMessage::Registration {
-                                pool_handle,
-                                pool_element,
-                            } => Some(AsapMessage::RegistrationResponse {
-                                rejected: false,
-                                pool_handle: pool_handle.clone(),
-                                pe_id: pool_element.id,
-                                error: None,
-                            }),
-                            AsapMessage::Deregistration { pool_handle, pe_id } => {
-                                Some(AsapMessage::DeregistrationResponse {
-                                    pool_handle: pool_handle.clone(),
-                                    pe_id: *pe_id,
-                                    error: None,
-                                })
-                            }
-                            _ => None,
-                        };
-                        let _ = tx.send(message);
-                        if let Some(reply) = reply {
-                            let _ = sender
-                                .send(PPID_ASAP, reply.to_bytes().expect("encodable"))
-                                .await;
-                        }
-                    }
-                });
-            }
-        });
-        FakeRegistrar {
-            address,
-            messages,
-            associations,
-            task,
-        }
-    }
-
-    /// The next message satisfying `pred` (others are skipped).
-    async fn expect(&mut self, what: &str, pred: impl Fn(&AsapMessage) -> bool) -> AsapMessage {
-        timeout(WAIT, async {
-            loop {
-                let message = self.messages.recv().await.expect("registrar running");
-                if pred(&message) {
-                    return message;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-    }
-
-    async fn send_to_all(&self, message: AsapMessage) {
-        let senders = self.associations.lock().expect("lock").clone();
-        for sender in senders {
-            let _ = sender
-                .send(PPID_ASAP, message.to_bytes().expect("encodable"))
-                .await;
-        }
-    }
-
-    fn drop_associations(&self) {
-        for sender in self.associations.lock().expect("lock").drain(..) {
-            sender.abort();
-        }
-    }
-}
-
-impl Drop for FakeRegistrar {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 struct RunningPe {
     data: SocketAddr,
@@ -269,7 +164,7 @@ async fn connect(address: SocketAddr) -> Association {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_and_computes_a_session_exactly() {
     let mut registrar = FakeRegistrar::start().await;
-    let pe = RunningPe::start(registrar.address, &[]).await;
+    let pe = RunningPe::start(registrar.address(), &[]).await;
     let registration = registrar
         .expect("registration", |m| {
             matches!(m, AsapMessage::Registration { .. })
@@ -325,7 +220,7 @@ async fn registers_and_computes_a_session_exactly() {
 async fn fifth_session_is_refused_and_load_is_reported() {
     let mut registrar = FakeRegistrar::start().await;
     let pe = RunningPe::start(
-        registrar.address,
+        registrar.address(),
         &[
             "--max-sessions",
             "4",
@@ -388,7 +283,7 @@ async fn fifth_session_is_refused_and_load_is_reported() {
 async fn failover_resume_from_cookie_yields_the_whole_view() {
     let registrar = FakeRegistrar::start().await;
     let failing = RunningPe::start(
-        registrar.address,
+        registrar.address(),
         &["--fail-after", "5", "--cookie-max-packets", "2"],
     )
     .await;
@@ -410,7 +305,7 @@ async fn failover_resume_from_cookie_yields_the_whole_view() {
     };
     assert_eq!(cookie.pixels_done(), 5 * 324);
 
-    let healthy = RunningPe::start(registrar.address, &[]).await;
+    let healthy = RunningPe::start(registrar.address(), &[]).await;
     let mut resumed = connect(healthy.data).await;
     let echo = AsapMessage::CookieEcho {
         cookie: cookie.encode().to_vec(),
@@ -434,7 +329,7 @@ async fn failover_resume_from_cookie_yields_the_whole_view() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_first_messages_close_the_association() {
     let registrar = FakeRegistrar::start().await;
-    let pe = RunningPe::start(registrar.address, &[]).await;
+    let pe = RunningPe::start(registrar.address(), &[]).await;
     let bad: Vec<(u32, Vec<u8>)> = vec![
         (
             PPID_ASAP,
@@ -480,7 +375,7 @@ async fn malformed_first_messages_close_the_association() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_sends_final_cookies_then_deregisters() {
     let mut registrar = FakeRegistrar::start().await;
-    let pe = RunningPe::start(registrar.address, &["--capacity", "50000"]).await;
+    let pe = RunningPe::start(registrar.address(), &["--capacity", "50000"]).await;
     registrar
         .expect("registration", |m| {
             matches!(m, AsapMessage::Registration { .. })
@@ -516,11 +411,13 @@ async fn shutdown_sends_final_cookies_then_deregisters() {
         .await;
 }
 
+// Real time: the PE driver's re-registration timer is std::time::Instant-based and the
+// registrar is a real socket; tokio's paused clock cannot drive it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alives_reregistration_and_registrar_loss() {
     let mut registrar = FakeRegistrar::start().await;
     let pe = RunningPe::start(
-        registrar.address,
+        registrar.address(),
         &["--rereg-interval", "300", "--capacity", "20000"],
     )
     .await;
@@ -563,7 +460,7 @@ async fn keep_alives_reregistration_and_registrar_loss() {
         .await;
     // Registrar "restart": the association breaks, the PE registers again.
     registrar.drop_associations();
-    while registrar.messages.try_recv().is_ok() {}
+    registrar.discard_received();
     registrar
         .expect("registration after loss", |m| {
             matches!(m, AsapMessage::Registration { .. })
@@ -578,10 +475,11 @@ async fn keep_alives_reregistration_and_registrar_loss() {
     pe.stop().await;
 }
 
+// Real time: std::time::Instant-based re-registration timer, real sockets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_keep_alive_on_the_data_address_is_acked_and_adopted() {
     let mut registrar = FakeRegistrar::start().await;
-    let pe = RunningPe::start(registrar.address, &["--rereg-interval", "200"]).await;
+    let pe = RunningPe::start(registrar.address(), &["--rereg-interval", "200"]).await;
     registrar
         .expect("registration", |m| {
             matches!(m, AsapMessage::Registration { .. })
@@ -615,6 +513,7 @@ async fn takeover_keep_alive_on_the_data_address_is_acked_and_adopted() {
     pe.stop().await;
 }
 
+// Real time: the announces go over a real UDP socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finds_a_registrar_by_server_announce() {
     let mut registrar = FakeRegistrar::start().await;
@@ -629,8 +528,8 @@ async fn finds_a_registrar_by_server_announce() {
     let announce = AsapMessage::ServerAnnounce {
         server_id: 0x1111,
         transports: vec![TransportAddress::Tcp {
-            port: registrar.address.port(),
-            address: registrar.address.ip(),
+            port: registrar.address().port(),
+            address: registrar.address().ip(),
         }],
     }
     .to_bytes()

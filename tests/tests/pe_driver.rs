@@ -1,11 +1,13 @@
-//! The PE registration driver over real framed-TCP associations with fake registrars.
+//! The PE registration driver (`rserpool::pe::driver`) over real framed-TCP associations with
+//! fake registrars ([`e2e::fake_registrar`]).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use e2e::fake_registrar::FakeRegistrar;
 use rserpool::pe::driver::{Registrars, spawn};
 use rserpool::pe::{Event, LossReason, RegistrationConfig};
-use rserpool::transport::{self, AssociationConfig, Listener, PPID_ASAP, TcpFramedListener};
+use rserpool::transport::AssociationConfig;
 use rserpool::wire::{AsapMessage, PeId, Policy, PoolHandle, TransportAddress};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -25,17 +27,6 @@ fn config() -> RegistrationConfig {
     )
 }
 
-async fn listener() -> (TcpFramedListener, SocketAddr) {
-    let listener = transport::bind(
-        "127.0.0.1:0".parse().expect("address"),
-        AssociationConfig::default(),
-    )
-    .await
-    .expect("bind");
-    let address = listener.local_addr().expect("bound");
-    (listener, address)
-}
-
 async fn next_event(events: &mut mpsc::UnboundedReceiver<Event>) -> Event {
     timeout(WAIT, events.recv())
         .await
@@ -43,37 +34,11 @@ async fn next_event(events: &mut mpsc::UnboundedReceiver<Event>) -> Event {
         .expect("driver running")
 }
 
-async fn recv_asap(association: &mut transport::Association) -> AsapMessage {
-    let frame = timeout(WAIT, association.recv())
-        .await
-        .expect("in time")
-        .expect("frame");
-    assert_eq!(frame.ppid, PPID_ASAP);
-    AsapMessage::decode(&frame.payload).expect("valid").message
-}
-
-fn grant(message: &AsapMessage) -> Vec<u8> {
-    let AsapMessage::Registration {
-        pool_handle,
-        pool_element,
-    } = message
-    else {
-        panic!("expected a registration, got {message:?}");
-    };
-    AsapMessage::RegistrationResponse {
-        rejected: false,
-        pool_handle: pool_handle.clone(),
-        pe_id: pool_element.id,
-        error: None,
-    }
-    .to_bytes()
-    .expect("encodable")
-}
-
 #[tokio::test]
 async fn registers_updates_load_fails_over_and_deregisters() {
-    let (first, first_addr) = listener().await;
-    let (second, second_addr) = listener().await;
+    let mut first = FakeRegistrar::start().await;
+    let mut second = FakeRegistrar::start().await;
+    let (first_addr, second_addr) = (first.address(), second.address());
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let handle = spawn(
         config(),
@@ -82,12 +47,12 @@ async fn registers_updates_load_fails_over_and_deregisters() {
         events_tx,
     );
 
-    let mut a = timeout(WAIT, first.accept())
-        .await
-        .expect("in time")
-        .expect("accept");
-    let registration = recv_asap(&mut a).await;
-    a.send(PPID_ASAP, grant(&registration)).await.expect("send");
+    // The fake registrars grant every registration.
+    let registration = first.next().await;
+    assert!(
+        matches!(registration, AsapMessage::Registration { .. }),
+        "expected a registration, got {registration:?}"
+    );
     assert_eq!(
         next_event(&mut events).await,
         Event::Registered {
@@ -99,7 +64,7 @@ async fn registers_updates_load_fails_over_and_deregisters() {
 
     // Load change under LeastUsed: immediate re-registration carrying it.
     handle.set_load(0.5);
-    let update = recv_asap(&mut a).await;
+    let update = first.next().await;
     let AsapMessage::Registration { pool_element, .. } = &update else {
         panic!("{update:?}");
     };
@@ -107,13 +72,10 @@ async fn registers_updates_load_fails_over_and_deregisters() {
         pool_element.policy.load(),
         rserpool::wire::policy::fraction_to_wire(0.5)
     );
-    a.send(PPID_ASAP, grant(&update)).await.expect("send");
     next_event(&mut events).await;
 
     // The first registrar dies: the second one gets the registration.
-    a.abort();
-    drop(a);
-    drop(first);
+    first.stop().await;
     assert_eq!(
         next_event(&mut events).await,
         Event::RegistrarLost {
@@ -121,12 +83,11 @@ async fn registers_updates_load_fails_over_and_deregisters() {
             reason: LossReason::AssociationClosed
         }
     );
-    let mut b = timeout(WAIT, second.accept())
-        .await
-        .expect("in time")
-        .expect("accept");
-    let registration = recv_asap(&mut b).await;
-    b.send(PPID_ASAP, grant(&registration)).await.expect("send");
+    let registration = second.next().await;
+    assert!(
+        matches!(registration, AsapMessage::Registration { .. }),
+        "expected a registration, got {registration:?}"
+    );
     assert_eq!(
         next_event(&mut events).await,
         Event::Registered {
@@ -138,18 +99,10 @@ async fn registers_updates_load_fails_over_and_deregisters() {
 
     // Shutdown: deregistration, answered.
     let shutdown = tokio::spawn(handle.shutdown(WAIT));
-    let AsapMessage::Deregistration { pool_handle, pe_id } = recv_asap(&mut b).await else {
+    let AsapMessage::Deregistration { pe_id, .. } = second.next().await else {
         panic!("expected a deregistration");
     };
     assert_eq!(pe_id, PeId(0x42));
-    let answer = AsapMessage::DeregistrationResponse {
-        pool_handle,
-        pe_id,
-        error: None,
-    };
-    b.send(PPID_ASAP, answer.to_bytes().expect("encodable"))
-        .await
-        .expect("send");
     assert_eq!(
         next_event(&mut events).await,
         Event::Deregistered { confirmed: true }
