@@ -227,9 +227,11 @@ fn track(progress: &ProgressBar, event: &ClientEvent) {
     match event {
         ClientEvent::TileData { iterations, .. } => progress.inc(iterations.len() as u64),
         ClientEvent::TileProgress { count, .. } => progress.inc(*count),
-        ClientEvent::FailoverCompleted {
-            recomputed_pixels, ..
-        } => progress.set_position(progress.position().saturating_sub(*recomputed_pixels)),
+        ClientEvent::FailoverCompleted(failover) => progress.set_position(
+            progress
+                .position()
+                .saturating_sub(failover.recomputed_pixels),
+        ),
         ClientEvent::PoolEmpty { .. } => progress.set_message("pool empty, waiting"),
         _ => {}
     }

@@ -245,9 +245,7 @@ async fn killed_pes_lose_nothing() {
     let completed: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
-            ClientEvent::FailoverCompleted {
-                recomputed_pixels, ..
-            } => Some(*recomputed_pixels),
+            ClientEvent::FailoverCompleted(failover) => Some(failover.recomputed_pixels),
             _ => None,
         })
         .collect();
@@ -328,7 +326,7 @@ async fn finalizer_with_pixels_missing_restarts_the_tile_from_scratch() {
     // A PE that skipped pixels has untrustworthy cookies: the next one starts afresh.
     assert!(events.iter().all(|e| !matches!(
         e,
-        ClientEvent::FailoverCompleted { resumed_at, .. } if *resumed_at != 0
+        ClientEvent::FailoverCompleted(failover) if failover.resumed_at != 0
     )));
 }
 

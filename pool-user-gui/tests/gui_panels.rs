@@ -10,7 +10,7 @@ use std::time::Duration;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use pool_user_gui::client::events::{
-    ClientEvent, FailureReason, ImageStats, PeInfo, PoolEntry, TileRect,
+    ClientEvent, Failover, FailureReason, ImageStart, ImageStats, PeInfo, PoolEntry, TileRect,
 };
 use pool_user_gui::gui::app::{PoolUserApp, Settings};
 use pool_user_gui::gui::control::{
@@ -96,7 +96,7 @@ fn image_started(image: u64) -> ClientEvent {
             height: 10,
         })
         .collect();
-    ClientEvent::ImageStarted {
+    ClientEvent::ImageStarted(ImageStart {
         image,
         width: 40,
         height: 20,
@@ -104,7 +104,7 @@ fn image_started(image: u64) -> ClientEvent {
         preset: "full-set".to_owned(),
         sessions: 4,
         tiles,
-    }
+    })
 }
 
 fn tile_data(tile: usize, pe_id: u32, first: u64, count: usize) -> ClientEvent {
@@ -306,7 +306,7 @@ fn failover_appears_in_the_story_and_status_bar() {
     setup.sink.send(ClientEvent::UnreachableReported {
         pe_id: PeId(0x0bad),
     });
-    setup.sink.send(ClientEvent::FailoverCompleted {
+    setup.sink.send(ClientEvent::FailoverCompleted(Failover {
         image: 1,
         tile: 2,
         old_pe: PeId(0x0bad),
@@ -314,7 +314,7 @@ fn failover_appears_in_the_story_and_status_bar() {
         resumed_at: 20,
         recomputed_pixels: 10,
         took: Duration::from_millis(17),
-    });
+    }));
     setup.sink.send(tile_data(2, 0x0900, 20, 30));
     setup.harness.run();
     let harness = &setup.harness;

@@ -6,7 +6,7 @@ use fractal_protocol::message::DataView;
 use std::ops::Range;
 
 use super::coverage::Coverage;
-use super::events::{ClientEvent, TileRect};
+use super::events::{ClientEvent, Failover, ImageStart, TileRect};
 
 /// The picture of one image as its events arrive: iteration counts and, per pixel, how many
 /// failovers its session had gone through when the pixel arrived (for colour marks).
@@ -75,14 +75,14 @@ impl ImageAssembly {
     /// cleared: every pixel is overwritten before the picture is complete, and clearing
     /// would delay the sessions' start.
     pub fn from_started_reusing(event: &ClientEvent, spare: SpareBuffers) -> Option<ImageAssembly> {
-        let ClientEvent::ImageStarted {
+        let ClientEvent::ImageStarted(ImageStart {
             image,
             width,
             height,
             max_iterations,
             tiles,
             ..
-        } = event
+        }) = event
         else {
             return None;
         };
@@ -166,7 +166,9 @@ impl ImageAssembly {
                 let generation = self.failovers.get(*tile).copied().unwrap_or(0);
                 self.store(*tile, *first, iterations, generation);
             }
-            ClientEvent::FailoverCompleted { image, tile, .. } if *image == self.image => {
+            ClientEvent::FailoverCompleted(Failover { image, tile, .. })
+                if *image == self.image =>
+            {
                 if let Some(count) = self.failovers.get_mut(*tile) {
                     *count += 1;
                 }
@@ -357,7 +359,7 @@ mod tests {
     use rserpool::wire::PeId;
 
     fn started() -> ClientEvent {
-        ClientEvent::ImageStarted {
+        ClientEvent::ImageStarted(ImageStart {
             image: 3,
             width: 5,
             height: 2,
@@ -380,7 +382,7 @@ mod tests {
                     height: 2,
                 },
             ],
-        }
+        })
     }
 
     #[test]
@@ -402,7 +404,7 @@ mod tests {
         assert_eq!(picture.iterations_in(1, 2, 2), 15);
         assert_eq!(picture.iterations_in(1, 0, 2), 0, "nothing received there");
         assert_eq!(picture.total_iterations(), 15);
-        picture.apply(&ClientEvent::FailoverCompleted {
+        picture.apply(&ClientEvent::FailoverCompleted(Failover {
             image: 3,
             tile: 1,
             old_pe: PeId(7),
@@ -413,7 +415,7 @@ mod tests {
             resumed_at: 2,
             recomputed_pixels: 2,
             took: std::time::Duration::ZERO,
-        });
+        }));
         picture.apply(&ClientEvent::TileData {
             image: 3,
             tile: 1,

@@ -128,21 +128,40 @@ pub struct ImageStats {
     pub failover_records: Vec<FailoverRecord>,
 }
 
+/// A picture that begins.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageStart {
+    pub image: u64,
+    pub width: u32,
+    pub height: u32,
+    pub max_iterations: u32,
+    pub preset: String,
+    /// Sessions at once.
+    pub sessions: usize,
+    /// The work units, in the order sessions take them.
+    pub tiles: Vec<TileRect>,
+}
+
+/// A session that lost its PE has a new one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failover {
+    pub image: u64,
+    pub tile: usize,
+    pub old_pe: PeId,
+    pub new_pe: PeInfo,
+    /// Pixel index within the tile the new PE resumed from.
+    pub resumed_at: u64,
+    /// Pixels that will be computed twice (received before, beyond the cookie).
+    pub recomputed_pixels: u64,
+    /// From detecting the failure to the new session being set up.
+    pub took: Duration,
+}
+
 /// Everything the client reports, in order, per image.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClientEvent {
     /// A new image began; all earlier tile data is obsolete.
-    ImageStarted {
-        image: u64,
-        width: u32,
-        height: u32,
-        max_iterations: u32,
-        preset: String,
-        /// Sessions at once.
-        sessions: usize,
-        /// The work units, in the order sessions take them.
-        tiles: Vec<TileRect>,
-    },
+    ImageStarted(ImageStart),
     /// A tile's session has a pool element and sent it the Parameter (or a Cookie Echo).
     SessionConnected {
         image: u64,
@@ -205,18 +224,7 @@ pub enum ClientEvent {
     /// We sent Endpoint Unreachable for this PE to the registrar.
     UnreachableReported { pe_id: PeId },
     /// A failover finished: a new PE took over.
-    FailoverCompleted {
-        image: u64,
-        tile: usize,
-        old_pe: PeId,
-        new_pe: PeInfo,
-        /// Pixel index within the tile the new PE resumed from.
-        resumed_at: u64,
-        /// Pixels that will be computed twice (received before, beyond the cookie).
-        recomputed_pixels: u64,
-        /// From detecting the failure to the new session being set up.
-        took: Duration,
-    },
+    FailoverCompleted(Failover),
     /// No pool element could be found; the session retries after `retry_in`.
     PoolEmpty {
         image: u64,

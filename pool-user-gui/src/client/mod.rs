@@ -34,7 +34,9 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
 use assembly::{ImageAssembly, SpareBuffers};
-use events::{ClientEvent, FailoverRecord, ImageStats, PeStats, PoolEntry, TileRect};
+use events::{
+    ClientEvent, Failover, FailoverRecord, ImageStart, ImageStats, PeStats, PoolEntry, TileRect,
+};
 use schedule::{Assignment, Schedule, TileJob};
 use tile::TileReport;
 
@@ -217,14 +219,7 @@ impl FractalClient {
 
     /// Stops the image started by [`FractalClient::start_image`], if any (its sessions close).
     pub fn cancel(&self) {
-        if let Some(task) = self
-            .current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            task.abort();
-        }
+        abort_task(&self.current);
     }
 
     /// Sends `PoolSnapshot` (or `RegistrarUnavailable`) events every `interval` until the
@@ -281,14 +276,14 @@ impl FractalClient {
 impl Drop for FractalClient {
     fn drop(&mut self) {
         self.cancel();
-        if let Some(task) = self
-            .monitor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            task.abort();
-        }
+        abort_task(&self.monitor);
+    }
+}
+
+/// Aborts the task in `slot`, if any (a poisoned lock still holds the handle).
+fn abort_task(slot: &Mutex<Option<JoinHandle<()>>>) {
+    if let Some(task) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        task.abort();
     }
 }
 
@@ -445,7 +440,7 @@ async fn run_image_result(
         .ok()
         .filter(|&p| p <= 1 << 28)
         .with_context(|| format!("{}x{} picture too large", view.width, view.height))?;
-    let started = ClientEvent::ImageStarted {
+    let started = ClientEvent::ImageStarted(ImageStart {
         image,
         width: view.width,
         height: view.height,
@@ -453,7 +448,7 @@ async fn run_image_result(
         preset: request.preset.clone(),
         sessions,
         tiles: units.iter().map(tile_rect).collect(),
-    };
+    });
     let unit_count = units.len();
     let mut schedule = Schedule::new(units, sessions, request.tail_takeover);
     let (reports, mut from_tiles) = mpsc::unbounded_channel();
@@ -704,7 +699,7 @@ fn account(event: &ClientEvent, assembly: &ImageAssembly, tally: &mut Tally, now
                 "failover started"
             );
         }
-        ClientEvent::FailoverCompleted {
+        ClientEvent::FailoverCompleted(Failover {
             tile,
             old_pe,
             new_pe,
@@ -712,7 +707,7 @@ fn account(event: &ClientEvent, assembly: &ImageAssembly, tally: &mut Tally, now
             recomputed_pixels,
             took,
             ..
-        } => {
+        }) => {
             let from_scratch = !tally.have_cookie.contains(tile);
             if from_scratch {
                 tally.restarts_from_scratch += 1;

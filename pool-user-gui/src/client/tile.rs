@@ -15,7 +15,7 @@ use rserpool::wire::{PeId, PoolHandle};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::coverage::Coverage;
-use super::events::{ClientEvent, FailureReason, PeInfo};
+use super::events::{ClientEvent, Failover, FailureReason, PeInfo};
 use super::schedule::{TileBounds, TileJob};
 
 pub(crate) fn pe_info(pe: &PeCandidate) -> PeInfo {
@@ -374,7 +374,7 @@ impl TileRun {
         resumed: bool,
     ) -> ClientEvent {
         let resumed_at = if resumed { self.resume_point() } else { 0 };
-        ClientEvent::FailoverCompleted {
+        ClientEvent::FailoverCompleted(Failover {
             image: self.image,
             tile: self.tile,
             old_pe: old_pe.id,
@@ -383,7 +383,7 @@ impl TileRun {
             recomputed_pixels: (self.progress.received_end - self.offset)
                 .saturating_sub(resumed_at),
             took,
-        }
+        })
     }
 
     fn pool_empty(&mut self, retry_in: Duration, detail: Option<String>) -> ClientEvent {

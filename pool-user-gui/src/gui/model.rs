@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use fractal_protocol::palette::{self, Marks, Palette};
 
-use crate::client::events::{ClientEvent, FailureReason, ImageStats, PeInfo, PoolEntry, TileRect};
+use crate::client::events::{
+    ClientEvent, Failover, FailureReason, ImageStart, ImageStats, PeInfo, PoolEntry, TileRect,
+};
 use rserpool::wire::PeId;
 
 /// Most entries kept in the failover story.
@@ -94,32 +96,19 @@ pub struct Picture {
 }
 
 impl Picture {
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the fields of ClientEvent::ImageStarted, and when it came"
-    )]
-    fn new(
-        image: u64,
-        width: u32,
-        height: u32,
-        max_iterations: u32,
-        preset: String,
-        sessions: usize,
-        tiles: Vec<TileRect>,
-        started: Instant,
-    ) -> Picture {
-        let pixels = width as usize * height as usize;
-        let progress = vec![TileProgress::default(); tiles.len()];
+    /// The empty picture `start` announces, begun at `started`.
+    fn new(start: ImageStart, started: Instant) -> Picture {
+        let pixels = start.width as usize * start.height as usize;
         Picture {
-            image,
-            width,
-            height,
-            max_iterations,
-            preset,
-            sessions,
-            units: tiles.len(),
-            tiles,
-            progress,
+            image: start.image,
+            width: start.width,
+            height: start.height,
+            max_iterations: start.max_iterations,
+            preset: start.preset,
+            sessions: start.sessions,
+            units: start.tiles.len(),
+            progress: vec![TileProgress::default(); start.tiles.len()],
+            tiles: start.tiles,
             pe_work: BTreeMap::new(),
             tail_takeovers: 0,
             values: vec![NOT_YET; pixels],
@@ -127,7 +116,7 @@ impl Picture {
             pixel_generation: vec![0; pixels],
             pe_order: Vec::new(),
             received: 0,
-            dirty_rows: Some((0, height)),
+            dirty_rows: Some((0, start.height)),
             started,
             completed_after: None,
         }
@@ -543,26 +532,9 @@ impl GuiState {
     /// Folds one client event into the state.
     pub fn apply(&mut self, event: ClientEvent) {
         match event {
-            ClientEvent::ImageStarted {
-                image,
-                width,
-                height,
-                max_iterations,
-                preset,
-                sessions,
-                tiles,
-            } => {
+            ClientEvent::ImageStarted(start) => {
                 let started = self.now();
-                self.on_image_started(Picture::new(
-                    image,
-                    width,
-                    height,
-                    max_iterations,
-                    preset,
-                    sessions,
-                    tiles,
-                    started,
-                ));
+                self.on_image_started(Picture::new(start, started));
             }
             ClientEvent::SessionConnected {
                 image,
@@ -596,23 +568,7 @@ impl GuiState {
                 silent_for,
             } => self.on_failover_started(image, tile, &pe, &reason, silent_for),
             ClientEvent::UnreachableReported { pe_id } => self.on_unreachable_reported(pe_id),
-            ClientEvent::FailoverCompleted {
-                image,
-                tile,
-                old_pe,
-                new_pe,
-                resumed_at,
-                recomputed_pixels,
-                took,
-            } => self.on_failover_completed(
-                image,
-                tile,
-                old_pe,
-                &new_pe,
-                resumed_at,
-                recomputed_pixels,
-                took,
-            ),
+            ClientEvent::FailoverCompleted(failover) => self.on_failover_completed(&failover),
             ClientEvent::PoolEmpty {
                 image,
                 tile,
@@ -785,20 +741,16 @@ impl GuiState {
         );
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the fields of ClientEvent::FailoverCompleted, as they come"
-    )]
-    fn on_failover_completed(
-        &mut self,
-        image: u64,
-        tile: usize,
-        old_pe: PeId,
-        new_pe: &PeInfo,
-        resumed_at: u64,
-        recomputed_pixels: u64,
-        took: Duration,
-    ) {
+    fn on_failover_completed(&mut self, failover: &Failover) {
+        let Failover {
+            image,
+            tile,
+            old_pe,
+            ref new_pe,
+            resumed_at,
+            recomputed_pixels,
+            took,
+        } = *failover;
         if !self.is_current(image) {
             return;
         }

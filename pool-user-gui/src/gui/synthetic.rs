@@ -14,7 +14,9 @@ use fractal_protocol::tiling;
 use rserpool::wire::PeId;
 
 use super::control::{ClientControl, EventSink, ImageRequest};
-use crate::client::events::{ClientEvent, FailureReason, ImageStats, PeInfo, PoolEntry, TileRect};
+use crate::client::events::{
+    ClientEvent, Failover, FailureReason, ImageStart, ImageStats, PeInfo, PoolEntry, TileRect,
+};
 
 /// Points per Data message, as FGP.
 const POINTS_PER_MESSAGE: usize = 324;
@@ -114,7 +116,7 @@ fn simulate(image: u64, request: &ImageRequest, sink: &EventSink, current: impl 
         .parameter_keep_aspect(request.width, request.height);
     let tiles = tiling::split(&view, request.sessions);
     let started = Instant::now();
-    sink.send(ClientEvent::ImageStarted {
+    sink.send(ClientEvent::ImageStarted(ImageStart {
         image,
         width: request.width,
         height: request.height,
@@ -131,7 +133,7 @@ fn simulate(image: u64, request: &ImageRequest, sink: &EventSink, current: impl 
                 height: tile.height,
             })
             .collect(),
-    });
+    }));
     let mut alive = [true; PES.len()];
     // The scripted failure happens in the first image only.
     let mut victim_pending = image == 1;
@@ -287,7 +289,7 @@ fn fail_over(
         session.failovers += 1;
         stats.failovers += 1;
         stats.recomputed_pixels += recomputed;
-        sink.send(ClientEvent::FailoverCompleted {
+        sink.send(ClientEvent::FailoverCompleted(Failover {
             image,
             tile: session.tile.index,
             old_pe: PES[old].0,
@@ -295,6 +297,6 @@ fn fail_over(
             resumed_at: session.cookie,
             recomputed_pixels: recomputed,
             took: Duration::from_millis(3),
-        });
+        }));
     }
 }

@@ -499,25 +499,17 @@ impl Sim {
 
     fn next_event_time(&self) -> Option<Instant> {
         let delivery = self.queue.peek().map(|Reverse((at, _, _))| *at);
+        // Hung and dead processes have no timers.
         let running = |node: Node| self.life.get(&node) == Some(&Life::Running);
-        let registrars = self
-            .registrars
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| running(Node::Registrar(*i)))
-            .filter_map(|(_, r)| r.core.poll_timeout());
-        let pes = self
-            .pes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| running(Node::Pe(*i)))
-            .filter_map(|(_, p)| p.poll_timeout());
-        let pus = self
-            .pus
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| running(Node::Pu(*i)))
-            .filter_map(|(_, p)| p.poll_timeout());
+        let registrars = (0..self.registrars.len())
+            .filter(|&i| running(Node::Registrar(i)))
+            .filter_map(|i| self.registrars[i].core.poll_timeout());
+        let pes = (0..self.pes.len())
+            .filter(|&i| running(Node::Pe(i)))
+            .filter_map(|i| self.pes[i].poll_timeout());
+        let pus = (0..self.pus.len())
+            .filter(|&i| running(Node::Pu(i)))
+            .filter_map(|i| self.pus[i].poll_timeout());
         delivery
             .into_iter()
             .chain(registrars)
@@ -639,20 +631,25 @@ impl Sim {
     fn pump(&mut self) {
         loop {
             let mut outputs = Vec::new();
-            let now = self.now;
+            let mut sink = Sink {
+                now: self.now,
+                outputs: &mut outputs,
+                records: &mut self.records,
+            };
+            let running = |node| self.life[&node] == Life::Running;
             for (index, registrar) in self.registrars.iter_mut().enumerate() {
-                if self.life[&Node::Registrar(index)] == Life::Running {
-                    registrar.drain(index, now, &mut outputs, &mut self.records);
+                if running(Node::Registrar(index)) {
+                    registrar.drain(index, &mut sink);
                 }
             }
             for (index, pe) in self.pes.iter_mut().enumerate() {
-                if self.life[&Node::Pe(index)] == Life::Running {
-                    pe.drain(index, now, &mut outputs, &mut self.records);
+                if running(Node::Pe(index)) {
+                    pe.drain(&mut sink);
                 }
             }
             for (index, pu) in self.pus.iter_mut().enumerate() {
-                if self.life[&Node::Pu(index)] == Life::Running {
-                    pu.drain(now, &mut outputs, &mut self.records);
+                if running(Node::Pu(index)) {
+                    pu.drain(&mut sink);
                 }
             }
             if outputs.is_empty() {
@@ -795,6 +792,24 @@ impl Sim {
             Node::Pe(i) => self.pes[i].address.ip(),
             Node::Pu(i) => self.pus[i].address.ip(),
         }
+    }
+}
+
+/// Where the processes put what they produce in one pass: their requests to the network, and
+/// what happened (for the records).
+pub(crate) struct Sink<'a> {
+    now: Instant,
+    outputs: &'a mut Vec<Output>,
+    records: &'a mut Vec<(Instant, Record)>,
+}
+
+impl Sink<'_> {
+    fn output(&mut self, output: Output) {
+        self.outputs.push(output);
+    }
+
+    fn record(&mut self, record: Record) {
+        self.records.push((self.now, record));
     }
 }
 

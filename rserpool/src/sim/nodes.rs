@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::counting::{Job, Serving, job_request};
-use super::{AssociationId, End, Output, PeSpec, PuSpec, Record};
+use super::{AssociationId, End, Output, PeSpec, PuSpec, Record, Sink};
 use crate::discovery::RegistrarTable;
 use crate::pe::{Action as PeAction, Registration, RegistrationConfig};
 use crate::pu::selector::{PeCandidate, PeSelector};
@@ -34,6 +34,31 @@ fn decode_asap(frame: &Frame) -> Option<AsapMessage> {
         .map(|decoded| decoded.message)
 }
 
+/// A connection attempt's outcome, for an end that may have given the attempt up meanwhile.
+enum Outcome {
+    Up(AssociationId),
+    Failed,
+    /// Nobody waits for it any more (an association that came up is closed again).
+    Forgotten,
+}
+
+fn connect_outcome(
+    id: Option<AssociationId>,
+    wanted: &mut bool,
+    from: End,
+    outputs: &mut Vec<Output>,
+) -> Outcome {
+    match (id, std::mem::take(wanted)) {
+        (Some(id), true) => Outcome::Up(id),
+        (Some(id), false) => {
+            outputs.push(Output::Close { id, from });
+            Outcome::Forgotten
+        }
+        (None, true) => Outcome::Failed,
+        (None, false) => Outcome::Forgotten,
+    }
+}
+
 pub(super) struct RegistrarNode {
     pub(super) address: SocketAddr,
     pub(super) core: Registrar,
@@ -47,16 +72,10 @@ impl RegistrarNode {
         }
     }
 
-    pub(super) fn drain(
-        &mut self,
-        index: usize,
-        now: Instant,
-        outputs: &mut Vec<Output>,
-        records: &mut Vec<(Instant, Record)>,
-    ) {
+    pub(super) fn drain(&mut self, index: usize, sink: &mut Sink<'_>) {
         let from = End::Registrar(index);
         while let Some(transmit) = self.core.poll_transmit() {
-            outputs.push(match transmit {
+            sink.output(match transmit {
                 Transmit::Send {
                     association,
                     payload,
@@ -72,7 +91,7 @@ impl RegistrarNode {
             });
         }
         while let Some(event) = self.core.poll_event() {
-            records.push((now, Record::Registrar(index, event)));
+            sink.record(Record::Registrar(index, event));
         }
     }
 }
@@ -159,23 +178,17 @@ impl PeNode {
         }
     }
 
-    pub(super) fn drain(
-        &mut self,
-        index: usize,
-        now: Instant,
-        outputs: &mut Vec<Output>,
-        records: &mut Vec<(Instant, Record)>,
-    ) {
-        let from = End::PeRegistration(index);
+    pub(super) fn drain(&mut self, sink: &mut Sink<'_>) {
+        let from = End::PeRegistration(self.index);
         while let Some(action) = self.registration.poll_action() {
             match action {
                 PeAction::Connect(address) => {
                     self.connecting = true;
-                    outputs.push(Output::Connect { from, to: address });
+                    sink.output(Output::Connect { from, to: address });
                 }
                 PeAction::Send(message) => {
                     if let Some(id) = self.registrar_association {
-                        outputs.push(Output::Send {
+                        sink.output(Output::Send {
                             id,
                             from,
                             frame: asap_frame(&message),
@@ -185,31 +198,28 @@ impl PeNode {
                 PeAction::Disconnect => {
                     self.connecting = false;
                     if let Some(id) = self.registrar_association.take() {
-                        outputs.push(Output::Close { id, from });
+                        sink.output(Output::Close { id, from });
                     }
                 }
             }
         }
         while let Some(event) = self.registration.poll_event() {
-            records.push((now, Record::Pe(index, event)));
+            sink.record(Record::Pe(self.index, event));
         }
-        outputs.append(&mut self.outputs);
+        for output in self.outputs.drain(..) {
+            sink.output(output);
+        }
     }
 
     pub(super) fn registration_connected(&mut self, id: Option<AssociationId>, now: Instant) {
-        let wanted = std::mem::take(&mut self.connecting);
-        match (id, wanted) {
-            (Some(id), true) => {
+        let from = End::PeRegistration(self.index);
+        match connect_outcome(id, &mut self.connecting, from, &mut self.outputs) {
+            Outcome::Up(id) => {
                 self.registrar_association = Some(id);
                 self.registration.handle_connected(now);
             }
-            // Given up meanwhile: close what came up.
-            (Some(id), false) => self.outputs.push(Output::Close {
-                id,
-                from: End::PeRegistration(self.index),
-            }),
-            (None, true) => self.registration.handle_connect_failed(now),
-            (None, false) => {}
+            Outcome::Failed => self.registration.handle_connect_failed(now),
+            Outcome::Forgotten => {}
         }
     }
 
@@ -397,28 +407,21 @@ impl PuNode {
         }
     }
 
-    pub(super) fn drain(
-        &mut self,
-        now: Instant,
-        outputs: &mut Vec<Output>,
-        records: &mut Vec<(Instant, Record)>,
-    ) {
+    pub(super) fn drain(&mut self, sink: &mut Sink<'_>) {
+        let now = sink.now;
         for session in 0..self.sessions.len() {
             while let Some(action) = self.sessions[session].state.poll_action() {
-                self.execute(session, action, now, records);
+                self.execute(session, action, sink);
             }
         }
         self.send_queued(now);
-        outputs.append(&mut self.outputs);
+        for output in self.outputs.drain(..) {
+            sink.output(output);
+        }
     }
 
-    fn execute(
-        &mut self,
-        session: usize,
-        action: SessionAction,
-        now: Instant,
-        records: &mut Vec<(Instant, Record)>,
-    ) {
+    fn execute(&mut self, session: usize, action: SessionAction, sink: &mut Sink<'_>) {
+        let now = sink.now;
         let from = End::PuSession(self.index, session);
         let slot = &mut self.sessions[session];
         match action {
@@ -449,16 +452,7 @@ impl PuNode {
             }
             SessionAction::ReportUnreachable { pe_id } => {
                 self.report_unreachable(pe_id);
-                let event = SessionEvent::UnreachableReported { pe_id };
-                self.sessions[session].job.events.push((now, event.clone()));
-                records.push((
-                    now,
-                    Record::Session {
-                        pu: self.index,
-                        session,
-                        event,
-                    },
-                ));
+                self.tell(session, SessionEvent::UnreachableReported { pe_id }, sink);
             }
             SessionAction::Avoid { pe_id, duration } => self.selector.avoid(pe_id, now, duration),
             SessionAction::Event(event) => {
@@ -479,17 +473,19 @@ impl PuNode {
                     }
                     _ => {}
                 }
-                records.push((
-                    now,
-                    Record::Session {
-                        pu: self.index,
-                        session,
-                        event: event.clone(),
-                    },
-                ));
-                self.sessions[session].job.events.push((now, event));
+                self.tell(session, event, sink);
             }
         }
+    }
+
+    /// The session's story, in its job and in the records.
+    fn tell(&mut self, session: usize, event: SessionEvent, sink: &mut Sink<'_>) {
+        sink.record(Record::Session {
+            pu: self.index,
+            session,
+            event: event.clone(),
+        });
+        self.sessions[session].job.events.push((sink.now, event));
     }
 
     pub(super) fn report_unreachable(&mut self, pe_id: PeId) {
@@ -581,17 +577,14 @@ impl PuNode {
     }
 
     pub(super) fn registrar_connected(&mut self, id: Option<AssociationId>, now: Instant) {
-        let wanted = std::mem::take(&mut self.link.connecting);
-        match (id, wanted) {
-            (Some(id), true) => {
+        let from = End::PuRegistrar(self.index);
+        match connect_outcome(id, &mut self.link.connecting, from, &mut self.outputs) {
+            Outcome::Up(id) => {
                 self.link.association = Some(id);
                 self.link.failures = 0;
             }
-            (Some(id), false) => self.outputs.push(Output::Close {
-                id,
-                from: End::PuRegistrar(self.index),
-            }),
-            (None, _) => self.registrar_failed(now),
+            Outcome::Failed => self.registrar_failed(now),
+            Outcome::Forgotten => {}
         }
     }
 
@@ -657,20 +650,16 @@ impl PuNode {
         now: Instant,
     ) {
         let slot = &mut self.sessions[session];
-        let wanted = std::mem::take(&mut slot.connecting);
-        match (id, wanted) {
-            (Some(id), true) => {
+        let from = End::PuSession(self.index, session);
+        match connect_outcome(id, &mut slot.connecting, from, &mut self.outputs) {
+            Outcome::Up(id) => {
                 slot.association = Some(id);
                 slot.state.handle_connected(now);
             }
-            (Some(id), false) => self.outputs.push(Output::Close {
-                id,
-                from: End::PuSession(self.index, session),
-            }),
-            (None, true) => slot
+            Outcome::Failed => slot
                 .state
                 .handle_connect_failed(now, "connection refused".into()),
-            (None, false) => {}
+            Outcome::Forgotten => {}
         }
     }
 
