@@ -1,6 +1,6 @@
 //! The failover state machine of one pool-user session (sans-I/O).
 //!
-//! Events go in (`on_*` methods, each with the current time), [`Action`]s come out of
+//! Events go in (`handle_*` methods, each with the current time), [`Action`]s come out of
 //! [`SessionState::poll_action`], and [`SessionState::poll_timeout`] says when to call
 //! [`SessionState::handle_timeout`] next. No sockets, no clocks: tests drive it with simulated time.
 //!

@@ -5,7 +5,7 @@
 //! their keep-alive in the same millisecond) after the last sign of life a Keep-Alive is due;
 //! once sent, the PE has `timeout` to acknowledge it, else it is removed. An Ack or a
 //! re-registration restarts the cycle. Sans-I/O: the caller passes `now` and a random source,
-//! and polls [`KeepAliveSupervisor::poll`] at [`KeepAliveSupervisor::poll_timeout`].
+//! and calls [`KeepAliveSupervisor::handle_timeout`] at [`KeepAliveSupervisor::poll_timeout`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -125,7 +125,7 @@ impl KeepAliveSupervisor {
 
     /// Everything due at or before `now`: Keep-Alives to send (their timeouts start now) and
     /// PEs that timed out (no longer supervised; the caller removes them).
-    pub fn poll(&mut self, now: Instant) -> Vec<KeepAliveAction> {
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<KeepAliveAction> {
         let mut actions = Vec::new();
         while let Some((at, key)) = self.deadlines.first().cloned() {
             if at > now {
@@ -190,13 +190,16 @@ mod tests {
         ka.alive(key(1), t0, &mut rng);
         let due = ka.poll_timeout().expect("armed");
         assert!(due >= t0 + Duration::from_millis(4375) && due <= t0 + Duration::from_millis(5625));
-        assert!(ka.poll(due - Duration::from_millis(1)).is_empty());
-        assert_eq!(ka.poll(due), vec![KeepAliveAction::Send(key(1))]);
+        assert!(ka.handle_timeout(due - Duration::from_millis(1)).is_empty());
+        assert_eq!(ka.handle_timeout(due), vec![KeepAliveAction::Send(key(1))]);
         assert!(ka.awaiting_ack(&key(1)));
         assert_eq!(ka.poll_timeout(), Some(due + Duration::from_secs(2)));
-        assert!(ka.poll(due + Duration::from_millis(1999)).is_empty());
+        assert!(
+            ka.handle_timeout(due + Duration::from_millis(1999))
+                .is_empty()
+        );
         assert_eq!(
-            ka.poll(due + Duration::from_secs(2)),
+            ka.handle_timeout(due + Duration::from_secs(2)),
             vec![KeepAliveAction::TimedOut(key(1))]
         );
         assert!(ka.is_empty());
@@ -210,16 +213,16 @@ mod tests {
         let mut ka = KeepAliveSupervisor::new(config());
         ka.alive(key(1), t0, &mut rng);
         let due = ka.poll_timeout().expect("armed");
-        assert_eq!(ka.poll(due).len(), 1);
+        assert_eq!(ka.handle_timeout(due).len(), 1);
         let ack_at = due + Duration::from_secs(1);
         assert!(ka.acknowledged(&key(1), ack_at, &mut rng));
         assert!(!ka.awaiting_ack(&key(1)));
         assert!(!ka.acknowledged(&key(2), ack_at, &mut rng));
         // Past the old timeout nothing happens; the next Keep-Alive is an interval after the Ack.
-        assert!(ka.poll(due + Duration::from_secs(3)).is_empty());
+        assert!(ka.handle_timeout(due + Duration::from_secs(3)).is_empty());
         let next = ka.poll_timeout().expect("armed");
         assert!(next >= ack_at + Duration::from_millis(4375));
-        assert_eq!(ka.poll(next), vec![KeepAliveAction::Send(key(1))]);
+        assert_eq!(ka.handle_timeout(next), vec![KeepAliveAction::Send(key(1))]);
     }
 
     #[test]
@@ -230,7 +233,7 @@ mod tests {
         ka.alive(key(1), t0, &mut rng);
         ka.alive(key(2), t0, &mut rng);
         ka.remove(&key(1));
-        let actions = ka.poll(t0 + Duration::from_secs(6));
+        let actions = ka.handle_timeout(t0 + Duration::from_secs(6));
         assert_eq!(actions, vec![KeepAliveAction::Send(key(2))]);
     }
 

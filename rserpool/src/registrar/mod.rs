@@ -285,7 +285,7 @@ impl Registrar {
 
     /// Time passed: sends due Keep-Alives and removes PEs whose Keep-Alive went unanswered.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for action in self.keepalive.poll(now) {
+        for action in self.keepalive.handle_timeout(now) {
             match action {
                 KeepAliveAction::Send((pool, pe)) => {
                     let Some(association) = self

@@ -185,7 +185,7 @@ impl HeartbeatTimer {
     }
 
     /// Advances the timer to `now`.
-    pub fn poll(&mut self, now: Instant) -> HeartbeatEvent {
+    pub fn handle_timeout(&mut self, now: Instant) -> HeartbeatEvent {
         if !self.receive_blocked {
             let silent_for = now.saturating_duration_since(self.last_received);
             if silent_for >= self.config.timeout {
@@ -206,7 +206,7 @@ impl HeartbeatTimer {
         HeartbeatEvent::Idle
     }
 
-    /// When [`poll`](Self::poll) has something to do next.
+    /// When [`handle_timeout`](Self::handle_timeout) has something to do next.
     pub fn poll_timeout(&self) -> Instant {
         let request = self.request_due();
         if self.receive_blocked {
@@ -303,20 +303,20 @@ mod tests {
         let t0 = Instant::now();
         let mut timer = HeartbeatTimer::new(config(), t0);
         assert_eq!(timer.poll_timeout(), t0 + 100 * MS);
-        assert_eq!(timer.poll(t0 + 99 * MS), HeartbeatEvent::Idle);
+        assert_eq!(timer.handle_timeout(t0 + 99 * MS), HeartbeatEvent::Idle);
         assert_eq!(
-            timer.poll(t0 + 100 * MS),
+            timer.handle_timeout(t0 + 100 * MS),
             HeartbeatEvent::SendRequest(HeartbeatMessage::Request { nonce: 1 })
         );
         assert_eq!(
-            timer.poll(t0 + 100 * MS),
+            timer.handle_timeout(t0 + 100 * MS),
             HeartbeatEvent::Idle,
             "one request per interval"
         );
         timer.handle_received(t0 + 150 * MS);
         assert_eq!(timer.poll_timeout(), t0 + 200 * MS);
         assert_eq!(
-            timer.poll(t0 + 200 * MS),
+            timer.handle_timeout(t0 + 200 * MS),
             HeartbeatEvent::SendRequest(HeartbeatMessage::Request { nonce: 2 })
         );
     }
@@ -332,7 +332,7 @@ mod tests {
             let now = t0 + 50 * MS * step;
             timer.handle_sent(now);
             timer.handle_received(now);
-            if let HeartbeatEvent::SendRequest(_) = timer.poll(now) {
+            if let HeartbeatEvent::SendRequest(_) = timer.handle_timeout(now) {
                 requests += 1;
             }
         }
@@ -346,7 +346,7 @@ mod tests {
         let mut requests = 0;
         let died_at = loop {
             let now = timer.poll_timeout();
-            match timer.poll(now) {
+            match timer.handle_timeout(now) {
                 HeartbeatEvent::PeerDead { silent_for } => {
                     assert_eq!(silent_for, 300 * MS);
                     break now;
@@ -366,7 +366,10 @@ mod tests {
         let mut timer = HeartbeatTimer::new(config(), t0);
         for step in 1..=10 {
             let now = t0 + 250 * MS * step;
-            assert!(!matches!(timer.poll(now), HeartbeatEvent::PeerDead { .. }));
+            assert!(!matches!(
+                timer.handle_timeout(now),
+                HeartbeatEvent::PeerDead { .. }
+            ));
             timer.handle_received(now);
         }
     }
@@ -379,17 +382,17 @@ mod tests {
         for step in 1..=10 {
             timer.handle_sent(t0 + 100 * MS * step);
             assert!(!matches!(
-                timer.poll(t0 + 100 * MS * step),
+                timer.handle_timeout(t0 + 100 * MS * step),
                 HeartbeatEvent::PeerDead { .. }
             ));
         }
         timer.set_receive_blocked(false, t0 + 1000 * MS);
         assert!(!matches!(
-            timer.poll(t0 + 1299 * MS),
+            timer.handle_timeout(t0 + 1299 * MS),
             HeartbeatEvent::PeerDead { .. }
         ));
         assert_eq!(
-            timer.poll(t0 + 1300 * MS),
+            timer.handle_timeout(t0 + 1300 * MS),
             HeartbeatEvent::PeerDead {
                 silent_for: 300 * MS
             }
@@ -406,7 +409,7 @@ mod tests {
         );
         assert_eq!(timer.srtt(), None);
         let HeartbeatEvent::SendRequest(HeartbeatMessage::Request { nonce }) =
-            timer.poll(t0 + 100 * MS)
+            timer.handle_timeout(t0 + 100 * MS)
         else {
             panic!("expected a request");
         };
@@ -421,7 +424,7 @@ mod tests {
         assert_eq!(timer.srtt(), Some(80 * MS));
         timer.handle_received(t0 + 180 * MS);
         let HeartbeatEvent::SendRequest(HeartbeatMessage::Request { nonce }) =
-            timer.poll(t0 + 280 * MS)
+            timer.handle_timeout(t0 + 280 * MS)
         else {
             panic!("expected a request");
         };
@@ -435,11 +438,11 @@ mod tests {
         let t0 = Instant::now();
         let mut timer = HeartbeatTimer::new(config(), t0);
         let HeartbeatEvent::SendRequest(HeartbeatMessage::Request { nonce: first }) =
-            timer.poll(t0 + 100 * MS)
+            timer.handle_timeout(t0 + 100 * MS)
         else {
             panic!("expected a request");
         };
-        let HeartbeatEvent::SendRequest(_) = timer.poll(t0 + 200 * MS) else {
+        let HeartbeatEvent::SendRequest(_) = timer.handle_timeout(t0 + 200 * MS) else {
             panic!("expected a second request");
         };
         timer.handle_heartbeat(HeartbeatMessage::Ack { nonce: first }, t0 + 250 * MS);

@@ -471,7 +471,7 @@ impl Connection {
         let Some(timer) = self.heartbeat.as_mut() else {
             return Ok(());
         };
-        match timer.poll(now) {
+        match timer.handle_timeout(now) {
             HeartbeatEvent::Idle => Ok(()),
             HeartbeatEvent::SendRequest(request) => {
                 self.push_frame(PPID_HEARTBEAT, &request.encode())
