@@ -35,12 +35,12 @@ const PIECE_MAX_PIXELS: usize = 12 * MAX_POINTS_PER_DATA;
 const CAPACITY_PIECE_SECONDS: f64 = 0.02;
 /// Longest single sleep or wait, so that stop requests and timers are noticed.
 const MAX_SLEEP: Duration = Duration::from_millis(20);
-/// Data messages a session's outputs are gathered to before they go to its async side. Each
-/// hand-over wakes the protocol thread, which sends them (one write) and so wakes the pool user:
-/// gathering ~256 KiB of Data instead of a piece's ~16 KiB cuts those wake-ups, and the context
-/// switches they cost the computing threads, by sixteen (64 KiB left the PE protocol threads and
-/// the pool user 1.5 ms more CPU time per 1024x768 picture). A cookie follows every few Data
-/// messages within a hand-over, so a crash loses no more work than with smaller ones.
+/// Data messages a session's outputs are gathered to before they go to its async side (about
+/// 256 KiB). Each hand-over wakes the protocol thread, which sends them in one write and so
+/// wakes the pool user: fewer, larger hand-overs mean fewer wake-ups and context switches for
+/// the computing threads. A cookie follows every few Data messages within a hand-over, so a
+/// crash loses no more work than with smaller ones. To retune, compare the CPU split that
+/// `pool-bench --kills 0` prints (PE protocol threads, pool user) at other values.
 const FORWARD_DATA_MESSAGES: usize = 192;
 /// Room for the frames of one hand-over: its Data messages and their cookies.
 const HANDOVER_BYTES: usize = (FORWARD_DATA_MESSAGES + 8) * (HEADER_LEN + MAX_DATA_LEN);
@@ -414,8 +414,9 @@ fn cores_of_thread(tid: libc::pid_t) -> Option<Vec<usize>> {
 
 /// Keeps the calling thread on `core` (best effort). The computing threads wake together when
 /// a session arrives: on a busy machine Linux may queue them all on the waker's core and leave
-/// another core idle until its next balancing tick (up to 4 ms, measured in a 40 ms picture),
-/// where one thread per core needs no balancing at all.
+/// another core idle until its next balancing tick, a noticeable share of a short picture
+/// (`pool-bench --kills 0` shows it as machine idle time), where one thread per core needs no
+/// balancing at all.
 fn stay_on_core(core: usize) {
     // SAFETY: as in `allowed_cores`; sched_setaffinity only reads the set. Thread id 0 is the
     // calling thread.

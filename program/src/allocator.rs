@@ -9,10 +9,11 @@ const RETAINED_FREE_MEMORY: libc::c_int = 32 << 20;
 const OWN_MAPPING_FROM: libc::c_int = 4 << 20;
 
 /// Keeps freed memory for reuse. The data path allocates and frees buffers of tens of KiB
-/// all the time (frames, batches of Data messages); glibc's default returned such memory to
-/// the system as soon as 128 KiB were free at the top of a heap, so the next buffer was written
-/// to fresh pages: about 200 page faults per 1024x768 picture in the pool elements and 70 in
-/// the pool user. Other platforms keep their allocator's defaults.
+/// all the time (frames, batches of Data messages); glibc's default returns such memory to the
+/// system as soon as 128 KiB are free at the top of a heap, so the next buffer is written to
+/// fresh pages and every picture pays page faults for it. `pool-bench --kills 0` prints the
+/// programs' CPU time per picture, where that cost shows. Other platforms keep their
+/// allocator's defaults.
 pub fn retain_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
