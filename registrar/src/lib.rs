@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use rserpool::handlespace::HandlespaceConfig;
+use rserpool::handlespace::{ForeignReregistration, HandlespaceConfig};
 use rserpool::registrar::RegistrarConfig;
 use rserpool::registrar::driver::{self, AnnounceConfig, DriverConfig};
 use rserpool::registrar::keepalive::KeepAliveConfig;
+use rserpool::registrar::reports::ReportConfig;
 use rserpool::transport::AssociationConfig;
 use rserpool::transport::announce::ASAP_ANNOUNCE_ADDR;
 use tracing::info;
@@ -34,9 +35,20 @@ pub struct Cli {
     /// Time a PE has to acknowledge a Keep-Alive before it is removed, in ms
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     pub keepalive_timeout: u64,
-    /// Distinct Endpoint Unreachable reporters that remove a PE (MAX-BAD-PE-REPORT)
+    /// Distinct Endpoint Unreachable reporters that have a PE probed with a Keep-Alive, and
+    /// removed if it does not answer (MAX-BAD-PE-REPORT)
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_bad_pe_reports: u64,
+    /// Time a reported PE has to answer the probe (milliseconds)
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub probe_timeout: u64,
+    /// Endpoint Unreachable reports per second and pool user that count
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub max_report_rate: u32,
+    /// Let a registration from another association take over a live PE identifier, as rsplib
+    /// does (by default it is refused: the identifier belongs to its association)
+    #[arg(long)]
+    pub allow_pe_id_takeover: bool,
     /// Most PEs in one Handle Resolution Response, whatever the request asks [default: no limit]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_hr_items: Option<u32>,
@@ -93,9 +105,21 @@ impl Cli {
                     timeout: Duration::from_millis(self.keepalive_timeout),
                 },
                 max_bad_pe_reports: usize::try_from(self.max_bad_pe_reports).unwrap_or(usize::MAX),
+                reports: ReportConfig {
+                    max_reports_per_second: self.max_report_rate,
+                    probe_timeout: Duration::from_millis(self.probe_timeout),
+                    ..ReportConfig::default()
+                },
                 default_hr_items: 3,
                 max_hr_items: self.max_hr_items,
-                handlespace: HandlespaceConfig::default(),
+                handlespace: HandlespaceConfig {
+                    foreign_reregistration: if self.allow_pe_id_takeover {
+                        ForeignReregistration::Update
+                    } else {
+                        ForeignReregistration::Reject
+                    },
+                    ..HandlespaceConfig::default()
+                },
                 seed: rand::random(),
             },
             association: AssociationConfig::default(),

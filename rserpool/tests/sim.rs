@@ -4,12 +4,14 @@
 
 use std::time::Duration;
 
+use rserpool::pe::Event as PeEvent;
 use rserpool::pu::session::{FailureKind, SessionConfig, SessionEvent};
 use rserpool::registrar::keepalive::KeepAliveConfig;
+use rserpool::registrar::reports::{Ignored, ReportConfig};
 use rserpool::registrar::{RegistrarConfig, RegistrarEvent, RemovalReason};
-use rserpool::sim::{Node, PeSpec, PuSpec, Sim, SimConfig, Verdict};
+use rserpool::sim::{Node, PeSpec, PuSpec, Record, Sim, SimConfig, Verdict};
 use rserpool::transport::AssociationError;
-use rserpool::wire::AsapMessage;
+use rserpool::wire::{AsapMessage, CauseCode, PoolHandle};
 
 const POOL: &str = "SimPool";
 /// A job's items (one per 10 ms on a PE: a second of work).
@@ -215,10 +217,22 @@ fn three_users_on_a_hanging_pe(users: usize) -> (Sim, usize, Vec<(usize, usize)>
 }
 
 #[test]
-fn max_bad_pe_report_distinct_pool_users_remove_a_hung_pe() {
-    let (sim, spare, jobs) = three_users_on_a_hanging_pe(3);
-    let (_, reason) = removal(&sim, 0).expect("the hung PE was removed");
+fn max_bad_pe_report_distinct_pool_users_have_a_hung_pe_probed_and_removed() {
+    let (mut sim, spare, jobs) = three_users_on_a_hanging_pe(3);
+    sim.run_until_or_panic(Duration::from_secs(2), "the probe fails", |sim| {
+        removal(sim, 0).is_some()
+    });
+    let (removed_at, reason) = removal(&sim, 0).expect("the hung PE was removed");
     assert_eq!(reason, RemovalReason::UnreachableReports);
+    let probed_at = sim
+        .registrar_events(0)
+        .into_iter()
+        .find_map(|(at, e)| matches!(e, RegistrarEvent::ProbeStarted { .. }).then_some(at))
+        .expect("a probe before the removal");
+    assert_eq!(
+        removed_at - probed_at,
+        ReportConfig::default().probe_timeout
+    );
     let reports: Vec<usize> = sim
         .registrar_events(0)
         .into_iter()
@@ -240,8 +254,9 @@ fn fewer_reporters_than_max_bad_pe_report_leave_the_pe_listed() {
     assert!(sim.lists(0, 0));
 }
 
-#[test]
-fn one_pool_user_reporting_again_and_again_counts_once() {
+/// A registrar that probes at two reports, one PE, and pool users that each had a job on it
+/// (so the registrar handed them the PE).
+fn served_users(users: usize) -> (Sim, Vec<usize>) {
     let mut sim = sim_with(
         RegistrarConfig {
             max_bad_pe_reports: 2,
@@ -249,19 +264,113 @@ fn one_pool_user_reporting_again_and_again_counts_once() {
         },
         1,
     );
-    let loud = sim.add_pu(PuSpec::new(POOL));
-    let other = sim.add_pu(PuSpec::new(POOL));
+    let pus: Vec<usize> = (0..users)
+        .map(|_| {
+            let pu = sim.add_pu(PuSpec::new(POOL));
+            let session = sim.start_job(pu, 5);
+            finish(&mut sim, pu, session);
+            pu
+        })
+        .collect();
+    (sim, pus)
+}
+
+fn report_counts(sim: &Sim) -> Vec<usize> {
+    sim.registrar_events(0)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            RegistrarEvent::UnreachableReport { count, .. } => Some(count),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn false_reports_against_a_live_pe_end_in_a_probe_it_answers() {
+    let (mut sim, pus) = served_users(2);
     for _ in 0..3 {
-        sim.report_unreachable(loud, 0);
+        sim.report_unreachable(pus[0], 0);
     }
     sim.run_for(Duration::from_millis(100));
-    assert!(sim.lists(0, 0), "{}", sim.dump());
-    sim.report_unreachable(other, 0);
-    sim.run_for(Duration::from_millis(100));
-    assert_eq!(
-        removal(&sim, 0).map(|(_, reason)| reason),
-        Some(RemovalReason::UnreachableReports)
+    // One pool user saying it again and again counts once.
+    assert_eq!(report_counts(&sim), [1, 1, 1]);
+    sim.report_unreachable(pus[1], 0);
+    sim.run_for(Duration::from_secs(2));
+    let events: Vec<RegistrarEvent> = sim
+        .registrar_events(0)
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, RegistrarEvent::ProbeStarted { .. }))
     );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, RegistrarEvent::ProbeAnswered { .. }))
+    );
+    assert_eq!(removal(&sim, 0), None, "{}", sim.dump());
+    assert!(sim.lists(0, 0));
+}
+
+#[test]
+fn reports_count_only_from_users_handed_the_pe_and_leave_with_them() {
+    let (mut sim, pus) = served_users(2);
+    let stranger = sim.add_pu(PuSpec::new(POOL));
+    sim.report_unreachable(stranger, 0);
+    sim.run_for(Duration::from_millis(100));
+    assert!(sim.registrar_events(0).iter().any(|(_, e)| matches!(
+        e,
+        RegistrarEvent::ReportIgnored {
+            why: Ignored::NotHandedOut,
+            ..
+        }
+    )));
+    sim.report_unreachable(pus[0], 0);
+    sim.run_for(Duration::from_millis(100));
+    // The reporter goes away (its process dies): its report goes with it.
+    sim.kill(Node::Pu(pus[0]));
+    sim.run_for(Duration::from_millis(100));
+    sim.report_unreachable(pus[1], 0);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(report_counts(&sim), [1, 1]);
+    assert!(
+        !sim.registrar_events(0)
+            .iter()
+            .any(|(_, e)| matches!(e, RegistrarEvent::ProbeStarted { .. }))
+    );
+    assert!(sim.lists(0, 0));
+}
+
+#[test]
+fn a_live_pe_id_cannot_be_registered_from_another_association() {
+    let mut sim = sim(1);
+    let victim = sim.pe_id(0);
+    let thief = sim.add_pe(PeSpec {
+        pe_id: Some(victim),
+        ..PeSpec::new(POOL)
+    });
+    sim.run_for(Duration::from_millis(500));
+    let rejected = sim.records().iter().any(|(_, record)| {
+        matches!(
+            record,
+            Record::Pe(pe, PeEvent::Rejected { cause: Some(cause), .. })
+                if *pe == thief && *cause == CauseCode::NON_UNIQUE_PE_IDENTIFIER
+        )
+    });
+    assert!(rejected, "{}", sim.dump());
+    // Lookups still name the victim's address, and the thief's leaving removes nothing.
+    let entry = sim
+        .registrar(0)
+        .handlespace()
+        .get(&PoolHandle::new(POOL.as_bytes()).expect("handle"), victim)
+        .expect("listed");
+    assert_eq!(entry.element().user_transport, sim.pe_user_transport(0));
+    sim.kill(Node::Pe(thief));
+    sim.run_for(Duration::from_millis(100));
+    assert!(sim.lists(0, 0));
 }
 
 #[test]

@@ -15,12 +15,18 @@
 //! Decisions worth knowing:
 //! * The owner given in [`RegistrationContext`] becomes the stored PE's `home_registrar`, and a
 //!   given `registrator` transport replaces its `asap_transport` (RFC 5352 §3.1 rule 4).
-//! * A re-registration of a known PE id over a *different* association is an update by default,
-//!   as rsplib does and as RFC 5352 §3.1 rule 3 reads ("already a member ⇒ re-registration"); the
-//!   PE moves to the new association, so closing the old one no longer removes it. With
-//!   [`ForeignReregistration::Reject`] it is refused with Non-unique PE Identifier (0x4), which
-//!   stops one PE from hijacking another's id at the price of a PE that reconnects having to wait
-//!   for its old association to close.
+//! * A PE identifier belongs to the association that registered it: a registration of a live
+//!   PE id over a *different* association is refused with Non-unique PE Identifier (0x4)
+//!   ([`ForeignReregistration::Reject`], the default). RFC 5352 §3.1 rule 3 reads "already a
+//!   member ⇒ re-registration" and rsplib updates the entry, moving the PE to the new
+//!   association: anyone who can reach the registrar could then take over a live PE's entry
+//!   (lookups return the attacker's address) and remove the victim by closing its own
+//!   association, the masquerade RFC 5355 §2.2 warns of. The price: a PE that lost its
+//!   association without the registrar noticing waits until the old association is declared
+//!   dead (transport heartbeats) before its registration from a new one is accepted.
+//!   [`ForeignReregistration::Update`] restores rsplib's behaviour. Entries learnt without an
+//!   association (from a peer registrar) may be taken over by a registration, as their home
+//!   moves.
 //! * A re-registration must pass the same consistency checks as a new one (policy type,
 //!   transport type, transport use), even when the PE is the pool's only member (rule 3).
 //! * Weight 0 (WRR, WRAND, WRAND-DPF) means "cannot serve" (RFC 5356 §3.2): such PEs are kept but
@@ -76,9 +82,9 @@ mod cause {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ForeignReregistration {
     /// Treat it as a re-registration and move the PE to the new association (rsplib).
-    #[default]
     Update,
-    /// Refuse it with Non-unique PE Identifier (0x4).
+    /// Refuse it with Non-unique PE Identifier (0x4): the id stays with its association.
+    #[default]
     Reject,
 }
 
@@ -108,7 +114,7 @@ impl Default for HandlespaceConfig {
             max_pool_elements: 1_048_576,
             max_increment: None,
             max_unreachable_reporters: 64,
-            foreign_reregistration: ForeignReregistration::Update,
+            foreign_reregistration: ForeignReregistration::Reject,
         }
     }
 }
@@ -923,6 +929,17 @@ impl Handlespace {
             }
         } else {
             UnreachableOutcome::Counted(count)
+        }
+    }
+
+    /// Takes back the report of `reporter` against a PE (the reporter went away).
+    pub fn withdraw_unreachable_report(&mut self, handle: &PoolHandle, id: PeId, reporter: u64) {
+        if let Some(entry) = self
+            .pools
+            .get_mut(handle)
+            .and_then(|pool| pool.elements.get_mut(&id))
+        {
+            entry.unreachable_reporters.remove(&reporter);
         }
     }
 

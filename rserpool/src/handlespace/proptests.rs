@@ -226,11 +226,13 @@ fn run(
     ops: Vec<Op>,
     pool_kinds: [usize; 4],
     max_increment: Option<usize>,
+    foreign_reregistration: ForeignReregistration,
 ) -> Result<(), TestCaseError> {
     let config = HandlespaceConfig {
         max_pool_elements_per_pool: 8,
         max_unreachable_reporters: 3,
         max_increment,
+        foreign_reregistration,
         ..HandlespaceConfig::default()
     };
     let mut hs = Handlespace::new(config);
@@ -282,6 +284,12 @@ fn run(
                         Some(CauseCode(0x5))
                     } else if p.udp != udp {
                         Some(CauseCode(0x7))
+                    } else if foreign_reregistration == ForeignReregistration::Reject
+                        && p.pes
+                            .get(&id)
+                            .is_some_and(|pe| pe.association != association)
+                    {
+                        Some(CauseCode(0x4))
                     } else if !p.pes.contains_key(&id) && p.pes.len() >= 8 {
                         Some(CauseCode(0x6))
                     } else {
@@ -507,8 +515,14 @@ proptest! {
         ops in prop::collection::vec(op(), 1..120),
         pool_kinds in [0usize..16, 0usize..16, 0usize..16, 0usize..16],
         max_increment in prop_oneof![Just(None), (0usize..4).prop_map(Some)],
+        reject_foreign in any::<bool>(),
     ) {
-        run(ops, pool_kinds, max_increment)?;
+        let foreign = if reject_foreign {
+            ForeignReregistration::Reject
+        } else {
+            ForeignReregistration::Update
+        };
+        run(ops, pool_kinds, max_increment, foreign)?;
     }
 
     #[test]

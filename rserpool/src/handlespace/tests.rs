@@ -291,7 +291,11 @@ fn capacity_limits_give_lack_of_resources() {
 
 #[test]
 fn reregistration_updates_values_and_moves_association_and_owner() {
-    let mut hs = Handlespace::new(HandlespaceConfig::default());
+    // rsplib's way; the default refuses another association (see below).
+    let mut hs = Handlespace::new(HandlespaceConfig {
+        foreign_reregistration: ForeignReregistration::Update,
+        ..HandlespaceConfig::default()
+    });
     let h = handle("p");
     let t0 = Instant::now();
     hs.register(&h, pe(1, Policy::LeastUsed { load: 10 }), ctx(5, 100, t0))

@@ -419,6 +419,18 @@ fn log_event(event: &RegistrarEvent) {
             count,
             "unreachable report"
         ),
+        RegistrarEvent::ReportIgnored {
+            pool,
+            pe,
+            reporter,
+            why,
+        } => debug!(%pool, %pe, reporter, ?why, "unreachable report ignored"),
+        RegistrarEvent::ProbeStarted { pool, pe } => {
+            info!(%pool, %pe, "unreachable reports: probing pe")
+        }
+        RegistrarEvent::ProbeAnswered { pool, pe } => {
+            info!(%pool, %pe, "probed pe answered; reports cleared")
+        }
         RegistrarEvent::BadMessage { association, error } => {
             debug!(association, %error, "bad message")
         }

@@ -19,8 +19,10 @@
 //! * Only the association a PE registered over may deregister it or acknowledge its
 //!   Keep-Alives; a Deregistration from elsewhere is refused with cause 0xa (rejected for
 //!   security reasons). Deregistering an unknown PE is granted (RFC 5352 §3.2).
-//! * Endpoint Unreachable reports count once per reporting association; the PE goes at
-//!   [`RegistrarConfig::max_bad_pe_reports`] distinct reporters.
+//! * Endpoint Unreachable reports count once per reporting association, only from one that was
+//!   handed the PE, at a bounded rate, and go when it ends; at
+//!   [`RegistrarConfig::max_bad_pe_reports`] distinct reporters the PE is probed with a
+//!   Keep-Alive and removed only if it does not answer ([`reports`]).
 //! * Messages that fail to decode get an ASAP Error with the cause the decoder names (or
 //!   nothing where RFC 5354 says to discard silently). A Registration whose pool handle is too
 //!   long cannot be answered with a Registration Response (that needs the handle), so it too gets
@@ -31,6 +33,7 @@
 
 pub mod driver;
 pub mod keepalive;
+pub mod reports;
 
 #[cfg(test)]
 mod tests;
@@ -52,6 +55,7 @@ use crate::wire::{
     TransportAddress,
 };
 use keepalive::{KeepAliveAction, KeepAliveConfig, KeepAliveSupervisor};
+use reports::{Ignored, ReportBook, ReportConfig};
 
 /// Settings of a [`Registrar`].
 #[derive(Clone, Debug)]
@@ -60,8 +64,11 @@ pub struct RegistrarConfig {
     pub id: u32,
     /// Endpoint Keep-Alive timing.
     pub keepalive: KeepAliveConfig,
-    /// Distinct Endpoint Unreachable reporters that remove a PE (MAX-BAD-PE-REPORT, rsplib 3).
+    /// Distinct Endpoint Unreachable reporters that have a PE probed, and removed if it does
+    /// not answer (MAX-BAD-PE-REPORT, rsplib 3; see [`reports`]).
     pub max_bad_pe_reports: usize,
+    /// Which reports count, and the probe they lead to.
+    pub reports: ReportConfig,
     /// PEs per Handle Resolution Response when the request does not say (rsplib 3).
     pub default_hr_items: u32,
     /// Most PEs per Handle Resolution Response, whatever the request asks; `None` = no cap.
@@ -78,6 +85,7 @@ impl Default for RegistrarConfig {
             id: 1,
             keepalive: KeepAliveConfig::default(),
             max_bad_pe_reports: 3,
+            reports: ReportConfig::default(),
             default_hr_items: 3,
             max_hr_items: None,
             handlespace: HandlespaceConfig::default(),
@@ -149,6 +157,18 @@ pub enum RegistrarEvent {
         reporter: AssociationKey,
         count: usize,
     },
+    /// An Endpoint Unreachable report did not count.
+    ReportIgnored {
+        pool: PoolHandle,
+        pe: PeId,
+        reporter: AssociationKey,
+        why: Ignored,
+    },
+    /// Enough reports: the PE is sent a Keep-Alive and left out of resolutions until it
+    /// answers (or is removed).
+    ProbeStarted { pool: PoolHandle, pe: PeId },
+    /// The probed PE answered: its reports are cleared and it is selectable again.
+    ProbeAnswered { pool: PoolHandle, pe: PeId },
     /// A message could not be decoded or was not acceptable.
     BadMessage {
         association: AssociationKey,
@@ -166,6 +186,7 @@ pub struct RegistrarStats {
     pub handle_resolutions: u64,
     pub keepalives_sent: u64,
     pub unreachable_reports: u64,
+    pub ignored_unreachable_reports: u64,
     pub bad_messages: u64,
 }
 
@@ -175,6 +196,7 @@ pub struct Registrar {
     config: RegistrarConfig,
     handlespace: Handlespace,
     keepalive: KeepAliveSupervisor,
+    reports: ReportBook,
     associations: HashMap<AssociationKey, SocketAddr>,
     rng: StdRng,
     transmits: VecDeque<Transmit>,
@@ -188,6 +210,7 @@ impl Registrar {
         Registrar {
             handlespace: Handlespace::new(config.handlespace.clone()),
             keepalive: KeepAliveSupervisor::new(config.keepalive),
+            reports: ReportBook::new(config.reports),
             rng: StdRng::seed_from_u64(config.seed),
             config,
             associations: HashMap::new(),
@@ -225,6 +248,11 @@ impl Registrar {
     /// An association ended (closed, reset, timed out): every PE registered over it goes.
     pub fn handle_association_closed(&mut self, association: AssociationKey) {
         self.associations.remove(&association);
+        // A pool user that left takes its reports with it.
+        for (pool, pe) in self.reports.forget(association) {
+            self.handlespace
+                .withdraw_unreachable_report(&pool, pe, association);
+        }
         for (pool, element) in self.handlespace.remove_association(association) {
             self.removed(pool, element.id, RemovalReason::AssociationClosed);
         }
@@ -267,11 +295,12 @@ impl Registrar {
                     .is_some_and(|e| e.association() == Some(association));
                 if owned {
                     self.keepalive
-                        .acknowledged(&(pool_handle, pe_id), now, &mut self.rng);
+                        .acknowledged(&(pool_handle.clone(), pe_id), now, &mut self.rng);
+                    self.alive(pool_handle, pe_id);
                 }
             }
             AsapMessage::EndpointUnreachable { pool_handle, pe_id } => {
-                self.handle_unreachable(association, pool_handle, pe_id)
+                self.handle_unreachable(association, pool_handle, pe_id, now)
             }
             other => {
                 self.stats.bad_messages += 1;
@@ -285,6 +314,11 @@ impl Registrar {
 
     /// Time passed: sends due Keep-Alives and removes PEs whose Keep-Alive went unanswered.
     pub fn handle_timeout(&mut self, now: Instant) {
+        for (pool, pe) in self.reports.handle_timeout(now) {
+            if self.handlespace.deregister(&pool, pe).is_some() {
+                self.removed(pool, pe, RemovalReason::UnreachableReports);
+            }
+        }
         for action in self.keepalive.handle_timeout(now) {
             match action {
                 KeepAliveAction::Send((pool, pe)) => {
@@ -318,7 +352,11 @@ impl Registrar {
 
     /// When [`Registrar::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.keepalive.poll_timeout()
+        let probes = self.reports.poll_timeout();
+        match (self.keepalive.poll_timeout(), probes) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next thing to send or close.
@@ -351,6 +389,7 @@ impl Registrar {
 
     fn removed(&mut self, pool: PoolHandle, pe: PeId, reason: RemovalReason) {
         self.keepalive.remove(&(pool.clone(), pe));
+        self.reports.end_probe(&(pool.clone(), pe));
         self.events
             .push_back(RegistrarEvent::Removed { pool, pe, reason });
     }
@@ -418,6 +457,9 @@ impl Registrar {
                     self.stats.registrations += 1;
                 }
                 self.keepalive.alive((pool.clone(), pe), now, &mut self.rng);
+                if reregistration {
+                    self.alive(pool.clone(), pe);
+                }
                 self.events.push_back(RegistrarEvent::Registered {
                     pool: pool.clone(),
                     pe,
@@ -489,21 +531,31 @@ impl Registrar {
         } else {
             usize::try_from(capped).unwrap_or(usize::MAX)
         };
-        let mut response = match self.handlespace.resolve(&pool, count, &mut self.rng) {
-            Ok(resolution) => AsapMessage::HandleResolutionResponse {
-                accepted: false,
-                pool_handle: pool,
-                policy: Some(resolution.policy),
-                pool_elements: resolution
+        // PEs under probe are left out; ask for as many more so the answer stays full.
+        let probed = self.reports.probed_in(&pool);
+        let resolved = self
+            .handlespace
+            .resolve(&pool, count.saturating_add(probed), &mut self.rng);
+        let mut response = match resolved {
+            Ok(resolution) => {
+                let pool_elements: Vec<PoolElement> = resolution
                     .elements
                     .into_iter()
+                    .filter(|e| probed == 0 || !self.reports.is_probed(&(pool.clone(), e.id)))
+                    .take(count)
                     .map(|mut e| {
                         e.asap_transport = None;
                         e
                     })
-                    .collect(),
-                error: None,
-            },
+                    .collect();
+                AsapMessage::HandleResolutionResponse {
+                    accepted: false,
+                    pool_handle: pool,
+                    policy: Some(resolution.policy),
+                    pool_elements,
+                    error: None,
+                }
+            }
             Err(unknown) => AsapMessage::HandleResolutionResponse {
                 accepted: false,
                 pool_handle: pool,
@@ -516,38 +568,89 @@ impl Registrar {
         };
         // An ASAP message is at most 64 KiB: answer "all" of a huge pool with as many PEs as
         // fit (about 1,500 with IPv4 transports) rather than not at all.
-        if let AsapMessage::HandleResolutionResponse { pool_elements, .. } = &mut response {
+        if let AsapMessage::HandleResolutionResponse {
+            pool_elements,
+            pool_handle,
+            ..
+        } = &mut response
+        {
             let fitting = elements_that_fit(pool_elements);
             pool_elements.truncate(fitting);
+            let ids: Vec<PeId> = pool_elements.iter().map(|e| e.id).collect();
+            self.reports.handed_out(association, pool_handle, &ids);
         }
         self.send(association, &response);
     }
 
-    fn handle_unreachable(&mut self, association: AssociationKey, pool: PoolHandle, pe: PeId) {
+    fn handle_unreachable(
+        &mut self,
+        association: AssociationKey,
+        pool: PoolHandle,
+        pe: PeId,
+        now: Instant,
+    ) {
         self.stats.unreachable_reports += 1;
-        let threshold = self.config.max_bad_pe_reports;
-        match self
+        let key = (pool.clone(), pe);
+        if self.handlespace.get(&pool, pe).is_none() {
+            return;
+        }
+        if let Err(why) = self.reports.admit(association, &key, now) {
+            self.stats.ignored_unreachable_reports += 1;
+            self.events.push_back(RegistrarEvent::ReportIgnored {
+                pool,
+                pe,
+                reporter: association,
+                why,
+            });
+            return;
+        }
+        // Counted, never removed here: the probe decides.
+        let UnreachableOutcome::Counted(count) =
+            self.handlespace
+                .report_unreachable(&pool, pe, association, usize::MAX)
+        else {
+            return;
+        };
+        self.events.push_back(RegistrarEvent::UnreachableReport {
+            pool: pool.clone(),
+            pe,
+            reporter: association,
+            count,
+        });
+        if count < self.config.max_bad_pe_reports.max(1) || self.reports.is_probed(&key) {
+            return;
+        }
+        let home = self
             .handlespace
-            .report_unreachable(&pool, pe, association, threshold)
-        {
-            UnreachableOutcome::Counted(count) => {
-                self.events.push_back(RegistrarEvent::UnreachableReport {
-                    pool,
-                    pe,
-                    reporter: association,
-                    count,
-                });
-            }
-            UnreachableOutcome::Removed(_) => {
-                self.events.push_back(RegistrarEvent::UnreachableReport {
-                    pool: pool.clone(),
-                    pe,
-                    reporter: association,
-                    count: threshold.max(1),
-                });
+            .get(&pool, pe)
+            .and_then(|e| e.association());
+        let Some(home) = home else {
+            // Not ours to ask (no association): the reports have to do.
+            if self.handlespace.deregister(&pool, pe).is_some() {
                 self.removed(pool, pe, RemovalReason::UnreachableReports);
             }
-            UnreachableOutcome::UnknownPe => {}
+            return;
+        };
+        self.reports.start_probe(key, now);
+        self.stats.keepalives_sent += 1;
+        let probe = AsapMessage::EndpointKeepAlive {
+            home: false,
+            server_id: self.config.id,
+            pool_handle: pool.clone(),
+            pe_id: Some(pe),
+        };
+        self.send(home, &probe);
+        self.events
+            .push_back(RegistrarEvent::ProbeStarted { pool, pe });
+    }
+
+    /// The PE showed it is alive (a Keep-Alive Ack or a re-registration on its association):
+    /// a probe ends and the reports against it are forgotten.
+    fn alive(&mut self, pool: PoolHandle, pe: PeId) {
+        if self.reports.end_probe(&(pool.clone(), pe)) {
+            self.handlespace.clear_unreachable_reports(&pool, pe);
+            self.events
+                .push_back(RegistrarEvent::ProbeAnswered { pool, pe });
         }
     }
 }

@@ -614,7 +614,7 @@ fn association_close_removes_all_its_pes_at_once() {
 }
 
 #[test]
-fn unreachable_reports_remove_after_the_threshold_of_distinct_reporters() {
+fn unreachable_reports_probe_the_pe_and_remove_it_only_if_it_stays_silent() {
     let mut r = registrar(config());
     let now = Instant::now();
     register_ok(&mut r, 1, "pool", pe(1, ip(1), Policy::RoundRobin), now);
@@ -622,6 +622,11 @@ fn unreachable_reports_remove_after_the_threshold_of_distinct_reporters() {
     let report = bytes(&AsapMessage::EndpointUnreachable {
         pool_handle: handle("pool"),
         pe_id: PeId(1),
+    });
+    let resolve = bytes(&AsapMessage::HandleResolution {
+        subscribe: false,
+        pool_handle: handle("pool"),
+        items: None,
     });
     let counts = |r: &mut Registrar| -> Vec<usize> {
         events(r)
@@ -632,35 +637,87 @@ fn unreachable_reports_remove_after_the_threshold_of_distinct_reporters() {
             })
             .collect()
     };
-    // One PU reporting five times counts once.
+    // A reporter that was never handed the PE does not count.
+    r.handle_message(9, &report, now);
+    assert_eq!(counts(&mut r), Vec::<usize>::new());
+    assert_eq!(r.stats().ignored_unreachable_reports, 1);
+    for pu in [2, 3, 4] {
+        r.handle_message(pu, &resolve, now);
+    }
+    sent(&mut r);
+    // One PU reporting five times counts once (and only ten times a second at all).
     for _ in 0..5 {
         r.handle_message(2, &report, now);
     }
     assert_eq!(counts(&mut r), vec![1; 5]);
     r.handle_message(3, &report, now);
     assert_eq!(counts(&mut r), vec![2]);
-    assert!(r.handlespace().get(&handle("pool"), PeId(1)).is_some());
     assert!(
         sent(&mut r).is_empty(),
         "Endpoint Unreachable has no answer"
     );
+    // The third reporter starts a probe: a Keep-Alive on the PE's association, and the PE is
+    // left out of resolutions meanwhile.
     r.handle_message(4, &report, now);
     let ev = events(&mut r);
-    assert!(ev.contains(&RegistrarEvent::Removed {
+    assert!(ev.contains(&RegistrarEvent::ProbeStarted {
         pool: handle("pool"),
         pe: PeId(1),
-        reason: RemovalReason::UnreachableReports
     }));
+    assert!(matches!(
+        sent(&mut r).as_slice(),
+        [(
+            1,
+            AsapMessage::EndpointKeepAlive {
+                pe_id: Some(PeId(1)),
+                ..
+            }
+        )]
+    ));
+    r.handle_message(2, &resolve, now);
+    assert!(matches!(
+        sent(&mut r).as_slice(),
+        [(2, AsapMessage::HandleResolutionResponse { pool_elements, .. })] if pool_elements.is_empty()
+    ));
+    assert!(r.handlespace().get(&handle("pool"), PeId(1)).is_some());
+    // Silent for the probe timeout: removed.
+    let deadline = r.poll_timeout().expect("the probe's deadline");
+    assert_eq!(deadline, now + ReportConfig::default().probe_timeout);
+    r.handle_timeout(deadline);
+    assert_eq!(
+        removals(&mut r),
+        vec![(PeId(1), RemovalReason::UnreachableReports)]
+    );
     assert!(r.handlespace().is_empty());
-    assert_eq!(r.poll_timeout(), None);
 
-    // Configured to 1, a single PU suffices.
+    // A PE that answers the probe stays, its reports forgotten.
     let mut one = config();
     one.max_bad_pe_reports = 1;
     let mut r = registrar(one);
     register_ok(&mut r, 1, "pool", pe(1, ip(1), Policy::RoundRobin), now);
+    r.handle_message(2, &resolve, now);
+    sent(&mut r);
     r.handle_message(2, &report, now);
-    assert!(r.handlespace().is_empty());
+    sent(&mut r);
+    let ack = bytes(&AsapMessage::EndpointKeepAliveAck {
+        pool_handle: handle("pool"),
+        pe_id: PeId(1),
+    });
+    // Only from the PE's own association.
+    r.handle_message(2, &ack, now);
+    assert!(!events(&mut r).contains(&RegistrarEvent::ProbeAnswered {
+        pool: handle("pool"),
+        pe: PeId(1),
+    }));
+    r.handle_message(1, &ack, now);
+    assert!(events(&mut r).contains(&RegistrarEvent::ProbeAnswered {
+        pool: handle("pool"),
+        pe: PeId(1),
+    }));
+    let entry = r.handlespace().get(&handle("pool"), PeId(1)).expect("kept");
+    assert_eq!(entry.unreachable_reports(), 0);
+    r.handle_timeout(now + Duration::from_secs(2));
+    assert!(removals(&mut r).is_empty());
 }
 
 #[test]

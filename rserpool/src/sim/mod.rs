@@ -36,7 +36,7 @@ use crate::pe::Event as PeEvent;
 use crate::pu::session::{SessionConfig, SessionEvent};
 use crate::registrar::{Registrar, RegistrarConfig, RegistrarEvent};
 use crate::transport::{AssociationError, Frame, PPID_ASAP};
-use crate::wire::{AsapMessage, PeId, Policy, PoolHandle};
+use crate::wire::{AsapMessage, PeId, Policy, PoolHandle, TransportAddress};
 
 pub use counting::Job;
 use nodes::{PeNode, PuNode, RegistrarNode};
@@ -151,6 +151,8 @@ pub struct PeSpec {
     pub item_interval: Duration,
     /// An ASAP Cookie after this many items.
     pub cookie_every: u32,
+    /// Its identifier (default 0x1000 + its index); another PE's plays a thief.
+    pub pe_id: Option<PeId>,
 }
 
 impl PeSpec {
@@ -165,6 +167,7 @@ impl PeSpec {
             max_sessions: 4,
             item_interval: Duration::from_millis(10),
             cookie_every: 10,
+            pe_id: None,
         }
     }
 }
@@ -302,7 +305,7 @@ impl Sim {
     pub fn add_pe(&mut self, spec: PeSpec) -> usize {
         let index = self.pes.len();
         let address = SocketAddr::new(host(1, index), 9000);
-        let pe_id = PeId(0x1000 + index as u32);
+        let pe_id = spec.pe_id.unwrap_or(PeId(0x1000 + index as u32));
         let registrars = spec
             .registrars
             .iter()
@@ -365,6 +368,15 @@ impl Sim {
     /// PE `index`'s identifier.
     pub fn pe_id(&self, index: usize) -> PeId {
         self.pes[index].pe_id
+    }
+
+    /// The user transport PE `index` registers.
+    pub fn pe_user_transport(&self, index: usize) -> TransportAddress {
+        let address = self.pes[index].address;
+        TransportAddress::Tcp {
+            port: address.port(),
+            address: address.ip(),
+        }
     }
 
     /// Whether registrar `registrar` lists PE `pe` in its handlespace.

@@ -1,0 +1,246 @@
+//! Endpoint Unreachable reports, trusted only as far as they can be (RFC 5352 §3.5, RFC 5355
+//! §2.6).
+//!
+//! rsplib removes a PE as soon as MAX-BAD-PE-REPORT distinct associations report it, so three
+//! connections that say so evict a healthy PE, and can keep it out of the pool by saying it
+//! again. Here:
+//! * a report counts only from an association that was handed that PE in a handle resolution
+//!   (a pool user that could have tried it), at most [`ReportConfig::max_reports_per_second`]
+//!   per association, and is forgotten when that association ends;
+//! * reaching the threshold does not remove the PE but **probes** it: an immediate Endpoint
+//!   Keep-Alive with [`ReportConfig::probe_timeout`]. While the probe runs the PE is left out of
+//!   resolutions; an answer (an Ack, or a re-registration) clears its reports and restores it,
+//!   silence removes it.
+//!
+//! [`ReportBook`] is the bookkeeping; the registrar asks it and acts.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::handlespace::AssociationKey;
+use crate::wire::{PeId, PoolHandle};
+
+/// A PE of a pool.
+pub type PeRef = (PoolHandle, PeId);
+
+/// Limits of the report bookkeeping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReportConfig {
+    /// PEs remembered per association as handed out (the oldest are forgotten first).
+    pub remembered_per_association: usize,
+    /// Reports per association and second that count; more are ignored.
+    pub max_reports_per_second: u32,
+    /// Time a PE has to answer the probe.
+    pub probe_timeout: Duration,
+}
+
+impl Default for ReportConfig {
+    /// 4096 PEs per association, 10 reports/s, 1 s to answer: a pool user that fails over
+    /// tens of sessions at once is never held back, and a live PE answers within the
+    /// timeout even on a loaded host.
+    fn default() -> Self {
+        ReportConfig {
+            remembered_per_association: 4096,
+            max_reports_per_second: 10,
+            probe_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why a report did not count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ignored {
+    /// The reporter was never handed this PE.
+    NotHandedOut,
+    /// The reporter exceeded its report rate.
+    RateLimited,
+}
+
+#[derive(Debug, Default)]
+struct Reporter {
+    handed_out: HashSet<PeRef>,
+    order: VecDeque<PeRef>,
+    /// PEs this association's reports counted against.
+    reported: HashSet<PeRef>,
+    window_start: Option<Instant>,
+    in_window: u32,
+}
+
+/// What the registrar knows about reports and probes.
+#[derive(Debug, Default)]
+pub struct ReportBook {
+    config: ReportConfig,
+    reporters: HashMap<AssociationKey, Reporter>,
+    probes: HashMap<PeRef, Instant>,
+    deadlines: BTreeSet<(Instant, PeRef)>,
+}
+
+impl ReportBook {
+    /// An empty book.
+    pub fn new(config: ReportConfig) -> Self {
+        ReportBook {
+            config,
+            ..ReportBook::default()
+        }
+    }
+
+    /// `association` was handed these PEs of `pool` in a resolution.
+    pub fn handed_out(&mut self, association: AssociationKey, pool: &PoolHandle, ids: &[PeId]) {
+        let cap = self.config.remembered_per_association.max(1);
+        let reporter = self.reporters.entry(association).or_default();
+        for &id in ids {
+            let pe = (pool.clone(), id);
+            if reporter.handed_out.insert(pe.clone()) {
+                reporter.order.push_back(pe);
+                if reporter.order.len() > cap
+                    && let Some(oldest) = reporter.order.pop_front()
+                {
+                    reporter.handed_out.remove(&oldest);
+                }
+            }
+        }
+    }
+
+    /// Whether a report of `pe` from `association` at `now` counts; if so it is remembered
+    /// against the association.
+    pub fn admit(
+        &mut self,
+        association: AssociationKey,
+        pe: &PeRef,
+        now: Instant,
+    ) -> Result<(), Ignored> {
+        let limit = self.config.max_reports_per_second;
+        let Some(reporter) = self.reporters.get_mut(&association) else {
+            return Err(Ignored::NotHandedOut);
+        };
+        if !reporter.handed_out.contains(pe) {
+            return Err(Ignored::NotHandedOut);
+        }
+        match reporter.window_start {
+            Some(start) if now.saturating_duration_since(start) < Duration::from_secs(1) => {
+                if reporter.in_window >= limit {
+                    return Err(Ignored::RateLimited);
+                }
+                reporter.in_window += 1;
+            }
+            _ => {
+                reporter.window_start = Some(now);
+                reporter.in_window = 1;
+            }
+        }
+        reporter.reported.insert(pe.clone());
+        Ok(())
+    }
+
+    /// `association` ended: the PEs its reports counted against (to withdraw them).
+    pub fn forget(&mut self, association: AssociationKey) -> Vec<PeRef> {
+        self.reporters
+            .remove(&association)
+            .map(|reporter| reporter.reported.into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// Starts probing `pe` (no-op if it is probed already); true if it was not.
+    pub fn start_probe(&mut self, pe: PeRef, now: Instant) -> bool {
+        if self.probes.contains_key(&pe) {
+            return false;
+        }
+        let deadline = now + self.config.probe_timeout;
+        self.probes.insert(pe.clone(), deadline);
+        self.deadlines.insert((deadline, pe));
+        true
+    }
+
+    /// Ends the probe of `pe` (it answered, or left); true if one was running.
+    pub fn end_probe(&mut self, pe: &PeRef) -> bool {
+        match self.probes.remove(pe) {
+            Some(deadline) => {
+                self.deadlines.remove(&(deadline, pe.clone()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `pe` is being probed (and so left out of resolutions).
+    pub fn is_probed(&self, pe: &PeRef) -> bool {
+        self.probes.contains_key(pe)
+    }
+
+    /// Probed PEs of `pool`.
+    pub fn probed_in(&self, pool: &PoolHandle) -> usize {
+        self.probes.keys().filter(|(p, _)| p == pool).count()
+    }
+
+    /// When the next probe runs out.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// The probes that ran out by `now` (ended; the registrar removes their PEs).
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<PeRef> {
+        let mut failed = Vec::new();
+        while let Some((at, pe)) = self.deadlines.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.deadlines.remove(&(at, pe.clone()));
+            self.probes.remove(&pe);
+            failed.push(pe);
+        }
+        failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pe(id: u32) -> PeRef {
+        (PoolHandle::new(b"p".to_vec()).expect("handle"), PeId(id))
+    }
+
+    #[test]
+    fn only_what_was_handed_out_counts_and_at_a_bounded_rate() {
+        let mut book = ReportBook::new(ReportConfig {
+            remembered_per_association: 2,
+            max_reports_per_second: 2,
+            ..ReportConfig::default()
+        });
+        let t0 = Instant::now();
+        let (pool, _) = pe(0);
+        assert_eq!(book.admit(1, &pe(7), t0), Err(Ignored::NotHandedOut));
+        book.handed_out(1, &pool, &[PeId(7), PeId(8), PeId(9)]);
+        // Only the last two are remembered.
+        assert_eq!(book.admit(1, &pe(7), t0), Err(Ignored::NotHandedOut));
+        assert_eq!(book.admit(1, &pe(8), t0), Ok(()));
+        assert_eq!(book.admit(1, &pe(9), t0), Ok(()));
+        assert_eq!(book.admit(1, &pe(9), t0), Err(Ignored::RateLimited));
+        assert_eq!(book.admit(1, &pe(9), t0 + Duration::from_secs(1)), Ok(()));
+        // Another association was handed nothing.
+        assert_eq!(book.admit(2, &pe(8), t0), Err(Ignored::NotHandedOut));
+        let mut withdrawn = book.forget(1);
+        withdrawn.sort();
+        assert_eq!(withdrawn, vec![pe(8), pe(9)]);
+        assert_eq!(book.admit(1, &pe(8), t0), Err(Ignored::NotHandedOut));
+    }
+
+    #[test]
+    fn a_probe_ends_by_answer_or_by_timeout() {
+        let mut book = ReportBook::new(ReportConfig::default());
+        let t0 = Instant::now();
+        assert!(book.start_probe(pe(1), t0));
+        assert!(!book.start_probe(pe(1), t0));
+        assert!(book.start_probe(pe(2), t0));
+        assert_eq!(book.probed_in(&pe(0).0), 2);
+        assert!(book.end_probe(&pe(1)));
+        assert!(!book.is_probed(&pe(1)));
+        assert_eq!(book.poll_timeout(), Some(t0 + Duration::from_secs(1)));
+        assert!(book.handle_timeout(t0).is_empty());
+        assert_eq!(
+            book.handle_timeout(t0 + Duration::from_secs(1)),
+            vec![pe(2)]
+        );
+        assert_eq!(book.poll_timeout(), None);
+    }
+}
