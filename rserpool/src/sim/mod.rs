@@ -18,7 +18,8 @@
 //! * **The application** is a counting service ([`counting`]): a job of N items; the PE sends
 //!   one item per [`PeSpec::item_interval`] and an ASAP Cookie (the next item) every
 //!   [`PeSpec::cookie_every`] items; the PU keeps how often it got each item, so a test sees
-//!   whether anything was lost and how much was sent twice.
+//!   whether anything was lost and how much was sent twice. A [`Hostility`] makes a PE
+//!   send frames that are no progress instead (repeats, empty items, cookies).
 //!
 //! The pool user side follows `pu::driver` (cache, selector, one registrar association at a
 //! time, trying the next registrar when one does not answer), the PE side `pe::driver`.
@@ -38,7 +39,7 @@ use crate::registrar::{Registrar, RegistrarConfig, RegistrarEvent};
 use crate::transport::{AssociationError, Frame, PPID_ASAP};
 use crate::wire::{AsapMessage, PeId, Policy, PoolHandle};
 
-pub use counting::Job;
+pub use counting::{Hostility, Job};
 use nodes::{PeNode, PuNode, RegistrarNode};
 
 /// A process in the simulation.
@@ -151,6 +152,8 @@ pub struct PeSpec {
     pub item_interval: Duration,
     /// An ASAP Cookie after this many items.
     pub cookie_every: u32,
+    /// Misbehaves instead of serving (`None`: an honest PE).
+    pub hostile: Option<Hostility>,
 }
 
 impl PeSpec {
@@ -165,6 +168,7 @@ impl PeSpec {
             max_sessions: 4,
             item_interval: Duration::from_millis(10),
             cookie_every: 10,
+            hostile: None,
         }
     }
 }
