@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Behaviour, FakePe, FakeRegistrar, POOL};
+use common::{Behaviour, FakePe, FakeRegistrar, Hostile, POOL};
 use fractal_protocol::kernel;
 use fractal_protocol::message::{AlgorithmId, MAX_POINTS_PER_DATA, Parameter};
 use fractal_protocol::tiling;
@@ -282,11 +282,11 @@ async fn fail_after_on_every_pe_gives_deterministic_failovers_without_lost_work(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn finalizer_with_pixels_missing_restarts_the_tile_from_scratch() {
+async fn finalizer_with_pixels_missing_resumes_where_the_pixels_received_end() {
     let registrar = FakeRegistrar::start().await;
-    // Each PE leaves out its second Data message once in its life, with cookies after it.
+    // Each PE leaves out its second Data message once in its life (no cookies: one after it
+    // would be refused first, see `a_cookie_ahead_of_the_pixels_is_refused`).
     let behaviour = Behaviour {
-        cookie_every: 1,
         skip_data: Some(2),
         ..Behaviour::default()
     };
@@ -323,11 +323,20 @@ async fn finalizer_with_pixels_missing_restarts_the_tile_from_scratch() {
         .count() as u64;
     assert!(refusals >= 1, "{events:?}");
     assert_eq!(refusals, result.stats.failovers);
-    // A PE that skipped pixels has untrustworthy cookies: the next one starts afresh.
-    assert!(events.iter().all(|e| !matches!(
-        e,
-        ClientEvent::FailoverCompleted(failover) if failover.resumed_at != 0
-    )));
+    // A PE that skipped pixels has untrustworthy cookies: the next one resumes where the
+    // pixels received end, at the gap (the first Data message arrived).
+    let resumed: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::FailoverCompleted(failover) => Some(failover.resumed_at),
+            _ => None,
+        })
+        .collect();
+    assert!(!resumed.is_empty());
+    assert!(
+        resumed.iter().all(|&at| at == MAX_POINTS_PER_DATA as u64),
+        "{resumed:?}"
+    );
 }
 
 // Real time: rserpool's PU driver measures the session timeout with std::time::Instant over
@@ -445,4 +454,110 @@ async fn full_pes_refuse_without_being_reported() {
     assert_eq!(result.stats.failovers, 0);
     // Six sessions on two PEs that take one each: there were refusals.
     assert!(a.refused.load(Ordering::SeqCst) + b.refused.load(Ordering::SeqCst) > 0);
+}
+
+/// One tile that starts on a PE turning `hostile` after two Data messages, with an honest PE
+/// added once it did: the picture completes, exact, in bounded time, and the hostile PE is
+/// reported.
+async fn hostile_pe_is_left_for_an_honest_one(hostile: Hostile) -> Vec<ClientEvent> {
+    let registrar = FakeRegistrar::start().await;
+    let session_timeout = Duration::from_millis(400);
+    let bad = FakePe::start(
+        0x81,
+        Behaviour {
+            cookie_every: 1,
+            pace: Duration::from_millis(5),
+            hostile: Some((hostile, 2)),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    registrar.add(&bad);
+    let (client, mut events) = client(&registrar, session_timeout);
+    let view = view(64, 81, 100);
+    let request = ImageRequest::new(view, 1, "test").static_split();
+    let image = client.compute_image(request);
+    tokio::pin!(image);
+    let started = tokio::time::Instant::now();
+    tokio::select! {
+        _ = &mut image => panic!("{hostile:?}: finished on the hostile PE alone"),
+        () = async {
+            while bad.data_sent.load(Ordering::SeqCst) < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        } => {}
+    }
+    let good = FakePe::start(0x82, Behaviour::default()).await;
+    registrar.add(&good);
+    let result = tokio::time::timeout(Duration::from_secs(10), image)
+        .await
+        .unwrap_or_else(|_| panic!("{hostile:?}: stuck"))
+        .expect("image computed");
+    // A session timeout or two, not for ever.
+    assert!(started.elapsed() < Duration::from_secs(5), "{hostile:?}");
+    assert_eq!(
+        result.assembly.iterations,
+        kernel::compute_image(&view),
+        "{hostile:?}"
+    );
+    assert!(registrar.reports_of(0x81) >= 1, "{hostile:?}");
+    assert_eq!(registrar.reports_of(0x82), 0, "{hostile:?}");
+    let events = drain(&mut events);
+    assert!(
+        events.iter().all(|e| !matches!(
+            e,
+            ClientEvent::FailoverStarted { pe, .. } if pe.id == PeId(0x82)
+        )),
+        "{hostile:?}: {events:?}"
+    );
+    events
+}
+
+fn failover_reasons(events: &[ClientEvent]) -> Vec<FailureReason> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::FailoverStarted { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_data_is_no_progress() {
+    let events = hostile_pe_is_left_for_an_honest_one(Hostile::RepeatData).await;
+    assert_eq!(failover_reasons(&events), vec![FailureReason::DataSilence]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_data_is_no_progress() {
+    let events = hostile_pe_is_left_for_an_honest_one(Hostile::EmptyData).await;
+    assert_eq!(failover_reasons(&events), vec![FailureReason::DataSilence]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_and_error_spam_is_no_progress() {
+    let events = hostile_pe_is_left_for_an_honest_one(Hostile::CookieSpam).await;
+    assert_eq!(failover_reasons(&events), vec![FailureReason::DataSilence]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_ahead_of_the_pixels_is_refused() {
+    let events = hostile_pe_is_left_for_an_honest_one(Hostile::CookieAhead).await;
+    // Refused at once (no session timeout), and the honest PE resumed where the pixels held
+    // end: two Data messages, not the "finished" cookie.
+    let reasons = failover_reasons(&events);
+    assert!(
+        matches!(reasons.as_slice(), [FailureReason::ProtocolError(detail)]
+            if detail.starts_with("cookie at pixel 5184 ahead of the")),
+        "{reasons:?}"
+    );
+    let resumed: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::FailoverCompleted(failover) => Some(failover.resumed_at),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resumed, vec![2 * MAX_POINTS_PER_DATA as u64]);
 }

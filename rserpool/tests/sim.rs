@@ -9,7 +9,7 @@ use rserpool::pu::session::{FailureKind, SessionConfig, SessionEvent};
 use rserpool::registrar::keepalive::KeepAliveConfig;
 use rserpool::registrar::reports::{Ignored, ReportConfig};
 use rserpool::registrar::{RegistrarConfig, RegistrarEvent, RemovalReason};
-use rserpool::sim::{Node, PeSpec, PuSpec, Record, Sim, SimConfig, Verdict};
+use rserpool::sim::{Hostility, Node, PeSpec, PuSpec, Record, Sim, SimConfig, Verdict};
 use rserpool::transport::AssociationError;
 use rserpool::wire::{AsapMessage, CauseCode, PoolHandle};
 
@@ -542,4 +542,96 @@ fn the_same_seed_tells_the_same_story() {
         sim.dump()
     };
     assert_eq!(story(), story());
+}
+
+/// A job that starts on a hostile PE (the only one registered), with an honest one added
+/// right after.
+fn job_on_a_hostile_pe(hostility: Hostility) -> (Sim, usize, usize) {
+    let mut sim = Sim::new(SimConfig::default());
+    sim.add_registrar(RegistrarConfig::default());
+    sim.add_pe(PeSpec {
+        hostile: Some(hostility),
+        ..PeSpec::new(POOL)
+    });
+    sim.run_until_or_panic(Duration::from_secs(1), "hostile PE registered", |sim| {
+        sim.lists(0, 0)
+    });
+    let pu = sim.add_pu(PuSpec::new(POOL));
+    let session = sim.start_job(pu, ITEMS);
+    sim.run_until_or_panic(Duration::from_secs(1), "on the hostile PE", |sim| {
+        !sim.job(pu, session)
+            .events_where(|e| matches!(e, SessionEvent::Connected { .. }))
+            .is_empty()
+    });
+    sim.add_pe(PeSpec::new(POOL));
+    (sim, pu, session)
+}
+
+#[test]
+fn a_pe_that_sends_nothing_new_is_left_though_it_keeps_sending() {
+    let timeout = SessionConfig::default().session_timeout;
+    for hostility in [
+        Hostility::RepeatData,
+        Hostility::EmptyData,
+        Hostility::CookieSpam,
+    ] {
+        let (mut sim, pu, session) = job_on_a_hostile_pe(hostility);
+        let started = sim.now();
+        finish(&mut sim, pu, session);
+        let job = sim.job(pu, session);
+        // One session timeout on the hostile PE, then a second of work on the honest one.
+        let took = job.finished_at.expect("finished") - started;
+        assert!(
+            took <= timeout + Duration::from_millis(1_200),
+            "{hostility:?}: {took:?}"
+        );
+        let failovers = job.events_where(|e| matches!(e, SessionEvent::FailoverStarted { .. }));
+        assert!(
+            matches!(
+                failovers.as_slice(),
+                [SessionEvent::FailoverStarted {
+                    reason: FailureKind::DataSilence,
+                    cookies_dropped: false,
+                    pe,
+                    ..
+                }] if pe.id == sim.pe_id(0)
+            ),
+            "{hostility:?}: {failovers:?}"
+        );
+        let reported = job.events_where(
+            |e| matches!(e, SessionEvent::UnreachableReported { pe_id } if *pe_id == sim.pe_id(0)),
+        );
+        assert_eq!(reported.len(), 1, "{hostility:?}");
+        assert_eq!(serving_pe(&sim, pu, session), 1, "{hostility:?}");
+    }
+}
+
+#[test]
+fn a_cookie_ahead_of_the_work_bounces_a_job_a_bounded_number_of_times() {
+    // The counting application trusts cookies: an honest PE resuming from "all done" has
+    // nothing to send and is left too. After `max_stalled_failovers` such failovers the
+    // session drops the cookies and the job starts again.
+    let (mut sim, pu, session) = job_on_a_hostile_pe(Hostility::CookieAhead);
+    finish(&mut sim, pu, session);
+    let job = sim.job(pu, session);
+    let failovers: Vec<bool> = job
+        .events_where(|e| matches!(e, SessionEvent::FailoverStarted { .. }))
+        .into_iter()
+        .map(|e| match e {
+            SessionEvent::FailoverStarted {
+                cookies_dropped, ..
+            } => *cookies_dropped,
+            _ => unreachable!(),
+        })
+        .collect();
+    let max = SessionConfig::default().max_stalled_failovers as usize;
+    assert_eq!(failovers.len(), max, "{failovers:?}\n{}", sim.dump());
+    assert!(failovers[..max - 1].iter().all(|&dropped| !dropped));
+    assert!(failovers[max - 1]);
+    // The job started again from the first message and finished on the honest PE.
+    assert_eq!(serving_pe(&sim, pu, session), 1);
+    assert!(
+        !job.events_where(|e| matches!(e, SessionEvent::Connected { resumed: false, .. }))
+            .is_empty()
+    );
 }

@@ -49,6 +49,16 @@ impl Coverage {
         self.covered
     }
 
+    /// One past the last index of the covered run from `start` on (`start` if it is not
+    /// covered).
+    pub(crate) fn run_end(&self, start: u64) -> u64 {
+        let after = self.ranges.partition_point(|r| r.start <= start);
+        match after.checked_sub(1).map(|i| &self.ranges[i]) {
+            Some(run) if run.end > start => run.end,
+            _ => start,
+        }
+    }
+
     /// Whether `index` is covered.
     pub(crate) fn contains(&self, index: u64) -> bool {
         let after = self.ranges.partition_point(|r| r.start <= index);
@@ -69,6 +79,20 @@ impl Coverage {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_run_ends_at_the_first_gap() {
+        let mut coverage = Coverage::default();
+        assert_eq!(coverage.run_end(5), 5);
+        coverage.insert(10..20);
+        coverage.insert(30..40);
+        assert_eq!(coverage.run_end(10), 20);
+        assert_eq!(coverage.run_end(15), 20);
+        assert_eq!(coverage.run_end(20), 20);
+        assert_eq!(coverage.run_end(5), 5);
+        coverage.insert(20..30);
+        assert_eq!(coverage.run_end(10), 40);
+    }
 
     #[test]
     fn touching_and_overlapping_ranges_merge() {

@@ -49,7 +49,8 @@ pub enum FailureReason {
     ConnectionLost(String),
     /// Transport heartbeats went unanswered.
     HeartbeatTimeout,
-    /// No Data for longer than the session timeout (e.g. the process hangs).
+    /// No new pixels for longer than the session timeout (e.g. the process hangs, or sends
+    /// only repeats, empty Data or cookies).
     DataSilence,
     /// Could not connect, or the PE refused the session (e.g. full).
     ConnectFailed(String),
@@ -218,7 +219,8 @@ pub enum ClientEvent {
         tile: usize,
         pe: PeInfo,
         reason: FailureReason,
-        /// Time since the last data from that PE, i.e. how long detection took.
+        /// Time since that PE last brought new pixels (or was connected to), i.e. how long
+        /// detection took.
         silent_for: Duration,
     },
     /// We sent Endpoint Unreachable for this PE to the registrar.

@@ -70,6 +70,8 @@ struct BoundsState {
 pub(crate) struct Receipt {
     /// The part within the tile (empty when all of it lies beyond the cut).
     pub kept: Range<u64>,
+    /// Pixels of `kept` that had not arrived before.
+    pub newly: u64,
     /// With it, every pixel of a cut tile has arrived.
     pub complete: bool,
 }
@@ -108,11 +110,15 @@ impl TileBounds {
         let mut state = self.lock();
         let kept = run.start.min(state.end)..run.end.min(state.end);
         state.overrun += (run.end - run.start) - (kept.end - kept.start);
-        received.insert(kept.clone());
+        let newly = received.insert(kept.clone());
         state.received_end = state.received_end.max(kept.end);
         let complete = state.cut && received.covered() >= state.end - offset;
         state.complete |= complete;
-        Receipt { kept, complete }
+        Receipt {
+            kept,
+            newly,
+            complete,
+        }
     }
 
     /// The PE sent its finalizer: the tile is complete if every pixel arrived, else how many

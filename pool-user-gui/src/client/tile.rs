@@ -1,6 +1,11 @@
 //! One tile = one RSerPool session at a time: FGP over a [`Session`], with checks of what the PE
 //! sends. A tile is a work unit, or the tail of one (see `schedule`): pixel indices of the
 //! session are the unit's ("unit pixels"), those reported to the picture the tile's.
+//!
+//! Against hostile PEs: only Data that brings new pixels (or continues the PE's own run through
+//! pixels it was asked to redo) is progress, which alone keeps a PE past the session timeout; a
+//! cookie must not claim pixels this PU does not hold; and the session's fallback cookie is
+//! where the pixels held end, so forgetting the PEs' cookies loses nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,10 +125,16 @@ struct Progress {
     received: Coverage,
     /// One past the highest pixel received so far (the tile's first pixel before any).
     received_end: u64,
-    /// Position of the latest cookie a PE sent.
+    /// Position of the cookie the session holds (the latest a PE sent, or the fallback).
     cookie_position: Option<u64>,
     /// Whether any pixel arrived yet.
     got_data: bool,
+    /// One past the last pixel of the current PE's latest Data: its next Data continues here.
+    stream_end: Option<u64>,
+    /// New pixels arrived since the session's fallback cookie was set.
+    fallback_stale: bool,
+    /// Position of the session's fallback cookie (None: the tile's start).
+    fallback_position: Option<u64>,
 }
 
 /// A checked FGP message from a PE.
@@ -239,6 +250,9 @@ impl TileRun {
                 received_end: offset,
                 cookie_position: None,
                 got_data: false,
+                stream_end: None,
+                fallback_stale: false,
+                fallback_position: None,
             },
             pending: Pending {
                 pe_id: PeId(0),
@@ -280,8 +294,14 @@ impl TileRun {
         Ok(self.session.next_event().await)
     }
 
-    /// Passes on the gathered points and cookie.
+    /// Passes on the gathered points and cookie, and brings the session's fallback up to date
+    /// (before the session may wait and fail over).
     fn flush(&mut self) -> Result<(), Stop> {
+        if std::mem::take(&mut self.progress.fallback_stale) {
+            let (position, cookie) = self.own_cookie();
+            self.progress.fallback_position = Some(position);
+            self.session.set_fallback_cookie(cookie);
+        }
         self.pending
             .flush(self.image, self.tile, &self.reports)
             .map_err(|()| Stop)
@@ -303,7 +323,10 @@ impl TileRun {
         let (image, tile) = (self.image, self.tile);
         let event = match event {
             SessionEvent::Finished => return Err(Stop),
-            SessionEvent::Connected { pe, resumed } => self.connected(&pe, resumed),
+            SessionEvent::Connected { pe, resumed } => {
+                self.progress.stream_end = None;
+                self.connected(&pe, resumed)
+            }
             SessionEvent::ConnectFailed { pe, detail } => {
                 tracing::info!(tile, pe = %pe.id, %detail, "could not connect to pool element");
                 return Ok(None);
@@ -324,14 +347,24 @@ impl TileRun {
                 pe,
                 reason: kind,
                 silent_for,
+                cookies_dropped,
                 ..
-            } => ClientEvent::FailoverStarted {
-                image,
-                tile,
-                pe: pe_info(&pe),
-                reason: reason(kind),
-                silent_for,
-            },
+            } => {
+                if cookies_dropped {
+                    tracing::warn!(
+                        tile,
+                        "failovers without progress; resuming where the pixels received end"
+                    );
+                    self.progress.cookie_position = self.progress.fallback_position;
+                }
+                ClientEvent::FailoverStarted {
+                    image,
+                    tile,
+                    pe: pe_info(&pe),
+                    reason: reason(kind),
+                    silent_for,
+                }
+            }
             SessionEvent::FailoverCompleted {
                 old_pe,
                 new_pe,
@@ -417,9 +450,13 @@ impl TileRun {
             Err(error) => {
                 self.flush()?;
                 let detail = error.to_string();
-                tracing::warn!(tile, pe = %pe.id, %detail, "unusable cookie; restarting the tile");
-                self.progress.cookie_position = None;
-                self.session.forget_cookie();
+                tracing::warn!(
+                    tile,
+                    pe = %pe.id,
+                    %detail,
+                    "unusable cookie; resuming where the pixels received end"
+                );
+                self.forget_cookies();
                 self.session.fail(FailureKind::ProtocolError(detail));
             }
         }
@@ -436,7 +473,34 @@ impl TileRun {
         if !(self.offset..=self.bounds.end()).contains(&position) {
             return Err(UnusableCookie::OutsideTile);
         }
+        // A PE's cookie follows the Data it covers: one beyond the pixels held lies (e.g.
+        // "finished", which would have the next PE send only a finalizer).
+        let held = self.progress.received.run_end(self.offset);
+        if position > held {
+            return Err(UnusableCookie::AheadOfData {
+                position: position - self.offset,
+                held: held - self.offset,
+            });
+        }
         Ok(position)
+    }
+
+    /// A cookie of this PU's own: the first pixel of the tile it does not hold.
+    fn own_cookie(&self) -> (u64, Vec<u8>) {
+        let position = self.progress.received.run_end(self.offset);
+        let width = u64::from(self.parameter.width.max(1));
+        let cookie = Cookie {
+            parameter: self.parameter,
+            current_x: (position % width) as u32,
+            current_y: (position / width) as u32,
+        };
+        (position, cookie.encode().to_vec())
+    }
+
+    /// The PE's cookies cannot be trusted: the next PE resumes where the pixels held end.
+    fn forget_cookies(&mut self) {
+        self.progress.cookie_position = self.progress.fallback_position;
+        self.session.forget_cookie();
     }
 
     /// Takes in a Data message; the tile's last pixels complete it, and bad data fails the PE
@@ -481,6 +545,17 @@ impl TileRun {
             &mut self.progress.received,
             self.offset,
         );
+        // Progress: new pixels, or the PE going on through pixels it redoes after resuming
+        // from a cookie behind what arrived (honest, and it ends in new pixels). Repeated and
+        // empty Data are not.
+        let continues = points > 0 && self.progress.stream_end == Some(first);
+        if points > 0 {
+            self.progress.stream_end = Some(first + points);
+        }
+        if receipt.newly > 0 || continues {
+            self.session.progress();
+        }
+        self.progress.fallback_stale |= receipt.newly > 0;
         let kept = receipt.kept.end - receipt.kept.start;
         if kept < points {
             let dropped = points - kept;
@@ -508,8 +583,7 @@ impl TileRun {
         tracing::warn!(tile, pe = %pe.id, %detail, "bad data from pool element");
         if let DataError::EarlyFinalizer { .. } = error {
             // The PE skipped pixels: its cookies cannot be trusted either.
-            self.progress.cookie_position = None;
-            self.session.forget_cookie();
+            self.forget_cookies();
         }
         self.session.fail(FailureKind::ProtocolError(detail));
         Ok(())
@@ -532,6 +606,9 @@ impl TileRun {
 enum UnusableCookie {
     #[error("cookie outside the tile")]
     OutsideTile,
+    /// The cookie claims pixels (tile pixels) that did not arrive.
+    #[error("cookie at pixel {position} ahead of the {held} pixels received")]
+    AheadOfData { position: u64, held: u64 },
     #[error("cookie for another request")]
     OtherRequest,
     #[error(transparent)]

@@ -12,7 +12,9 @@ use fractal_protocol::cookie::Cookie;
 use fractal_protocol::kernel::{KernelChoice, View};
 use fractal_protocol::message::{Data, MAX_POINTS_PER_DATA, PPID_FGP, Parameter};
 use rserpool::transport::{self, AssociationConfig, Listener, PPID_ASAP};
-use rserpool::wire::{AsapMessage, PeId, Policy, PoolElement, TransportAddress};
+use rserpool::wire::{
+    AsapMessage, CauseCode, ErrorCause, OperationError, PeId, Policy, PoolElement, TransportAddress,
+};
 use tokio::sync::watch;
 
 pub const POOL: &str = "FractalGeneratorPool";
@@ -123,6 +125,21 @@ pub struct Behaviour {
     pub skip_data: Option<u64>,
     /// Pause between Data messages.
     pub pace: Duration,
+    /// After `.1` Data messages of a session, misbehave like this for ever instead.
+    pub hostile: Option<(Hostile, u64)>,
+}
+
+/// What a hostile fake PE sends, every 50 ms, instead of new pixels.
+#[derive(Clone, Copy, Debug)]
+pub enum Hostile {
+    /// Its last Data message again.
+    RepeatData,
+    /// Data messages without points, at its position.
+    EmptyData,
+    /// Cookies at its position, and ASAP Errors.
+    CookieSpam,
+    /// Cookies claiming the unit is finished.
+    CookieAhead,
 }
 
 pub struct FakePe {
@@ -229,7 +246,37 @@ async fn serve(
     };
     let mut sent_here = 0u64;
     let mut buffer = vec![0u32; MAX_POINTS_PER_DATA];
+    let mut last_data = Vec::new();
     loop {
+        if let Some((hostile, after)) = behaviour.hostile
+            && sent_here >= after
+        {
+            let finished = (0, parameter.height);
+            let frames = match hostile {
+                Hostile::RepeatData => vec![(PPID_FGP, last_data.clone())],
+                Hostile::EmptyData => {
+                    let empty = Data::new(position.0, position.1, Vec::new());
+                    vec![(PPID_FGP, empty.encode().expect("encodable"))]
+                }
+                Hostile::CookieSpam => {
+                    let error = AsapMessage::Error {
+                        error: OperationError::single(ErrorCause::new(CauseCode::UNSPECIFIED)),
+                    };
+                    vec![
+                        (PPID_ASAP, send_cookie(position)),
+                        (PPID_ASAP, error.to_bytes().expect("encodable")),
+                    ]
+                }
+                Hostile::CookieAhead => vec![(PPID_ASAP, send_cookie(finished))],
+            };
+            for (ppid, payload) in frames {
+                if association.send(ppid, payload).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
         let remaining = view.remaining_from(position);
         if remaining == 0 {
             break;
@@ -239,11 +286,9 @@ async fn serve(
             .expect("inside the view");
         let data = Data::new(position.0, position.1, buffer[..count].to_vec());
         let sent_total = total.fetch_add(1, Ordering::SeqCst) + 1;
+        last_data = data.encode().expect("encodable");
         if behaviour.skip_data != Some(sent_total)
-            && association
-                .send(PPID_FGP, data.encode().expect("encodable"))
-                .await
-                .is_err()
+            && association.send(PPID_FGP, last_data.clone()).await.is_err()
         {
             return;
         }

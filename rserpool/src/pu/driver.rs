@@ -286,6 +286,17 @@ impl Session {
         self.state.forget_cookie();
     }
 
+    /// The current PE did new work: it keeps the session (see
+    /// [`SessionState::handle_progress`]).
+    pub fn progress(&mut self) {
+        self.state.handle_progress(Instant::now());
+    }
+
+    /// The application's own restart point (see [`SessionState::set_fallback_cookie`]).
+    pub fn set_fallback_cookie(&mut self, cookie: Vec<u8>) {
+        self.state.set_fallback_cookie(cookie);
+    }
+
     /// Runs the session until it has something to report. After [`SessionEvent::Finished`] it
     /// keeps returning `Finished`.
     pub async fn next_event(&mut self) -> SessionEvent {

@@ -15,8 +15,8 @@
 //!    wait, from the cached answer.
 //! 3. Connected: send the Cookie Echo with the last cookie, or the application's first message
 //!    if no cookie came yet. Frames from the PE are handed up; ASAP Cookies are stored.
-//! 4. Failure of the PE (association reset, heartbeat loss, no frame for the session timeout, or
-//!    the application says so): report it once with Endpoint Unreachable, avoid it for a while,
+//! 4. Failure of the PE (association reset, heartbeat loss, no progress for the session timeout,
+//!    or the application says so): report it once with Endpoint Unreachable, avoid it for a while,
 //!    resolve again (bypassing the cache) and go to 2. A graceful close after data (a PE that
 //!    gives up the session with a cookie, or shuts down) is failed over the same way but not
 //!    reported, and the PE is avoided only briefly: it is alive. (A killed process's socket
@@ -25,6 +25,13 @@
 //! 5. Refusal (the association closes before the PE sent any frame: a PE at its session
 //!    limit): try another PE without reporting this one, which is avoided only briefly.
 //! 6. [`SessionState::finish`]: the application got everything; close gracefully.
+//!
+//! Liveness is progress: only [`SessionState::handle_progress`] (the application saw new work
+//! done) keeps a PE, not any frame. A hostile PE that repeats data, sends empty data, cookies or
+//! ASAP errors would otherwise hold the session for ever. After
+//! [`SessionConfig::max_stalled_failovers`] failovers in a row without progress the PEs' cookies
+//! are dropped for the application's own restart point ([`SessionState::set_fallback_cookie`]):
+//! a cookie that sends every PE into a dead end cannot make the session bounce for ever.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -37,7 +44,8 @@ use super::selector::PeCandidate;
 /// Timing of a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionConfig {
-    /// No frame from the PE for this long means it failed (rsplib: 5 s receive timeout).
+    /// No progress from the PE for this long means it failed (rsplib: 5 s receive timeout, but
+    /// there any frame counts).
     pub session_timeout: Duration,
     /// A PE that failed is not chosen again for this long, even if the registrar lists it.
     pub avoid_failed_for: Duration,
@@ -50,6 +58,9 @@ pub struct SessionConfig {
     pub backoff_initial: Duration,
     /// ... up to this.
     pub backoff_max: Duration,
+    /// After this many failovers in a row without progress the PEs' cookies are dropped for
+    /// the fallback cookie.
+    pub max_stalled_failovers: u32,
 }
 
 impl Default for SessionConfig {
@@ -61,6 +72,11 @@ impl Default for SessionConfig {
             avoid_refused_for: Duration::from_millis(25),
             backoff_initial: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
+            // One stalled failover is routine (a PE died before the next delivered), two can
+            // be an honest cascade (the next one died too, e.g. a host going down); a third in
+            // a row without a single new result points at the cookie being echoed. Dropping
+            // it earlier would change what honest failovers resume from.
+            max_stalled_failovers: 3,
         }
     }
 }
@@ -72,7 +88,8 @@ pub enum FailureKind {
     ConnectionLost(String),
     /// Transport heartbeats went unanswered.
     HeartbeatTimeout,
-    /// No frame for longer than the session timeout (e.g. the PE hangs).
+    /// No progress for longer than the session timeout (e.g. the PE hangs, or sends nothing
+    /// new).
     DataSilence,
     /// The application found the PE's messages unacceptable.
     ProtocolError(String),
@@ -101,10 +118,13 @@ pub enum SessionEvent {
     FailoverStarted {
         pe: PeCandidate,
         reason: FailureKind,
-        /// Time since the last frame from that PE.
+        /// Time since that PE last made progress (or was connected to).
         silent_for: Duration,
         /// Whether a cookie will be echoed to the next PE (else the session restarts).
         have_cookie: bool,
+        /// Too many failovers without progress: the PEs' cookies were dropped, the next PE
+        /// resumes from the fallback cookie ([`SessionState::set_fallback_cookie`]).
+        cookies_dropped: bool,
     },
     /// A new PE delivered its first frame after a failover.
     FailoverCompleted {
@@ -168,7 +188,8 @@ enum Phase {
     },
     Connected {
         pe: PeCandidate,
-        last_frame: Instant,
+        /// The connect, or the latest [`SessionState::handle_progress`]: the silence timer.
+        last_progress: Instant,
         got_frame: bool,
     },
     Finished,
@@ -182,9 +203,12 @@ pub struct SessionState {
     /// The application's first message (sent when there is no cookie).
     first_message: Frame,
     cookie: Option<Vec<u8>>,
-    /// The cookie the session started with ([`SessionState::resuming`]); forgetting a PE's
-    /// cookies goes back to it.
-    initial_cookie: Option<Vec<u8>>,
+    /// What forgetting the PEs' cookies goes back to: the cookie the session started with
+    /// ([`SessionState::resuming`]), or the application's own restart point
+    /// ([`SessionState::set_fallback_cookie`]).
+    fallback_cookie: Option<Vec<u8>>,
+    /// Failovers since the last progress (or the start).
+    stalled_failovers: u32,
     backoff: Duration,
     /// The PE that failed and when the failure was detected, until a new PE delivers.
     failover: Option<(PeCandidate, Instant)>,
@@ -200,7 +224,8 @@ impl SessionState {
             phase: Phase::Idle,
             first_message,
             cookie: None,
-            initial_cookie: None,
+            fallback_cookie: None,
+            stalled_failovers: 0,
             backoff,
             failover: None,
             actions: VecDeque::new(),
@@ -212,7 +237,7 @@ impl SessionState {
     pub fn resuming(config: SessionConfig, first_message: Frame, cookie: Vec<u8>) -> Self {
         let mut state = SessionState::new(config, first_message);
         state.cookie = Some(cookie.clone());
-        state.initial_cookie = Some(cookie);
+        state.fallback_cookie = Some(cookie);
         state
     }
 
@@ -238,7 +263,9 @@ impl SessionState {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
             Phase::Waiting { until, .. } => Some(*until),
-            Phase::Connected { last_frame, .. } => Some(*last_frame + self.config.session_timeout),
+            Phase::Connected { last_progress, .. } => {
+                Some(*last_progress + self.config.session_timeout)
+            }
             _ => None,
         }
     }
@@ -328,7 +355,7 @@ impl SessionState {
         };
         self.phase = Phase::Connected {
             pe: pe.clone(),
-            last_frame: now,
+            last_progress: now,
             got_frame: false,
         };
         self.actions.push_back(Action::Send(first));
@@ -346,17 +373,12 @@ impl SessionState {
         self.resolve(true);
     }
 
-    /// A frame arrived on the current association.
+    /// A frame arrived on the current association. It does not keep the PE: only progress
+    /// ([`SessionState::handle_progress`]) does.
     pub fn handle_frame(&mut self, now: Instant, frame: Frame) {
-        let Phase::Connected {
-            pe,
-            last_frame,
-            got_frame,
-        } = &mut self.phase
-        else {
+        let Phase::Connected { pe, got_frame, .. } = &mut self.phase else {
             return;
         };
-        *last_frame = now;
         let pe = pe.clone();
         if !*got_frame {
             *got_frame = true;
@@ -384,17 +406,27 @@ impl SessionState {
         self.emit(SessionEvent::Data { pe, frame });
     }
 
+    /// The application saw the current PE do new work (e.g. a Data message brought results it
+    /// did not have): the silence timer starts again and the session is no longer stalled.
+    /// Anything else the PE sends (repeats, empty data, cookies, errors) is not progress.
+    pub fn handle_progress(&mut self, now: Instant) {
+        if let Phase::Connected { last_progress, .. } = &mut self.phase {
+            *last_progress = now;
+            self.stalled_failovers = 0;
+        }
+    }
+
     /// The current association ended with `error`.
     pub fn handle_closed(&mut self, now: Instant, error: &AssociationError) {
         let Phase::Connected {
             pe,
-            last_frame,
+            last_progress,
             got_frame,
         } = &self.phase
         else {
             return;
         };
-        let (pe, last_frame, got_frame) = (pe.clone(), *last_frame, *got_frame);
+        let (pe, last_progress, got_frame) = (pe.clone(), *last_progress, *got_frame);
         let refusal = !got_frame
             && matches!(
                 error,
@@ -408,7 +440,7 @@ impl SessionState {
             self.emit(SessionEvent::Refused { pe });
             self.resolve(false);
         } else {
-            let silent_for = now.saturating_duration_since(last_frame);
+            let silent_for = now.saturating_duration_since(last_progress);
             let report = !matches!(error, AssociationError::ClosedByPeer);
             self.fail_over(
                 now,
@@ -420,14 +452,14 @@ impl SessionState {
         }
     }
 
-    /// Time passed: detects data silence and ends the empty-pool wait.
+    /// Time passed: detects a PE without progress and ends the empty-pool wait.
     pub fn handle_timeout(&mut self, now: Instant) {
         match &self.phase {
             Phase::Waiting { until, fresh } if now >= *until => self.resolve(*fresh),
-            Phase::Connected { pe, last_frame, .. }
-                if now.saturating_duration_since(*last_frame) >= self.config.session_timeout =>
-            {
-                let (pe, silent_for) = (pe.clone(), now.saturating_duration_since(*last_frame));
+            Phase::Connected {
+                pe, last_progress, ..
+            } if now.saturating_duration_since(*last_progress) >= self.config.session_timeout => {
+                let (pe, silent_for) = (pe.clone(), now.saturating_duration_since(*last_progress));
                 self.actions.push_back(Action::Abort);
                 self.fail_over(now, pe, FailureKind::DataSilence, silent_for, true);
             }
@@ -435,19 +467,31 @@ impl SessionState {
         }
     }
 
-    /// The application rejects the current PE (e.g. malformed data): abort and fail over.
+    /// The application rejects the current PE (e.g. malformed data): abort, report it
+    /// unreachable, avoid it and fail over.
     pub fn fail(&mut self, now: Instant, reason: FailureKind) {
-        if let Phase::Connected { pe, last_frame, .. } = &self.phase {
-            let (pe, silent_for) = (pe.clone(), now.saturating_duration_since(*last_frame));
+        if let Phase::Connected {
+            pe, last_progress, ..
+        } = &self.phase
+        {
+            let (pe, silent_for) = (pe.clone(), now.saturating_duration_since(*last_progress));
             self.actions.push_back(Action::Abort);
             self.fail_over(now, pe, reason, silent_for, true);
         }
     }
 
-    /// Drops the cookies the PEs sent: the next PE starts from the first message again (or
-    /// from the cookie a [`SessionState::resuming`] session started with).
+    /// Drops the cookies the PEs sent: the next PE starts from the fallback cookie
+    /// ([`SessionState::set_fallback_cookie`]), else from the cookie a
+    /// [`SessionState::resuming`] session started with, else from the first message.
     pub fn forget_cookie(&mut self) {
-        self.cookie = self.initial_cookie.clone();
+        self.cookie = self.fallback_cookie.clone();
+    }
+
+    /// The application's own restart point (e.g. where the results it holds end), used instead
+    /// of the PEs' cookies by [`SessionState::forget_cookie`] and after too many failovers
+    /// without progress. Keep it current: a failover does not wait for the application.
+    pub fn set_fallback_cookie(&mut self, cookie: Vec<u8>) {
+        self.fallback_cookie = Some(cookie);
     }
 
     /// The application has everything: close the association gracefully.
@@ -474,6 +518,13 @@ impl SessionState {
         silent: Duration,
         report: bool,
     ) {
+        self.stalled_failovers = self.stalled_failovers.saturating_add(1);
+        // Cookies that led every PE into a dead end are not echoed again.
+        let cookies_dropped = self.stalled_failovers >= self.config.max_stalled_failovers
+            && self.cookie != self.fallback_cookie;
+        if cookies_dropped {
+            self.forget_cookie();
+        }
         if report {
             self.report_and_avoid(&pe);
         } else {
@@ -487,6 +538,7 @@ impl SessionState {
             reason,
             silent_for: silent,
             have_cookie: self.cookie.is_some(),
+            cookies_dropped,
         });
         // A failover that fails again keeps its first start time and original PE.
         if self.failover.is_none() {

@@ -92,9 +92,10 @@ fn data_silence_is_detected_after_the_session_timeout_and_reported_once() {
     // Just before the timeout nothing happens.
     state.handle_timeout(t0 + timeout - Duration::from_millis(1));
     assert!(drain(&mut state).is_empty());
-    // Frames push the deadline.
+    // Progress pushes the deadline.
     let t1 = t0 + Duration::from_millis(1500);
     state.handle_frame(t1, Frame::new(FGP, vec![1]));
+    state.handle_progress(t1);
     drain(&mut state);
     state.handle_timeout(t0 + timeout);
     assert!(drain(&mut state).is_empty());
@@ -427,4 +428,187 @@ fn a_busy_pool_is_asked_again_soon_without_backing_off() {
     let now = t0 + config.avoid_refused_for * 5;
     state.handle_resolved(now, None, None);
     assert_eq!(state.poll_timeout(), Some(now + config.backoff_initial));
+}
+
+fn asap_frame(message: AsapMessage) -> Frame {
+    Frame::new(PPID_ASAP, message.to_bytes().expect("encodable"))
+}
+
+/// What a hostile PE sends to look alive: data the application finds nothing new in, cookies,
+/// ASAP errors. None of it is progress.
+fn busy_frames() -> Vec<Frame> {
+    vec![
+        Frame::new(FGP, vec![9]),
+        Frame::new(FGP, Vec::new()),
+        cookie_frame(b"spam"),
+        asap_frame(AsapMessage::Error {
+            error: crate::wire::OperationError::single(crate::wire::ErrorCause::new(
+                crate::wire::CauseCode::UNSPECIFIED,
+            )),
+        }),
+        asap_frame(AsapMessage::BusinessCard {
+            pool_handle: crate::wire::PoolHandle::new(b"p".to_vec()).expect("handle"),
+            policy: None,
+            pool_elements: Vec::new(),
+        }),
+    ]
+}
+
+#[test]
+fn frames_without_progress_do_not_keep_a_pe() {
+    let t0 = Instant::now();
+    let mut state = connected(t0);
+    let timeout = state.config().session_timeout;
+    // A frame every 100 ms, none of them progress: the deadline stays.
+    let mut now = t0;
+    while now + Duration::from_millis(100) < t0 + timeout {
+        now += Duration::from_millis(100);
+        for frame in busy_frames() {
+            state.handle_frame(now, frame);
+        }
+        drain(&mut state);
+        assert_eq!(state.poll_timeout(), Some(t0 + timeout));
+        state.handle_timeout(now);
+        assert!(
+            drain(&mut state)
+                .iter()
+                .all(|a| matches!(a, Action::Event(_)))
+        );
+    }
+    state.handle_timeout(t0 + timeout);
+    let actions = drain(&mut state);
+    assert_eq!(actions[0], Action::Abort);
+    assert_eq!(reports(&actions), vec![1]);
+    assert!(actions.contains(&Action::Avoid {
+        pe_id: PeId(1),
+        duration: SessionConfig::default().avoid_failed_for
+    }));
+    assert!(events(&actions).iter().any(|e| matches!(
+        e,
+        SessionEvent::FailoverStarted { reason: FailureKind::DataSilence, silent_for, .. }
+            if *silent_for == timeout
+    )));
+}
+
+#[test]
+fn progress_restarts_the_silence_timer_and_a_new_pe_gets_a_full_timeout() {
+    let t0 = Instant::now();
+    let mut state = connected(t0);
+    let timeout = state.config().session_timeout;
+    let t1 = t0 + timeout / 2;
+    state.handle_progress(t1);
+    assert_eq!(state.poll_timeout(), Some(t1 + timeout));
+    state.handle_timeout(t1 + timeout);
+    drain(&mut state);
+    // The next PE's timer runs from its connect.
+    let t2 = t1 + timeout + Duration::from_millis(5);
+    state.handle_resolved(t2, Some(pe(2)), None);
+    state.handle_connected(t2);
+    drain(&mut state);
+    assert_eq!(state.poll_timeout(), Some(t2 + timeout));
+    // Progress outside a connection is ignored.
+    let mut idle = SessionState::new(SessionConfig::default(), first_message());
+    idle.handle_progress(t0);
+    assert_eq!(idle.poll_timeout(), None);
+}
+
+#[test]
+fn a_protocol_error_is_reported_and_the_pe_avoided() {
+    let t0 = Instant::now();
+    let mut state = connected(t0);
+    let t1 = t0 + Duration::from_millis(10);
+    state.fail(t1, FailureKind::ProtocolError("cookie ahead".into()));
+    let actions = drain(&mut state);
+    assert_eq!(actions[0], Action::Abort);
+    assert_eq!(reports(&actions), vec![1]);
+    assert!(actions.contains(&Action::Avoid {
+        pe_id: PeId(1),
+        duration: SessionConfig::default().avoid_failed_for
+    }));
+    assert!(actions.contains(&Action::Resolve { fresh: true }));
+}
+
+/// Connects `state` (resolving) to `pe(id)` at `now`; the PE sends `cookie`.
+fn connect_with_cookie(state: &mut SessionState, now: Instant, id: u32, cookie: &[u8]) -> Frame {
+    state.handle_resolved(now, Some(pe(id)), None);
+    state.handle_connected(now);
+    let sent = drain(state)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Send(frame) => Some(frame),
+            _ => None,
+        })
+        .expect("a first message");
+    state.handle_frame(now, cookie_frame(cookie));
+    drain(state);
+    sent
+}
+
+fn dropped(actions: &[Action]) -> Option<bool> {
+    events(actions).iter().find_map(|e| match e {
+        SessionEvent::FailoverStarted {
+            cookies_dropped, ..
+        } => Some(*cookies_dropped),
+        _ => None,
+    })
+}
+
+#[test]
+fn failovers_without_progress_end_in_the_fallback_cookie() {
+    let t0 = Instant::now();
+    let max = SessionConfig::default().max_stalled_failovers;
+    assert!(max >= 2, "a single failover never drops cookies");
+    let mut state = connected(t0);
+    state.set_fallback_cookie(b"own".to_vec());
+    state.handle_frame(t0, cookie_frame(b"pe-1"));
+    drain(&mut state);
+    let timeout = state.config().session_timeout;
+    let mut now = t0;
+    // Each PE echoes the previous PE's cookie, sends its own and stalls.
+    for n in 1..max {
+        now += timeout;
+        state.handle_timeout(now);
+        assert_eq!(dropped(&drain(&mut state)), Some(false), "failover {n}");
+        let sent = connect_with_cookie(&mut state, now, n + 1, format!("pe-{}", n + 1).as_bytes());
+        assert_eq!(sent, echo_frame(format!("pe-{n}").as_bytes()));
+    }
+    now += timeout;
+    state.handle_timeout(now);
+    assert_eq!(dropped(&drain(&mut state)), Some(true));
+    assert_eq!(state.cookie(), Some(&b"own"[..]));
+    let sent = connect_with_cookie(&mut state, now, 9, b"pe-9");
+    assert_eq!(sent, echo_frame(b"own"));
+    // Progress: the count starts again, the next failover echoes the PE's cookie.
+    state.handle_progress(now);
+    now += timeout;
+    state.handle_timeout(now);
+    assert_eq!(dropped(&drain(&mut state)), Some(false));
+    assert_eq!(state.cookie(), Some(&b"pe-9"[..]));
+}
+
+#[test]
+fn without_a_fallback_stalled_failovers_restart_from_the_first_message() {
+    let t0 = Instant::now();
+    let mut state = connected(t0);
+    let timeout = state.config().session_timeout;
+    let mut now = t0;
+    for n in 1..=state.config().max_stalled_failovers {
+        state.handle_frame(now, cookie_frame(b"pe"));
+        drain(&mut state);
+        now += timeout;
+        state.handle_timeout(now);
+        drain(&mut state);
+        state.handle_resolved(now, Some(pe(n + 1)), None);
+        state.handle_connected(now);
+        let sent = drain(&mut state);
+        let expected = if n < state.config().max_stalled_failovers {
+            echo_frame(b"pe")
+        } else {
+            first_message()
+        };
+        assert!(
+            sent.contains(&Action::Send(expected)),
+            "failover {n}: {sent:?}"
+        );
+    }
 }

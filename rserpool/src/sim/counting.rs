@@ -29,6 +29,20 @@ fn read_u32(bytes: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(bytes.try_into().ok()?))
 }
 
+/// How a hostile PE keeps a session busy without doing its work: one frame per item interval,
+/// none of them new work, for ever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hostility {
+    /// The item it resumed at, again and again.
+    RepeatData,
+    /// Item frames without an item.
+    EmptyData,
+    /// A cookie naming the item it resumed at.
+    CookieSpam,
+    /// A cookie claiming the job is done: a PE resuming from it has nothing to send.
+    CookieAhead,
+}
+
 /// The PE's side of one job.
 #[derive(Clone, Debug)]
 pub struct Serving {
@@ -69,14 +83,29 @@ impl Serving {
     }
 
     /// Sends the items due by `now`, with a cookie after every `cookie_every` items and after
-    /// the last one.
+    /// the last one; a hostile PE sends its frame instead and never gets on.
     pub fn handle_timeout(
         &mut self,
         now: Instant,
         interval: Duration,
         cookie_every: u32,
+        hostile: Option<Hostility>,
         out: &mut Vec<Frame>,
     ) {
+        if let Some(hostility) = hostile {
+            while self.next < self.items && self.next_at <= now {
+                out.push(match hostility {
+                    Hostility::RepeatData => {
+                        Frame::new(PPID_COUNTING, self.next.to_be_bytes().to_vec())
+                    }
+                    Hostility::EmptyData => Frame::new(PPID_COUNTING, Vec::new()),
+                    Hostility::CookieSpam => self.cookie_frame(),
+                    Hostility::CookieAhead => cookie_frame(self.items, self.items),
+                });
+                self.next_at += interval;
+            }
+            return;
+        }
         while self.next < self.items && self.next_at <= now {
             out.push(Frame::new(PPID_COUNTING, self.next.to_be_bytes().to_vec()));
             self.next += 1;
@@ -91,14 +120,19 @@ impl Serving {
 
     /// The ASAP Cookie naming the next item.
     pub fn cookie_frame(&self) -> Frame {
-        let message = AsapMessage::Cookie {
-            cookie: cookie(self.items, self.next),
-        };
-        Frame::new(
-            PPID_ASAP,
-            message.to_bytes().expect("a short cookie encodes"),
-        )
+        cookie_frame(self.items, self.next)
     }
+}
+
+/// The ASAP Cookie of a job of `items` items naming item `next`.
+fn cookie_frame(items: u32, next: u32) -> Frame {
+    let message = AsapMessage::Cookie {
+        cookie: cookie(items, next),
+    };
+    Frame::new(
+        PPID_ASAP,
+        message.to_bytes().expect("a short cookie encodes"),
+    )
 }
 
 /// The pool user's side of one job: what arrived, and the session's story.
@@ -110,6 +144,8 @@ pub struct Job {
     pub finished_at: Option<Instant>,
     /// The session's events, with their times.
     pub events: Vec<(Instant, SessionEvent)>,
+    /// The item the current PE's next frame continues with, after its first item.
+    stream_next: Option<u32>,
 }
 
 impl Job {
@@ -118,18 +154,29 @@ impl Job {
             received: vec![0; items as usize],
             finished_at: None,
             events: Vec::new(),
+            stream_next: None,
         }
     }
 
-    /// Records an item frame; returns whether every item has now arrived.
+    /// A new PE serves the job.
+    pub(crate) fn connected(&mut self) {
+        self.stream_next = None;
+    }
+
+    /// Records an item frame; returns whether it is progress: an item that had not arrived, or
+    /// the one after the PE's previous item (a PE resumed from a cookie sends again what came
+    /// after that cookie: honest work, though not new). Repeats and empty frames are not.
     pub(crate) fn record(&mut self, frame: &Frame) -> bool {
         if frame.ppid == PPID_COUNTING
             && let Some(index) = read_u32(&frame.payload)
             && let Some(count) = self.received.get_mut(index as usize)
         {
             *count += 1;
+            let continues = self.stream_next == Some(index);
+            self.stream_next = Some(index + 1);
+            return *count == 1 || continues;
         }
-        self.is_complete()
+        false
     }
 
     /// Every item arrived at least once.

@@ -18,7 +18,8 @@
 //! * **The application** is a counting service ([`counting`]): a job of N items; the PE sends
 //!   one item per [`PeSpec::item_interval`] and an ASAP Cookie (the next item) every
 //!   [`PeSpec::cookie_every`] items; the PU keeps how often it got each item, so a test sees
-//!   whether anything was lost and how much was sent twice.
+//!   whether anything was lost and how much was sent twice. A [`Hostility`] makes a PE
+//!   send frames that are no progress instead (repeats, empty items, cookies).
 //!
 //! The pool user side follows `pu::driver` (cache, selector, one registrar association at a
 //! time, trying the next registrar when one does not answer), the PE side `pe::driver`.
@@ -38,7 +39,7 @@ use crate::registrar::{Registrar, RegistrarConfig, RegistrarEvent};
 use crate::transport::{AssociationError, Frame, PPID_ASAP};
 use crate::wire::{AsapMessage, PeId, Policy, PoolHandle, TransportAddress};
 
-pub use counting::Job;
+pub use counting::{Hostility, Job};
 use nodes::{PeNode, PuNode, RegistrarNode};
 
 /// A process in the simulation.
@@ -153,6 +154,8 @@ pub struct PeSpec {
     pub cookie_every: u32,
     /// Its identifier (default 0x1000 + its index); another PE's plays a thief.
     pub pe_id: Option<PeId>,
+    /// Misbehaves instead of serving (`None`: an honest PE).
+    pub hostile: Option<Hostility>,
 }
 
 impl PeSpec {
@@ -168,6 +171,7 @@ impl PeSpec {
             item_interval: Duration::from_millis(10),
             cookie_every: 10,
             pe_id: None,
+            hostile: None,
         }
     }
 }

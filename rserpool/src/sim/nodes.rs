@@ -170,6 +170,7 @@ impl PeNode {
                 now,
                 self.spec.item_interval,
                 self.spec.cookie_every,
+                self.spec.hostile,
                 &mut frames,
             );
             for frame in frames.drain(..) {
@@ -464,9 +465,13 @@ impl PuNode {
                     SessionEvent::FailoverStarted { .. } | SessionEvent::Finished => {
                         self.release(session)
                     }
+                    SessionEvent::Connected { .. } => self.sessions[session].job.connected(),
                     SessionEvent::Data { frame, .. } => {
                         let slot = &mut self.sessions[session];
-                        if slot.job.record(frame) && slot.job.finished_at.is_none() {
+                        if slot.job.record(frame) {
+                            slot.state.handle_progress(now);
+                        }
+                        if slot.job.is_complete() && slot.job.finished_at.is_none() {
                             slot.job.finished_at = Some(now);
                             slot.state.finish(now);
                         }
