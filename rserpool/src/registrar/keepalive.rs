@@ -7,11 +7,11 @@
 //! re-registration restarts the cycle. Sans-I/O: the caller passes `now` and a random source,
 //! and calls [`KeepAliveSupervisor::handle_timeout`] at [`KeepAliveSupervisor::poll_timeout`].
 
-use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, RngExt};
 
+use crate::timer::Deadlines;
 use crate::wire::{PeId, PoolHandle};
 
 /// Keep-alive timing.
@@ -56,8 +56,7 @@ enum Phase {
 #[derive(Clone, Debug, Default)]
 pub struct KeepAliveSupervisor {
     config: KeepAliveConfig,
-    states: HashMap<PeKey, (Phase, Instant)>,
-    deadlines: BTreeSet<(Instant, PeKey)>,
+    states: Deadlines<PeKey, Phase>,
 }
 
 impl KeepAliveSupervisor {
@@ -108,9 +107,7 @@ impl KeepAliveSupervisor {
 
     /// Stops supervising a PE (deregistered or removed).
     pub fn remove(&mut self, key: &PeKey) {
-        if let Some((_, at)) = self.states.remove(key) {
-            self.deadlines.remove(&(at, key.clone()));
-        }
+        self.states.remove(key);
     }
 
     /// Whether a Keep-Alive to this PE is waiting for its Ack.
@@ -120,39 +117,27 @@ impl KeepAliveSupervisor {
 
     /// The earliest deadline, to arm the caller's timer.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(at, _)| *at)
+        self.states.poll_timeout()
     }
 
     /// Everything due at or before `now`: Keep-Alives to send (their timeouts start now) and
     /// PEs that timed out (no longer supervised; the caller removes them).
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<KeepAliveAction> {
         let mut actions = Vec::new();
-        while let Some((at, key)) = self.deadlines.first().cloned() {
-            if at > now {
-                break;
-            }
-            self.deadlines.remove(&(at, key.clone()));
-            match self.states.get(&key).map(|(phase, _)| *phase) {
-                Some(Phase::Idle) => {
+        while let Some((key, phase)) = self.states.pop_due(now) {
+            match phase {
+                Phase::Idle => {
                     self.set(key.clone(), Phase::AwaitingAck, now + self.config.timeout);
                     actions.push(KeepAliveAction::Send(key));
                 }
-                Some(Phase::AwaitingAck) => {
-                    self.states.remove(&key);
-                    actions.push(KeepAliveAction::TimedOut(key));
-                }
-                // Only while the index is inconsistent; dropping the entry is all we can do.
-                None => {}
+                Phase::AwaitingAck => actions.push(KeepAliveAction::TimedOut(key)),
             }
         }
         actions
     }
 
     fn set(&mut self, key: PeKey, phase: Phase, at: Instant) {
-        if let Some((_, old)) = self.states.insert(key.clone(), (phase, at)) {
-            self.deadlines.remove(&(old, key.clone()));
-        }
-        self.deadlines.insert((at, key));
+        self.states.insert(key, phase, at);
     }
 }
 

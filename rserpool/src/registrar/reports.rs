@@ -14,10 +14,11 @@
 //!
 //! [`ReportBook`] is the bookkeeping; the registrar asks it and acts.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::handlespace::AssociationKey;
+use crate::timer::Deadlines;
 use crate::wire::{PeId, PoolHandle};
 
 /// A PE of a pool.
@@ -71,8 +72,7 @@ struct Reporter {
 pub struct ReportBook {
     config: ReportConfig,
     reporters: HashMap<AssociationKey, Reporter>,
-    probes: HashMap<PeRef, Instant>,
-    deadlines: BTreeSet<(Instant, PeRef)>,
+    probes: Deadlines<PeRef>,
 }
 
 impl ReportBook {
@@ -145,21 +145,13 @@ impl ReportBook {
         if self.probes.contains_key(&pe) {
             return false;
         }
-        let deadline = now + self.config.probe_timeout;
-        self.probes.insert(pe.clone(), deadline);
-        self.deadlines.insert((deadline, pe));
+        self.probes.insert(pe, (), now + self.config.probe_timeout);
         true
     }
 
     /// Ends the probe of `pe` (it answered, or left); true if one was running.
     pub fn end_probe(&mut self, pe: &PeRef) -> bool {
-        match self.probes.remove(pe) {
-            Some(deadline) => {
-                self.deadlines.remove(&(deadline, pe.clone()));
-                true
-            }
-            None => false,
-        }
+        self.probes.remove(pe).is_some()
     }
 
     /// Whether `pe` is being probed (and so left out of resolutions).
@@ -174,21 +166,12 @@ impl ReportBook {
 
     /// When the next probe runs out.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(at, _)| *at)
+        self.probes.poll_timeout()
     }
 
     /// The probes that ran out by `now` (ended; the registrar removes their PEs).
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<PeRef> {
-        let mut failed = Vec::new();
-        while let Some((at, pe)) = self.deadlines.first().cloned() {
-            if at > now {
-                break;
-            }
-            self.deadlines.remove(&(at, pe.clone()));
-            self.probes.remove(&pe);
-            failed.push(pe);
-        }
-        failed
+        std::iter::from_fn(|| self.probes.pop_due(now).map(|(pe, ())| pe)).collect()
     }
 }
 
