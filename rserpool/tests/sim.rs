@@ -313,6 +313,32 @@ fn false_reports_against_a_live_pe_end_in_a_probe_it_answers() {
     );
     assert_eq!(removal(&sim, 0), None, "{}", sim.dump());
     assert!(sim.lists(0, 0));
+    // Disproved reporters are not believed about that PE for a while: no second probe.
+    sim.report_unreachable(pus[0], 0);
+    sim.report_unreachable(pus[1], 0);
+    sim.run_for(Duration::from_secs(2));
+    let events: Vec<RegistrarEvent> = sim
+        .registrar_events(0)
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    let probes = events
+        .iter()
+        .filter(|e| matches!(e, RegistrarEvent::ProbeStarted { .. }))
+        .count();
+    let disbelieved = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                RegistrarEvent::ReportIgnored {
+                    why: Ignored::Disproved,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!((probes, disbelieved), (1, 2));
 }
 
 #[test]

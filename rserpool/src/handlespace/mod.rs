@@ -292,6 +292,11 @@ impl PoolElementEntry {
     pub fn unreachable_reports(&self) -> usize {
         self.unreachable_reporters.len()
     }
+
+    /// The distinct Endpoint Unreachable reporters so far.
+    pub fn unreachable_reporters(&self) -> impl Iterator<Item = u64> + '_ {
+        self.unreachable_reporters.iter().copied()
+    }
 }
 
 /// The weighted random selection structure: Fenwick slots and who holds them.

@@ -296,7 +296,7 @@ impl Registrar {
                 if owned {
                     self.keepalive
                         .acknowledged(&(pool_handle.clone(), pe_id), now, &mut self.rng);
-                    self.alive(pool_handle, pe_id);
+                    self.alive(pool_handle, pe_id, now);
                 }
             }
             AsapMessage::EndpointUnreachable { pool_handle, pe_id } => {
@@ -458,7 +458,7 @@ impl Registrar {
                 }
                 self.keepalive.alive((pool.clone(), pe), now, &mut self.rng);
                 if reregistration {
-                    self.alive(pool.clone(), pe);
+                    self.alive(pool.clone(), pe, now);
                 }
                 self.events.push_back(RegistrarEvent::Registered {
                     pool: pool.clone(),
@@ -646,8 +646,15 @@ impl Registrar {
 
     /// The PE showed it is alive (a Keep-Alive Ack or a re-registration on its association):
     /// a probe ends and the reports against it are forgotten.
-    fn alive(&mut self, pool: PoolHandle, pe: PeId) {
-        if self.reports.end_probe(&(pool.clone(), pe)) {
+    fn alive(&mut self, pool: PoolHandle, pe: PeId, now: Instant) {
+        let key = (pool.clone(), pe);
+        if self.reports.end_probe(&key) {
+            let reporters: Vec<AssociationKey> = self
+                .handlespace
+                .get(&pool, pe)
+                .map(|entry| entry.unreachable_reporters().collect())
+                .unwrap_or_default();
+            self.reports.disproved(&key, reporters, now);
             self.handlespace.clear_unreachable_reports(&pool, pe);
             self.events
                 .push_back(RegistrarEvent::ProbeAnswered { pool, pe });

@@ -10,7 +10,9 @@
 //! * reaching the threshold does not remove the PE but **probes** it: an immediate Endpoint
 //!   Keep-Alive with [`ReportConfig::probe_timeout`]. While the probe runs the PE is left out of
 //!   resolutions; an answer (an Ack, or a re-registration) clears its reports and restores it,
-//!   silence removes it.
+//!   silence removes it;
+//! * reporters whose reports a probe disproved are not believed about that PE for
+//!   [`ReportConfig::disbelief`], so liars cannot keep a live PE under probe.
 //!
 //! [`ReportBook`] is the bookkeeping; the registrar asks it and acts.
 
@@ -33,17 +35,21 @@ pub struct ReportConfig {
     pub max_reports_per_second: u32,
     /// Time a PE has to answer the probe.
     pub probe_timeout: Duration,
+    /// How long reporters disproved by a probe are not believed about that PE.
+    pub disbelief: Duration,
 }
 
 impl Default for ReportConfig {
-    /// 4096 PEs per association, 10 reports/s, 1 s to answer: a pool user that fails over
-    /// tens of sessions at once is never held back, and a live PE answers within the
-    /// timeout even on a loaded host.
+    /// 4096 PEs per association, 10 reports/s, 1 s to answer, 30 s of disbelief: a pool user
+    /// that fails over tens of sessions at once is never held back, a live PE answers within
+    /// the timeout even on a loaded host, and a disproved reporter is heard again after a few
+    /// keep-alive intervals (by then the registrar's own keep-alives have spoken too).
     fn default() -> Self {
         ReportConfig {
             remembered_per_association: 4096,
             max_reports_per_second: 10,
             probe_timeout: Duration::from_secs(1),
+            disbelief: Duration::from_secs(30),
         }
     }
 }
@@ -55,6 +61,8 @@ pub enum Ignored {
     NotHandedOut,
     /// The reporter exceeded its report rate.
     RateLimited,
+    /// A probe disproved the reporter's last reports of this PE a short while ago.
+    Disproved,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +71,8 @@ struct Reporter {
     order: VecDeque<PeRef>,
     /// PEs this association's reports counted against.
     reported: HashSet<PeRef>,
+    /// PEs a probe proved alive against this association's reports, until when.
+    disbelieved: HashMap<PeRef, Instant>,
     window_start: Option<Instant>,
     in_window: u32,
 }
@@ -116,6 +126,13 @@ impl ReportBook {
         if !reporter.handed_out.contains(pe) {
             return Err(Ignored::NotHandedOut);
         }
+        if reporter
+            .disbelieved
+            .get(pe)
+            .is_some_and(|&until| now < until)
+        {
+            return Err(Ignored::Disproved);
+        }
         match reporter.window_start {
             Some(start) if now.saturating_duration_since(start) < Duration::from_secs(1) => {
                 if reporter.in_window >= limit {
@@ -130,6 +147,23 @@ impl ReportBook {
         }
         reporter.reported.insert(pe.clone());
         Ok(())
+    }
+
+    /// A probe proved `pe` alive: `reporters` are not believed about it for a while.
+    pub fn disproved(
+        &mut self,
+        pe: &PeRef,
+        reporters: impl IntoIterator<Item = AssociationKey>,
+        now: Instant,
+    ) {
+        let until = now + self.config.disbelief;
+        for association in reporters {
+            if let Some(reporter) = self.reporters.get_mut(&association) {
+                // Bounded like `handed_out`: only PEs it was handed can be here.
+                reporter.disbelieved.retain(|_, until| now < *until);
+                reporter.disbelieved.insert(pe.clone(), until);
+            }
+        }
     }
 
     /// `association` ended: the PEs its reports counted against (to withdraw them).
@@ -206,6 +240,19 @@ mod tests {
         withdrawn.sort();
         assert_eq!(withdrawn, vec![pe(8), pe(9)]);
         assert_eq!(book.admit(1, &pe(8), t0), Err(Ignored::NotHandedOut));
+    }
+
+    #[test]
+    fn disproved_reporters_are_not_believed_for_a_while() {
+        let mut book = ReportBook::new(ReportConfig::default());
+        let t0 = Instant::now();
+        book.handed_out(1, &pe(0).0, &[PeId(7)]);
+        assert_eq!(book.admit(1, &pe(7), t0), Ok(()));
+        book.disproved(&pe(7), [1, 99], t0);
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(book.admit(1, &pe(7), later), Err(Ignored::Disproved));
+        let after = t0 + ReportConfig::default().disbelief;
+        assert_eq!(book.admit(1, &pe(7), after), Ok(()));
     }
 
     #[test]

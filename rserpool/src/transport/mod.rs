@@ -146,6 +146,15 @@ pub async fn connect(addr: SocketAddr, config: AssociationConfig) -> io::Result<
     TcpFramed::new(config).connect(addr).await
 }
 
+/// Opens a framed-TCP association to `addr` from the local address `local`.
+pub async fn connect_from(
+    local: std::net::IpAddr,
+    addr: SocketAddr,
+    config: AssociationConfig,
+) -> io::Result<Association> {
+    TcpFramed::new(config).connect_from(local, addr).await
+}
+
 /// Listens for framed-TCP associations on `addr`; accepted associations use `config`.
 pub async fn bind(addr: SocketAddr, config: AssociationConfig) -> io::Result<TcpFramedListener> {
     TcpFramed::new(config).bind(addr).await

@@ -2,14 +2,14 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use socket2::SockRef;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use super::association::{
@@ -46,6 +46,22 @@ impl TcpFramed {
     /// The association settings.
     pub fn config(&self) -> &AssociationConfig {
         &self.config
+    }
+}
+
+impl TcpFramed {
+    /// Opens an association to `addr` from the local address `local` (port chosen by the
+    /// system): on a host with several addresses, which one the peer sees.
+    pub async fn connect_from(&self, local: IpAddr, addr: SocketAddr) -> io::Result<Association> {
+        let socket = match local {
+            IpAddr::V4(_) => TcpSocket::new_v4()?,
+            IpAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(local, 0))?;
+        let stream = tokio::time::timeout(self.config.connect_timeout, socket.connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        spawn_association(stream, &self.config)
     }
 }
 
