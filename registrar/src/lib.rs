@@ -14,6 +14,7 @@ use rserpool::registrar::keepalive::KeepAliveConfig;
 use rserpool::registrar::reports::ReportConfig;
 use rserpool::transport::AssociationConfig;
 use rserpool::transport::announce::ASAP_ANNOUNCE_ADDR;
+use rserpool::transport::frame::MIN_MAX_FRAME_LEN;
 use tracing::info;
 
 /// RSerPool registrar (PR): keeps the handlespace, serves ASAP over framed TCP, announces itself.
@@ -49,6 +50,12 @@ pub struct Cli {
     /// does (by default it is refused: the identifier belongs to its association)
     #[arg(long)]
     pub allow_pe_id_takeover: bool,
+    /// Most associations (PEs and pool users) open at once; more are reset at accept
+    #[arg(long, value_name = "N", default_value_t = driver::DEFAULT_MAX_ASSOCIATIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_associations: usize,
+    /// Most PEs registered over one association (a PE process registers one)
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pes_per_association: u32,
     /// Most PEs in one Handle Resolution Response, whatever the request asks [default: no limit]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_hr_items: Option<u32>,
@@ -118,11 +125,17 @@ impl Cli {
                     } else {
                         ForeignReregistration::Reject
                     },
+                    max_pool_elements_per_association: self.max_pes_per_association as usize,
                     ..HandlespaceConfig::default()
                 },
                 seed: rand::random(),
             },
-            association: AssociationConfig::default(),
+            // An ASAP message has a 16-bit length: nothing larger need ever be buffered.
+            association: AssociationConfig {
+                max_frame_len: MIN_MAX_FRAME_LEN,
+                ..AssociationConfig::default()
+            },
+            max_associations: self.max_associations,
         }
     }
 }

@@ -32,6 +32,7 @@ async fn start() -> RunningRegistrar {
             ..RegistrarConfig::default()
         },
         association: AssociationConfig::default(),
+        max_associations: driver::DEFAULT_MAX_ASSOCIATIONS,
     })
     .await
     .expect("registrar starts")
@@ -365,6 +366,7 @@ async fn multicast_announces_on_loopback_carry_the_asap_address() {
             ..RegistrarConfig::default()
         },
         association: AssociationConfig::default(),
+        max_associations: driver::DEFAULT_MAX_ASSOCIATIONS,
     })
     .await
     .expect("registrar starts");

@@ -123,12 +123,20 @@ async fn start_target(args: &Args) -> Result<(Target, SocketAddr, Option<u32>, &
             "external registrar",
         ));
     }
+    // The bench registers many PEs per association (like a gateway), beyond the default cap.
+    let per_association = args
+        .pes
+        .div_ceil(args.registration_connections.max(1))
+        .max(1024);
     if args.in_process {
+        let mut registrar = RegistrarConfig::default();
+        registrar.handlespace.max_pool_elements_per_association = per_association as usize;
         let registrar = driver::start(DriverConfig {
             asap: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             announce: None,
-            registrar: RegistrarConfig::default(),
+            registrar,
             association: AssociationConfig::default(),
+            max_associations: driver::DEFAULT_MAX_ASSOCIATIONS,
         })
         .await?;
         let addr = registrar.local_addr();
@@ -146,6 +154,7 @@ async fn start_target(args: &Args) -> Result<(Target, SocketAddr, Option<u32>, &
         .join("registrar");
     let mut child = Command::new(&program)
         .args(["--asap", "127.0.0.1:0", "--announce", "off"])
+        .args(["--max-pes-per-association", &per_association.to_string()])
         .env("NO_COLOR", "1")
         .env(
             "RUST_LOG",

@@ -97,6 +97,9 @@ pub struct HandlespaceConfig {
     pub max_pool_elements_per_pool: usize,
     /// Most PEs in the whole handlespace.
     pub max_pool_elements: usize,
+    /// Most PEs registered over one association: one peer cannot fill the handlespace (a PE
+    /// process registers one; a gateway for many PEs stays well within).
+    pub max_pool_elements_per_association: usize,
     /// MaxIncrement override (rsplib `-maxincrement`); `None` = the policy's default.
     pub max_increment: Option<usize>,
     /// Most distinct Endpoint Unreachable reporters remembered per PE (at least 1 is used). A
@@ -112,6 +115,7 @@ impl Default for HandlespaceConfig {
             max_pools: 65_536,
             max_pool_elements_per_pool: 65_536,
             max_pool_elements: 1_048_576,
+            max_pool_elements_per_association: 1024,
             max_increment: None,
             max_unreachable_reporters: 64,
             foreign_reregistration: ForeignReregistration::Reject,
@@ -151,6 +155,7 @@ pub enum ResourceLimit {
     Pools,
     PoolElementsPerPool,
     PoolElements,
+    PoolElementsPerAssociation,
 }
 
 /// A refused registration; [`RegistrationError::cause_code`] gives the ASAP error cause.
@@ -795,6 +800,17 @@ impl Handlespace {
         if self.pool_element_count >= self.config.max_pool_elements {
             return Err(RegistrationError::LackOfResources(
                 ResourceLimit::PoolElements,
+            ));
+        }
+        if let Some(association) = ctx.association
+            && self
+                .by_association
+                .get(&association)
+                .map_or(0, BTreeSet::len)
+                >= self.config.max_pool_elements_per_association
+        {
+            return Err(RegistrationError::LackOfResources(
+                ResourceLimit::PoolElementsPerAssociation,
             ));
         }
         let pool = self

@@ -290,6 +290,34 @@ fn capacity_limits_give_lack_of_resources() {
 }
 
 #[test]
+fn one_association_registers_at_most_its_share() {
+    let mut hs = Handlespace::new(HandlespaceConfig {
+        max_pool_elements_per_association: 2,
+        ..HandlespaceConfig::default()
+    });
+    let now = Instant::now();
+    let h = handle("p");
+    for id in [1, 2] {
+        hs.register(&h, pe(id, Policy::RoundRobin), ctx(1, 7, now))
+            .unwrap();
+    }
+    assert_eq!(
+        hs.register(&h, pe(3, Policy::RoundRobin), ctx(1, 7, now)),
+        Err(RegistrationError::LackOfResources(
+            ResourceLimit::PoolElementsPerAssociation
+        ))
+    );
+    // Others are not held back, and re-registrations are no new resource.
+    hs.register(&h, pe(3, Policy::RoundRobin), ctx(1, 8, now))
+        .unwrap();
+    assert!(matches!(
+        hs.register(&h, pe(2, Policy::RoundRobin), ctx(1, 7, now)),
+        Ok(RegistrationOutcome::Updated { .. })
+    ));
+    hs.check_invariants().unwrap();
+}
+
+#[test]
 fn reregistration_updates_values_and_moves_association_and_owner() {
     // rsplib's way; the default refuses another association (see below).
     let mut hs = Handlespace::new(HandlespaceConfig {

@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand::SeedableRng;
@@ -49,7 +51,14 @@ pub struct DriverConfig {
     pub registrar: RegistrarConfig,
     /// Settings of accepted associations.
     pub association: AssociationConfig,
+    /// Most associations open at once; more are reset at accept, so a flood of connections
+    /// cannot take every descriptor and the memory of their buffers.
+    pub max_associations: usize,
 }
+
+/// Default of [`DriverConfig::max_associations`]: far above what a pool of PEs and pool users
+/// needs, and each association's buffers stay bounded by the frame limit.
+pub const DEFAULT_MAX_ASSOCIATIONS: usize = 4096;
 
 /// A look at a running registrar's state (tests, benchmarks).
 #[derive(Clone, Debug)]
@@ -126,7 +135,11 @@ pub async fn start(config: DriverConfig) -> io::Result<RunningRegistrar> {
             local_addr,
         )));
     }
-    background.push(tokio::spawn(accept_loop(listener, inputs.clone())));
+    background.push(tokio::spawn(accept_loop(
+        listener,
+        inputs.clone(),
+        config.max_associations,
+    )));
     let core = tokio::spawn(core_loop(Registrar::new(config.registrar), input_rx));
     Ok(RunningRegistrar {
         local_addr,
@@ -214,8 +227,11 @@ async fn announce_loop(sender: AnnounceSender, interval: Duration, id: u32, asap
     }
 }
 
-async fn accept_loop<L: Listener>(listener: L, inputs: mpsc::Sender<Input>) {
+async fn accept_loop<L: Listener>(listener: L, inputs: mpsc::Sender<Input>, max: usize) {
     let mut next_key: AssociationKey = 1;
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut refused = 0u64;
+    let mut last_warning: Option<std::time::Instant> = None;
     loop {
         let association = match listener.accept().await {
             Ok(association) => association,
@@ -226,13 +242,29 @@ async fn accept_loop<L: Listener>(listener: L, inputs: mpsc::Sender<Input>) {
                 continue;
             }
         };
+        if open.load(Ordering::Relaxed) >= max {
+            association.abort();
+            refused += 1;
+            // One line a second at most, however fast the flood.
+            if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                warn!(max, refused, "association refused: too many open");
+                last_warning = Some(std::time::Instant::now());
+            }
+            continue;
+        }
+        open.fetch_add(1, Ordering::Relaxed);
         let key = next_key;
         next_key += 1;
         let (sender, receiver) = association.split();
         if inputs.send(Input::Opened { key, sender }).await.is_err() {
             return;
         }
-        tokio::spawn(read_loop(key, receiver, inputs.clone()));
+        let open = open.clone();
+        let inputs = inputs.clone();
+        tokio::spawn(async move {
+            read_loop(key, receiver, inputs).await;
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 }
 

@@ -477,7 +477,10 @@ fn handle_resolution_items_default_all_cap_and_unknown_pool() {
 
 #[test]
 fn resolving_all_of_a_huge_pool_answers_as_many_as_fit() {
-    let mut r = registrar(config());
+    let mut big = config();
+    // One association registers them all here.
+    big.handlespace.max_pool_elements_per_association = 3000;
+    let mut r = registrar(big);
     let now = Instant::now();
     for id in 1..=3000 {
         r.handle_message(
