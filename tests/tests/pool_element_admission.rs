@@ -81,13 +81,18 @@ async fn closed_at_once(pe: SocketAddr) -> Option<Association> {
     Some(association)
 }
 
-/// A plain TCP connection from `source` (any 127.x.y.z), speaking frames by hand.
-async fn raw_from(source: Ipv4Addr, pe: SocketAddr) -> TcpStream {
+/// A plain TCP connection from `source` (any 127.x.y.z), speaking frames by hand; an error
+/// when the PE resets it before `connect` is through.
+async fn try_raw_from(source: Ipv4Addr, pe: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4().expect("socket");
     socket
         .bind(SocketAddr::from((source, 0)))
         .expect("bind the source address");
-    socket.connect(pe).await.expect("connect")
+    socket.connect(pe).await
+}
+
+async fn raw_from(source: Ipv4Addr, pe: SocketAddr) -> TcpStream {
+    try_raw_from(source, pe).await.expect("connect")
 }
 
 async fn send_frame(stream: &mut TcpStream, ppid: u32, payload: &[u8]) {
@@ -277,4 +282,49 @@ async fn connections_beyond_the_per_source_cap_are_closed_at_once() {
         "one warning per second"
     );
     drop(idle);
+}
+
+/// Open descriptors of process `pid`.
+fn descriptors(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the PE's descriptors")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_from_many_sources_are_bounded_by_max_connections() {
+    const MAX: usize = 20;
+    let (pe, data, _registrar) = start_pe(&[
+        "--max-connections",
+        "20",
+        "--max-pending",
+        "100",
+        "--first-message-timeout",
+        "60000",
+    ])
+    .await;
+    let before = descriptors(pe.pid());
+    // One connection per source: no per-source cap applies.
+    let mut flood = Vec::new();
+    for last in 2..2 + 2 * MAX as u8 {
+        flood.push(try_raw_from(Ipv4Addr::new(127, 0, 0, last), data).await);
+    }
+    let line = pe
+        .log
+        .wait_for_text("connection refused", READY_TIMEOUT)
+        .expect("a warning line");
+    assert_eq!(field(&line, "reason").as_deref(), Some("max-connections"));
+    // Refused ones are reset at once; what stays open is bounded. Checked within 1 s, before
+    // the PE's transport heartbeats (3 s) would close the silent connections anyway.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut open = descriptors(pe.pid());
+    while open > before + MAX && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        open = descriptors(pe.pid());
+    }
+    assert!(
+        open <= before + MAX,
+        "{open} descriptors, {before} before {} connections",
+        flood.len()
+    );
 }
