@@ -649,8 +649,8 @@ async fn serve(
         return;
     }
     let Some(slot) = SessionSlot::try_take(&ticket.shared) else {
-        let max = shared.max_sessions;
-        tracing::info!(session = id, peer = %peer, active = max, max, "session refused");
+        let (active, max) = (shared.active.load(Ordering::Acquire), shared.max_sessions);
+        tracing::info!(session = id, peer = %peer, active, max, "session refused");
         // Closed before any frame: the PU fails over without reporting us unreachable.
         let _ = tokio::time::timeout(REFUSAL_CLOSE_TIMEOUT, sender.close()).await;
         sender.abort();
