@@ -4,15 +4,16 @@
 //! [`run`] is the whole program; `main.rs` and the GUI bundle's `pool-user pool-element`
 //! subcommand call it with a parsed [`Cli`].
 
+pub mod admission;
 pub mod capacity;
 pub mod handover;
 pub mod limiter;
 pub mod session;
 pub mod worker;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -29,6 +30,7 @@ use rserpool::wire::{AsapMessage, PeId, PoolHandle, TransportAddress};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::admission::{Admission, Limits, Refusal, Stage, WarnLimiter};
 use crate::capacity::PolicySpec;
 use crate::handover::Handover;
 use crate::limiter::RateLimiter;
@@ -37,8 +39,9 @@ use crate::worker::{ComputePool, WorkerControl};
 
 /// Data at least this often while computing, so that a slow PE is not taken for a hung one.
 pub const DATA_MAX_TIME: Duration = Duration::from_millis(250);
-/// How long a new association may stay silent before its first message.
-const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on the graceful close of a session refused for want of a place: the peer's FIN is
+/// not waited for longer.
+const REFUSAL_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bound on sessions' final cookies and closes at shutdown.
 const SESSION_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on the deregistration at shutdown.
@@ -71,9 +74,31 @@ pub struct Cli {
     /// Address for pool users' sessions (port 0: ephemeral); this address is registered.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
-    /// Most concurrent sessions; more are refused.
+    /// Most concurrent sessions; more are refused. A connection takes a place only with a
+    /// valid first message (Parameter or Cookie Echo).
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sessions: u32,
+    /// Most iterations one session may ask for, width x height x MaxIterations (the pixels
+    /// left, for a Cookie Echo), e.g. 67108864000000 or 6.7e13; bigger requests are refused
+    /// and closed. The default is 8192x8192 pixels at rsplib's limit of 10^6 iterations.
+    #[arg(long, value_name = "ITERATIONS", default_value = "67108864000000", value_parser = parse_work)]
+    pub max_work: u64,
+    /// A new connection must send its first message within this many milliseconds, or it is
+    /// closed (transport heartbeats do not count).
+    #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub first_message_timeout: u64,
+    /// Most connections from one IP address waiting for their first message; more are closed
+    /// at once.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_per_source: u32,
+    /// Most connections waiting for their first message, from all addresses together; more
+    /// are closed at once.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending: u32,
+    /// Most open connections (pending, sessions and registrars' keep-alive associations
+    /// together), so that file descriptors cannot run out; more are closed at once.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// Iterations per second for all sessions together, e.g. 50000000 or 5e7 [default:
     /// unlimited; the capacity the pool learns is then measured at start].
     #[arg(long, value_name = "ITERATIONS_PER_S", value_parser = parse_capacity)]
@@ -114,6 +139,11 @@ fn parse_capacity(text: &str) -> Result<u64, String> {
     Ok(rate.round() as u64)
 }
 
+/// `--max-work`: like a capacity, a big number (at least 1).
+fn parse_work(text: &str) -> Result<u64, String> {
+    parse_capacity(text).map_err(|_| format!("`{text}` must be a number of iterations, at least 1"))
+}
+
 fn parse_id(text: &str) -> Result<u32, String> {
     let text = text.trim();
     let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
@@ -128,6 +158,13 @@ struct Shared {
     config: SessionConfig,
     compute: ComputePool,
     max_sessions: usize,
+    /// `--max-work`.
+    max_work: u64,
+    first_message_timeout: Duration,
+    admission: Mutex<Admission>,
+    /// Floods are logged once a second: refused connections, and those without a first message.
+    refusal_warnings: Mutex<WarnLimiter>,
+    timeout_warnings: Mutex<WarnLimiter>,
     /// Iterations per second (given or measured): what the load counts sessions by.
     capacity: u64,
     active: AtomicUsize,
@@ -145,6 +182,30 @@ impl Shared {
         let active = self.active.load(Ordering::Acquire);
         let _ = self.load.send(capacity::load(active, self.capacity));
     }
+
+    fn admission(&self) -> MutexGuard<'_, Admission> {
+        lock(&self.admission)
+    }
+
+    /// Logs a refused connection, rate-limited.
+    fn warn_refused(&self, id: u64, peer: SocketAddr, refusal: Refusal) {
+        let logged = lock(&self.refusal_warnings).event(Instant::now());
+        if let Some(suppressed) = logged {
+            let (pending, connections) = {
+                let admission = self.admission();
+                (admission.pending(), admission.connections())
+            };
+            tracing::warn!(
+                session = id, peer = %peer, reason = refusal.as_str(), pending, connections,
+                suppressed, "connection refused"
+            );
+        }
+    }
+}
+
+/// The counts behind these locks stay consistent whatever panicked while one was held.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Runs the pool element until SIGINT/SIGTERM, then gives each session a final cookie, closes
@@ -178,6 +239,7 @@ pub async fn run_until(
         .with_context(|| format!("listening on {}", cli.listen))?;
     let data_addr = listener.local_addr()?;
     tracing::info!(data = %data_addr, "pool element listening");
+    warn_if_descriptors_short(cli.max_connections);
     if let Some(ready) = ready {
         let _ = ready.send(data_addr);
     }
@@ -250,6 +312,15 @@ pub async fn run_until(
         )
         .context("starting the computing threads")?,
         max_sessions: cli.max_sessions as usize,
+        max_work: cli.max_work,
+        first_message_timeout: Duration::from_millis(cli.first_message_timeout),
+        admission: Mutex::new(Admission::new(Limits {
+            max_pending_per_source: cli.max_pending_per_source as usize,
+            max_pending: cli.max_pending as usize,
+            max_connections: cli.max_connections as usize,
+        })),
+        refusal_warnings: Mutex::default(),
+        timeout_warnings: Mutex::default(),
         capacity,
         active: AtomicUsize::new(0),
         next_session: AtomicU64::new(1),
@@ -298,6 +369,32 @@ pub async fn run_until(
     Ok(())
 }
 
+/// Descriptors besides the connections: listener, registrar associations, announce socket,
+/// stdio, the runtime's own.
+const OTHER_DESCRIPTORS: u64 = 64;
+
+/// `--max-connections` protects descriptors only below the process's limit.
+fn warn_if_descriptors_short(max_connections: u32) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let needed = u64::from(max_connections) + OTHER_DESCRIPTORS;
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere.
+    let available = limit.rlim_cur as u64;
+    if available < needed {
+        tracing::warn!(
+            max_connections,
+            descriptors = available,
+            "--max-connections is close to the descriptor limit (ulimit -n): accepts may fail"
+        );
+    }
+}
+
 fn log_event(event: &Event, pe_id: PeId, pool: &PoolHandle) {
     match event {
         Event::Registered {
@@ -336,21 +433,45 @@ fn accept(
 ) {
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let peer = association.peer_addr();
-    let active = shared.active.load(Ordering::Acquire);
-    if active >= shared.max_sessions {
-        tracing::info!(session = id, peer = %peer, active, max = shared.max_sessions, "session refused");
-        // Closed before any frame: the PU fails over without reporting us unreachable.
-        tokio::spawn(async move {
-            let _ = association.close().await;
-        });
+    let admitted = shared.admission().admit(peer.ip());
+    if let Err(refusal) = admitted {
+        // At once, so that a flood holds no descriptor; a pool user takes a close before any
+        // frame for a refusal and tries another PE.
+        association.abort();
+        shared.warn_refused(id, peer, refusal);
         return;
     }
-    let slot = SessionSlot::take(shared.clone());
+    let ticket = Ticket {
+        shared: shared.clone(),
+        source: peer.ip(),
+        stage: Stage::Pending,
+    };
     let shared = shared.clone();
     let shutdown = shutdown.clone();
     sessions.spawn(async move {
-        serve(association, id, &shared, shutdown, slot).await;
+        serve(association, id, &shared, shutdown, ticket).await;
     });
+}
+
+/// A connection's place in the admission counts, given back when dropped.
+struct Ticket {
+    shared: Arc<Shared>,
+    source: IpAddr,
+    stage: Stage,
+}
+
+impl Ticket {
+    fn advance(&mut self, to: Stage) -> Result<(), Refusal> {
+        self.shared.admission().advance(self.source, to)?;
+        self.stage = to;
+        Ok(())
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.shared.admission().release(self.source, self.stage);
+    }
 }
 
 /// One of the `--max-sessions` places, held while a session computes and freed when dropped.
@@ -359,10 +480,18 @@ struct SessionSlot {
 }
 
 impl SessionSlot {
-    fn take(shared: Arc<Shared>) -> SessionSlot {
-        shared.active.fetch_add(1, Ordering::AcqRel);
+    /// A place, if one is free.
+    fn try_take(shared: &Arc<Shared>) -> Option<SessionSlot> {
+        shared
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |active| {
+                (active < shared.max_sessions).then_some(active + 1)
+            })
+            .ok()?;
         shared.publish_load();
-        SessionSlot { shared }
+        Some(SessionSlot {
+            shared: shared.clone(),
+        })
     }
 }
 
@@ -458,12 +587,14 @@ async fn serve(
     id: u64,
     shared: &Shared,
     mut shutdown: watch::Receiver<bool>,
-    slot: SessionSlot,
+    mut ticket: Ticket,
 ) {
     let peer = association.peer_addr();
     let (sender, mut receiver) = association.split();
+    // Short: pool users send their request right after connecting, and a connection that
+    // waits holds a pending place (heartbeats are answered by the transport, never seen here).
     let first = tokio::select! {
-        first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, receiver.recv()) => first,
+        first = tokio::time::timeout(shared.first_message_timeout, receiver.recv()) => first,
         _ = stopped(&mut shutdown) => {
             sender.abort();
             return;
@@ -476,8 +607,11 @@ async fn serve(
             return;
         }
         Err(_) => {
-            tracing::warn!(session = id, peer = %peer, reason = %"no-request", "session aborted");
             sender.abort();
+            let logged = lock(&shared.timeout_warnings).event(Instant::now());
+            if let Some(suppressed) = logged {
+                tracing::warn!(session = id, peer = %peer, reason = %"no-request", suppressed, "session aborted");
+            }
             return;
         }
     };
@@ -486,7 +620,11 @@ async fn serve(
         && let AsapMessage::EndpointKeepAlive { .. } = decoded.message
     {
         // Not a session: a registrar taking over from our home reaches us here.
-        drop(slot);
+        if let Err(refusal) = ticket.advance(Stage::KeepAlive) {
+            sender.abort();
+            shared.warn_refused(id, peer, refusal);
+            return;
+        }
         serve_keep_alives(decoded.message, sender, receiver, shared, shutdown).await;
         return;
     }
@@ -498,6 +636,28 @@ async fn serve(
             return;
         }
     };
+    let requested = match start {
+        session::Start::Compute(parameter) => parameter,
+        session::Start::Resume(cookie) => cookie.parameter,
+    };
+    if let Err(error) = start.check_work(shared.max_work) {
+        tracing::warn!(
+            session = id, peer = %peer, width = requested.width, height = requested.height,
+            max_iterations = requested.max_iterations, reason = %error, "session refused: too much work"
+        );
+        sender.abort();
+        return;
+    }
+    let Some(slot) = SessionSlot::try_take(&ticket.shared) else {
+        let (active, max) = (shared.active.load(Ordering::Acquire), shared.max_sessions);
+        tracing::info!(session = id, peer = %peer, active, max, "session refused");
+        // Closed before any frame: the PU fails over without reporting us unreachable.
+        let _ = tokio::time::timeout(REFUSAL_CLOSE_TIMEOUT, sender.close()).await;
+        sender.abort();
+        return;
+    };
+    // Cannot fail: sessions are capped by their slots.
+    let _ = ticket.advance(Stage::Session);
     let (session, initial) = Session::new(start, shared.config.clone(), Instant::now());
     let resumed = matches!(start, session::Start::Resume(_));
     let (x, y) = match start {

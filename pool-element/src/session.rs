@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use fractal_protocol::cookie::{Cookie, CookieError};
 use fractal_protocol::kernel::{KernelChoice, View};
 use fractal_protocol::message::{
-    Data, DecodeError, MAX_POINTS_PER_DATA, Parameter, ParameterError,
+    Data, DecodeError, MAX_ITERATIONS_LIMIT, MAX_POINTS_PER_DATA, Parameter, ParameterError,
 };
 use rserpool::transport::{PPID_ASAP, PPID_FGP};
 use rserpool::wire::{AsapMessage, WireError};
@@ -90,6 +90,43 @@ pub fn decode_first(ppid: u32, payload: &[u8]) -> Result<Start, FirstMessageErro
             other => Err(FirstMessageError::UnexpectedAsap(other.name())),
         },
         other => Err(FirstMessageError::UnexpectedPpid(other)),
+    }
+}
+
+/// Default `--max-work`: the largest picture a pool user asks for in one session (8192 x 8192,
+/// the most our GUI allows; rsplib's pool user stops at 8192 x 4096) at rsplib's MaxIterations
+/// limit. Hours of computing, yet 64 times less than the 65536 x 65536 x 10^6 that rsplib's
+/// per-field limits let through.
+pub const DEFAULT_MAX_WORK: u64 = 8192 * 8192 * MAX_ITERATIONS_LIMIT as u64;
+
+/// A request beyond `--max-work`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{work} iterations at most (width x height x MaxIterations) exceed --max-work {max_work}")]
+pub struct TooMuchWork {
+    pub work: u64,
+    pub max_work: u64,
+}
+
+impl Start {
+    /// Iterations at most: every pixel still to compute at MaxIterations.
+    pub fn work(&self) -> u64 {
+        let (parameter, done) = match self {
+            Start::Compute(parameter) => (parameter, 0),
+            Start::Resume(cookie) => (&cookie.parameter, cookie.pixels_done()),
+        };
+        parameter
+            .pixel_count()
+            .saturating_sub(done)
+            .saturating_mul(u64::from(parameter.max_iterations))
+    }
+
+    /// Refuses a request of more than `max_work` iterations.
+    pub fn check_work(&self, max_work: u64) -> Result<(), TooMuchWork> {
+        let work = self.work();
+        if work > max_work {
+            return Err(TooMuchWork { work, max_work });
+        }
+        Ok(())
     }
 }
 

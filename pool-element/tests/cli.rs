@@ -26,6 +26,11 @@ fn help_lists_every_option() {
         "--fail-after",
         "--crash-after",
         "--test-mode",
+        "--max-work",
+        "--first-message-timeout",
+        "--max-pending-per-source",
+        "--max-pending",
+        "--max-connections",
     ] {
         assert!(
             help.contains(option),
@@ -40,6 +45,10 @@ fn bad_arguments_are_rejected() {
         &["--policy", "Nonsense"][..],
         &["--id", "0xZZ"],
         &["--max-sessions", "0"],
+        &["--max-work", "0"],
+        &["--first-message-timeout", "0"],
+        &["--max-pending-per-source", "0"],
+        &["--max-connections", "0"],
     ] {
         let output = Command::new(BIN).args(args).output().expect("runs");
         assert!(!output.status.success(), "{args:?} accepted");

@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 use fractal_protocol::cookie::Cookie;
 use fractal_protocol::kernel::{KernelChoice, View};
 use fractal_protocol::message::{AlgorithmId, Data, MAX_POINTS_PER_DATA, Parameter};
-use pool_element::session::{Output, Session, SessionConfig, Start, decode_first};
+use fractal_protocol::preset::Preset;
+use pool_element::session::{
+    DEFAULT_MAX_WORK, Output, Session, SessionConfig, Start, TooMuchWork, decode_first,
+};
 use proptest::prelude::*;
 use rserpool::transport::{PPID_ASAP, PPID_FGP};
 use rserpool::wire::AsapMessage;
@@ -450,6 +453,53 @@ fn malformed_first_messages_are_refused() {
     .to_bytes()
     .expect("encodable");
     assert!(decode_first(PPID_ASAP, &cookie_not_echo).is_err());
+}
+
+#[test]
+fn default_max_work_accepts_every_real_request_and_refuses_absurd_ones() {
+    // The demo's and rsplib's pictures at rsplib's MaxIterations limit, and every built-in
+    // preset at the largest size the GUI allows.
+    for (width, height) in [(400, 250), (1024, 768), (8192, 4096), (8192, 8192)] {
+        let start = Start::Compute(view(width, height, 1_000_000));
+        assert_eq!(
+            start.check_work(DEFAULT_MAX_WORK),
+            Ok(()),
+            "{width}x{height}"
+        );
+    }
+    for preset in Preset::builtin() {
+        let start = Start::Compute(preset.parameter(8192, 8192));
+        assert_eq!(
+            start.check_work(DEFAULT_MAX_WORK),
+            Ok(()),
+            "{}",
+            preset.name
+        );
+    }
+    let absurd = Start::Compute(view(65_536, 65_536, 1_000_000));
+    assert_eq!(
+        absurd.check_work(DEFAULT_MAX_WORK),
+        Err(TooMuchWork {
+            work: 65_536 * 65_536 * 1_000_000,
+            max_work: DEFAULT_MAX_WORK
+        })
+    );
+    // Also when it arrives as a cookie, which rsplib does not sign.
+    let forged = Start::Resume(Cookie::start(view(65_536, 65_536, 1_000_000)));
+    assert!(forged.check_work(DEFAULT_MAX_WORK).is_err());
+}
+
+#[test]
+fn a_resumed_session_counts_only_the_pixels_left() {
+    let parameter = view(100, 10, 1000);
+    let mut cookie = Cookie::start(parameter);
+    cookie.current_y = 9;
+    cookie.current_x = 50;
+    let start = Start::Resume(cookie);
+    assert_eq!(start.work(), 50 * 1000);
+    assert!(start.check_work(50_000).is_ok());
+    assert!(start.check_work(49_999).is_err());
+    assert_eq!(Start::Compute(parameter).work(), 1_000_000);
 }
 
 proptest! {
