@@ -243,3 +243,67 @@ fn false_unreachable_reports_do_not_evict_a_live_pe() -> Result<()> {
     assert!(registrar.log.count("probed pe answered") >= 1);
     Ok(())
 }
+
+/// One association registering PEs without end, and a flood of connections: both stop at their
+/// limit, and an honest PE registering afterwards is served.
+#[test]
+fn registration_and_connection_floods_stop_at_their_limits() -> Result<()> {
+    let rt = runtime();
+    let (registrar, asap) = start_registrar(&[
+        "--max-pes-per-association",
+        "50",
+        "--max-associations",
+        "20",
+    ])?;
+    let (granted, refused) = rt.block_on(async {
+        let mut flooder = connect_from(2, asap).await?;
+        let (mut granted, mut refused) = (0, 0);
+        for id in 1..=60 {
+            match request(&mut flooder, &registration(id)).await? {
+                AsapMessage::RegistrationResponse {
+                    rejected: false, ..
+                } => granted += 1,
+                AsapMessage::RegistrationResponse { error, .. } => {
+                    let cause = error.and_then(|e| e.first_code());
+                    anyhow::ensure!(cause == Some(CauseCode::LACK_OF_RESOURCES), "{cause:?}");
+                    refused += 1;
+                }
+                other => bail!("unexpected {other:?}"),
+            }
+        }
+        anyhow::Ok((granted, refused))
+    })?;
+    assert_eq!((granted, refused), (50, 10));
+    let served = rt.block_on(async {
+        // 30 more connections: the registrar resets those beyond 20 open ones.
+        let mut flood = Vec::new();
+        for n in 0..30u8 {
+            if let Ok(association) = connect_from(10 + n, asap).await {
+                flood.push(association);
+            }
+        }
+        registrar
+            .log
+            .wait_for_text("association refused", READY_TIMEOUT)?;
+        drop(flood);
+        // Once the flood is gone, an honest PE is served.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut pe) = connect_from(3, asap).await
+                && let Ok(AsapMessage::RegistrationResponse {
+                    rejected: false, ..
+                }) = timeout(Duration::from_secs(2), request(&mut pe, &registration(500)))
+                    .await
+                    .unwrap_or_else(|_| bail!("no answer"))
+            {
+                return anyhow::Ok(true);
+            }
+            if Instant::now() > deadline {
+                return anyhow::Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })?;
+    assert!(served, "an honest PE was not served after the flood");
+    Ok(())
+}
