@@ -576,8 +576,8 @@ impl Registrar {
         {
             let fitting = elements_that_fit(pool_elements);
             pool_elements.truncate(fitting);
-            let ids: Vec<PeId> = pool_elements.iter().map(|e| e.id).collect();
-            self.reports.handed_out(association, pool_handle, &ids);
+            self.reports
+                .handed_out(association, pool_handle, pool_elements.iter().map(|e| e.id));
         }
         self.send(association, &response);
     }

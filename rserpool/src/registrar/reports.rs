@@ -16,7 +16,9 @@
 //!
 //! [`ReportBook`] is the bookkeeping; the registrar asks it and acts.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use crate::handlespace::AssociationKey;
@@ -65,10 +67,15 @@ pub enum Ignored {
     Disproved,
 }
 
+/// A handed-out PE as remembered: the pool handle's hash and the PE id. Every resolution
+/// records its PEs, so this must cost next to nothing: no handle is cloned (a collision of
+/// two pools' 64-bit hashes would only let a report count that should not).
+type HandedOut = (u64, PeId);
+
 #[derive(Debug, Default)]
 struct Reporter {
-    handed_out: HashSet<PeRef>,
-    order: VecDeque<PeRef>,
+    handed_out: HashSet<HandedOut>,
+    order: VecDeque<HandedOut>,
     /// PEs this association's reports counted against.
     reported: HashSet<PeRef>,
     /// PEs a probe proved alive against this association's reports, until when.
@@ -81,6 +88,7 @@ struct Reporter {
 #[derive(Debug, Default)]
 pub struct ReportBook {
     config: ReportConfig,
+    pool_hasher: RandomState,
     reporters: HashMap<AssociationKey, Reporter>,
     probes: Deadlines<PeRef>,
 }
@@ -95,12 +103,18 @@ impl ReportBook {
     }
 
     /// `association` was handed these PEs of `pool` in a resolution.
-    pub fn handed_out(&mut self, association: AssociationKey, pool: &PoolHandle, ids: &[PeId]) {
+    pub fn handed_out(
+        &mut self,
+        association: AssociationKey,
+        pool: &PoolHandle,
+        ids: impl IntoIterator<Item = PeId>,
+    ) {
         let cap = self.config.remembered_per_association.max(1);
+        let pool = self.pool_hasher.hash_one(pool);
         let reporter = self.reporters.entry(association).or_default();
-        for &id in ids {
-            let pe = (pool.clone(), id);
-            if reporter.handed_out.insert(pe.clone()) {
+        for id in ids {
+            let pe = (pool, id);
+            if reporter.handed_out.insert(pe) {
                 reporter.order.push_back(pe);
                 if reporter.order.len() > cap
                     && let Some(oldest) = reporter.order.pop_front()
@@ -120,10 +134,11 @@ impl ReportBook {
         now: Instant,
     ) -> Result<(), Ignored> {
         let limit = self.config.max_reports_per_second;
+        let handed_out = (self.pool_hasher.hash_one(&pe.0), pe.1);
         let Some(reporter) = self.reporters.get_mut(&association) else {
             return Err(Ignored::NotHandedOut);
         };
-        if !reporter.handed_out.contains(pe) {
+        if !reporter.handed_out.contains(&handed_out) {
             return Err(Ignored::NotHandedOut);
         }
         if reporter
@@ -227,7 +242,7 @@ mod tests {
         let t0 = Instant::now();
         let (pool, _) = pe(0);
         assert_eq!(book.admit(1, &pe(7), t0), Err(Ignored::NotHandedOut));
-        book.handed_out(1, &pool, &[PeId(7), PeId(8), PeId(9)]);
+        book.handed_out(1, &pool, [PeId(7), PeId(8), PeId(9)]);
         // Only the last two are remembered.
         assert_eq!(book.admit(1, &pe(7), t0), Err(Ignored::NotHandedOut));
         assert_eq!(book.admit(1, &pe(8), t0), Ok(()));
@@ -246,7 +261,7 @@ mod tests {
     fn disproved_reporters_are_not_believed_for_a_while() {
         let mut book = ReportBook::new(ReportConfig::default());
         let t0 = Instant::now();
-        book.handed_out(1, &pe(0).0, &[PeId(7)]);
+        book.handed_out(1, &pe(0).0, [PeId(7)]);
         assert_eq!(book.admit(1, &pe(7), t0), Ok(()));
         book.disproved(&pe(7), [1, 99], t0);
         let later = t0 + Duration::from_secs(2);
