@@ -575,3 +575,41 @@ async fn connect_to_closed_port_fails() {
         Err(ErrorKind::ConnectionRefused)
     );
 }
+
+// Real time: the connection's frame deadline runs on std::time::Instant.
+#[tokio::test]
+async fn a_frame_fed_a_byte_at_a_time_is_cut_off_at_the_assembly_deadline() {
+    let config = AssociationConfig {
+        frame_assembly_timeout: Duration::from_millis(300),
+        ..quiet_config()
+    };
+    let (mut association, mut raw) = association_and_raw(config).await;
+    // A header announcing 1000 bytes, then a byte every 50 ms: the connection stays busy
+    // (heartbeats would be satisfied) but the frame never completes in time.
+    let mut header = Vec::new();
+    header.extend_from_slice(&11u32.to_be_bytes());
+    header.extend_from_slice(&1000u32.to_be_bytes());
+    raw.write_all(&header).await.unwrap();
+    let started = std::time::Instant::now();
+    let feeder = tokio::spawn(async move {
+        for _ in 0..100 {
+            if raw.write_all(&[0]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let error = bounded("the slow frame is refused", association.recv())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            AssociationError::Protocol(ProtocolError::SlowFrame(waited))
+                if waited >= Duration::from_millis(300)
+        ),
+        "{error:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    feeder.abort();
+}

@@ -56,6 +56,9 @@ pub enum ProtocolError {
     Frame(#[from] FrameError),
     #[error("bad heartbeat: {0}")]
     Heartbeat(#[from] HeartbeatError),
+    /// A frame was still incomplete this long after its first byte arrived.
+    #[error("frame incomplete after {0:?}")]
+    SlowFrame(std::time::Duration),
 }
 
 /// Why `send` failed.

@@ -97,6 +97,9 @@ pub struct AssociationConfig {
     pub send_queue: usize,
     /// Received frames buffered for the application before the connection stops reading.
     pub receive_queue: usize,
+    /// Longest time a frame may take to arrive once its first byte did: a peer that feeds a
+    /// frame a byte at a time (keeping the connection and its buffer alive) is reset.
+    pub frame_assembly_timeout: Duration,
 }
 
 impl Default for AssociationConfig {
@@ -108,6 +111,7 @@ impl Default for AssociationConfig {
             close_timeout: Duration::from_secs(5),
             send_queue: 64,
             receive_queue: 64,
+            frame_assembly_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -199,6 +199,9 @@ struct Connection {
     /// `read_buf_has_frames` is false.
     read_buf: BytesMut,
     read_buf_has_frames: bool,
+    /// When the incomplete frame at the front of `read_buf` began to arrive.
+    partial_since: Option<Instant>,
+    frame_assembly_timeout: Duration,
     /// Room offered to the next read.
     read_chunk: usize,
     /// A decoded frame the receiver has no room for yet; reading pauses meanwhile.
@@ -237,6 +240,8 @@ impl Connection {
                 .map(|c| HeartbeatTimer::new(c, Instant::now())),
             read_buf: BytesMut::new(),
             read_buf_has_frames: false,
+            partial_since: None,
+            frame_assembly_timeout: config.frame_assembly_timeout,
             read_chunk: MIN_READ_CHUNK,
             pending: None,
             write_buf: Vec::new(),
@@ -320,7 +325,13 @@ impl Connection {
                 break;
             }
             match self.decoder.decode_buf(&mut self.read_buf) {
-                Ok(None) => self.read_buf_has_frames = false,
+                Ok(None) => {
+                    self.read_buf_has_frames = false;
+                    self.partial_since = match self.read_buf.is_empty() {
+                        true => None,
+                        false => Some(self.partial_since.unwrap_or(now)),
+                    };
+                }
                 Ok(Some(frame)) if frame.ppid == PPID_HEARTBEAT => {
                     self.handle_heartbeat(&frame.payload, now)?
                 }
@@ -481,6 +492,12 @@ impl Connection {
         {
             return Err(Ending::Reset(AssociationError::CloseTimeout));
         }
+        if let Some(since) = self.partial_since
+            && now >= since + self.frame_assembly_timeout
+        {
+            let waited = now.saturating_duration_since(since);
+            return Err(Ending::Reset(ProtocolError::SlowFrame(waited).into()));
+        }
         if !self.phase.heartbeats_active() {
             return Ok(());
         }
@@ -544,10 +561,13 @@ impl Connection {
             .as_ref()
             .filter(|_| self.phase.heartbeats_active())
             .map(HeartbeatTimer::poll_timeout);
-        let deadline = match (heartbeat_deadline, self.phase.deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let frame_deadline = self
+            .partial_since
+            .map(|since| since + self.frame_assembly_timeout);
+        let deadline = [heartbeat_deadline, self.phase.deadline(), frame_deadline]
+            .into_iter()
+            .flatten()
+            .min();
 
         let event = tokio::select! {
             () = self.shared.abort.notified() => Event::Abort,
