@@ -267,3 +267,48 @@ pub fn pid_alive(pid: i32) -> bool {
             .lines()
             .any(|l| l.starts_with("State:") && l.contains('Z'))
 }
+
+/// An FGP Parameter of the full Mandelbrot set at this size and depth (what the pool element
+/// tests ask for).
+pub fn mandelbrot(
+    width: u32,
+    height: u32,
+    max_iterations: u32,
+) -> fractal_protocol::message::Parameter {
+    fractal_protocol::message::Parameter {
+        width,
+        height,
+        max_iterations,
+        algorithm: fractal_protocol::message::AlgorithmId::MANDELBROT,
+        c1_real: -1.8,
+        c1_imag: -1.0,
+        c2_real: 1.4,
+        c2_imag: 1.0,
+        n: 2.0,
+    }
+}
+
+/// Starts `pool-element` with identifier `id` registering at `registrar` (and `extra`
+/// arguments); returns it once it listens, with its data address.
+pub fn start_pool_element(
+    registrar: std::net::SocketAddr,
+    id: &str,
+    extra: &[&str],
+) -> Result<(Proc, std::net::SocketAddr)> {
+    let mut args = vec![
+        "--registrar".to_string(),
+        registrar.to_string(),
+        "--id".to_string(),
+        id.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let pe = Proc::spawn("pool-element", bin("pool-element"), &args)?;
+    let line = pe
+        .log
+        .wait_for_text("pool element listening", READY_TIMEOUT)?;
+    let data = field(&line, "data")
+        .context("data= in the listening line")?
+        .parse()
+        .context("the data address")?;
+    Ok((pe, data))
+}

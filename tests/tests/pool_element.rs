@@ -5,46 +5,16 @@
 use std::net::SocketAddr;
 
 use e2e::fake_registrar::FakeRegistrar;
-use e2e::{Proc, READY_TIMEOUT, bin, field};
+use e2e::{Proc, READY_TIMEOUT, bin, field, mandelbrot, start_pool_element};
 use fractal_protocol::cookie::Cookie;
 use fractal_protocol::kernel::{KernelChoice, View};
-use fractal_protocol::message::{AlgorithmId, Data, Parameter};
+use fractal_protocol::message::Data;
 use rserpool::transport::{self, AssociationConfig, PPID_ASAP, PPID_FGP};
 use rserpool::wire::{AsapMessage, TransportAddress};
 use tokio::time::timeout;
 
 fn start_pe(registrar: SocketAddr, extra: &[&str]) -> (Proc, SocketAddr) {
-    let mut args = vec![
-        "--registrar".to_string(),
-        registrar.to_string(),
-        "--id".into(),
-        "0x00c0ffee".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let pe = Proc::spawn("pool-element", bin("pool-element"), &args).expect("starts");
-    let line = pe
-        .log
-        .wait_for_text("pool element listening", READY_TIMEOUT)
-        .expect("listening line");
-    let data = field(&line, "data")
-        .expect("data field")
-        .parse()
-        .expect("an address");
-    (pe, data)
-}
-
-fn parameter(width: u32, height: u32, max_iterations: u32) -> Parameter {
-    Parameter {
-        width,
-        height,
-        max_iterations,
-        algorithm: AlgorithmId::MANDELBROT,
-        c1_real: -1.8,
-        c1_imag: -1.0,
-        c2_real: 1.4,
-        c2_imag: 1.0,
-        n: 2.0,
-    }
+    start_pool_element(registrar, "0x00c0ffee", extra).expect("the pool element starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,7 +41,7 @@ async fn pool_element_registers_and_serves_a_session() {
     );
 
     // One whole session over TCP, compared with the reference kernel.
-    let p = parameter(160, 100, 500);
+    let p = mandelbrot(160, 100, 500);
     let mut session = transport::connect(data, AssociationConfig::default())
         .await
         .expect("connect");
@@ -144,7 +114,7 @@ async fn sigterm_gives_running_sessions_a_final_cookie() {
     let mut registrar = FakeRegistrar::start().await;
     let (mut pe, data) = start_pe(registrar.address(), &["--capacity", "100000"]);
     registrar.expect_registration().await;
-    let p = parameter(500, 500, 1000);
+    let p = mandelbrot(500, 500, 1000);
     let mut session = transport::connect(data, AssociationConfig::default())
         .await
         .expect("connect");
@@ -203,7 +173,7 @@ async fn crash_after_aborts_the_process_without_a_final_cookie() {
         registrar.address(),
         &["--crash-after", "3", "--cookie-max-packets", "100"],
     );
-    let p = parameter(324, 50, 50);
+    let p = mandelbrot(324, 50, 50);
     let mut session = transport::connect(data, AssociationConfig::default())
         .await
         .expect("connect");

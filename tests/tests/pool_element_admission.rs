@@ -7,8 +7,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use e2e::fake_registrar::FakeRegistrar;
-use e2e::{Proc, READY_TIMEOUT, bin, field};
-use fractal_protocol::message::{AlgorithmId, Data, Parameter};
+use e2e::{Proc, READY_TIMEOUT, field, mandelbrot, start_pool_element};
+use fractal_protocol::message::Data;
 use rserpool::transport::{self, Association, AssociationConfig, PPID_ASAP, PPID_FGP};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -19,38 +19,10 @@ const AT_ONCE: Duration = Duration::from_secs(5);
 
 async fn start_pe(extra: &[&str]) -> (Proc, SocketAddr, FakeRegistrar) {
     let mut registrar = FakeRegistrar::start().await;
-    let mut args = vec![
-        "--registrar".to_string(),
-        registrar.address().to_string(),
-        "--id".into(),
-        "0x00ad0001".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let pe = Proc::spawn("pool-element", bin("pool-element"), &args).expect("starts");
-    let line = pe
-        .log
-        .wait_for_text("pool element listening", READY_TIMEOUT)
-        .expect("listening line");
-    let data = field(&line, "data")
-        .expect("data field")
-        .parse()
-        .expect("an address");
+    let (pe, data) = start_pool_element(registrar.address(), "0x00ad0001", extra)
+        .expect("the pool element starts");
     registrar.expect_registration().await;
     (pe, data, registrar)
-}
-
-fn parameter(width: u32, height: u32, max_iterations: u32) -> Parameter {
-    Parameter {
-        width,
-        height,
-        max_iterations,
-        algorithm: AlgorithmId::MANDELBROT,
-        c1_real: -1.8,
-        c1_imag: -1.0,
-        c2_real: 1.4,
-        c2_imag: 1.0,
-        n: 2.0,
-    }
 }
 
 /// A connection whose only traffic is its transport's heartbeats (every 200 ms), as from the
@@ -137,7 +109,7 @@ async fn honest_session(pe: SocketAddr) -> bool {
         .await
         .expect("connect");
     session
-        .send(PPID_FGP, parameter(64, 40, 200).encode().to_vec())
+        .send(PPID_FGP, mandelbrot(64, 40, 200).encode().to_vec())
         .await
         .expect("send");
     // Served at once: the start cookie comes first.
@@ -210,7 +182,7 @@ async fn an_absurd_request_is_refused_while_an_honest_session_is_served() {
     absurd
         .send(
             PPID_FGP,
-            parameter(65_536, 65_536, 1_000_000).encode().to_vec(),
+            mandelbrot(65_536, 65_536, 1_000_000).encode().to_vec(),
         )
         .await
         .expect("send");
@@ -258,7 +230,7 @@ async fn connections_beyond_the_per_source_cap_are_closed_at_once() {
 
     // Another source is still admitted and served, while the three wait.
     let mut other = raw_from(Ipv4Addr::new(127, 0, 0, 2), data).await;
-    send_frame(&mut other, PPID_FGP, &parameter(32, 20, 100).encode()).await;
+    send_frame(&mut other, PPID_FGP, &mandelbrot(32, 20, 100).encode()).await;
     assert_eq!(
         timeout(AT_ONCE, next_ppid(&mut other))
             .await
