@@ -330,16 +330,7 @@ impl Registrar {
                         self.keepalive.remove(&(pool, pe));
                         continue;
                     };
-                    self.stats.keepalives_sent += 1;
-                    let message = AsapMessage::EndpointKeepAlive {
-                        // We are already the PE's home registrar: no H flag (RFC 5352 §2.2.7
-                        // reserves it for a registrar taking a PE over).
-                        home: false,
-                        server_id: self.config.id,
-                        pool_handle: pool,
-                        pe_id: Some(pe),
-                    };
-                    self.send(association, &message);
+                    self.send_keep_alive(association, pool, pe);
                 }
                 KeepAliveAction::TimedOut((pool, pe)) => {
                     if self.handlespace.deregister(&pool, pe).is_some() {
@@ -590,10 +581,10 @@ impl Registrar {
         now: Instant,
     ) {
         self.stats.unreachable_reports += 1;
-        let key = (pool.clone(), pe);
-        if self.handlespace.get(&pool, pe).is_none() {
+        let Some(home) = self.handlespace.get(&pool, pe).map(|e| e.association()) else {
             return;
-        }
+        };
+        let key = (pool.clone(), pe);
         if let Err(why) = self.reports.admit(association, &key, now) {
             self.stats.ignored_unreachable_reports += 1;
             self.events.push_back(RegistrarEvent::ReportIgnored {
@@ -620,10 +611,6 @@ impl Registrar {
         if count < self.config.max_bad_pe_reports.max(1) || self.reports.is_probed(&key) {
             return;
         }
-        let home = self
-            .handlespace
-            .get(&pool, pe)
-            .and_then(|e| e.association());
         let Some(home) = home else {
             // Not ours to ask (no association): the reports have to do.
             if self.handlespace.deregister(&pool, pe).is_some() {
@@ -632,16 +619,23 @@ impl Registrar {
             return;
         };
         self.reports.start_probe(key, now);
-        self.stats.keepalives_sent += 1;
-        let probe = AsapMessage::EndpointKeepAlive {
-            home: false,
-            server_id: self.config.id,
-            pool_handle: pool.clone(),
-            pe_id: Some(pe),
-        };
-        self.send(home, &probe);
+        self.send_keep_alive(home, pool.clone(), pe);
         self.events
             .push_back(RegistrarEvent::ProbeStarted { pool, pe });
+    }
+
+    /// An Endpoint Keep-Alive to a PE on its association (the periodic one, or a probe).
+    fn send_keep_alive(&mut self, association: AssociationKey, pool: PoolHandle, pe: PeId) {
+        self.stats.keepalives_sent += 1;
+        let message = AsapMessage::EndpointKeepAlive {
+            // We are already the PE's home registrar: no H flag (RFC 5352 §2.2.7 reserves it
+            // for a registrar taking a PE over).
+            home: false,
+            server_id: self.config.id,
+            pool_handle: pool,
+            pe_id: Some(pe),
+        };
+        self.send(association, &message);
     }
 
     /// The PE showed it is alive (a Keep-Alive Ack or a re-registration on its association):
