@@ -64,13 +64,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(missing) = no_display() {
         // A window cannot open; rather than fail with a backend error, show the demo the only
         // way that works here.
-        eprintln!(
-            "No display ({missing}): running the bundled demo without a window instead; the \
-             picture is written to {}. For a window, run where a display is; for the \
-             headless client's options: pool-user --headless --help",
-            DEMO_PICTURE
-        );
-        return run_headless_demo(cli.options, sessions_given);
+        return run_without_window(cli.options, sessions_given, missing);
     }
     run_gui(cli, sessions_given)
 }
@@ -98,9 +92,32 @@ fn no_display() -> Option<&'static str> {
     (!set("DISPLAY") && !set("WAYLAND_DISPLAY")).then_some("DISPLAY and WAYLAND_DISPLAY are unset")
 }
 
-/// The bundled demo pool (a registrar, four PEs of different speeds) and one picture through
-/// it, with the progress bar and the per-PE summary, written to [`DEMO_PICTURE`].
-fn run_headless_demo(mut options: HeadlessArgs, sessions_given: bool) -> anyhow::Result<()> {
+/// What the window would have shown, without it: one picture through the bundled demo pool (a
+/// registrar, four PEs of different speeds) or the registrars given, with the progress bar and
+/// the per-PE summary, written to [`DEMO_PICTURE`] unless `--out` says otherwise.
+fn run_without_window(
+    mut options: HeadlessArgs,
+    sessions_given: bool,
+    missing: &str,
+) -> anyhow::Result<()> {
+    if !sessions_given {
+        options.sessions = DEMO_SESSIONS;
+    }
+    let picture = options
+        .out
+        .get_or_insert_with(|| std::path::PathBuf::from(DEMO_PICTURE))
+        .display()
+        .to_string();
+    let pool = if options.registrars.is_empty() {
+        "the bundled demo pool"
+    } else {
+        "the pool"
+    };
+    eprintln!(
+        "No display ({missing}): computing a picture through {pool} without a window instead; \
+         it is written to {picture}. For a window, run where a display is; for the headless \
+         client's options: pool-user --headless --help"
+    );
     if !options.registrars.is_empty() {
         return run_headless(options);
     }
@@ -114,12 +131,6 @@ fn run_headless_demo(mut options: HeadlessArgs, sessions_given: bool) -> anyhow:
     let switch = bundle.kill_switch();
     kill_on_signals(switch.clone());
     options.registrars = bundle.registrar_address().into_iter().collect();
-    if !sessions_given {
-        options.sessions = DEMO_SESSIONS;
-    }
-    options
-        .out
-        .get_or_insert_with(|| std::path::PathBuf::from(DEMO_PICTURE));
     let result = run_headless(options);
     switch.kill_all();
     drop(bundle);
