@@ -240,7 +240,10 @@ fn false_unreachable_reports_do_not_evict_a_live_pe() -> Result<()> {
         "{:?}",
         registrar.log.lines()
     );
-    assert!(registrar.log.count("probed pe answered") >= 1);
+    // The log reaches us through a pipe: wait for the line rather than count at once.
+    registrar
+        .log
+        .wait_for_text("probed pe answered", READY_TIMEOUT)?;
     Ok(())
 }
 

@@ -199,6 +199,11 @@ async fn an_absurd_request_is_refused_while_an_honest_session_is_served() {
     assert_eq!(field(&line, "max_iterations").as_deref(), Some("1000000"));
     assert!(line.contains("--max-work"), "{line}");
     assert!(honest.await.expect("honest task"), "the picture completed");
+    // The PE's log reaches us through a pipe: wait for the honest session's line before
+    // counting, or a loaded machine may count before it arrives.
+    pe.log
+        .wait_for_text("session started", READY_TIMEOUT)
+        .expect("the honest session's line");
     assert_eq!(pe.log.count("session started"), 1, "only the honest one");
 }
 
