@@ -87,6 +87,9 @@ pub struct Cli {
     /// closed (transport heartbeats do not count).
     #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     pub first_message_timeout: u64,
+    /// TLS with the registrars (RFC 5355); pool users' sessions stay plain.
+    #[command(flatten)]
+    pub tls: program_setup::tls::TlsClientArgs,
     /// Most connections from one IP address waiting for their first message; more are closed
     /// at once.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
@@ -234,6 +237,10 @@ pub async fn run_until(
     if cli.listen.ip().is_unspecified() && cli.listen.is_ipv6() {
         bail!("--listen: use an IPv4 address or 0.0.0.0");
     }
+    let registrar_association = AssociationConfig {
+        tls: cli.tls.client()?,
+        ..AssociationConfig::default()
+    };
     let listener = transport::bind(cli.listen, AssociationConfig::default())
         .await
         .with_context(|| format!("listening on {}", cli.listen))?;
@@ -288,7 +295,7 @@ pub async fn run_until(
     };
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let registration: RegistrationHandle =
-        registration::spawn(config, registrars, AssociationConfig::default(), events_tx);
+        registration::spawn(config, registrars, registrar_association, events_tx);
     let logged_pool = pool.clone();
     let events_task = tokio::spawn(async move {
         while let Some(event) = events_rx.recv().await {

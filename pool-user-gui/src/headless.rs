@@ -82,24 +82,28 @@ pub struct HeadlessArgs {
     /// No progress bar even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+    /// TLS with the registrars (RFC 5355); sessions with pool elements stay plain.
+    #[command(flatten)]
+    pub tls: program_setup::tls::TlsClientArgs,
 }
 
 impl HeadlessArgs {
     /// The client configuration these options describe.
-    pub fn client_config(&self) -> ClientConfig {
-        let pool_user = PoolUserConfig {
+    pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        let mut pool_user = PoolUserConfig {
             registrars: self.registrars.clone(),
             announce: Some(self.announce_listen),
             stale_cache: Duration::from_millis(self.stale_cache),
             ..PoolUserConfig::default()
         }
         .with_session_timeout(Duration::from_millis(self.session_timeout));
-        ClientConfig {
+        pool_user.registrar_association.tls = self.tls.client()?;
+        Ok(ClientConfig {
             pool: self.pool.clone(),
             pool_user,
             // Pixels are written only once the picture is complete.
             pixel_events: false,
-        }
+        })
     }
 }
 
@@ -150,7 +154,7 @@ pub async fn run(args: HeadlessArgs) -> anyhow::Result<()> {
         )
     })?;
     let fixed_preset = args.preset.as_deref().map(load_preset).transpose()?;
-    let (client, mut events) = FractalClient::start(args.client_config())?;
+    let (client, mut events) = FractalClient::start(args.client_config()?)?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let show_progress = !args.no_progress && std::io::stderr().is_terminal();

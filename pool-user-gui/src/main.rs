@@ -121,6 +121,10 @@ fn run_without_window(
     if !options.registrars.is_empty() {
         return run_headless(options);
     }
+    anyhow::ensure!(
+        options.tls.files.tls_cert.is_none(),
+        "--tls-cert needs --registrar: the bundled demo pool runs without TLS"
+    );
     let bundle = Bundle::start(BundleConfig {
         pool: options.pool.clone(),
         // The children's logs would scroll the progress bar away.
@@ -150,7 +154,9 @@ fn run_gui(cli: Cli, sessions_given: bool) -> anyhow::Result<()> {
         (1..=400).contains(&sessions),
         "--sessions must be between 1 and 400"
     );
+    let registrar_tls = options.tls.client()?;
     pool_user_gui::gui::run(pool_user_gui::gui::GuiOptions {
+        registrar_tls,
         registrars: options.registrars,
         pool: options.pool,
         sessions,

@@ -62,6 +62,10 @@ pub struct Cli {
     /// Registrar identifier, hexadecimal (0x...) or decimal, non-zero [default: random]
     #[arg(long, value_parser = parse_id)]
     pub id: Option<u32>,
+    /// TLS for every association (RFC 5355): a peer without a certificate from the pool CA is
+    /// refused.
+    #[command(flatten)]
+    pub tls: program_setup::tls::TlsArgs,
 }
 
 /// The `--announce` value.
@@ -149,7 +153,14 @@ pub async fn run(cli: Cli) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let registrar = driver::start(cli.driver_config())
+    let mut config = cli.driver_config();
+    config.association.tls = cli.tls.server()?;
+    let tls = if config.association.tls.is_some() {
+        "required"
+    } else {
+        "off"
+    };
+    let registrar = driver::start(config)
         .await
         .with_context(|| format!("starting the registrar on {}", cli.asap))?;
     let announce = registrar
@@ -159,6 +170,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         asap = %registrar.local_addr(),
         id = %format!("0x{:08x}", registrar.id()),
         announce = %announce,
+        tls,
         "registrar ready"
     );
     let signal_name = tokio::select! {

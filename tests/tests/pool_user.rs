@@ -1,7 +1,8 @@
 //! The real registrar, pool elements and headless pool user on loopback. Pictures through the
 //! pool equal the local reference; SIGKILLed, SIGSTOPped and `--fail-after` PEs lose nothing;
 //! an emptied pool is waited for (issue 5). A fast PE does more of the picture, and a tail
-//! taken over from a slow PE survives a SIGKILL (issue 14).
+//! taken over from a slow PE survives a SIGKILL (issue 14). A TLS pool serves its members and
+//! refuses everyone else (issue 16).
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,8 +20,8 @@ use rserpool::wire::PeId;
 const IMAGE_TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Registrar {
-    /// Kept so that the process lives as long as the test.
-    _proc: Proc,
+    /// Lives as long as the test.
+    proc: Proc,
     address: String,
 }
 
@@ -33,10 +34,7 @@ fn registrar(extra: &[&str]) -> Result<Registrar> {
     let proc = Proc::spawn("registrar", bin("registrar"), &args)?;
     let ready = proc.log.wait_for_text("registrar ready", READY_TIMEOUT)?;
     let address = field(&ready, "asap").context("asap= in the ready line")?;
-    Ok(Registrar {
-        _proc: proc,
-        address,
-    })
+    Ok(Registrar { proc, address })
 }
 
 struct Pe {
@@ -506,5 +504,92 @@ fn a_tail_taken_over_survives_a_sigkill_of_its_new_pe() -> Result<()> {
         assert!(number(record, "recomputed_pixels") <= interval, "{record}");
     }
     drop(slow);
+    Ok(())
+}
+
+/// `--tls-cert/--tls-key/--tls-ca` for credentials written into `dir` as `name`.
+fn tls_args(pem: &rserpool::transport::tls::TlsPem, dir: &Path, name: &str) -> Result<Vec<String>> {
+    let files =
+        rserpool::transport::pki::write_files(pem, &dir.join(name), name).or_else(|_| {
+            std::fs::create_dir_all(dir.join(name))?;
+            rserpool::transport::pki::write_files(pem, &dir.join(name), name)
+        })?;
+    Ok([
+        ("--tls-cert", files.cert),
+        ("--tls-key", files.key),
+        ("--tls-ca", files.ca),
+    ]
+    .into_iter()
+    .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+    .collect())
+}
+
+#[test]
+fn a_tls_pool_serves_its_members_and_refuses_everyone_else() -> Result<()> {
+    use rserpool::transport::pki::PoolCa;
+    let dir = tempfile::tempdir()?;
+    let pool = PoolCa::new("pool CA")?;
+    let stranger = PoolCa::new("another CA")?;
+    let credentials =
+        |ca: &PoolCa, name: &str, sans: &[&str]| tls_args(&ca.issue(name, sans)?, dir.path(), name);
+    let registrar_tls = credentials(&pool, "registrar", &["127.0.0.1"])?;
+    let registrar = registrar(&registrar_tls.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let member_tls = credentials(&pool, "pe", &[])?;
+    let member = pool_element(
+        &registrar,
+        0xc1,
+        &member_tls.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+
+    // Without TLS, and with a certificate of another CA: both refused at the handshake.
+    let plain = Proc::spawn(
+        "pe-plain",
+        bin("pool-element"),
+        &[
+            "--registrar".into(),
+            registrar.address.clone(),
+            "--id".into(),
+            "0xc2".into(),
+        ],
+    )?;
+    let mut impostor_pem = stranger.issue("impostor", &[])?;
+    impostor_pem.ca = pool.certificate_pem().as_bytes().to_vec();
+    let mut impostor_args = tls_args(&impostor_pem, dir.path(), "impostor")?;
+    impostor_args.extend([
+        "--registrar".into(),
+        registrar.address.clone(),
+        "--id".into(),
+        "0xc3".into(),
+    ]);
+    let impostor = Proc::spawn("pe-impostor", bin("pool-element"), &impostor_args)?;
+    registrar.proc.log.wait_for(READY_TIMEOUT, |line| {
+        line.contains("TLS handshake refused") && line.contains("certificate")
+    })?;
+    registrar.proc.log.wait_for(READY_TIMEOUT, |line| {
+        line.contains("TLS handshake refused") && !line.contains("certificate")
+    })?;
+
+    let picture = Picture {
+        width: 160,
+        height: 120,
+        sessions: 3,
+        units: 12,
+        preset: "full-set",
+        max_iterations: 300,
+    };
+    let user_tls = credentials(&pool, "pu", &[])?;
+    let mut pu = picture.start_pool_user(
+        &registrar,
+        dir.path(),
+        &user_tls.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+    let stats = finish_and_check(&mut pu, &picture, dir.path())?;
+    // Only the member served: the others were never listed.
+    let (pixels, _) = pe_record(&stats, &member.id).context("the member's record")?;
+    assert_eq!(pixels, 160 * 120, "{stats}");
+    for (stranger_id, proc) in [(0xc2, &plain), (0xc3, &impostor)] {
+        assert_eq!(pe_record(&stats, &PeId(stranger_id).to_string()), None);
+        assert_eq!(proc.log.count("pool element registered"), 0);
+    }
     Ok(())
 }

@@ -62,6 +62,8 @@ pub struct ClientConfig {
     pub registrars: Vec<SocketAddr>,
     /// Pool handle.
     pub pool: String,
+    /// TLS with the registrars; `None`: plain TCP.
+    pub registrar_tls: Option<rserpool::transport::TlsConfig>,
 }
 
 /// Builds the client for the window (the real one, or a stand-in).

@@ -55,12 +55,14 @@ pub fn client_factory() -> ClientFactory {
     Box::new(|config, sink| {
         let runtime = Arc::new(tokio::runtime::Runtime::new()?);
         let _guard = runtime.enter();
+        let mut pool_user = rserpool::pu::PoolUserConfig {
+            registrars: config.registrars,
+            ..Default::default()
+        };
+        pool_user.registrar_association.tls = config.registrar_tls;
         let (client, events) = FractalClient::start(client::ClientConfig {
             pool: config.pool,
-            pool_user: rserpool::pu::PoolUserConfig {
-                registrars: config.registrars,
-                ..Default::default()
-            },
+            pool_user,
             pixel_events: true,
         })?;
         client.start_pool_monitor(POOL_REFRESH);

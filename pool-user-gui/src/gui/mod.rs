@@ -52,6 +52,9 @@ pub struct GuiOptions {
     /// The window's own options (no name shared with `--headless`).
     #[command(flatten)]
     pub window: WindowOptions,
+    /// TLS with the registrars given (`main.rs` builds it from the shared `--tls-*` options).
+    #[arg(skip)]
+    pub registrar_tls: Option<rserpool::transport::TlsConfig>,
 }
 
 /// Options only the window has; `main.rs` may flatten these next to the headless options and
@@ -194,9 +197,14 @@ pub fn run_with(options: GuiOptions, factory: ClientFactory) -> anyhow::Result<(
     if let Some(switch) = kill_switch.clone() {
         crate::bundle::kill_on_signals(switch);
     }
+    anyhow::ensure!(
+        bundle.is_none() || options.registrar_tls.is_none(),
+        "--tls-cert needs --registrar: the bundled demo pool runs without TLS"
+    );
     let client_config = ClientConfig {
         registrars,
         pool: options.pool.clone(),
+        registrar_tls: options.registrar_tls.clone(),
     };
     let pool_name = options.pool.clone();
     let (width, height) = options.window.window_size;

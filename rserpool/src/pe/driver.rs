@@ -10,7 +10,7 @@ use super::{Action, Event, Registration, RegistrationConfig};
 use crate::discovery::RegistrarTable;
 use crate::timer::sleep_until;
 use crate::transport::announce::{AnnounceReceiver, AnnounceReceiverConfig};
-use crate::transport::{self, Association, AssociationConfig, PPID_ASAP};
+use crate::transport::{self, Association, AssociationConfig, AssociationError, PPID_ASAP};
 use crate::wire::AsapMessage;
 
 /// Bound on closing a registrar association gracefully.
@@ -162,6 +162,11 @@ async fn run(
                         association = Some(assoc);
                         core.handle_connected(Instant::now());
                     }
+                    Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+                        // A TLS refusal: a configuration problem the operator must see.
+                        tracing::warn!(%error, "cannot connect to registrar");
+                        core.handle_connect_failed(Instant::now());
+                    }
                     Err(error) => {
                         tracing::debug!(%error, "cannot connect to registrar");
                         core.handle_connect_failed(Instant::now());
@@ -183,7 +188,11 @@ async fn run(
                     },
                     Ok(frame) => tracing::debug!(ppid = frame.ppid, "ignoring non-ASAP frame from registrar"),
                     Err(error) => {
-                        tracing::debug!(%error, "registrar association ended");
+                        if matches!(error, AssociationError::Protocol(_)) {
+                            tracing::warn!(%error, "registrar association ended");
+                        } else {
+                            tracing::debug!(%error, "registrar association ended");
+                        }
                         association = None;
                         core.handle_disconnected(Instant::now());
                     }

@@ -347,13 +347,26 @@ impl Registration {
     pub fn handle_disconnected(&mut self, now: Instant) {
         match self.state {
             State::Connected { registrar, .. } | State::Connecting { registrar } => {
+                let was_registered = matches!(
+                    self.state,
+                    State::Connected {
+                        registered: true,
+                        ..
+                    }
+                );
                 self.mark_failed(registrar, now);
                 self.events.push_back(Event::RegistrarLost {
                     registrar,
                     reason: LossReason::AssociationClosed,
                 });
-                // Another registrar at once; the failed one is tried last.
-                self.state = State::Searching { retry_at: now };
+                // After a registration, another registrar at once (the failed one is tried
+                // last). An association closed before any grant was refused (TLS, limits):
+                // retrying at once would hammer the registrar.
+                let retry_at = match was_registered {
+                    true => now,
+                    false => now + self.config.retry_interval,
+                };
+                self.state = State::Searching { retry_at };
             }
             State::Deregistering { .. } => self.stop(false),
             State::Searching { .. } | State::Stopped => {}

@@ -353,6 +353,29 @@ fn registrar_loss_retries_with_the_same_one_when_alone() {
 }
 
 #[test]
+fn an_association_closed_before_the_grant_is_retried_after_the_interval() {
+    // A registrar refusing us (TLS, association limits) closes at once, again and again.
+    let mut h = Harness::new(Policy::RoundRobin, &[addr(1)]);
+    let mut connects = 0;
+    let start = h.now;
+    while h.now < start + 10 * DEFAULT_RETRY_INTERVAL {
+        h.core.handle_timeout(h.now);
+        for action in h.actions() {
+            if matches!(action, Action::Connect(_)) {
+                connects += 1;
+                h.core.handle_connected(h.now);
+                h.core.handle_disconnected(h.now);
+            }
+        }
+        h.advance(Duration::from_millis(10));
+    }
+    assert!(
+        (10..=11).contains(&connects),
+        "{connects} attempts in 10 intervals"
+    );
+}
+
+#[test]
 fn waits_while_no_registrar_is_known() {
     let mut h = Harness::new(Policy::RoundRobin, &[]);
     h.core.handle_timeout(h.now);

@@ -42,6 +42,12 @@ pub enum AssociationError {
 impl AssociationError {
     pub(crate) fn from_io(error: io::Error) -> Self {
         use io::ErrorKind::*;
+        if let Some(super::tls::TlsFailure(tls)) = error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<super::tls::TlsFailure>())
+        {
+            return ProtocolError::Tls(tls.to_string()).into();
+        }
         match error.kind() {
             ConnectionReset | ConnectionAborted | BrokenPipe => AssociationError::Reset,
             _ => AssociationError::Io(Arc::new(error)),
@@ -59,6 +65,9 @@ pub enum ProtocolError {
     /// A frame was still incomplete this long after its first byte arrived.
     #[error("frame incomplete after {0:?}")]
     SlowFrame(std::time::Duration),
+    /// The TLS handshake or a record failed (for example, no certificate from the pool CA).
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Why `send` failed.

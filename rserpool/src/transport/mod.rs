@@ -58,7 +58,10 @@ pub mod announce;
 mod association;
 pub mod frame;
 pub mod heartbeat;
+#[cfg(feature = "pki")]
+pub mod pki;
 mod tcp;
+pub mod tls;
 
 use std::future::Future;
 use std::io;
@@ -72,6 +75,7 @@ pub use association::{
 pub use frame::{Frame, FrameBatch, FrameDecoder, FrameError, FrameMark};
 pub use heartbeat::HeartbeatConfig;
 pub use tcp::{TcpFramed, TcpFramedListener};
+pub use tls::{TlsConfig, TlsFiles};
 
 /// PPID reserved for transport heartbeats; never delivered to, nor accepted from, applications.
 pub const PPID_HEARTBEAT: u32 = 0;
@@ -100,6 +104,9 @@ pub struct AssociationConfig {
     /// Longest time a frame may take to arrive once its first byte did: a peer that feeds a
     /// frame a byte at a time (keeping the connection and its buffer alive) is reset.
     pub frame_assembly_timeout: Duration,
+    /// TLS under the frames (RFC 5355), both ends authenticated by the pool CA; `None`: plain
+    /// TCP. A listener's configuration must be a server one, a connecting side's a client one.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for AssociationConfig {
@@ -112,6 +119,7 @@ impl Default for AssociationConfig {
             send_queue: 64,
             receive_queue: 64,
             frame_assembly_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }

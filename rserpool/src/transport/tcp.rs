@@ -18,6 +18,7 @@ use super::association::{
 };
 use super::frame::{Frame, FrameDecoder, encode_frame};
 use super::heartbeat::{HeartbeatEvent, HeartbeatMessage, HeartbeatTimer};
+use super::tls::{TlsFailure, TlsSession};
 use super::{AssociationConfig, Listener, PPID_HEARTBEAT, Transport};
 use crate::timer::sleep_until;
 
@@ -58,10 +59,14 @@ impl TcpFramed {
             IpAddr::V6(_) => TcpSocket::new_v6()?,
         };
         socket.bind(SocketAddr::new(local, 0))?;
-        let stream = tokio::time::timeout(self.config.connect_timeout, socket.connect(addr))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        spawn_association(stream, &self.config)
+        let config = &self.config;
+        let stream = tokio::time::timeout(config.connect_timeout, async {
+            let tcp = socket.connect(addr).await?;
+            Stream::connect(tcp, config, addr).await
+        })
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        spawn_association(stream, config)
     }
 }
 
@@ -71,17 +76,20 @@ impl Transport for TcpFramed {
     fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Association>> + Send {
         let config = self.config.clone();
         async move {
-            let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr))
-                .await
-                .map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "connecting to {addr} timed out after {:?}",
-                            config.connect_timeout
-                        ),
-                    )
-                })??;
+            let stream = tokio::time::timeout(config.connect_timeout, async {
+                let tcp = TcpStream::connect(addr).await?;
+                Stream::connect(tcp, &config, addr).await
+            })
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "connecting to {addr} timed out after {:?}",
+                        config.connect_timeout
+                    ),
+                )
+            })??;
             spawn_association(stream, &config)
         }
     }
@@ -104,8 +112,11 @@ pub struct TcpFramedListener {
 
 impl Listener for TcpFramedListener {
     async fn accept(&self) -> io::Result<Association> {
-        let (stream, _) = self.listener.accept().await?;
-        spawn_association(stream, &self.config)
+        let (tcp, _) = self.listener.accept().await?;
+        match self.config.tls.clone() {
+            None => spawn_association(Stream::plain(tcp)?, &self.config),
+            Some(tls) => spawn_tls_acceptance(tcp, tls, &self.config),
+        }
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -114,21 +125,146 @@ impl Listener for TcpFramedListener {
 }
 
 /// Wraps an established connection into an association driven by a background task.
-fn spawn_association(stream: TcpStream, config: &AssociationConfig) -> io::Result<Association> {
-    stream.set_nodelay(true)?;
-    let local_addr = stream.local_addr()?;
-    let peer_addr = stream.peer_addr()?;
-    let max_frame_len = config.effective_max_frame_len();
-    let (association, ends) = new_association(
-        local_addr,
-        peer_addr,
-        max_frame_len,
-        config.send_queue,
-        config.receive_queue,
-    );
+fn spawn_association(stream: Stream, config: &AssociationConfig) -> io::Result<Association> {
+    let (association, ends) = association_for(&stream.tcp, config)?;
     let connection = Connection::new(stream, config, ends);
     tokio::spawn(connection.run());
     Ok(association)
+}
+
+fn association_for(
+    tcp: &TcpStream,
+    config: &AssociationConfig,
+) -> io::Result<(Association, DriverEnds)> {
+    tcp.set_nodelay(true)?;
+    Ok(new_association(
+        tcp.local_addr()?,
+        tcp.peer_addr()?,
+        config.effective_max_frame_len(),
+        config.send_queue,
+        config.receive_queue,
+    ))
+}
+
+/// An accepted connection whose TLS handshake runs in the association's own task (bounded by
+/// the connect timeout), so that a peer stalling its handshake delays no other acceptance. A
+/// failed handshake ends the association before any frame: its receiver reports why.
+fn spawn_tls_acceptance(
+    tcp: TcpStream,
+    tls: super::TlsConfig,
+    config: &AssociationConfig,
+) -> io::Result<Association> {
+    let (association, ends) = association_for(&tcp, config)?;
+    let config = config.clone();
+    tokio::spawn(async move {
+        let peer = ends.shared.peer_addr;
+        let handshake = tokio::time::timeout(
+            config.connect_timeout,
+            TlsSession::handshake(&tcp, &tls, peer),
+        )
+        .await;
+        let error = match handshake {
+            Ok(Ok(session)) => {
+                let stream = Stream {
+                    tcp,
+                    tls: Some(Box::new(session)),
+                };
+                return Connection::new(stream, &config, ends).run().await;
+            }
+            Ok(Err(error)) => AssociationError::from_io(error),
+            Err(_) => ProtocolError::Tls("handshake timed out".into()).into(),
+        };
+        tracing::info!(%peer, %error, "TLS handshake refused");
+        // A FIN, not a reset: the alert just sent must reach the peer.
+        ends.shared.set_outcome(error.clone());
+        drop(ends.inbound);
+        drop(tcp);
+        ends.verdict.send_replace(Some(Err(error)));
+    });
+    Ok(association)
+}
+
+/// The connection's byte stream: the socket itself, or a TLS session over it.
+struct Stream {
+    tcp: TcpStream,
+    tls: Option<Box<TlsSession>>,
+}
+
+impl Stream {
+    fn plain(tcp: TcpStream) -> io::Result<Stream> {
+        Ok(Stream { tcp, tls: None })
+    }
+
+    /// The connecting side: with TLS configured, the handshake completes before the
+    /// association exists, so a refused certificate fails the connect.
+    async fn connect(
+        tcp: TcpStream,
+        config: &AssociationConfig,
+        peer: SocketAddr,
+    ) -> io::Result<Stream> {
+        let tls = match &config.tls {
+            None => None,
+            Some(tls) => {
+                let session = TlsSession::handshake(&tcp, tls, peer)
+                    .await
+                    .map_err(|error| {
+                        io::Error::new(error.kind(), format!("TLS with {peer}: {error}"))
+                    })?;
+                Some(Box::new(session))
+            }
+        };
+        Ok(Stream { tcp, tls })
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        match &self.tls {
+            Some(tls) if tls.input_ready() => Ok(()),
+            _ => self.tcp.readable().await,
+        }
+    }
+
+    async fn writable(&self) -> io::Result<()> {
+        self.tcp.writable().await
+    }
+
+    /// Bytes below the application's (TLS records) wait for the socket.
+    fn wants_write(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.tls {
+            Some(tls) => tls.flush(&self.tcp),
+            None => Ok(()),
+        }
+    }
+
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match &mut self.tls {
+            Some(tls) => tls.try_read_buf(&self.tcp, buf),
+            None => self.tcp.try_read_buf(buf),
+        }
+    }
+
+    fn try_write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            Some(tls) => tls.try_write(&self.tcp, data),
+            None => self.tcp.try_write(data),
+        }
+    }
+
+    /// Our FIN (after TLS's close_notify).
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        if let Some(tls) = &mut self.tls {
+            tls.close_notify(&self.tcp)?;
+        }
+        SockRef::from(&self.tcp).shutdown(Shutdown::Write)
+    }
+
+    /// Makes closing the socket send RST (SO_LINGER 0), as SCTP ABORT.
+    fn arm_reset(&self) -> io::Result<()> {
+        SockRef::from(&self.tcp).set_linger(Some(Duration::ZERO))
+    }
 }
 
 /// Where the connection is in its life.
@@ -186,7 +322,7 @@ enum Ending {
 }
 
 struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     shared: Arc<Shared>,
     outbound: mpsc::Receiver<Outbound>,
     /// `None` once the peer's FIN was delivered as the receiver's final error.
@@ -220,7 +356,7 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(stream: TcpStream, config: &AssociationConfig, ends: DriverEnds) -> Self {
+    fn new(stream: Stream, config: &AssociationConfig, ends: DriverEnds) -> Self {
         let DriverEnds {
             shared,
             outbound,
@@ -265,9 +401,7 @@ impl Connection {
             }
             Ending::Reset(error) => {
                 // SO_LINGER 0: close() sends RST instead of FIN, as SCTP ABORT.
-                if let Err(linger_error) =
-                    SockRef::from(&self.stream).set_linger(Some(Duration::ZERO))
-                {
+                if let Err(linger_error) = self.stream.arm_reset() {
                     tracing::debug!(%linger_error, "could not arm RST on close");
                 }
                 self.shared.set_outcome(error.clone());
@@ -519,7 +653,7 @@ impl Connection {
 
     /// Sends FIN once a close has flushed, and finishes when both FINs are through.
     fn advance_close(&mut self) -> Result<(), Ending> {
-        let flushed = self.write_backlog() == 0;
+        let flushed = self.write_backlog() == 0 && !self.stream.wants_write();
         match self.phase {
             Phase::Flushing { deadline } if flushed => {
                 self.shutdown_write()?;
@@ -542,8 +676,8 @@ impl Connection {
     }
 
     fn shutdown_write(&mut self) -> Result<(), Ending> {
-        SockRef::from(&self.stream)
-            .shutdown(Shutdown::Write)
+        self.stream
+            .shutdown_write()
             .map_err(|error| Ending::Drop(AssociationError::from_io(error)))
     }
 
@@ -551,7 +685,7 @@ impl Connection {
     /// or an abort.
     async fn wait(&mut self) -> Result<(), Ending> {
         let can_read = !self.peer_eof && self.pending.is_none() && !self.read_buf_has_frames;
-        let can_write = self.write_backlog() > 0 && self.can_write();
+        let can_write = (self.write_backlog() > 0 || self.stream.wants_write()) && self.can_write();
         let can_take =
             self.taking_outbound && self.taken.is_none() && self.write_backlog() < WRITE_BATCH;
         let can_deliver = self.pending.is_some() && self.inbound.is_some();
@@ -613,6 +747,14 @@ impl Connection {
     }
 
     fn try_write(&mut self) -> Result<(), Ending> {
+        if let Err(error) = self.stream.flush()
+            && error.kind() != io::ErrorKind::WouldBlock
+        {
+            return Err(Ending::Drop(AssociationError::from_io(error)));
+        }
+        if self.write_backlog() == 0 {
+            return Ok(());
+        }
         match self.stream.try_write(&self.write_buf[self.write_pos..]) {
             Ok(0) => Err(Ending::Drop(AssociationError::from_io(
                 io::ErrorKind::WriteZero.into(),
@@ -654,8 +796,20 @@ impl Connection {
                 Ok(())
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            Err(error) => Err(Ending::Drop(AssociationError::from_io(error))),
+            Err(error) => Err(read_failure(error)),
         }
+    }
+}
+
+/// A TLS failure while reading is the peer's protocol violation (the connection is reset);
+/// anything else is the socket's.
+fn read_failure(error: io::Error) -> Ending {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<TlsFailure>())
+    {
+        Some(TlsFailure(tls)) => Ending::Reset(ProtocolError::Tls(tls.to_string()).into()),
+        None => Ending::Drop(AssociationError::from_io(error)),
     }
 }
 
