@@ -147,6 +147,9 @@ impl Cli {
 /// The default announce destination (rsplib's ASAP group).
 pub const DEFAULT_ANNOUNCE: SocketAddr = ASAP_ANNOUNCE_ADDR;
 
+/// How often the registrar looks whether a flood of associations is over.
+const FLOOD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Runs a registrar until SIGINT or SIGTERM, then shuts it down cleanly.
 pub async fn run(cli: Cli) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -173,9 +176,20 @@ pub async fn run(cli: Cli) -> Result<()> {
         tls,
         "registrar ready"
     );
-    let signal_name = tokio::select! {
-        _ = interrupt.recv() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
+    let mut recovery = program_setup::allocator::FloodRecovery::default();
+    let mut check = tokio::time::interval(FLOOD_CHECK_INTERVAL);
+    let signal_name = loop {
+        tokio::select! {
+            _ = interrupt.recv() => break "SIGINT",
+            _ = terminate.recv() => break "SIGTERM",
+            _ = check.tick() => {
+                let (open, peak) = registrar.open_associations();
+                if recovery.observe(open, peak) {
+                    let returned = program_setup::allocator::return_freed_memory();
+                    info!(open, returned, "associations closed: freed memory returned");
+                }
+            }
+        }
     };
     info!(signal = %signal_name, "registrar shutting down");
     registrar.shutdown().await;

@@ -7,8 +7,11 @@
 //! followed by `key=value` fields, e.g. `registrar ready asap=127.0.0.1:41234 id=0x1234abcd`.
 //!
 //! [`fake_registrar::FakeRegistrar`] stands in for the registrar where a test talks to a pool
-//! element (the program, the `pool-element` library or the PE driver) itself.
+//! element (the program, the `pool-element` library or the PE driver) itself;
+//! [`fake_pe::FakePe`] stands in for a pool element, honest or hostile (`hostile-pe` runs it
+//! as a program).
 
+pub mod fake_pe;
 pub mod fake_registrar;
 pub mod tshark;
 

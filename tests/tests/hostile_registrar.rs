@@ -1,7 +1,8 @@
 //! Hostile peers against the real `registrar` on loopback (issue 16's findings), other hosts
-//! played by 127.0.0.2 and up: nobody can steal a live PE's identifier, and false Endpoint
-//! Unreachable reports cannot evict a PE that is alive. Each test also runs the attack with
-//! rsplib's behaviour where a flag restores it, to show that the attack is real.
+//! played by 127.0.0.2 and up: nobody can steal a live PE's identifier, false Endpoint
+//! Unreachable reports cannot evict a PE that is alive, and floods of registrations,
+//! connections and incomplete frames stop at their limits and give their memory back. Where a
+//! flag restores rsplib's behaviour, a test also runs the attack with it, to show it is real.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -308,5 +309,82 @@ fn registration_and_connection_floods_stop_at_their_limits() -> Result<()> {
         }
     })?;
     assert!(served, "an honest PE was not served after the flood");
+    Ok(())
+}
+
+/// Resident memory of process `pid` in KiB.
+fn resident_kib(pid: i32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")
+}
+
+/// 300 connections each announce the largest ASAP frame and send 200 bytes of it (the issue
+/// saw 1000 such take 272 MB, kept after they closed). While they hang, the registrar's memory
+/// stays within the frame limit per connection and an honest PE registers; once they close,
+/// the registrar returns the memory.
+#[test]
+fn a_flood_of_incomplete_frames_is_bounded_and_its_memory_returned() -> Result<()> {
+    const FLOOD: usize = 300;
+    let rt = runtime();
+    let (registrar, asap) = start_registrar(&[])?;
+    let pid = registrar.pid();
+    let before = resident_kib(pid)?;
+    let (during, served) = rt.block_on(async {
+        let mut flood = Vec::new();
+        for n in 0..FLOOD {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(
+                    127,
+                    0,
+                    2 + (n / 250) as u8,
+                    1 + (n % 250) as u8,
+                )),
+                0,
+            ))?;
+            let mut stream = socket.connect(asap).await?;
+            let mut frame = Vec::new();
+            frame.extend_from_slice(&PPID_ASAP.to_be_bytes());
+            frame.extend_from_slice(&65_535u32.to_be_bytes());
+            frame.extend_from_slice(&[1; 200]);
+            tokio::io::AsyncWriteExt::write_all(&mut stream, &frame).await?;
+            flood.push(stream);
+        }
+        // Every connection's bytes are in: an honest PE registers behind them.
+        let mut pe = connect_from(3, asap).await?;
+        let served = matches!(
+            request(&mut pe, &registration(700)).await?,
+            AsapMessage::RegistrationResponse {
+                rejected: false,
+                ..
+            }
+        );
+        let during = resident_kib(pid)?;
+        drop(flood);
+        anyhow::Ok((during, served))
+    })?;
+    assert!(served, "an honest PE was not served during the flood");
+    // At most the 64 KiB frame limit and a read chunk per connection, and less in practice.
+    let bound = (FLOOD as u64) * (64 + 16);
+    assert!(
+        during.saturating_sub(before) <= bound,
+        "{} KiB more during the flood (bound {bound} KiB)",
+        during - before
+    );
+    registrar
+        .log
+        .wait_for_text("freed memory returned", READY_TIMEOUT)?;
+    let after = resident_kib(pid)?;
+    eprintln!(
+        "registrar resident memory: {before} KiB before, {during} KiB during a flood of {FLOOD} incomplete frames, {after} KiB after"
+    );
+    assert!(
+        after <= before + (during - before) / 2,
+        "{after} KiB after the flood, {before} KiB before, {during} KiB during"
+    );
     Ok(())
 }

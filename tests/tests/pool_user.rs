@@ -593,3 +593,69 @@ fn a_tls_pool_serves_its_members_and_refuses_everyone_else() -> Result<()> {
     }
     Ok(())
 }
+
+/// A `hostile-pe` process registered beside an honest `pool-element`, misbehaving as `mode`
+/// after two Data messages of each session: the picture still completes bit for bit, and every
+/// session the hostile PE held is failed over. Returns the picture's wall time and failovers.
+fn picture_beside_a_hostile_pe(mode: &str, id: u32) -> Result<(f64, u64)> {
+    let registrar = registrar(&[])?;
+    let _honest = pool_element(&registrar, id + 1, &[])?;
+    let hostile = Proc::spawn(
+        &format!("hostile-{mode}"),
+        bin("hostile-pe"),
+        &[
+            "--registrar".into(),
+            registrar.address.clone(),
+            "--id".into(),
+            format!("{id:#x}"),
+            "--mode".into(),
+            mode.into(),
+        ],
+    )?;
+    hostile
+        .log
+        .wait_for_text("hostile pe registered", READY_TIMEOUT)?;
+    let dir = tempfile::tempdir()?;
+    let picture = Picture {
+        width: 200,
+        height: 150,
+        sessions: 4,
+        units: 8,
+        preset: "full-set",
+        max_iterations: 200,
+    };
+    let mut pu = picture.start_pool_user(&registrar, dir.path(), &["--session-timeout", "1000"])?;
+    let stats = finish_and_check(&mut pu, &picture, dir.path())?;
+    let hostile_id = u64::from(id);
+    let records = stats["failover_records"]
+        .as_array()
+        .context("failover records")?;
+    let from_hostile = records
+        .iter()
+        .filter(|record| record["old_pe"].as_u64() == Some(hostile_id))
+        .count();
+    assert!(from_hostile >= 1, "the hostile PE was never left: {stats}");
+    let wall = stats["wall_time_s"].as_f64().context("wall time")?;
+    eprintln!("{mode}: picture in {wall:.2} s, {from_hostile} failovers away from the hostile PE");
+    Ok((wall, number(&stats, "failovers")))
+}
+
+#[test]
+fn a_hostile_pe_repeating_its_data_cannot_hold_a_picture() -> Result<()> {
+    picture_beside_a_hostile_pe("repeat-data", 0xd0).map(drop)
+}
+
+#[test]
+fn a_hostile_pe_sending_empty_data_cannot_hold_a_picture() -> Result<()> {
+    picture_beside_a_hostile_pe("empty-data", 0xd2).map(drop)
+}
+
+#[test]
+fn a_hostile_pe_spamming_cookies_and_errors_cannot_hold_a_picture() -> Result<()> {
+    picture_beside_a_hostile_pe("cookie-spam", 0xd4).map(drop)
+}
+
+#[test]
+fn a_hostile_pe_with_cookies_ahead_of_its_data_cannot_hold_a_picture() -> Result<()> {
+    picture_beside_a_hostile_pe("cookie-ahead", 0xd6).map(drop)
+}

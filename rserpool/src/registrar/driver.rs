@@ -99,6 +99,7 @@ const SHUTDOWN_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct RunningRegistrar {
     local_addr: SocketAddr,
+    open_associations: Arc<OpenAssociations>,
     id: u32,
     announce: Option<SocketAddr>,
     inputs: mpsc::Sender<Input>,
@@ -135,14 +136,17 @@ pub async fn start(config: DriverConfig) -> io::Result<RunningRegistrar> {
             local_addr,
         )));
     }
+    let open_associations = Arc::new(OpenAssociations::default());
     background.push(tokio::spawn(accept_loop(
         listener,
         inputs.clone(),
         config.max_associations,
+        open_associations.clone(),
     )));
     let core = tokio::spawn(core_loop(Registrar::new(config.registrar), input_rx));
     Ok(RunningRegistrar {
         local_addr,
+        open_associations,
         id,
         announce,
         inputs,
@@ -155,6 +159,14 @@ impl RunningRegistrar {
     /// The bound ASAP address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Associations open now, and the most open at once since the last call (cheap: no
+    /// round trip to the core). A program returns memory to the system after a flood by it.
+    pub fn open_associations(&self) -> (usize, usize) {
+        let open = self.open_associations.now.load(Ordering::Relaxed);
+        let peak = self.open_associations.peak.swap(open, Ordering::Relaxed);
+        (open, peak.max(open))
     }
 
     /// Our registrar identifier.
@@ -227,9 +239,21 @@ async fn announce_loop(sender: AnnounceSender, interval: Duration, id: u32, asap
     }
 }
 
-async fn accept_loop<L: Listener>(listener: L, inputs: mpsc::Sender<Input>, max: usize) {
+/// Counts of open associations, kept by the accept loop.
+#[derive(Debug, Default)]
+struct OpenAssociations {
+    now: AtomicUsize,
+    /// Most open at once since [`RunningRegistrar::open_associations`] last looked.
+    peak: AtomicUsize,
+}
+
+async fn accept_loop<L: Listener>(
+    listener: L,
+    inputs: mpsc::Sender<Input>,
+    max: usize,
+    counts: Arc<OpenAssociations>,
+) {
     let mut next_key: AssociationKey = 1;
-    let open = Arc::new(AtomicUsize::new(0));
     let mut refused = 0u64;
     let mut last_warning: Option<std::time::Instant> = None;
     loop {
@@ -242,7 +266,7 @@ async fn accept_loop<L: Listener>(listener: L, inputs: mpsc::Sender<Input>, max:
                 continue;
             }
         };
-        if open.load(Ordering::Relaxed) >= max {
+        if counts.now.load(Ordering::Relaxed) >= max {
             association.abort();
             refused += 1;
             // One line a second at most, however fast the flood.
@@ -252,18 +276,19 @@ async fn accept_loop<L: Listener>(listener: L, inputs: mpsc::Sender<Input>, max:
             }
             continue;
         }
-        open.fetch_add(1, Ordering::Relaxed);
+        let open = counts.now.fetch_add(1, Ordering::Relaxed) + 1;
+        counts.peak.fetch_max(open, Ordering::Relaxed);
         let key = next_key;
         next_key += 1;
         let (sender, receiver) = association.split();
         if inputs.send(Input::Opened { key, sender }).await.is_err() {
             return;
         }
-        let open = open.clone();
+        let counts = counts.clone();
         let inputs = inputs.clone();
         tokio::spawn(async move {
             read_loop(key, receiver, inputs).await;
-            open.fetch_sub(1, Ordering::Relaxed);
+            counts.now.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
