@@ -56,6 +56,12 @@ pub struct Cli {
     /// Most PEs registered over one association (a PE process registers one)
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_pes_per_association: u32,
+    /// Most PEs in the handlespace (about 1 KiB of memory each)
+    #[arg(long, value_name = "N", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pes: u32,
+    /// Most PEs in one pool
+    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pes_per_pool: u32,
     /// Most PEs in one Handle Resolution Response, whatever the request asks [default: no limit]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_hr_items: Option<u32>,
@@ -130,6 +136,8 @@ impl Cli {
                         ForeignReregistration::Reject
                     },
                     max_pool_elements_per_association: self.max_pes_per_association as usize,
+                    max_pool_elements: self.max_pes as usize,
+                    max_pool_elements_per_pool: self.max_pes_per_pool as usize,
                     ..HandlespaceConfig::default()
                 },
                 seed: rand::random(),
@@ -236,9 +244,15 @@ mod tests {
             "8",
             "--id",
             "0x00C0FFEE",
+            "--max-pes",
+            "5000",
+            "--max-pes-per-pool",
+            "700",
         ])
         .expect("parses");
         let config = cli.driver_config();
+        assert_eq!(config.registrar.handlespace.max_pool_elements, 5000);
+        assert_eq!(config.registrar.handlespace.max_pool_elements_per_pool, 700);
         assert_eq!(config.announce, None);
         assert_eq!(
             config.registrar.keepalive.interval,

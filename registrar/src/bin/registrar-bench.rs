@@ -400,12 +400,14 @@ async fn main() -> Result<()> {
                 };
                 association.send(PPID_ASAP, message.to_bytes()?).await?;
             }
-            let mut granted = 0u32;
-            for _ in 0..count {
+            let (mut granted, mut answered) = (0u32, 0u32);
+            // Keep-alives come in between once registering takes longer than their interval.
+            while answered < count {
                 let frame = association.recv().await?;
                 if let Ok(decoded) = AsapMessage::decode(&frame.payload)
                     && let AsapMessage::RegistrationResponse { rejected, .. } = decoded.message
                 {
+                    answered += 1;
                     if !rejected {
                         granted += 1;
                     }

@@ -318,13 +318,14 @@ async fn read_loop(
 
 async fn core_loop(mut registrar: Registrar, mut inputs: mpsc::Receiver<Input>) {
     let mut senders: HashMap<AssociationKey, AssociationSender> = HashMap::new();
+    let mut log = EventLog::default();
     loop {
         let deadline = registrar.poll_timeout();
         let input = tokio::select! {
             input = inputs.recv() => input,
             () = sleep_until(deadline) => {
                 registrar.handle_timeout(std::time::Instant::now());
-                flush(&mut registrar, &mut senders);
+                flush(&mut registrar, &mut senders, &mut log);
                 continue;
             }
         };
@@ -376,12 +377,16 @@ async fn core_loop(mut registrar: Registrar, mut inputs: mpsc::Receiver<Input>) 
                 return;
             }
         }
-        flush(&mut registrar, &mut senders);
+        flush(&mut registrar, &mut senders, &mut log);
     }
 }
 
 /// Hands the core's answers to the associations and logs its events.
-fn flush(registrar: &mut Registrar, senders: &mut HashMap<AssociationKey, AssociationSender>) {
+fn flush(
+    registrar: &mut Registrar,
+    senders: &mut HashMap<AssociationKey, AssociationSender>,
+    log: &mut EventLog,
+) {
     while let Some(transmit) = registrar.poll_transmit() {
         match transmit {
             Transmit::Send {
@@ -412,7 +417,7 @@ fn flush(registrar: &mut Registrar, senders: &mut HashMap<AssociationKey, Associ
         }
     }
     while let Some(event) = registrar.poll_event() {
-        log_event(&event);
+        log.log(&event);
     }
 }
 
@@ -435,6 +440,40 @@ pub fn transport_addr(transport: &TransportAddress) -> String {
     }
 }
 
+/// Logs the core's events; refused registrations at most once a second with a count, since a
+/// flood of them would otherwise flood the log too.
+#[derive(Default)]
+struct EventLog {
+    last_rejection_line: Option<std::time::Instant>,
+    rejections_unlogged: u64,
+}
+
+impl EventLog {
+    fn log(&mut self, event: &RegistrarEvent) {
+        if let RegistrarEvent::RegistrationRejected {
+            pool,
+            pe,
+            cause,
+            reason,
+        } = event
+        {
+            let now = std::time::Instant::now();
+            if self
+                .last_rejection_line
+                .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+            {
+                self.rejections_unlogged += 1;
+                return;
+            }
+            let before_this = std::mem::take(&mut self.rejections_unlogged);
+            self.last_rejection_line = Some(now);
+            info!(%pool, %pe, cause = %format!("{:#x}", cause.0), %reason, unlogged_before = before_this, "registration rejected");
+            return;
+        }
+        log_event(event);
+    }
+}
+
 fn log_event(event: &RegistrarEvent) {
     match event {
         RegistrarEvent::Registered {
@@ -450,14 +489,7 @@ fn log_event(event: &RegistrarEvent) {
                 info!(pool = %pool, pe = %pe, addr = %addr, "pe registered");
             }
         }
-        RegistrarEvent::RegistrationRejected {
-            pool,
-            pe,
-            cause,
-            reason,
-        } => {
-            info!(%pool, %pe, cause = %format!("{:#x}", cause.0), %reason, "registration rejected")
-        }
+        RegistrarEvent::RegistrationRejected { .. } => {}
         RegistrarEvent::Removed { pool, pe, reason } => info!(
             %pool,
             %pe,
