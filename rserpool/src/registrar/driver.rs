@@ -414,6 +414,8 @@ fn flush(
                 }
                 registrar.handle_association_closed(association);
             }
+            // This driver does not start ENRP yet, so the core produces neither.
+            Transmit::Enrp { .. } | Transmit::TakeoverKeepAlive { .. } => {}
         }
     }
     while let Some(event) = registrar.poll_event() {
@@ -523,5 +525,6 @@ fn log_event(event: &RegistrarEvent) {
         RegistrarEvent::BadMessage { association, error } => {
             debug!(association, %error, "bad message")
         }
+        enrp_event => info!(event = ?enrp_event, "enrp"),
     }
 }

@@ -4,7 +4,9 @@
 //! [`Registrar`] takes events — an association opened or closed, ASAP bytes received on
 //! association K, time passing — each with `now`, and produces [`Transmit`]s (bytes to send to
 //! association K, or "close K"), [`RegistrarEvent`]s worth logging, and the next timer deadline.
-//! It owns the [`Handlespace`] and the [`keepalive`] supervision of its PEs. ENRP is not here.
+//! It owns the [`Handlespace`] and the [`keepalive`] supervision of its PEs, and, once
+//! [`Registrar::start_enrp`] is called, keeps that handlespace together with its peers
+//! ([`enrp`]: ENRP messages in and out, takeovers).
 //!
 //! Decisions worth knowing:
 //! * Address rule: a PE registers its user transport (TCP, UDP, ...). An unspecified IP means
@@ -32,6 +34,7 @@
 //!   (as in rsplib); the handlespace keeps the life for ENRP and PUs.
 
 pub mod driver;
+pub mod enrp;
 pub mod keepalive;
 pub mod reports;
 
@@ -54,6 +57,7 @@ use crate::wire::{
     AsapMessage, CauseCode, ErrorCause, OperationError, Parameter, PeId, PoolElement, PoolHandle,
     TransportAddress,
 };
+pub use enrp::{EnrpConfig, EnrpDestination};
 use keepalive::{KeepAliveAction, KeepAliveConfig, KeepAliveSupervisor};
 use reports::{Ignored, ReportBook, ReportConfig};
 
@@ -104,6 +108,17 @@ pub enum Transmit {
     },
     /// Close the association (it misbehaved beyond answering).
     Close { association: AssociationKey },
+    /// Send one ENRP message (PPID 12) to a peer registrar or the announce group.
+    Enrp {
+        to: EnrpDestination,
+        payload: Vec<u8>,
+    },
+    /// ENRP takeover: send this ASAP Endpoint Keep-Alive (H flag) to a PE at its user
+    /// transport, on a new association.
+    TakeoverKeepAlive {
+        pe: TransportAddress,
+        payload: Vec<u8>,
+    },
 }
 
 /// Why a PE left the handlespace.
@@ -113,6 +128,12 @@ pub enum RemovalReason {
     KeepAliveTimeout,
     AssociationClosed,
     UnreachableReports,
+    /// Its home registrar said so (ENRP HANDLE_UPDATE DEL).
+    PeerUpdate,
+    /// Its home registrar's checksum audit found it gone there.
+    Resynchronised,
+    /// Learned from a peer and not renewed within its registration life.
+    RegistrationLifeExpired,
 }
 
 impl RemovalReason {
@@ -123,6 +144,9 @@ impl RemovalReason {
             RemovalReason::KeepAliveTimeout => "keepalive-timeout",
             RemovalReason::AssociationClosed => "association-closed",
             RemovalReason::UnreachableReports => "unreachable-reports",
+            RemovalReason::PeerUpdate => "peer-update",
+            RemovalReason::Resynchronised => "resynchronised",
+            RemovalReason::RegistrationLifeExpired => "registration-life-expired",
         }
     }
 }
@@ -174,6 +198,31 @@ pub enum RegistrarEvent {
         association: AssociationKey,
         error: String,
     },
+    /// ENRP: a peer registrar was learned.
+    PeerUp { peer: u32, address: SocketAddr },
+    /// ENRP: a peer stayed silent and was declared dead.
+    PeerDown { peer: u32 },
+    /// ENRP start-up ended: with the mentor's handlespace, or without one (nobody answered).
+    EnrpStartupOver { mentor: Option<u32> },
+    /// ENRP: a peer's handle table arrived (`own_children_only`: only the PEs it owns, as
+    /// after an audit).
+    HandlespaceReceived {
+        peer: u32,
+        pes: usize,
+        own_children_only: bool,
+    },
+    /// ENRP: a peer's checksum of its PEs differs from ours of them; resynchronising.
+    AuditMismatch { peer: u32, ours: u16, theirs: u16 },
+    /// ENRP: taking over a dead peer's PEs.
+    TakeoverStarted { target: u32 },
+    /// ENRP: the takeover ended, the target is alive or another registrar takes over.
+    TakeoverAborted { target: u32 },
+    /// ENRP: the target's PEs are ours now.
+    TakeoverWon { target: u32, pes: usize },
+    /// ENRP: another registrar took over the target's PEs.
+    TakenOver { target: u32, by: u32, pes: usize },
+    /// ENRP: a message from a peer could not be decoded or was not acceptable.
+    BadPeerMessage { error: String },
 }
 
 /// Statistics counters.
@@ -202,6 +251,8 @@ pub struct Registrar {
     transmits: VecDeque<Transmit>,
     events: VecDeque<RegistrarEvent>,
     stats: RegistrarStats,
+    /// `None` until [`Registrar::start_enrp`].
+    enrp: Option<enrp::Enrp>,
 }
 
 impl Registrar {
@@ -217,6 +268,7 @@ impl Registrar {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: RegistrarStats::default(),
+            enrp: None,
         }
     }
 
@@ -254,7 +306,7 @@ impl Registrar {
                 .withdraw_unreachable_report(&pool, pe, association);
         }
         for (pool, element) in self.handlespace.remove_association(association) {
-            self.removed(pool, element.id, RemovalReason::AssociationClosed);
+            self.removed(pool, element, RemovalReason::AssociationClosed);
         }
     }
 
@@ -315,8 +367,8 @@ impl Registrar {
     /// Time passed: sends due Keep-Alives and removes PEs whose Keep-Alive went unanswered.
     pub fn handle_timeout(&mut self, now: Instant) {
         for (pool, pe) in self.reports.handle_timeout(now) {
-            if self.handlespace.deregister(&pool, pe).is_some() {
-                self.removed(pool, pe, RemovalReason::UnreachableReports);
+            if let Some(element) = self.handlespace.deregister(&pool, pe) {
+                self.removed(pool, element, RemovalReason::UnreachableReports);
             }
         }
         for action in self.keepalive.handle_timeout(now) {
@@ -333,21 +385,25 @@ impl Registrar {
                     self.send_keep_alive(association, pool, pe);
                 }
                 KeepAliveAction::TimedOut((pool, pe)) => {
-                    if self.handlespace.deregister(&pool, pe).is_some() {
-                        self.removed(pool, pe, RemovalReason::KeepAliveTimeout);
+                    if let Some(element) = self.handlespace.deregister(&pool, pe) {
+                        self.removed(pool, element, RemovalReason::KeepAliveTimeout);
                     }
                 }
             }
         }
+        self.enrp_timeout(now);
     }
 
     /// When [`Registrar::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let probes = self.reports.poll_timeout();
-        match (self.keepalive.poll_timeout(), probes) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.keepalive.poll_timeout(),
+            self.reports.poll_timeout(),
+            self.enrp_poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The next thing to send or close.
@@ -378,9 +434,11 @@ impl Registrar {
         }
     }
 
-    fn removed(&mut self, pool: PoolHandle, pe: PeId, reason: RemovalReason) {
+    fn removed(&mut self, pool: PoolHandle, element: PoolElement, reason: RemovalReason) {
+        let pe = element.id;
         self.keepalive.remove(&(pool.clone(), pe));
         self.reports.end_probe(&(pool.clone(), pe));
+        self.enrp_removed(&pool, &element);
         self.events
             .push_back(RegistrarEvent::Removed { pool, pe, reason });
     }
@@ -457,6 +515,7 @@ impl Registrar {
                     user_transport,
                     reregistration,
                 });
+                self.enrp_registered(&pool, pe);
                 let response = AsapMessage::RegistrationResponse {
                     rejected: false,
                     pool_handle: pool,
@@ -491,9 +550,9 @@ impl Registrar {
                 CauseCode::REJECTED_SECURITY,
             )))
         } else {
-            if self.handlespace.deregister(&pool, pe).is_some() {
+            if let Some(element) = self.handlespace.deregister(&pool, pe) {
                 self.stats.deregistrations += 1;
-                self.removed(pool.clone(), pe, RemovalReason::Deregistered);
+                self.removed(pool.clone(), element, RemovalReason::Deregistered);
             }
             None
         };
@@ -613,8 +672,8 @@ impl Registrar {
         }
         let Some(home) = home else {
             // Not ours to ask (no association): the reports have to do.
-            if self.handlespace.deregister(&pool, pe).is_some() {
-                self.removed(pool, pe, RemovalReason::UnreachableReports);
+            if let Some(element) = self.handlespace.deregister(&pool, pe) {
+                self.removed(pool, element, RemovalReason::UnreachableReports);
             }
             return;
         };

@@ -87,6 +87,7 @@ fn sent(r: &mut Registrar) -> Vec<(u64, AsapMessage)> {
                     .message,
             )),
             Transmit::Close { association } => panic!("unexpected close of {association}"),
+            other => panic!("ENRP was not started: {other:?}"),
         }
     }
     out

@@ -4,8 +4,7 @@
 //! on real sockets, but with a message queue instead of sockets and a clock that jumps from one
 //! event to the next: registration, resolution, failover, unreachable reports and removal run
 //! in milliseconds of CPU, deterministically (one seed), without sleeps. Tests use it for
-//! behaviour that crosses roles (like quinn-proto's `Pair`); ENRP will add links between
-//! registrars here.
+//! behaviour that crosses roles (like quinn-proto's `Pair`), ENRP between registrars included.
 //!
 //! What is modelled:
 //! * **Associations** are reliable and ordered, as framed TCP: every message takes
@@ -21,6 +20,11 @@
 //!   whether anything was lost and how much was sent twice. A [`Hostility`] makes a PE
 //!   send frames that are no progress instead (repeats, empty items, cookies).
 //!
+//! * **ENRP** messages between registrars travel like SCTP messages of a one-to-many socket:
+//!   each alone, after one delay, addressed to a peer's ENRP address (10.0.0.N:9901) or to the
+//!   announce group (every other registrar); an [`EnrpFilter`] may drop or delay them. A
+//!   takeover's Keep-Alive reaches the PE at its data address.
+//!
 //! The pool user side follows `pu::driver` (cache, selector, one registrar association at a
 //! time, trying the next registrar when one does not answer), the PE side `pe::driver`.
 
@@ -35,9 +39,9 @@ use std::time::{Duration, Instant};
 
 use crate::pe::Event as PeEvent;
 use crate::pu::session::{SessionConfig, SessionEvent};
-use crate::registrar::{Registrar, RegistrarConfig, RegistrarEvent};
+use crate::registrar::{EnrpConfig, EnrpDestination, Registrar, RegistrarConfig, RegistrarEvent};
 use crate::transport::{AssociationError, Frame, PPID_ASAP};
-use crate::wire::{AsapMessage, PeId, Policy, PoolHandle, TransportAddress};
+use crate::wire::{AsapMessage, EnrpMessage, PeId, Policy, PoolHandle, TransportAddress};
 
 pub use counting::{Hostility, Job};
 use nodes::{PeNode, PuNode, RegistrarNode};
@@ -119,6 +123,10 @@ pub enum Verdict {
 
 /// Decides the fate of each message (see [`Sim::set_filter`]).
 pub type Filter = Box<dyn FnMut(&Envelope<'_>) -> Verdict>;
+
+/// Decides the fate of each ENRP message from registrar `.0` to registrar `.1` (see
+/// [`Sim::set_enrp_filter`]).
+pub type EnrpFilter = Box<dyn FnMut(usize, usize, &EnrpMessage) -> Verdict>;
 
 /// Settings of the network.
 #[derive(Clone, Copy, Debug)]
@@ -231,6 +239,10 @@ enum Delivery {
         to: End,
         error: AssociationError,
     },
+    /// An ENRP message for registrar `to`.
+    Enrp { to: usize, payload: Vec<u8> },
+    /// A takeover's Keep-Alive at PE `pe`'s data address.
+    ForeignKeepAlive { pe: usize, payload: Vec<u8> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -265,6 +277,7 @@ pub struct Sim {
     /// Deliveries to a hung process, handed over when it resumes.
     held: HashMap<Node, Vec<Delivery>>,
     filter: Option<Filter>,
+    enrp_filter: Option<EnrpFilter>,
     records: Vec<(Instant, Record)>,
 }
 
@@ -286,6 +299,7 @@ impl Sim {
             sequence: 0,
             held: HashMap::new(),
             filter: None,
+            enrp_filter: None,
             records: Vec::new(),
         }
     }
@@ -302,6 +316,59 @@ impl Sim {
         self.registrars.push(RegistrarNode::new(address, config));
         self.life.insert(Node::Registrar(index), Life::Running);
         index
+    }
+
+    /// Adds a registrar that runs ENRP with the registrars `peers` (static peers, as
+    /// `--peer`), with rsplib's ENRP timers; its index is returned.
+    pub fn add_enrp_registrar(&mut self, config: RegistrarConfig, peers: &[usize]) -> usize {
+        let index = self.add_registrar(config);
+        self.start_enrp(index, peers);
+        index
+    }
+
+    /// Registrar `index`'s ENRP configuration with `peers` as static peers.
+    pub fn enrp_config(&self, index: usize, peers: &[usize]) -> EnrpConfig {
+        let mut config = EnrpConfig::new(self.registrars[index].enrp_address);
+        config.static_peers = peers
+            .iter()
+            .map(|&p| self.registrar_enrp_address(p))
+            .collect();
+        config
+    }
+
+    fn start_enrp(&mut self, index: usize, peers: &[usize]) {
+        let config = self.enrp_config(index, peers);
+        let now = self.now;
+        self.registrars[index].core.start_enrp(config, now);
+        self.pump();
+    }
+
+    /// Starts registrar `index` again after a kill, with an empty handlespace, `config`, and
+    /// ENRP with `peers`.
+    pub fn restart_registrar(&mut self, index: usize, config: RegistrarConfig, peers: &[usize]) {
+        self.fault(format!("restart registrar{index}"));
+        self.registrars[index].core = Registrar::new(config);
+        self.life.insert(Node::Registrar(index), Life::Running);
+        self.held.remove(&Node::Registrar(index));
+        self.start_enrp(index, peers);
+    }
+
+    /// Registrar `index`'s ENRP address.
+    pub fn registrar_enrp_address(&self, index: usize) -> SocketAddr {
+        self.registrars[index].enrp_address
+    }
+
+    /// Lets `filter` decide the fate of every ENRP message from now on.
+    pub fn set_enrp_filter(
+        &mut self,
+        filter: impl FnMut(usize, usize, &EnrpMessage) -> Verdict + 'static,
+    ) {
+        self.enrp_filter = Some(Box::new(filter));
+    }
+
+    /// Delivers every ENRP message again.
+    pub fn clear_enrp_filter(&mut self) {
+        self.enrp_filter = None;
     }
 
     /// Adds a pool element (data address 10.1.0.N:9000); it starts looking for a registrar at
@@ -362,6 +429,15 @@ impl Sim {
     /// Registrar `index`'s state machine.
     pub fn registrar(&self, index: usize) -> &Registrar {
         &self.registrars[index].core
+    }
+
+    /// Hands registrar `index`'s machine to `act` (with the simulated time), then carries out
+    /// what it produced: for input no simulated process makes, like thousands of
+    /// registrations over associations that exist only in the machine.
+    pub fn with_registrar(&mut self, index: usize, act: impl FnOnce(&mut Registrar, Instant)) {
+        let now = self.now;
+        act(&mut self.registrars[index].core, now);
+        self.pump();
     }
 
     /// Registrar `index`'s ASAP address.
@@ -576,6 +652,8 @@ impl Sim {
             Delivery::ConnectOutcome { to, .. }
             | Delivery::Frame { to, .. }
             | Delivery::Closed { to, .. } => to.node(),
+            Delivery::Enrp { to, .. } => Node::Registrar(*to),
+            Delivery::ForeignKeepAlive { pe, .. } => Node::Pe(*pe),
         };
         match self.life[&node] {
             Life::Dead => return,
@@ -608,6 +686,10 @@ impl Sim {
                 }
             }
             Delivery::Closed { id, to, error } => self.closed(id, to, &error, now),
+            Delivery::Enrp { to, payload } => self.registrars[to].core.handle_enrp(&payload, now),
+            Delivery::ForeignKeepAlive { pe, payload } => {
+                self.pes[pe].foreign_keep_alive(&payload, now)
+            }
         }
     }
 
@@ -683,6 +765,55 @@ impl Sim {
             Output::Send { id, from, frame } => self.send(id, from, frame),
             Output::Close { id, from } => self.close(id, from, AssociationError::ClosedByPeer),
             Output::Abort { id, from } => self.close(id, from, AssociationError::Reset),
+            Output::Enrp { from, to, payload } => self.send_enrp(from, to, payload),
+            Output::TakeoverKeepAlive { pe, payload } => {
+                let target = self.pes.iter().position(|p| {
+                    TransportAddress::Tcp {
+                        port: p.address.port(),
+                        address: p.address.ip(),
+                    } == pe
+                });
+                if let Some(pe) = target {
+                    // A connection, then the message: two delays.
+                    self.schedule(
+                        self.config.delay * 2,
+                        Delivery::ForeignKeepAlive { pe, payload },
+                    );
+                }
+            }
+        }
+    }
+
+    fn send_enrp(&mut self, from: usize, to: EnrpDestination, payload: Vec<u8>) {
+        let targets: Vec<usize> = match to {
+            EnrpDestination::Peer(address) => self
+                .registrars
+                .iter()
+                .position(|r| r.enrp_address == address)
+                .into_iter()
+                .collect(),
+            EnrpDestination::Group => (0..self.registrars.len()).filter(|&r| r != from).collect(),
+        };
+        for target in targets {
+            let verdict = match (&mut self.enrp_filter, EnrpMessage::decode(&payload)) {
+                (Some(filter), Ok(decoded)) => filter(from, target, &decoded.message),
+                _ => Verdict::Deliver,
+            };
+            let extra = match verdict {
+                Verdict::Deliver => Duration::ZERO,
+                Verdict::Drop => {
+                    self.fault(format!("dropped ENRP registrar{from} -> registrar{target}"));
+                    continue;
+                }
+                Verdict::Delay(extra) => extra,
+            };
+            self.schedule(
+                self.config.delay + extra,
+                Delivery::Enrp {
+                    to: target,
+                    payload: payload.clone(),
+                },
+            );
         }
     }
 
@@ -848,6 +979,15 @@ pub(crate) enum Output {
     Abort {
         id: AssociationId,
         from: End,
+    },
+    Enrp {
+        from: usize,
+        to: EnrpDestination,
+        payload: Vec<u8>,
+    },
+    TakeoverKeepAlive {
+        pe: TransportAddress,
+        payload: Vec<u8>,
     },
 }
 

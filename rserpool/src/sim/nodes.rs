@@ -61,6 +61,8 @@ fn connect_outcome(
 
 pub(super) struct RegistrarNode {
     pub(super) address: SocketAddr,
+    /// Where its ENRP peers reach it.
+    pub(super) enrp_address: SocketAddr,
     pub(super) core: Registrar,
 }
 
@@ -68,6 +70,7 @@ impl RegistrarNode {
     pub(super) fn new(address: SocketAddr, config: RegistrarConfig) -> Self {
         RegistrarNode {
             address,
+            enrp_address: SocketAddr::new(address.ip(), crate::transport::ENRP_PORT),
             core: Registrar::new(config),
         }
     }
@@ -88,6 +91,14 @@ impl RegistrarNode {
                     id: association,
                     from,
                 },
+                Transmit::Enrp { to, payload } => Output::Enrp {
+                    from: index,
+                    to,
+                    payload,
+                },
+                Transmit::TakeoverKeepAlive { pe, payload } => {
+                    Output::TakeoverKeepAlive { pe, payload }
+                }
             });
         }
         while let Some(event) = self.core.poll_event() {
@@ -268,6 +279,18 @@ impl PeNode {
 
     pub(super) fn session_closed(&mut self, id: AssociationId) {
         self.sessions.remove(&id);
+    }
+
+    /// An ASAP Keep-Alive from a registrar taking this PE over reached its data address.
+    pub(super) fn foreign_keep_alive(&mut self, payload: &[u8], now: Instant) {
+        if let Ok(decoded) = AsapMessage::decode(payload)
+            && let AsapMessage::EndpointKeepAlive {
+                home, server_id, ..
+            } = decoded.message
+        {
+            self.registration
+                .handle_foreign_keep_alive(home, server_id, now);
+        }
     }
 
     /// Final cookies, graceful closes, deregistration.
