@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use rserpool::handlespace::{ForeignReregistration, HandlespaceConfig};
+use rserpool::registrar::EnrpConfig;
 use rserpool::registrar::RegistrarConfig;
-use rserpool::registrar::driver::{self, AnnounceConfig, DriverConfig};
+use rserpool::registrar::driver::{self, AnnounceConfig, DriverConfig, EnrpDriverConfig};
 use rserpool::registrar::keepalive::KeepAliveConfig;
 use rserpool::registrar::reports::ReportConfig;
 use rserpool::transport::AssociationConfig;
@@ -68,6 +69,34 @@ pub struct Cli {
     /// Registrar identifier, hexadecimal (0x...) or decimal, non-zero [default: random]
     #[arg(long, value_parser = parse_id)]
     pub id: Option<u32>,
+    /// ENRP (RFC 5353): accept peer registrars here and keep one handlespace with them; a
+    /// specific address, since peers are told it [default: off, a registrar alone]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub enrp: Option<SocketAddr>,
+    /// A peer registrar's ENRP address (repeatable); others are learnt from the group
+    #[arg(long = "peer", value_name = "ADDR:PORT", requires = "enrp")]
+    pub peers: Vec<SocketAddr>,
+    /// Where ENRP PRESENCEs are multicast and heard: GROUP:PORT or `off` (static peers only)
+    #[arg(long, default_value = "239.0.0.51:9901", value_parser = parse_announce)]
+    pub enrp_announce: Announce,
+    /// Time between our PRESENCEs to peers in ms, spread ±12.5 % (PEER-HEARTBEAT-CYCLE)
+    #[arg(long, value_name = "MS", default_value_t = 2444, value_parser = clap::value_parser!(u64).range(1..))]
+    pub peer_heartbeat_cycle: u64,
+    /// A peer silent this long (ms) is asked for a PRESENCE (MAX-TIME-LAST-HEARD)
+    #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub peer_max_time_last_heard: u64,
+    /// ... and declared dead if it stays silent this much longer, in ms (MAX-TIME-NO-RESPONSE)
+    #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub peer_max_time_no_response: u64,
+    /// Start-up ends after this many ms without a mentor's complete handlespace
+    #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub mentor_discovery_timeout: u64,
+    /// A takeover completes after this many ms even without every peer's acknowledgement
+    #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub takeover_expiry: u64,
+    /// PEs per Handle Table Response page
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub max_elements_per_ht_request: usize,
     /// TLS for every association (RFC 5355): a peer without a certificate from the pool CA is
     /// refused.
     #[command(flatten)]
@@ -148,6 +177,23 @@ impl Cli {
                 ..AssociationConfig::default()
             },
             max_associations: self.max_associations,
+            enrp: self.enrp.map(|listen| EnrpDriverConfig {
+                listen,
+                group: match self.enrp_announce {
+                    Announce::Off => None,
+                    Announce::To(group) => Some(group),
+                },
+                protocol: EnrpConfig {
+                    static_peers: self.peers.clone(),
+                    heartbeat_cycle: Duration::from_millis(self.peer_heartbeat_cycle),
+                    max_time_last_heard: Duration::from_millis(self.peer_max_time_last_heard),
+                    max_time_no_response: Duration::from_millis(self.peer_max_time_no_response),
+                    mentor_discovery_timeout: Duration::from_millis(self.mentor_discovery_timeout),
+                    takeover_expiry: Duration::from_millis(self.takeover_expiry),
+                    max_elements_per_page: self.max_elements_per_ht_request,
+                    ..EnrpConfig::new(listen)
+                },
+            }),
         }
     }
 }
@@ -181,6 +227,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         asap = %registrar.local_addr(),
         id = %format!("0x{:08x}", registrar.id()),
         announce = %announce,
+        enrp = %registrar
+            .enrp_address()
+            .map_or_else(|| "off".to_string(), |a| a.to_string()),
         tls,
         "registrar ready"
     );

@@ -33,6 +33,7 @@ async fn start() -> RunningRegistrar {
         },
         association: AssociationConfig::default(),
         max_associations: driver::DEFAULT_MAX_ASSOCIATIONS,
+        enrp: None,
     })
     .await
     .expect("registrar starts")
@@ -367,6 +368,7 @@ async fn multicast_announces_on_loopback_carry_the_asap_address() {
         },
         association: AssociationConfig::default(),
         max_associations: driver::DEFAULT_MAX_ASSOCIATIONS,
+        enrp: None,
     })
     .await
     .expect("registrar starts");

@@ -291,6 +291,28 @@ pub fn mandelbrot(
     }
 }
 
+/// What the pool must deliver for `view` cut into `units` work units: each unit computed
+/// locally from its own Parameter (one unit is exactly the untiled picture), however sessions
+/// shared the units out and took over their tails.
+pub fn expected_picture(view: &fractal_protocol::message::Parameter, units: usize) -> Vec<u32> {
+    use fractal_protocol::{kernel, tiling};
+    if units == 1 {
+        return kernel::compute_image(view);
+    }
+    let mut picture = vec![0u32; (view.width * view.height) as usize];
+    for tile in tiling::split(view, units) {
+        for (index, value) in kernel::compute_image(&tile.parameter)
+            .into_iter()
+            .enumerate()
+        {
+            let x = tile.x + index as u32 % tile.width;
+            let y = tile.y + index as u32 / tile.width;
+            picture[(y * view.width + x) as usize] = value;
+        }
+    }
+    picture
+}
+
 /// Starts `pool-element` with identifier `id` registering at `registrar` (and `extra`
 /// arguments); returns it once it listens, with its data address.
 pub fn start_pool_element(

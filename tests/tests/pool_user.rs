@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use e2e::{Proc, READY_TIMEOUT, bin, field};
-use fractal_protocol::kernel;
 use fractal_protocol::message::{MAX_POINTS_PER_DATA, Parameter};
 use fractal_protocol::preset::Preset;
-use fractal_protocol::tiling;
 use nix::sys::signal::Signal;
 use rserpool::wire::PeId;
 
@@ -82,22 +80,7 @@ impl Picture {
     /// one unit that is exactly the untiled reference picture), however sessions shared the
     /// units out and took over their tails.
     fn expected(&self) -> Vec<u32> {
-        let view = self.view();
-        if self.units == 1 {
-            return kernel::compute_image(&view);
-        }
-        let mut picture = vec![0u32; (self.width * self.height) as usize];
-        for tile in tiling::split(&view, self.units) {
-            for (index, value) in kernel::compute_image(&tile.parameter)
-                .into_iter()
-                .enumerate()
-            {
-                let x = tile.x + index as u32 % tile.width;
-                let y = tile.y + index as u32 / tile.width;
-                picture[(y * self.width + x) as usize] = value;
-            }
-        }
-        picture
+        e2e::expected_picture(&self.view(), self.units)
     }
 
     /// Starts `pool-user --headless` for this picture, writing into `dir`.

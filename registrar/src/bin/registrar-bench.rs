@@ -137,6 +137,7 @@ async fn start_target(args: &Args) -> Result<(Target, SocketAddr, Option<u32>, &
             registrar,
             association: AssociationConfig::default(),
             max_associations: driver::DEFAULT_MAX_ASSOCIATIONS,
+            enrp: None,
         })
         .await?;
         let addr = registrar.local_addr();

@@ -21,7 +21,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::keepalive::spread;
-use super::{Registrar, RegistrarConfig, RegistrarEvent, RegistrarStats, Transmit};
+use super::peer_links::{self, PeerLinks};
+use super::{EnrpConfig, Registrar, RegistrarConfig, RegistrarEvent, RegistrarStats, Transmit};
 use crate::handlespace::{AssociationKey, HandlespaceSnapshot};
 use crate::timer::sleep_until;
 use crate::transport::announce::{AnnounceSender, AnnounceSenderConfig};
@@ -54,6 +55,20 @@ pub struct DriverConfig {
     /// Most associations open at once; more are reset at accept, so a flood of connections
     /// cannot take every descriptor and the memory of their buffers.
     pub max_associations: usize,
+    /// ENRP with peer registrars; `None` = a registrar alone.
+    pub enrp: Option<EnrpDriverConfig>,
+}
+
+/// ENRP sockets and settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnrpDriverConfig {
+    /// Where to accept ENRP associations; a specific address (it is what peers are told), port
+    /// 0 = ephemeral.
+    pub listen: SocketAddr,
+    /// The PRESENCE group (rsplib 239.0.0.51:9901); `None` = static peers only.
+    pub group: Option<SocketAddr>,
+    /// The protocol settings; their `address` is replaced by the bound ENRP address.
+    pub protocol: EnrpConfig,
 }
 
 /// Default of [`DriverConfig::max_associations`]: far above what a pool of PEs and pool users
@@ -84,6 +99,8 @@ enum Input {
         key: AssociationKey,
         why: String,
     },
+    /// An ENRP message from a peer (association or group).
+    Enrp(Vec<u8>),
     Inspect(oneshot::Sender<Inspection>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -99,6 +116,7 @@ const SHUTDOWN_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct RunningRegistrar {
     local_addr: SocketAddr,
+    enrp_address: Option<SocketAddr>,
     open_associations: Arc<OpenAssociations>,
     id: u32,
     announce: Option<SocketAddr>,
@@ -143,8 +161,48 @@ pub async fn start(config: DriverConfig) -> io::Result<RunningRegistrar> {
         config.max_associations,
         open_associations.clone(),
     )));
-    let core = tokio::spawn(core_loop(Registrar::new(config.registrar), input_rx));
+    let mut registrar = Registrar::new(config.registrar);
+    let mut enrp_address = None;
+    let mut group_sender = None;
+    if let Some(enrp) = &config.enrp {
+        if enrp.listen.ip().is_unspecified() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the ENRP address is what peers are told: give a specific one, not 0.0.0.0",
+            ));
+        }
+        let listener = TcpFramed::new(config.association.clone())
+            .bind(enrp.listen)
+            .await?;
+        let bound = listener.local_addr()?;
+        enrp_address = Some(bound);
+        let (enrp_tx, mut enrp_rx) = mpsc::channel::<Vec<u8>>(INPUT_QUEUE);
+        background.push(tokio::spawn(peer_links::accept_loop(
+            listener,
+            enrp_tx.clone(),
+        )));
+        if let Some(group) = enrp.group {
+            let (sender, receiver) = peer_links::group_sockets(group, bound.ip())?;
+            group_sender = Some(sender);
+            background.push(tokio::spawn(peer_links::group_loop(receiver, enrp_tx)));
+        }
+        let forward = inputs.clone();
+        background.push(tokio::spawn(async move {
+            while let Some(payload) = enrp_rx.recv().await {
+                if forward.send(Input::Enrp(payload)).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        let mut protocol = enrp.protocol.clone();
+        protocol.address = bound;
+        protocol.group = enrp.group.is_some();
+        registrar.start_enrp(protocol, std::time::Instant::now());
+    }
+    let links = PeerLinks::new(group_sender, config.association.clone());
+    let core = tokio::spawn(core_loop(registrar, input_rx, links));
     Ok(RunningRegistrar {
+        enrp_address,
         local_addr,
         open_associations,
         id,
@@ -167,6 +225,11 @@ impl RunningRegistrar {
         let open = self.open_associations.now.load(Ordering::Relaxed);
         let peak = self.open_associations.peak.swap(open, Ordering::Relaxed);
         (open, peak.max(open))
+    }
+
+    /// The bound ENRP address, if ENRP runs.
+    pub fn enrp_address(&self) -> Option<SocketAddr> {
+        self.enrp_address
     }
 
     /// Our registrar identifier.
@@ -316,7 +379,11 @@ async fn read_loop(
     let _ = inputs.send(Input::Closed { key, why }).await;
 }
 
-async fn core_loop(mut registrar: Registrar, mut inputs: mpsc::Receiver<Input>) {
+async fn core_loop(
+    mut registrar: Registrar,
+    mut inputs: mpsc::Receiver<Input>,
+    mut links: PeerLinks,
+) {
     let mut senders: HashMap<AssociationKey, AssociationSender> = HashMap::new();
     let mut log = EventLog::default();
     loop {
@@ -325,7 +392,7 @@ async fn core_loop(mut registrar: Registrar, mut inputs: mpsc::Receiver<Input>) 
             input = inputs.recv() => input,
             () = sleep_until(deadline) => {
                 registrar.handle_timeout(std::time::Instant::now());
-                flush(&mut registrar, &mut senders, &mut log);
+                flush(&mut registrar, &mut senders, &mut links, &mut log);
                 continue;
             }
         };
@@ -343,6 +410,7 @@ async fn core_loop(mut registrar: Registrar, mut inputs: mpsc::Receiver<Input>) 
                     debug!(association = key, ppid, "non-ASAP frame discarded");
                 }
             }
+            Input::Enrp(payload) => registrar.handle_enrp(&payload, std::time::Instant::now()),
             Input::Closed { key, why } => {
                 debug!(association = key, %why, "association closed");
                 senders.remove(&key);
@@ -377,7 +445,7 @@ async fn core_loop(mut registrar: Registrar, mut inputs: mpsc::Receiver<Input>) 
                 return;
             }
         }
-        flush(&mut registrar, &mut senders, &mut log);
+        flush(&mut registrar, &mut senders, &mut links, &mut log);
     }
 }
 
@@ -385,6 +453,7 @@ async fn core_loop(mut registrar: Registrar, mut inputs: mpsc::Receiver<Input>) 
 fn flush(
     registrar: &mut Registrar,
     senders: &mut HashMap<AssociationKey, AssociationSender>,
+    links: &mut PeerLinks,
     log: &mut EventLog,
 ) {
     while let Some(transmit) = registrar.poll_transmit() {
@@ -414,8 +483,8 @@ fn flush(
                 }
                 registrar.handle_association_closed(association);
             }
-            // This driver does not start ENRP yet, so the core produces neither.
-            Transmit::Enrp { .. } | Transmit::TakeoverKeepAlive { .. } => {}
+            Transmit::Enrp { to, payload } => links.send(to, payload),
+            Transmit::TakeoverKeepAlive { pe, payload } => links.takeover_keep_alive(pe, payload),
         }
     }
     while let Some(event) = registrar.poll_event() {

@@ -36,6 +36,7 @@
 pub mod driver;
 pub mod enrp;
 pub mod keepalive;
+mod peer_links;
 pub mod reports;
 
 #[cfg(test)]

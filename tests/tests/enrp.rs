@@ -1,0 +1,204 @@
+//! Three `registrar` processes keeping one handlespace with ENRP (RFC 5353) on loopback, each
+//! on its own address (127.0.N.1-3), with static peers and no multicast (tests run side by
+//! side). PEs homed at different registrars are listed by every one; a registrar's SIGKILL
+//! loses no PE and no pixel of a picture being computed; a restarted registrar catches up.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use e2e::{Proc, READY_TIMEOUT, bin, field, start_pool_element};
+use nix::sys::signal::Signal;
+use rserpool::transport::{self, AssociationConfig, PPID_ASAP};
+use rserpool::wire::param::HANDLE_RESOLUTION_ALL;
+use rserpool::wire::{AsapMessage, PoolHandle};
+
+const POOL: &str = "FractalGeneratorPool";
+
+struct Registrar {
+    proc: Proc,
+}
+
+fn enrp_address(net: u8, index: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, net, index as u8 + 1], 9901))
+}
+
+fn asap_address(net: u8, index: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, net, index as u8 + 1], 3863))
+}
+
+/// Registrar `index` (identifier index + 1) of a mesh of `count` on 127.0.`net`.0/24.
+fn start_registrar(net: u8, index: usize, count: usize) -> Result<Registrar> {
+    let mut args: Vec<String> = vec![
+        "--id".into(),
+        (index + 1).to_string(),
+        "--asap".into(),
+        asap_address(net, index).to_string(),
+        "--announce".into(),
+        "off".into(),
+        "--enrp".into(),
+        enrp_address(net, index).to_string(),
+        "--enrp-announce".into(),
+        "off".into(),
+    ];
+    for peer in (0..count).filter(|&p| p != index) {
+        args.extend(["--peer".into(), enrp_address(net, peer).to_string()]);
+    }
+    let proc = Proc::spawn(&format!("registrar{}", index + 1), bin("registrar"), &args)?;
+    let ready = proc.log.wait_for_text("registrar ready", READY_TIMEOUT)?;
+    let enrp = field(&ready, "enrp").context("enrp=")?;
+    anyhow::ensure!(
+        enrp == enrp_address(net, index).to_string(),
+        "ENRP at {enrp}"
+    );
+    Ok(Registrar { proc })
+}
+
+/// The PE identifiers registrar `asap` lists in the pool.
+async fn listed(asap: SocketAddr) -> Result<Vec<u32>> {
+    let mut association = transport::connect(asap, AssociationConfig::default()).await?;
+    let request = AsapMessage::HandleResolution {
+        subscribe: false,
+        pool_handle: PoolHandle::new(POOL.as_bytes())?,
+        items: Some(HANDLE_RESOLUTION_ALL),
+    };
+    association.send(PPID_ASAP, request.to_bytes()?).await?;
+    let frame = tokio::time::timeout(Duration::from_secs(5), association.recv())
+        .await
+        .context("no answer")??;
+    let _ = association.close().await;
+    match AsapMessage::decode(&frame.payload)?.message {
+        AsapMessage::HandleResolutionResponse { pool_elements, .. } => {
+            let mut ids: Vec<u32> = pool_elements.iter().map(|e| e.id.0).collect();
+            ids.sort();
+            Ok(ids)
+        }
+        other => bail!("unexpected {}", other.name()),
+    }
+}
+
+/// Waits until every registrar in `asaps` lists exactly `ids`.
+fn wait_listed(asaps: &[SocketAddr], ids: &[u32], within: Duration) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let deadline = Instant::now() + within;
+    loop {
+        let views: Vec<Vec<u32>> = asaps
+            .iter()
+            .map(|&asap| runtime.block_on(listed(asap)).unwrap_or_default())
+            .collect();
+        if views.iter().all(|view| view == ids) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("views {views:?}, wanted {ids:?} at every registrar");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn registrar_args(net: u8, order: &[usize]) -> Vec<String> {
+    order
+        .iter()
+        .flat_map(|&r| ["--registrar".to_string(), asap_address(net, r).to_string()])
+        .collect()
+}
+
+#[test]
+fn pes_homed_at_different_registrars_are_listed_by_every_one() -> Result<()> {
+    const NET: u8 = 31;
+    let _registrars: Vec<Registrar> = (0..3)
+        .map(|r| start_registrar(NET, r, 3))
+        .collect::<Result<_>>()?;
+    let asaps: Vec<SocketAddr> = (0..3).map(|r| asap_address(NET, r)).collect();
+    let mut pes = Vec::new();
+    for (home, id) in [(0usize, 0xe1u32), (1, 0xe2), (2, 0xe3)] {
+        // Each PE knows one registrar only: every other view comes from ENRP.
+        let registrar = asap_address(NET, home);
+        pes.push(start_pool_element(registrar, &format!("{id:#x}"), &[])?);
+    }
+    wait_listed(&asaps, &[0xe1, 0xe2, 0xe3], Duration::from_secs(10))?;
+    Ok(())
+}
+
+#[test]
+fn a_registrar_killed_mid_picture_loses_no_pe_and_no_pixel_and_catches_up_when_restarted()
+-> Result<()> {
+    const NET: u8 = 32;
+    let mut registrars: Vec<Registrar> = (0..3)
+        .map(|r| start_registrar(NET, r, 3))
+        .collect::<Result<_>>()?;
+    let asaps: Vec<SocketAddr> = (0..3).map(|r| asap_address(NET, r)).collect();
+    // Slow PEs, so that the picture takes seconds; each knows every registrar, its home first.
+    let mut pes = Vec::new();
+    for (order, id) in [([0usize, 1, 2], 0xf1u32), ([1, 2, 0], 0xf2)] {
+        let mut args = registrar_args(NET, &order[1..]);
+        args.extend(["--capacity".into(), "2000000".into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        pes.push(start_pool_element(
+            asap_address(NET, order[0]),
+            &format!("{id:#x}"),
+            &args,
+        )?);
+    }
+    wait_listed(&asaps, &[0xf1, 0xf2], Duration::from_secs(10))?;
+
+    // The pool user asks registrar 1 first, the one that dies.
+    let dir = tempfile::tempdir()?;
+    let mut pu_args = registrar_args(NET, &[0, 1, 2]);
+    pu_args.extend(
+        [
+            "--headless",
+            "--width",
+            "240",
+            "--height",
+            "160",
+            "--sessions",
+            "4",
+            "--units",
+            "16",
+            "--preset",
+            "full-set",
+            "--max-iterations",
+            "1000",
+            "--no-progress",
+            "--stale-cache",
+            "0",
+            "--iterations-out",
+        ]
+        .map(String::from),
+    );
+    pu_args.push(dir.path().join("iterations.bin").display().to_string());
+    let mut pu = Proc::spawn("pool-user", bin("pool-user"), &pu_args)?;
+    pu.log.wait_for_text("image started", READY_TIMEOUT)?;
+    registrars[0].proc.signal(Signal::SIGKILL)?;
+    let killed = Instant::now();
+
+    // Both PEs are listed by the survivors, and stay listed past their registration life
+    // (3 x 5 s): the orphaned one registered with another registrar.
+    wait_listed(&asaps[1..], &[0xf1, 0xf2], Duration::from_secs(10))?;
+    let status = pu.wait_exit(Duration::from_secs(120))?;
+    anyhow::ensure!(status.success(), "pool-user failed: {status}");
+    let got = std::fs::read(dir.path().join("iterations.bin"))?;
+    let mut view = fractal_protocol::preset::Preset::by_name("full-set")
+        .context("preset")?
+        .parameter(240, 160);
+    view.max_iterations = 1000;
+    let expected: Vec<u8> = e2e::expected_picture(&view, 16)
+        .into_iter()
+        .flat_map(u32::to_le_bytes)
+        .collect();
+    anyhow::ensure!(got == expected, "the picture differs from the reference");
+    let lifetime = Duration::from_secs(16);
+    if let Some(left) = lifetime.checked_sub(killed.elapsed()) {
+        std::thread::sleep(left);
+    }
+    wait_listed(&asaps[1..], &[0xf1, 0xf2], Duration::from_secs(5))?;
+
+    // Registrar 1 comes back, empty, and learns everything from its peers.
+    registrars[0] = start_registrar(NET, 0, 3)?;
+    wait_listed(&asaps, &[0xf1, 0xf2], Duration::from_secs(15))?;
+    drop(pes);
+    Ok(())
+}
