@@ -463,7 +463,11 @@ impl Registrar {
             body,
         };
         match message.to_bytes() {
-            Ok(payload) => self.transmits.push_back(Transmit::Enrp { to, payload }),
+            Ok(payload) => {
+                self.stats.enrp_messages_sent += 1;
+                self.stats.enrp_bytes_sent += payload.len() as u64;
+                self.transmits.push_back(Transmit::Enrp { to, payload });
+            }
             Err(error) => self.events.push_back(RegistrarEvent::BadPeerMessage {
                 error: format!("cannot encode our {}: {error}", message.name()),
             }),

@@ -238,6 +238,9 @@ pub struct RegistrarStats {
     pub unreachable_reports: u64,
     pub ignored_unreachable_reports: u64,
     pub bad_messages: u64,
+    /// ENRP messages sent (one per destination; to the group counts once), and their bytes.
+    pub enrp_messages_sent: u64,
+    pub enrp_bytes_sent: u64,
 }
 
 /// The registrar state machine.

@@ -26,8 +26,10 @@ use crate::transport::{
 };
 use crate::wire::TransportAddress;
 
-/// Messages waiting for one peer's link; more are dropped.
-const LINK_QUEUE: usize = 1024;
+/// Messages waiting for one peer's link; more are dropped (and the audit repairs what they
+/// carried). A burst of registrations sends one update per PE to every peer: room for 16k of
+/// them (about 2 MB) keeps a burst of 10,000 whole.
+const LINK_QUEUE: usize = 16 * 1024;
 /// Most ENRP associations accepted at once.
 const MAX_INBOUND: usize = 256;
 /// How long a takeover's association to a PE may take, Keep-Alive and Ack included.

@@ -11,6 +11,8 @@
 //! flight) and their latency under that load, latency of lone requests (one at a time), and
 //! resident memory per registered PE (RSS growth of the registrar process).
 
+mod enrp;
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -70,6 +72,10 @@ struct Args {
     /// Lone (one at a time) resolutions for the unloaded latency figure
     #[arg(long, default_value_t = 20_000)]
     lone_requests: u32,
+    /// Instead: this many registrars (in this process) keeping one handlespace with ENRP;
+    /// prints replication, catch-up and takeover times and ENRP traffic at rest
+    #[arg(long, value_name = "N", conflicts_with_all = ["registrar", "in_process"])]
+    enrp_registrars: Option<u32>,
 }
 
 fn handle(pool: u32) -> PoolHandle {
@@ -225,6 +231,80 @@ async fn answer_keepalives(
     }
 }
 
+/// Registers `args.pes` PEs in `args.pools` pools at `addr` over `args.registration_connections`
+/// associations, which then answer keep-alives for ever (their tasks are returned). Returns how
+/// many were granted and how long it took.
+async fn register_pes(
+    addr: SocketAddr,
+    args: &Args,
+    policy: Policy,
+) -> Result<(u32, Duration, Vec<tokio::task::JoinHandle<()>>)> {
+    let mut associations = Vec::new();
+    for _ in 0..args.registration_connections {
+        associations.push(connect(addr).await?);
+    }
+    let bar = ProgressBar::new(u64::from(args.pes)).with_style(
+        ProgressStyle::with_template("{msg:>14} {bar:40} {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message("registering");
+    let started = Instant::now();
+    let per_connection = args.pes.div_ceil(args.registration_connections);
+    let mut tasks = Vec::new();
+    for (c, mut association) in associations.into_iter().enumerate() {
+        let first = c as u32 * per_connection;
+        let last = (first + per_connection).min(args.pes);
+        let pools = args.pools;
+        let bar = bar.clone();
+        tasks.push(tokio::spawn(async move {
+            let count = last.saturating_sub(first);
+            for i in first..last {
+                let message = AsapMessage::Registration {
+                    pool_handle: handle(i % pools),
+                    pool_element: PoolElement {
+                        id: PeId(i + 1),
+                        home_registrar: 0,
+                        registration_life_ms: 300_000,
+                        user_transport: TransportAddress::Tcp {
+                            port: 10_000 + (i % 50_000) as u16,
+                            address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                        },
+                        policy,
+                        asap_transport: None,
+                    },
+                };
+                association.send(PPID_ASAP, message.to_bytes()?).await?;
+            }
+            let (mut granted, mut answered) = (0u32, 0u32);
+            // Keep-alives come in between once registering takes longer than their interval.
+            while answered < count {
+                let frame = association.recv().await?;
+                if let Ok(decoded) = AsapMessage::decode(&frame.payload)
+                    && let AsapMessage::RegistrationResponse { rejected, .. } = decoded.message
+                {
+                    answered += 1;
+                    if !rejected {
+                        granted += 1;
+                    }
+                    bar.inc(1);
+                }
+            }
+            anyhow::Ok((association, granted))
+        }));
+    }
+    let mut granted = 0;
+    let mut keepalive_tasks = Vec::new();
+    for task in tasks {
+        let (association, ok) = task.await??;
+        granted += ok;
+        let (sender, receiver) = association.split();
+        keepalive_tasks.push(tokio::spawn(answer_keepalives(sender, receiver)));
+    }
+    let registration_time = started.elapsed();
+    bar.finish_and_clear();
+    Ok((granted, registration_time, keepalive_tasks))
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -359,75 +439,16 @@ async fn main() -> Result<()> {
         bail!("need at least one PE per pool and one registration connection");
     }
     let policy = Policy::from_str(&args.policy).map_err(|e| anyhow::anyhow!("--policy: {e}"))?;
+    if let Some(count) = args.enrp_registrars {
+        return enrp::run(&args, policy, count).await;
+    }
     let (target, addr, pid, what) = start_target(&args).await?;
     println!("registrar-bench: {what} at {addr}");
 
     // Phase 1: registrations.
-    let mut associations = Vec::new();
-    for _ in 0..args.registration_connections {
-        associations.push(connect(addr).await?);
-    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_before = resident_kib(pid);
-    let bar = ProgressBar::new(u64::from(args.pes)).with_style(
-        ProgressStyle::with_template("{msg:>14} {bar:40} {pos}/{len} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message("registering");
-    let started = Instant::now();
-    let per_connection = args.pes.div_ceil(args.registration_connections);
-    let mut tasks = Vec::new();
-    for (c, mut association) in associations.into_iter().enumerate() {
-        let first = c as u32 * per_connection;
-        let last = (first + per_connection).min(args.pes);
-        let pools = args.pools;
-        let bar = bar.clone();
-        tasks.push(tokio::spawn(async move {
-            let count = last.saturating_sub(first);
-            for i in first..last {
-                let message = AsapMessage::Registration {
-                    pool_handle: handle(i % pools),
-                    pool_element: PoolElement {
-                        id: PeId(i + 1),
-                        home_registrar: 0,
-                        registration_life_ms: 300_000,
-                        user_transport: TransportAddress::Tcp {
-                            port: 10_000 + (i % 50_000) as u16,
-                            address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                        },
-                        policy,
-                        asap_transport: None,
-                    },
-                };
-                association.send(PPID_ASAP, message.to_bytes()?).await?;
-            }
-            let (mut granted, mut answered) = (0u32, 0u32);
-            // Keep-alives come in between once registering takes longer than their interval.
-            while answered < count {
-                let frame = association.recv().await?;
-                if let Ok(decoded) = AsapMessage::decode(&frame.payload)
-                    && let AsapMessage::RegistrationResponse { rejected, .. } = decoded.message
-                {
-                    answered += 1;
-                    if !rejected {
-                        granted += 1;
-                    }
-                    bar.inc(1);
-                }
-            }
-            anyhow::Ok((association, granted))
-        }));
-    }
-    let mut granted = 0;
-    let mut keepalive_tasks = Vec::new();
-    for task in tasks {
-        let (association, ok) = task.await??;
-        granted += ok;
-        let (sender, receiver) = association.split();
-        keepalive_tasks.push(tokio::spawn(answer_keepalives(sender, receiver)));
-    }
-    let registration_time = started.elapsed();
-    bar.finish_and_clear();
+    let (granted, registration_time, keepalive_tasks) = register_pes(addr, &args, policy).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_after = resident_kib(pid);
     if granted != args.pes {
