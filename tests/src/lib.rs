@@ -313,6 +313,33 @@ pub fn expected_picture(view: &fractal_protocol::message::Parameter, units: usiz
     picture
 }
 
+/// The PE identifiers the registrar at `asap` lists in `pool` (a Handle Resolution for all),
+/// sorted.
+pub async fn listed_pes(asap: std::net::SocketAddr, pool: &str) -> Result<Vec<u32>> {
+    use rserpool::transport::{self, AssociationConfig, PPID_ASAP};
+    use rserpool::wire::param::HANDLE_RESOLUTION_ALL;
+    use rserpool::wire::{AsapMessage, PoolHandle};
+    let mut association = transport::connect(asap, AssociationConfig::default()).await?;
+    let request = AsapMessage::HandleResolution {
+        subscribe: false,
+        pool_handle: PoolHandle::new(pool.as_bytes())?,
+        items: Some(HANDLE_RESOLUTION_ALL),
+    };
+    association.send(PPID_ASAP, request.to_bytes()?).await?;
+    let frame = tokio::time::timeout(Duration::from_secs(5), association.recv())
+        .await
+        .context("no answer")??;
+    let _ = association.close().await;
+    match AsapMessage::decode(&frame.payload)?.message {
+        AsapMessage::HandleResolutionResponse { pool_elements, .. } => {
+            let mut ids: Vec<u32> = pool_elements.iter().map(|e| e.id.0).collect();
+            ids.sort();
+            Ok(ids)
+        }
+        other => bail!("unexpected {}", other.name()),
+    }
+}
+
 /// Starts `pool-element` with identifier `id` registering at `registrar` (and `extra`
 /// arguments); returns it once it listens, with its data address.
 pub fn start_pool_element(

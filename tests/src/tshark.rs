@@ -180,7 +180,36 @@ async fn with_capture(
     let client_port = traffic.await?;
     tshark.wait_for_fins(port, client_port).await?;
     tshark.stop().await?;
+    decoded(dir, pcap, port).await
+}
 
+/// Captures `port` (TCP and UDP, on any loopback address) while `traffic` runs, e.g. between
+/// real processes that keep their associations open; once it is done, a UDP probe sent after
+/// it and seen by tshark shows that everything before is in the capture. Then decodes it.
+pub async fn capture_live(
+    port: u16,
+    traffic: impl Future<Output = Result<()>>,
+) -> Result<DecodedCapture> {
+    require_tshark()?;
+    let dir = tempfile::tempdir()?;
+    let pcap = dir.path().join("capture.pcap");
+    let mut tshark = Tshark::start(port, &pcap).await?;
+    traffic.await?;
+    // Lines of everything captured so far (the start's extra probes among them) are old news:
+    // only a probe reported after them proves the capture caught up.
+    while tshark.lines.try_recv().is_ok() {}
+    tshark.wait_until_live(port).await?;
+    tshark.stop().await?;
+    decoded(dir, pcap, port).await
+}
+
+async fn decoded(
+    dir: tempfile::TempDir,
+    pcap: std::path::PathBuf,
+    port: u16,
+) -> Result<DecodedCapture> {
+    let script = lua_script();
+    ensure!(script.is_file(), "missing {}", script.display());
     let packets = decode_json(&pcap, port).await?;
     let flagged_frames =
         matching_frames(&pcap, port, "_ws.malformed || _ws.expert.severity >= error").await?;

@@ -9,9 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use e2e::{Proc, READY_TIMEOUT, bin, field, start_pool_element};
 use nix::sys::signal::Signal;
-use rserpool::transport::{self, AssociationConfig, PPID_ASAP};
-use rserpool::wire::param::HANDLE_RESOLUTION_ALL;
-use rserpool::wire::{AsapMessage, PoolHandle};
 
 const POOL: &str = "FractalGeneratorPool";
 
@@ -54,29 +51,6 @@ fn start_registrar(net: u8, index: usize, count: usize) -> Result<Registrar> {
     Ok(Registrar { proc })
 }
 
-/// The PE identifiers registrar `asap` lists in the pool.
-async fn listed(asap: SocketAddr) -> Result<Vec<u32>> {
-    let mut association = transport::connect(asap, AssociationConfig::default()).await?;
-    let request = AsapMessage::HandleResolution {
-        subscribe: false,
-        pool_handle: PoolHandle::new(POOL.as_bytes())?,
-        items: Some(HANDLE_RESOLUTION_ALL),
-    };
-    association.send(PPID_ASAP, request.to_bytes()?).await?;
-    let frame = tokio::time::timeout(Duration::from_secs(5), association.recv())
-        .await
-        .context("no answer")??;
-    let _ = association.close().await;
-    match AsapMessage::decode(&frame.payload)?.message {
-        AsapMessage::HandleResolutionResponse { pool_elements, .. } => {
-            let mut ids: Vec<u32> = pool_elements.iter().map(|e| e.id.0).collect();
-            ids.sort();
-            Ok(ids)
-        }
-        other => bail!("unexpected {}", other.name()),
-    }
-}
-
 /// Waits until every registrar in `asaps` lists exactly `ids`.
 fn wait_listed(asaps: &[SocketAddr], ids: &[u32], within: Duration) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -86,7 +60,11 @@ fn wait_listed(asaps: &[SocketAddr], ids: &[u32], within: Duration) -> Result<()
     loop {
         let views: Vec<Vec<u32>> = asaps
             .iter()
-            .map(|&asap| runtime.block_on(listed(asap)).unwrap_or_default())
+            .map(|&asap| {
+                runtime
+                    .block_on(e2e::listed_pes(asap, POOL))
+                    .unwrap_or_default()
+            })
             .collect();
         if views.iter().all(|view| view == ids) {
             return Ok(());

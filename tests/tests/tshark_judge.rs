@@ -426,3 +426,87 @@ async fn fgp_messages_and_cookies_decode_as_sent() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Three real registrars (127.0.33.1-3, ENRP on port 9901, fast timers) captured while they
+/// find each other, replicate two PEs, forget one that deregisters, and take over the other
+/// when its registrar is killed: every ENRP message type they send (0x01-0x09; they never need
+/// an ERROR) decodes with Wireshark's own ENRP dissector, nothing malformed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrp_between_live_registrars_decodes_as_wireshark_expects() -> anyhow::Result<()> {
+    use e2e::{Proc, READY_TIMEOUT, bin, start_pool_element};
+    use nix::sys::signal::Signal;
+    let enrp = |r: u8| format!("127.0.33.{r}:9901");
+    let asap = |r: u8| format!("127.0.33.{r}:3863");
+    let traffic = async {
+        let mut registrars = Vec::new();
+        for r in 1..=3u8 {
+            let mut args: Vec<String> = [
+                "--id",
+                &r.to_string(),
+                "--asap",
+                &asap(r),
+                "--announce",
+                "off",
+                "--enrp",
+                &enrp(r),
+                "--enrp-announce",
+                "off",
+                "--peer-heartbeat-cycle",
+                "300",
+                "--peer-max-time-last-heard",
+                "500",
+                "--peer-max-time-no-response",
+                "500",
+                "--takeover-expiry",
+                "1000",
+            ]
+            .map(String::from)
+            .to_vec();
+            for peer in (1..=3u8).filter(|&p| p != r) {
+                args.extend(["--peer".to_string(), enrp(peer)]);
+            }
+            let proc = Proc::spawn(&format!("registrar{r}"), bin("registrar"), &args)?;
+            proc.log.wait_for_text("registrar ready", READY_TIMEOUT)?;
+            registrars.push(proc);
+        }
+        let home = asap(1).parse()?;
+        let (mut leaving, _) = start_pool_element(home, "0xd1", &[])?;
+        let (_staying, _) = start_pool_element(home, "0xd2", &[])?;
+        for other in 2..=3u8 {
+            let deadline = std::time::Instant::now() + READY_TIMEOUT;
+            while e2e::listed_pes(asap(other).parse()?, "FractalGeneratorPool")
+                .await
+                .unwrap_or_default()
+                != [0xd1, 0xd2]
+            {
+                anyhow::ensure!(std::time::Instant::now() < deadline, "not replicated");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        leaving.signal(Signal::SIGTERM)?;
+        leaving.wait_exit(READY_TIMEOUT)?;
+        registrars[1].log.wait_for(READY_TIMEOUT, |l| {
+            l.contains("pe removed") && l.contains("0x000000d1")
+        })?;
+        registrars[0].signal(Signal::SIGKILL)?;
+        for other in &registrars[1..] {
+            other.log.wait_for(READY_TIMEOUT, |l| {
+                l.contains("TakeoverWon") || l.contains("TakenOver")
+            })?;
+        }
+        anyhow::Ok(())
+    };
+    let decoded = e2e::tshark::capture_live(9901, traffic).await?;
+    decoded.assert_clean()?;
+    // The capture's UDP probes ("capture probe") reach Wireshark's ENRP dissector on UDP 9901
+    // too, as type 0x63: not ours.
+    let mut types: Vec<u8> = field_values(&decoded.packets, "enrp.message_type")
+        .iter()
+        .filter_map(|t| t.parse().ok())
+        .filter(|&t| t != b'c')
+        .collect();
+    types.sort();
+    types.dedup();
+    assert_eq!(types, (0x01..=0x09).collect::<Vec<u8>>(), "{types:?}");
+    Ok(())
+}
