@@ -30,6 +30,17 @@ impl TlsArgs {
         })
     }
 
+    /// A registrar connecting to its ENRP peers: the same credentials on the connecting side;
+    /// a peer's certificate must name the address connected to.
+    pub fn client(&self) -> anyhow::Result<Option<TlsConfig>> {
+        let Some(files) = self.files() else {
+            return Ok(None);
+        };
+        TlsConfig::client(&files)
+            .map(Some)
+            .context("loading the TLS credentials")
+    }
+
     /// The registrar's side: every association must present a certificate of the pool.
     pub fn server(&self) -> anyhow::Result<Option<TlsConfig>> {
         let Some(files) = self.files() else {

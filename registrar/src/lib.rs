@@ -193,6 +193,7 @@ impl Cli {
                     max_elements_per_page: self.max_elements_per_ht_request,
                     ..EnrpConfig::new(listen)
                 },
+                peer_tls: None,
             }),
         }
     }
@@ -212,6 +213,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut config = cli.driver_config();
     config.association.tls = cli.tls.server()?;
+    if let Some(enrp) = config.enrp.as_mut() {
+        enrp.peer_tls = cli.tls.client()?;
+    }
     let tls = if config.association.tls.is_some() {
         "required"
     } else {

@@ -313,13 +313,46 @@ pub fn expected_picture(view: &fractal_protocol::message::Parameter, units: usiz
     picture
 }
 
+/// `--tls-cert/--tls-key/--tls-ca` for credentials written into `dir/name/` as `name`.
+pub fn tls_args(
+    pem: &rserpool::transport::tls::TlsPem,
+    dir: &std::path::Path,
+    name: &str,
+) -> Result<Vec<String>> {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder)?;
+    let files = rserpool::transport::pki::write_files(pem, &folder, name)?;
+    Ok([
+        ("--tls-cert", files.cert),
+        ("--tls-key", files.key),
+        ("--tls-ca", files.ca),
+    ]
+    .into_iter()
+    .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+    .collect())
+}
+
 /// The PE identifiers the registrar at `asap` lists in `pool` (a Handle Resolution for all),
 /// sorted.
 pub async fn listed_pes(asap: std::net::SocketAddr, pool: &str) -> Result<Vec<u32>> {
-    use rserpool::transport::{self, AssociationConfig, PPID_ASAP};
+    listed_pes_with(
+        asap,
+        pool,
+        rserpool::transport::AssociationConfig::default(),
+    )
+    .await
+}
+
+/// [`listed_pes`] over an association with `config` (e.g. TLS).
+pub async fn listed_pes_with(
+    asap: std::net::SocketAddr,
+    pool: &str,
+    config: rserpool::transport::AssociationConfig,
+) -> Result<Vec<u32>> {
+    use rserpool::transport::{self, PPID_ASAP};
     use rserpool::wire::param::HANDLE_RESOLUTION_ALL;
     use rserpool::wire::{AsapMessage, PoolHandle};
-    let mut association = transport::connect(asap, AssociationConfig::default()).await?;
+    let mut association = transport::connect(asap, config).await?;
     let request = AsapMessage::HandleResolution {
         subscribe: false,
         pool_handle: PoolHandle::new(pool.as_bytes())?,

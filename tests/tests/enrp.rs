@@ -180,3 +180,82 @@ fn a_registrar_killed_mid_picture_loses_no_pe_and_no_pixel_and_catches_up_when_r
     drop(pes);
     Ok(())
 }
+
+#[test]
+fn registrars_with_tls_replicate_and_refuse_a_peer_without() -> Result<()> {
+    use rserpool::transport::pki::PoolCa;
+    use rserpool::transport::{AssociationConfig, TlsConfig};
+    const NET: u8 = 35;
+    let dir = tempfile::tempdir()?;
+    let ca = PoolCa::new("pool CA")?;
+    let credentials = |name: &str, sans: &[&str]| -> Result<Vec<String>> {
+        e2e::tls_args(&ca.issue(name, sans)?, dir.path(), name)
+    };
+    let start = |index: usize, tls: &[String]| -> Result<Proc> {
+        let mut args: Vec<String> = vec![
+            "--id".into(),
+            (index + 1).to_string(),
+            "--asap".into(),
+            asap_address(NET, index).to_string(),
+            "--announce".into(),
+            "off".into(),
+            "--enrp".into(),
+            enrp_address(NET, index).to_string(),
+            "--enrp-announce".into(),
+            "off".into(),
+            "--peer".into(),
+            enrp_address(NET, 0).to_string(),
+            "--peer".into(),
+            enrp_address(NET, 1).to_string(),
+        ];
+        args.extend(tls.iter().cloned());
+        let proc = Proc::spawn(&format!("registrar{}", index + 1), bin("registrar"), &args)?;
+        proc.log.wait_for_text("registrar ready", READY_TIMEOUT)?;
+        Ok(proc)
+    };
+    let first = start(0, &credentials("registrar1", &["127.0.35.1"])?)?;
+    let _second = start(1, &credentials("registrar2", &["127.0.35.2"])?)?;
+    let plain = start(2, &[])?;
+    let pe_tls = credentials("pe", &[])?;
+    let pe_args: Vec<&str> = pe_tls.iter().map(String::as_str).collect();
+    let _pe = start_pool_element(asap_address(NET, 0), "0xc7", &pe_args)?;
+
+    // The two TLS registrars keep one handlespace: the second lists the PE of the first.
+    let client = TlsConfig::client_from_pem(&ca.issue("pu", &[])?)?;
+    let config = AssociationConfig {
+        tls: Some(client),
+        ..AssociationConfig::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runtime
+        .block_on(e2e::listed_pes_with(
+            asap_address(NET, 1),
+            POOL,
+            config.clone(),
+        ))
+        .unwrap_or_default()
+        != [0xc7]
+    {
+        anyhow::ensure!(Instant::now() < deadline, "not replicated over TLS");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The plain registrar's PRESENCEs are refused at the handshake; it learns no peer.
+    first
+        .log
+        .wait_for_text("TLS handshake refused", READY_TIMEOUT)?;
+    anyhow::ensure!(
+        plain.log.count("PeerUp") == 0,
+        "a plain registrar became a peer"
+    );
+    anyhow::ensure!(
+        runtime
+            .block_on(e2e::listed_pes(asap_address(NET, 2), POOL))
+            .unwrap_or_default()
+            .is_empty(),
+        "the plain registrar learnt the pool"
+    );
+    Ok(())
+}

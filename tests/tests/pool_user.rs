@@ -490,31 +490,15 @@ fn a_tail_taken_over_survives_a_sigkill_of_its_new_pe() -> Result<()> {
     Ok(())
 }
 
-/// `--tls-cert/--tls-key/--tls-ca` for credentials written into `dir` as `name`.
-fn tls_args(pem: &rserpool::transport::tls::TlsPem, dir: &Path, name: &str) -> Result<Vec<String>> {
-    let files =
-        rserpool::transport::pki::write_files(pem, &dir.join(name), name).or_else(|_| {
-            std::fs::create_dir_all(dir.join(name))?;
-            rserpool::transport::pki::write_files(pem, &dir.join(name), name)
-        })?;
-    Ok([
-        ("--tls-cert", files.cert),
-        ("--tls-key", files.key),
-        ("--tls-ca", files.ca),
-    ]
-    .into_iter()
-    .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
-    .collect())
-}
-
 #[test]
 fn a_tls_pool_serves_its_members_and_refuses_everyone_else() -> Result<()> {
     use rserpool::transport::pki::PoolCa;
     let dir = tempfile::tempdir()?;
     let pool = PoolCa::new("pool CA")?;
     let stranger = PoolCa::new("another CA")?;
-    let credentials =
-        |ca: &PoolCa, name: &str, sans: &[&str]| tls_args(&ca.issue(name, sans)?, dir.path(), name);
+    let credentials = |ca: &PoolCa, name: &str, sans: &[&str]| {
+        e2e::tls_args(&ca.issue(name, sans)?, dir.path(), name)
+    };
     let registrar_tls = credentials(&pool, "registrar", &["127.0.0.1"])?;
     let registrar = registrar(&registrar_tls.iter().map(String::as_str).collect::<Vec<_>>())?;
     let member_tls = credentials(&pool, "pe", &[])?;
@@ -537,7 +521,7 @@ fn a_tls_pool_serves_its_members_and_refuses_everyone_else() -> Result<()> {
     )?;
     let mut impostor_pem = stranger.issue("impostor", &[])?;
     impostor_pem.ca = pool.certificate_pem().as_bytes().to_vec();
-    let mut impostor_args = tls_args(&impostor_pem, dir.path(), "impostor")?;
+    let mut impostor_args = e2e::tls_args(&impostor_pem, dir.path(), "impostor")?;
     impostor_args.extend([
         "--registrar".into(),
         registrar.address.clone(),

@@ -69,6 +69,8 @@ pub struct EnrpDriverConfig {
     pub group: Option<SocketAddr>,
     /// The protocol settings; their `address` is replaced by the bound ENRP address.
     pub protocol: EnrpConfig,
+    /// TLS towards peers (the connecting side; the listener uses `DriverConfig::association`'s).
+    pub peer_tls: Option<crate::transport::TlsConfig>,
 }
 
 /// Default of [`DriverConfig::max_associations`]: far above what a pool of PEs and pool users
@@ -199,7 +201,11 @@ pub async fn start(config: DriverConfig) -> io::Result<RunningRegistrar> {
         protocol.group = enrp.group.is_some();
         registrar.start_enrp(protocol, std::time::Instant::now());
     }
-    let links = PeerLinks::new(group_sender, config.association.clone());
+    let peer_association = AssociationConfig {
+        tls: config.enrp.as_ref().and_then(|e| e.peer_tls.clone()),
+        ..config.association.clone()
+    };
+    let links = PeerLinks::new(group_sender, peer_association);
     let core = tokio::spawn(core_loop(registrar, input_rx, links));
     Ok(RunningRegistrar {
         enrp_address,

@@ -40,6 +40,7 @@ async fn start(id: u32, peers: &[SocketAddr], per_association: u32) -> Result<Ru
                 static_peers: peers.to_vec(),
                 ..EnrpConfig::new(listen)
             },
+            peer_tls: None,
         }),
     })
     .await?)
