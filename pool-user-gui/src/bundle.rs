@@ -1,6 +1,7 @@
-//! The bundled demo deployment: a registrar and pool elements started as child processes of this
-//! very binary (`pool-user registrar ...`, `pool-user pool-element ...`), so that they can really
-//! be killed, hung and stopped from the window.
+//! The bundled demo deployment: registrars (two by default, keeping one handlespace with ENRP,
+//! with timers short enough to show a takeover in seconds) and pool elements started as child
+//! processes of this very binary (`pool-user registrar ...`, `pool-user pool-element ...`), so
+//! that they can really be killed, hung and stopped from the window.
 //!
 //! No orphans: children get `PR_SET_PDEATHSIG = SIGKILL` (Linux), so they die with the GUI even
 //! if it crashes; [`Bundle`] kills them on drop; [`kill_on_signals`] kills them on SIGINT/SIGTERM
@@ -53,9 +54,11 @@ pub struct BundledPe {
     pub state: ChildState,
 }
 
-/// The bundled registrar as the pool panel shows it.
+/// A bundled registrar as the pool panel shows it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BundledRegistrar {
+    /// Its registrar (ENRP server) identifier: its index, from 1.
+    pub id: u32,
     pub address: Option<SocketAddr>,
     pub pid: Option<u32>,
     pub state: ChildState,
@@ -72,6 +75,8 @@ pub struct BundleConfig {
     pub policy: String,
     /// One entry per PE: iterations per second (None = unlimited).
     pub capacities: Vec<Option<u64>>,
+    /// Registrars, keeping one handlespace with ENRP when more than one.
+    pub registrars: usize,
     /// The program to run (None: `$POOL_USER_CHILD_EXE`, else this executable).
     pub child_exe: Option<PathBuf>,
     /// How long to wait for the registrar and the PEs to be ready.
@@ -86,6 +91,7 @@ impl Default for BundleConfig {
             pool: "FractalGeneratorPool".to_owned(),
             policy: "LeastUsed".to_owned(),
             capacities: BundleConfig::demo_capacities(4),
+            registrars: 2,
             child_exe: None,
             ready_timeout: Duration::from_secs(15),
             forward_logs: true,
@@ -117,6 +123,22 @@ struct Member {
     state: ChildState,
     process: Option<ChildProcess>,
 }
+
+struct RegistrarMember {
+    id: u32,
+    member: Member,
+    /// Known once it reported ready; a restart reuses both.
+    asap: Option<SocketAddr>,
+    enrp: Option<SocketAddr>,
+}
+
+/// ENRP timers of the bundled registrars: a registrar silent for 2 s is asked, and dead 2 s
+/// later, so a demo shows a takeover in seconds (rsplib's defaults take 10 s).
+const DEMO_ENRP_TIMERS: [(&str, &str); 3] = [
+    ("--peer-heartbeat-cycle", "1000"),
+    ("--peer-max-time-last-heard", "2000"),
+    ("--peer-max-time-no-response", "2000"),
+];
 
 struct PeMember {
     slot: usize,
@@ -165,8 +187,7 @@ impl KillSwitch {
 pub struct Bundle {
     config: BundleConfig,
     exe: PathBuf,
-    registrar: Member,
-    registrar_address: Option<SocketAddr>,
+    registrars: Vec<RegistrarMember>,
     pes: Vec<PeMember>,
     switch: KillSwitch,
 }
@@ -196,28 +217,38 @@ impl Bundle {
                 None => std::env::current_exe().context("finding this program")?,
             },
         };
+        let count = config.registrars.max(1);
         let mut bundle = Bundle {
             config,
             exe,
-            registrar: Member {
-                state: ChildState::Exited("not started".to_owned()),
-                process: None,
-            },
-            registrar_address: None,
+            registrars: (1..=count as u32)
+                .map(|id| RegistrarMember {
+                    id,
+                    member: Member {
+                        state: ChildState::Exited("not started".to_owned()),
+                        process: None,
+                    },
+                    asap: None,
+                    enrp: None,
+                })
+                .collect(),
             pes: Vec::new(),
             switch: KillSwitch::default(),
         };
-        bundle.spawn_registrar("127.0.0.1:0")?;
         let deadline = Instant::now() + bundle.config.ready_timeout;
-        while bundle.registrar_address.is_none() {
-            if Instant::now() >= deadline {
-                bail!("the bundled registrar did not report `registrar ready` in time");
+        // One after the other: each is told the ENRP addresses of those before it.
+        for index in 0..count {
+            bundle.spawn_registrar(index)?;
+            while bundle.registrars[index].asap.is_none() {
+                if Instant::now() >= deadline {
+                    bail!("the bundled registrar did not report `registrar ready` in time");
+                }
+                if let ChildState::Exited(how) = &bundle.registrars[index].member.state {
+                    bail!("the bundled registrar exited: {how}");
+                }
+                thread::sleep(Duration::from_millis(20));
+                bundle.poll_all();
             }
-            if let ChildState::Exited(how) = &bundle.registrar.state {
-                bail!("the bundled registrar exited: {how}");
-            }
-            thread::sleep(Duration::from_millis(20));
-            bundle.poll_all();
         }
         for capacity in bundle.config.capacities.clone() {
             bundle.add_pe(capacity);
@@ -235,16 +266,16 @@ impl Bundle {
             bundle.poll_all();
         }
         tracing::info!(
-            registrar = %bundle.registrar_address.map_or("?".to_owned(), |a| a.to_string()),
+            registrars = ?bundle.registrar_addresses(),
             pes = bundle.pes.len(),
             "bundled pool ready"
         );
         Ok(bundle)
     }
 
-    /// The bundled registrar's ASAP address.
-    pub fn registrar_address(&self) -> Option<SocketAddr> {
-        self.registrar_address
+    /// The bundled registrars' ASAP addresses (of those that reported ready).
+    pub fn registrar_addresses(&self) -> Vec<SocketAddr> {
+        self.registrars.iter().filter_map(|r| r.asap).collect()
     }
 
     /// A handle that kills all children (for signal handlers).
@@ -303,16 +334,38 @@ impl Bundle {
         Ok(ChildProcess { child, lines })
     }
 
-    fn spawn_registrar(&mut self, asap: &str) -> anyhow::Result<()> {
-        let args = vec![
+    fn spawn_registrar(&mut self, index: usize) -> anyhow::Result<()> {
+        let local = |address: Option<SocketAddr>| {
+            address.map_or("127.0.0.1:0".to_owned(), |address| address.to_string())
+        };
+        let registrar = &self.registrars[index];
+        let mut args = vec![
             "registrar".to_owned(),
+            "--id".to_owned(),
+            registrar.id.to_string(),
             "--asap".to_owned(),
-            asap.to_owned(),
+            local(registrar.asap),
             "--announce".to_owned(),
             "off".to_owned(),
         ];
-        let process = self.spawn("registrar", &args)?;
-        self.registrar = Member {
+        if self.registrars.len() > 1 {
+            args.extend([
+                "--enrp".to_owned(),
+                local(registrar.enrp),
+                "--enrp-announce".to_owned(),
+                "off".to_owned(),
+            ]);
+            for (flag, value) in DEMO_ENRP_TIMERS {
+                args.extend([flag.to_owned(), value.to_owned()]);
+            }
+            for peer in self.registrars.iter().filter(|r| r.id != registrar.id) {
+                if let Some(enrp) = peer.enrp {
+                    args.extend(["--peer".to_owned(), enrp.to_string()]);
+                }
+            }
+        }
+        let process = self.spawn(&format!("registrar{}", registrar.id), &args)?;
+        self.registrars[index].member = Member {
             state: ChildState::Starting,
             process: Some(process),
         };
@@ -321,7 +374,7 @@ impl Bundle {
 
     fn pe_args(&self, capacity: Option<u64>) -> Vec<String> {
         let mut args = vec!["pool-element".to_owned()];
-        if let Some(registrar) = self.registrar_address {
+        for registrar in self.registrar_addresses() {
             args.extend(["--registrar".to_owned(), registrar.to_string()]);
         }
         args.extend([
@@ -373,18 +426,23 @@ impl Bundle {
     /// Reads readiness lines and reaps exited children.
     fn poll_all(&mut self) {
         let switch = self.switch.clone();
-        if let Some(process) = self.registrar.process.as_mut() {
-            while let Ok(line) = process.lines.try_recv() {
-                if line.contains("registrar ready")
-                    && let Some(address) =
-                        log_field(&line, "asap").and_then(|text| text.parse().ok())
-                {
-                    self.registrar_address = Some(address);
-                    self.registrar.state = ChildState::Running;
+        for registrar in &mut self.registrars {
+            if let Some(process) = registrar.member.process.as_mut() {
+                while let Ok(line) = process.lines.try_recv() {
+                    if line.contains("registrar ready")
+                        && let Some(address) =
+                            log_field(&line, "asap").and_then(|text| text.parse().ok())
+                    {
+                        registrar.asap = Some(address);
+                        registrar.enrp = log_field(&line, "enrp")
+                            .and_then(|text| text.parse().ok())
+                            .or(registrar.enrp);
+                        registrar.member.state = ChildState::Running;
+                    }
                 }
             }
+            reap(&mut registrar.member, &switch);
         }
-        reap(&mut self.registrar, &switch);
         for pe in &mut self.pes {
             if let Some(process) = pe.member.process.as_mut() {
                 while let Ok(line) = process.lines.try_recv() {
@@ -445,12 +503,40 @@ fn describe_status(status: std::process::ExitStatus) -> String {
 }
 
 impl Bundle {
-    /// The registrar's state.
-    pub fn registrar_status(&self) -> BundledRegistrar {
-        BundledRegistrar {
-            address: self.registrar_address,
-            pid: self.registrar.process.as_ref().map(|p| p.child.id()),
-            state: self.registrar.state.clone(),
+    /// The registrars' states.
+    pub fn registrar_status(&self) -> Vec<BundledRegistrar> {
+        self.registrars
+            .iter()
+            .map(|r| BundledRegistrar {
+                id: r.id,
+                address: r.asap,
+                pid: r.member.process.as_ref().map(|p| p.child.id()),
+                state: r.member.state.clone(),
+            })
+            .collect()
+    }
+
+    /// SIGKILL to registrar `id`: its peers take its PEs over.
+    pub fn kill_registrar(&mut self, id: u32) {
+        if let Some(registrar) = self.registrars.iter().find(|r| r.id == id) {
+            self.signal(&registrar.member, Signal::SIGKILL);
+        }
+        self.poll_all();
+    }
+
+    /// SIGSTOP or SIGCONT to registrar `id`.
+    pub fn toggle_hang_registrar(&mut self, id: u32) {
+        let Some(index) = self.registrars.iter().position(|r| r.id == id) else {
+            return;
+        };
+        let member = &self.registrars[index].member;
+        let (signal, next) = if member.state == ChildState::Hung {
+            (Signal::SIGCONT, ChildState::Running)
+        } else {
+            (Signal::SIGSTOP, ChildState::Hung)
+        };
+        if self.signal(member, signal) {
+            self.registrars[index].member.state = next;
         }
     }
 
@@ -528,15 +614,16 @@ impl Bundle {
         self.add_pe(capacity);
     }
 
-    /// Kills the registrar and starts it again at the same address.
-    pub fn restart_registrar(&mut self) {
+    /// Kills registrar `id` (if it runs) and starts it again at the same addresses, empty: it
+    /// learns the handlespace from its peers.
+    pub fn restart_registrar(&mut self, id: u32) {
         let switch = self.switch.clone();
-        Bundle::kill_member(&mut self.registrar, &switch);
-        let asap = self
-            .registrar_address
-            .map_or("127.0.0.1:0".to_owned(), |address| address.to_string());
-        if let Err(error) = self.spawn_registrar(&asap) {
-            self.registrar.state = ChildState::Exited(format!("{error:#}"));
+        let Some(index) = self.registrars.iter().position(|r| r.id == id) else {
+            return;
+        };
+        Bundle::kill_member(&mut self.registrars[index].member, &switch);
+        if let Err(error) = self.spawn_registrar(index) {
+            self.registrars[index].member.state = ChildState::Exited(format!("{error:#}"));
         }
     }
 
@@ -552,8 +639,10 @@ impl Bundle {
             Bundle::kill_member(&mut pe.member, &switch);
             pe.member.state = ChildState::Exited("shut down".to_owned());
         }
-        Bundle::kill_member(&mut self.registrar, &switch);
-        self.registrar.state = ChildState::Exited("shut down".to_owned());
+        for registrar in &mut self.registrars {
+            Bundle::kill_member(&mut registrar.member, &switch);
+            registrar.member.state = ChildState::Exited("shut down".to_owned());
+        }
     }
 }
 
@@ -565,8 +654,14 @@ impl Drop for Bundle {
 
 #[cfg(feature = "gui")]
 impl crate::gui::control::PoolControl for Bundle {
-    fn registrar(&self) -> BundledRegistrar {
+    fn registrars(&self) -> Vec<BundledRegistrar> {
         self.registrar_status()
+    }
+    fn kill_registrar(&mut self, id: u32) {
+        Bundle::kill_registrar(self, id);
+    }
+    fn toggle_hang_registrar(&mut self, id: u32) {
+        Bundle::toggle_hang_registrar(self, id);
     }
     fn pool_elements(&self) -> Vec<BundledPe> {
         self.pe_status()
@@ -586,8 +681,8 @@ impl crate::gui::control::PoolControl for Bundle {
     fn add(&mut self, capacity: Option<u64>) {
         Bundle::add(self, capacity);
     }
-    fn restart_registrar(&mut self) {
-        Bundle::restart_registrar(self);
+    fn restart_registrar(&mut self, id: u32) {
+        Bundle::restart_registrar(self, id);
     }
     fn poll(&mut self) {
         self.poll_all();
@@ -641,7 +736,7 @@ mod tests {
             .unwrap_or_else(|error| panic!("tempfile: {error}"));
         let script = r#"#!/bin/sh
 case "$1" in
-  registrar) echo "INFO registrar ready asap=127.0.0.1:45678 id=0x00000001 announce=off" >&2 ;;
+  registrar) echo "INFO registrar ready asap=127.0.0.1:4567$3 id=0x0000000$3 announce=off enrp=127.0.0.1:990$3" >&2 ;;
   pool-element) printf 'INFO pool element registered pe=0x%08x pool=P registrar=127.0.0.1:45678\n' $$ >&2 ;;
 esac
 exec sleep 600
@@ -696,9 +791,14 @@ exec sleep 600
     fn starts_controls_and_kills_everything() {
         let exe = fake_child();
         let mut bundle = Bundle::start(config(&exe, 3)).expect("bundle starts");
+        // Two registrars (ids 1 and 2, the fake takes its port from the id), the second told
+        // where the first's ENRP is.
         assert_eq!(
-            bundle.registrar_address(),
-            Some("127.0.0.1:45678".parse().expect("address"))
+            bundle.registrar_addresses(),
+            vec![
+                "127.0.0.1:45671".parse().expect("address"),
+                "127.0.0.1:45672".parse().expect("address")
+            ]
         );
         let pes = bundle.pe_status();
         assert_eq!(pes.len(), 3);
@@ -708,7 +808,7 @@ exec sleep 600
             assert_eq!(pe.pe_id, pe.pid.map(PeId));
         }
         let switch = bundle.kill_switch();
-        assert_eq!(switch.pids().len(), 4);
+        assert_eq!(switch.pids().len(), 5);
 
         bundle.kill_pe(1);
         assert!(wait_until(|| {
@@ -742,16 +842,26 @@ exec sleep 600
         }));
         assert_eq!(bundle.pe_status()[3].capacity, Some(1_000));
 
-        let registrar_pid = bundle.registrar_status().pid;
-        bundle.restart_registrar();
+        let registrar_pid = bundle.registrar_status()[0].pid;
+        bundle.restart_registrar(1);
         assert!(wait_until(|| {
             bundle.poll();
-            bundle.registrar_status().state == ChildState::Running
+            bundle.registrar_status()[0].state == ChildState::Running
         }));
-        assert_ne!(bundle.registrar_status().pid, registrar_pid);
+        assert_ne!(bundle.registrar_status()[0].pid, registrar_pid);
+        assert_eq!(
+            bundle.registrar_addresses()[0],
+            "127.0.0.1:45671".parse().expect("address")
+        );
+
+        bundle.kill_registrar(2);
+        assert!(wait_until(|| {
+            bundle.poll();
+            matches!(&bundle.registrar_status()[1].state, ChildState::Exited(how) if how == "SIGKILL")
+        }));
 
         let pids = switch.pids();
-        assert_eq!(pids.len(), 4, "registrar, restarted PE 1, PE 2, added PE");
+        assert_eq!(pids.len(), 4, "registrar 1, restarted PE 1, PE 2, added PE");
         drop(bundle);
         for pid in pids {
             // Reaped by the drop: the pid no longer names our child.

@@ -93,7 +93,7 @@ fn no_display() -> Option<&'static str> {
 }
 
 /// What the window would have shown, without it: one picture through the bundled demo pool (a
-/// registrar, four PEs of different speeds) or the registrars given, with the progress bar and
+/// registrars, four PEs of different speeds) or the registrars given, with the progress bar and
 /// the per-PE summary, written to [`DEMO_PICTURE`] unless `--out` says otherwise.
 fn run_without_window(
     mut options: HeadlessArgs,
@@ -134,7 +134,7 @@ fn run_without_window(
     .context("starting the bundled demo pool")?;
     let switch = bundle.kill_switch();
     kill_on_signals(switch.clone());
-    options.registrars = bundle.registrar_address().into_iter().collect();
+    options.registrars = bundle.registrar_addresses();
     let result = run_headless(options);
     switch.kill_all();
     drop(bundle);

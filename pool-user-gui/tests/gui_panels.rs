@@ -41,12 +41,25 @@ struct FakePool {
 }
 
 impl PoolControl for FakePool {
-    fn registrar(&self) -> BundledRegistrar {
-        BundledRegistrar {
-            address: Some(addr(3863)),
-            pid: Some(100),
-            state: ChildState::Running,
-        }
+    fn registrars(&self) -> Vec<BundledRegistrar> {
+        (1..=2)
+            .map(|id| BundledRegistrar {
+                id,
+                address: Some(addr(3862 + id as u16)),
+                pid: Some(100 + id),
+                state: ChildState::Running,
+            })
+            .collect()
+    }
+    fn kill_registrar(&mut self, id: u32) {
+        self.actions
+            .borrow_mut()
+            .push(format!("kill registrar {id}"));
+    }
+    fn toggle_hang_registrar(&mut self, id: u32) {
+        self.actions
+            .borrow_mut()
+            .push(format!("hang registrar {id}"));
     }
     fn pool_elements(&self) -> Vec<BundledPe> {
         self.pes.clone()
@@ -66,10 +79,10 @@ impl PoolControl for FakePool {
     fn add(&mut self, capacity: Option<u64>) {
         self.actions.borrow_mut().push(format!("add {capacity:?}"));
     }
-    fn restart_registrar(&mut self) {
+    fn restart_registrar(&mut self, id: u32) {
         self.actions
             .borrow_mut()
-            .push("restart registrar".to_owned());
+            .push(format!("restart registrar {id}"));
     }
     fn poll(&mut self) {}
 }
@@ -200,6 +213,7 @@ fn snapshot(ids: &[u32]) -> ClientEvent {
                 policy: "LeastUsed".to_owned(),
                 load: Some(0.25),
                 capacity: None,
+                home_registrar: 1 + id % 2,
             })
             .collect(),
     }
@@ -340,24 +354,43 @@ fn kill_button_kills_the_bundled_pe() {
     let mut setup = setup(true);
     setup.sink.send(snapshot(&[0xaaaa_0001, 0xaaaa_0002]));
     setup.harness.run();
+    // Each registrar with the PEs it is home for (from the pool's view).
     setup
         .harness
-        .get_by_label_contains("Bundled registrar: running");
-    // The pool table and the bundle table both list the PEs; every Kill button is live.
+        .get_by_label_contains("Registrar 1 (127.0.0.1:3863): running");
+    setup
+        .harness
+        .get_by_label_contains("Registrar 2 (127.0.0.1:3864): running");
+    assert_eq!(
+        setup
+            .harness
+            .get_all_by_label_contains("home of 1 PEs")
+            .count(),
+        2
+    );
+    // Two registrars, then the pool table and the bundle table listing the PEs: every Kill
+    // button is live.
     let kills = setup.harness.get_all_by_label("Kill").count();
-    assert_eq!(kills, 4);
+    assert_eq!(kills, 6);
+    setup
+        .harness
+        .get_all_by_label("Kill")
+        .nth(3)
+        .expect("second PE's Kill")
+        .click();
+    setup.harness.run();
     setup
         .harness
         .get_all_by_label("Kill")
         .nth(1)
-        .expect("second Kill")
+        .expect("second registrar's Kill")
         .click();
     setup.harness.run();
     setup
         .harness
         .get_all_by_label("Hang")
-        .next()
-        .expect("Hang")
+        .nth(2)
+        .expect("first PE's Hang")
         .click();
     setup.harness.run();
     setup
@@ -367,7 +400,12 @@ fn kill_button_kills_the_bundled_pe() {
         .expect("Stop")
         .click();
     setup.harness.run();
-    setup.harness.get_by_label("Restart registrar").click();
+    setup
+        .harness
+        .get_all_by_label("Restart")
+        .next()
+        .expect("first registrar's Restart")
+        .click();
     setup.harness.run();
     setup.harness.get_by_label("Add PE").click();
     setup.harness.run();
@@ -375,9 +413,10 @@ fn kill_button_kills_the_bundled_pe() {
         *setup.actions.borrow(),
         vec![
             "kill 2".to_owned(),
+            "kill registrar 2".to_owned(),
             "hang 1".to_owned(),
             "stop 2".to_owned(),
-            "restart registrar".to_owned(),
+            "restart registrar 1".to_owned(),
             "add Some(100000000)".to_owned(),
         ]
     );

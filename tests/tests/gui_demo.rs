@@ -160,7 +160,7 @@ fn demo_survives_a_killed_pe_and_leaves_no_processes() -> Result<()> {
         .wait_for_text("bundled pool ready", READY_TIMEOUT)
         .context("bundled pool")?;
     let pids = bundled_pids(&gui);
-    assert_eq!(pids.len(), 5, "a registrar and 4 pool elements");
+    assert_eq!(pids.len(), 6, "2 registrars and 4 pool elements");
     let progress = gui.log.wait_for(READY_TIMEOUT, |line| {
         line.contains("image progress")
             && field(line, "percent")
@@ -210,7 +210,7 @@ fn sigterm_of_the_gui_stops_the_bundle() -> Result<()> {
     let mut gui = start_gui(&display, &["--picture-size", "200x120"])?;
     gui.log.wait_for_text("bundled pool ready", READY_TIMEOUT)?;
     let pids = bundled_pids(&gui);
-    assert_eq!(pids.len(), 5);
+    assert_eq!(pids.len(), 6);
     assert!(pids.iter().all(|&pid| pid_alive(pid)));
     gui.signal(Signal::SIGTERM)?;
     gui.wait_exit(Duration::from_secs(20))?;
@@ -223,7 +223,7 @@ fn sigkill_of_the_gui_takes_the_bundle_along() -> Result<()> {
     let mut gui = start_gui(&display, &["--picture-size", "200x120"])?;
     gui.log.wait_for_text("bundled pool ready", READY_TIMEOUT)?;
     let pids = bundled_pids(&gui);
-    assert_eq!(pids.len(), 5);
+    assert_eq!(pids.len(), 6);
     // No handler runs: only PR_SET_PDEATHSIG can clean up.
     gui.signal(Signal::SIGKILL)?;
     gui.wait_exit(Duration::from_secs(20))?;
@@ -271,6 +271,6 @@ fn without_a_display_the_demo_runs_headless_and_writes_the_picture() -> Result<(
         .filter(|line| line.contains("bundled process started"))
         .filter_map(|line| field(line, "pid")?.parse().ok())
         .collect();
-    ensure!(pids.len() == 5, "bundled processes: {pids:?}");
+    ensure!(pids.len() == 6, "bundled processes: {pids:?}");
     wait_gone(&pids)
 }

@@ -40,6 +40,8 @@ pub struct PoolEntry {
     /// Iterations per second its policy advertises (a capacity-aware PE's weight or load
     /// degradation, see `pool_element::capacity`).
     pub capacity: Option<f64>,
+    /// Identifier of its home registrar (the one it registered with, or took it over).
+    pub home_registrar: u32,
 }
 
 /// Why a session gave up its pool element.

@@ -249,6 +249,7 @@ impl FractalClient {
                                     capacity: pool_element::capacity::advertised_capacity(
                                         &pe.policy,
                                     ),
+                                    home_registrar: element.home_registrar,
                                 })
                             })
                             .collect(),

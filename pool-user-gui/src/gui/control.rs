@@ -74,7 +74,11 @@ pub use crate::bundle::{BundledPe, BundledRegistrar, ChildState};
 
 /// Control of the processes the GUI started (the bundled demo pool).
 pub trait PoolControl {
-    fn registrar(&self) -> BundledRegistrar;
+    fn registrars(&self) -> Vec<BundledRegistrar>;
+    /// SIGKILL to registrar `id`: its peers take its PEs over.
+    fn kill_registrar(&mut self, id: u32);
+    /// SIGSTOP when running, SIGCONT when hung.
+    fn toggle_hang_registrar(&mut self, id: u32);
     fn pool_elements(&self) -> Vec<BundledPe>;
     /// SIGKILL: the PE dies without a word.
     fn kill(&mut self, slot: usize);
@@ -86,8 +90,8 @@ pub trait PoolControl {
     fn restart(&mut self, slot: usize);
     /// Starts a new PE with this capacity (iterations per second; None = unlimited).
     fn add(&mut self, capacity: Option<u64>);
-    /// Restarts the registrar at the same address.
-    fn restart_registrar(&mut self);
+    /// Restarts registrar `id` at the same addresses (empty: it learns from its peers).
+    fn restart_registrar(&mut self, id: u32);
     /// Reaps exited children and reads their readiness lines; call once per frame.
     fn poll(&mut self);
 }

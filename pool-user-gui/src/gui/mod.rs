@@ -71,6 +71,10 @@ pub struct WindowOptions {
     /// Bundled pool elements to start (default 4), when no --registrar is given.
     #[arg(long, default_value_t = 4)]
     pub bundled_pes: usize,
+    /// Bundled registrars (default 2, keeping one handlespace with ENRP), when no --registrar
+    /// is given.
+    #[arg(long, default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=8))]
+    pub bundled_registrars: usize,
     /// Capacities of the bundled pool elements in iterations per second, comma-separated,
     /// `unlimited` allowed (replaces --bundled-pes; default: 6e7,3e7,1.5e7,8e6 repeating).
     #[arg(long, value_delimiter = ',', value_parser = parse_capacity)]
@@ -183,6 +187,7 @@ pub fn run_with(options: GuiOptions, factory: ClientFactory) -> anyhow::Result<(
                 Some(list) => list.iter().map(|capacity| capacity.0).collect(),
                 None => BundleConfig::demo_capacities(options.window.bundled_pes),
             },
+            registrars: options.window.bundled_registrars,
             ..BundleConfig::default()
         };
         Some(Bundle::start(config).context("starting the bundled demo pool")?)
@@ -190,7 +195,7 @@ pub fn run_with(options: GuiOptions, factory: ClientFactory) -> anyhow::Result<(
         None
     };
     let registrars = match &bundle {
-        Some(bundle) => bundle.registrar_address().into_iter().collect(),
+        Some(bundle) => bundle.registrar_addresses(),
         None => options.registrars.clone(),
     };
     let kill_switch = bundle.as_ref().map(Bundle::kill_switch);
@@ -301,6 +306,7 @@ mod tests {
         assert!(defaults.registrars.is_empty());
         assert_eq!(defaults.sessions, 16);
         assert_eq!(defaults.window.bundled_pes, 4);
+        assert_eq!(defaults.window.bundled_registrars, 2);
         assert_eq!(defaults.window.window_size, (1400, 860));
     }
 

@@ -102,6 +102,7 @@ fn snapshot(alive: &[bool], serving: &[usize]) -> ClientEvent {
             policy: "LeastUsed".to_owned(),
             load: Some((serving[index] as f64 / 4.0).min(1.0)),
             capacity: Some(PES[index].1 as f64),
+            home_registrar: 1,
         })
         .collect();
     ClientEvent::PoolSnapshot {

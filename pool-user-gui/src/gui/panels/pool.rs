@@ -1,24 +1,25 @@
-//! The pool panel: the registrar, the pool as the registrar lists it (with each PE's share of
+//! The pool panel: the registrars, the pool as a registrar lists it (with each PE's share of
 //! the work beside its share of the capacity) and, for the bundled demo pool, buttons that
-//! kill, hang, stop, restart and add pool elements.
+//! kill, hang and restart registrars and kill, hang, stop, restart and add pool elements.
 
 use egui::{Color32, FontId, RichText};
 use fractal_protocol::palette;
 
 use crate::client::events::PoolEntry;
 use crate::gui::control::{BundledPe, BundledRegistrar, ChildState, PoolControl};
+
 use crate::gui::model::{GuiState, Picture, RegistrarStatus};
 
 /// The bundled processes as this frame shows them.
 pub(crate) struct Bundled {
-    pub registrar: BundledRegistrar,
+    pub registrars: Vec<BundledRegistrar>,
     pub pes: Vec<BundledPe>,
 }
 
 impl Bundled {
     pub(crate) fn of(pool: &dyn PoolControl) -> Bundled {
         Bundled {
-            registrar: pool.registrar(),
+            registrars: pool.registrars(),
             pes: pool.pool_elements(),
         }
     }
@@ -29,9 +30,19 @@ impl Bundled {
 pub(crate) enum PoolAction {
     /// To the PE in this slot.
     Pe(PeAction, usize),
-    RestartRegistrar,
+    /// To the registrar with this identifier.
+    Registrar(RegistrarAction, u32),
     /// A new PE with this capacity (iterations per second; None = unlimited).
     Add(Option<u64>),
+}
+
+/// What a registrar's buttons do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RegistrarAction {
+    Kill,
+    /// Hang, or resume a hung registrar.
+    Hang,
+    Restart,
 }
 
 /// What a PE's buttons do.
@@ -49,9 +60,20 @@ impl PoolAction {
     pub(crate) fn apply(self, pool: &mut dyn PoolControl, pes: &[BundledPe]) -> String {
         match self {
             PoolAction::Pe(action, slot) => pe_action(pool, action, slot, pes),
-            PoolAction::RestartRegistrar => {
-                pool.restart_registrar();
-                "Restarted the registrar".to_owned()
+            PoolAction::Registrar(RegistrarAction::Kill, id) => {
+                pool.kill_registrar(id);
+                format!(
+                    "Killed registrar {id} (SIGKILL): its peers take over its PEs once it has \
+                     been silent for 4 s"
+                )
+            }
+            PoolAction::Registrar(RegistrarAction::Hang, id) => {
+                pool.toggle_hang_registrar(id);
+                format!("Hang/resume registrar {id} (SIGSTOP/SIGCONT)")
+            }
+            PoolAction::Registrar(RegistrarAction::Restart, id) => {
+                pool.restart_registrar(id);
+                format!("Restarted registrar {id}: empty, it downloads the handlespace from a peer")
             }
             PoolAction::Add(capacity) => {
                 pool.add(capacity);
@@ -109,16 +131,37 @@ pub(crate) fn show(
     ui.heading(format!("Pool {pool_name}"));
     registrar_status(ui, state);
     if let Some(bundled) = bundled {
-        ui.horizontal(|ui| {
-            let registrar = &bundled.registrar;
-            ui.label(format!(
-                "Bundled registrar: {}",
-                describe_child(&registrar.state, registrar.pid)
-            ));
-            if ui.button("Restart registrar").clicked() {
-                action = Some(PoolAction::RestartRegistrar);
-            }
-        });
+        for registrar in &bundled.registrars {
+            ui.horizontal(|ui| {
+                let homed = state
+                    .pool
+                    .iter()
+                    .filter(|entry| entry.home_registrar == registrar.id)
+                    .count();
+                ui.label(format!(
+                    "Registrar {} ({}): {}, home of {homed} PEs",
+                    registrar.id,
+                    registrar
+                        .address
+                        .map_or("?".to_owned(), |address| address.to_string()),
+                    describe_child(&registrar.state, registrar.pid)
+                ));
+                let id = registrar.id;
+                if ui.button("Kill").clicked() {
+                    action = Some(PoolAction::Registrar(RegistrarAction::Kill, id));
+                }
+                let hang = match registrar.state {
+                    ChildState::Hung => "Resume",
+                    _ => "Hang",
+                };
+                if ui.button(hang).clicked() {
+                    action = Some(PoolAction::Registrar(RegistrarAction::Hang, id));
+                }
+                if ui.button("Restart").clicked() {
+                    action = Some(PoolAction::Registrar(RegistrarAction::Restart, id));
+                }
+            });
+        }
     }
     if state.pool.is_empty() && state.registrar != RegistrarStatus::Unknown {
         ui.colored_label(
