@@ -92,7 +92,7 @@ fn no_display() -> Option<&'static str> {
     (!set("DISPLAY") && !set("WAYLAND_DISPLAY")).then_some("DISPLAY and WAYLAND_DISPLAY are unset")
 }
 
-/// What the window would have shown, without it: one picture through the bundled demo pool (a
+/// What the window would have shown, without it: one picture through the bundled demo pool (two
 /// registrars, four PEs of different speeds) or the registrars given, with the progress bar and
 /// the per-PE summary, written to [`DEMO_PICTURE`] unless `--out` says otherwise.
 fn run_without_window(

@@ -610,3 +610,38 @@ fn window_resize_restarts_the_picture_at_the_new_size() {
     assert_eq!(requests.len(), 2);
     assert!(requests[1].width < first.width && requests[1].height < first.height);
 }
+
+#[test]
+fn a_pe_moving_to_another_registrar_is_told_in_the_story() {
+    let mut setup = setup(true);
+    setup.sink.send(snapshot(&[0xaaaa_0001, 0xaaaa_0002]));
+    setup.harness.run();
+    // Its registrar died: the PE registered with registrar 2, and the pool user asks another.
+    let ClientEvent::PoolSnapshot { mut entries, .. } = snapshot(&[0xaaaa_0001, 0xaaaa_0002])
+    else {
+        unreachable!("a snapshot");
+    };
+    for entry in &mut entries {
+        entry.home_registrar = 2;
+    }
+    setup.sink.send(ClientEvent::PoolSnapshot {
+        registrar: Some(addr(3864)),
+        entries,
+    });
+    setup.harness.run();
+    setup
+        .harness
+        .get_by_label_contains("PE 0xaaaa0002 has a new home: registrar 2 (was 1)");
+    setup
+        .harness
+        .get_by_label_contains("Asking registrar 127.0.0.1:3864 now (was 127.0.0.1:3863)");
+    // PE 0xaaaa0001 was homed at 2 already: no line for it.
+    assert_eq!(
+        setup
+            .harness
+            .get_all_by_label_contains("has a new home")
+            .count(),
+        1
+    );
+    setup.harness.get_by_label_contains("home of 2 PEs");
+}

@@ -846,6 +846,35 @@ impl GuiState {
             for new in after.difference(&before) {
                 self.note(StoryKind::Pool, format!("PE {new} joined the pool"));
             }
+            // ENRP: a PE whose home registrar died registered with another, or was taken over.
+            let moves: Vec<String> = entries
+                .iter()
+                .filter_map(|entry| {
+                    let old = self.pool.iter().find(|old| old.id == entry.id)?;
+                    (old.home_registrar != entry.home_registrar && entry.home_registrar != 0).then(
+                        || {
+                            format!(
+                                "PE {} has a new home: registrar {} (was {})",
+                                entry.id, entry.home_registrar, old.home_registrar
+                            )
+                        },
+                    )
+                })
+                .collect();
+            for line in moves {
+                self.note(StoryKind::Pool, line);
+            }
+        }
+        if let RegistrarStatus::Up(Some(old)) = self.registrar
+            && registrar.is_some_and(|new| new != old)
+        {
+            self.note(
+                StoryKind::Pool,
+                format!(
+                    "Asking registrar {} now (was {old})",
+                    registrar.map_or("?".to_owned(), |a| a.to_string())
+                ),
+            );
         }
         if matches!(self.registrar, RegistrarStatus::Unavailable(_)) {
             self.note(StoryKind::Pool, "Registrar reachable again");
