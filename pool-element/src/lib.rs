@@ -176,7 +176,7 @@ struct Shared {
     crash_after: Option<u64>,
     load: watch::Sender<f64>,
     /// Keep-alives from other registrars go to the registration client.
-    foreign_keep_alives: mpsc::UnboundedSender<(bool, u32)>,
+    foreign_keep_alives: mpsc::UnboundedSender<registration::ForeignKeepAlive>,
     keep_alive_ack: AsapMessage,
 }
 
@@ -525,12 +525,29 @@ async fn serve_keep_alives(
     } = message
     {
         tracing::info!(peer = %peer, home, server = %format_args!("{server_id:#010x}"), "keep-alive from another registrar");
-        let _ = shared.foreign_keep_alives.send((home, server_id));
         if let Ok(bytes) = shared.keep_alive_ack.to_bytes()
             && sender.send(PPID_ASAP, bytes).await.is_err()
         {
             return;
         }
+        if home {
+            // A registrar taking us over: its association becomes our registrar association.
+            let _ = shared
+                .foreign_keep_alives
+                .send(registration::ForeignKeepAlive {
+                    home,
+                    server_id,
+                    association: Some(Association::unsplit(sender, receiver)),
+                });
+            return;
+        }
+        let _ = shared
+            .foreign_keep_alives
+            .send(registration::ForeignKeepAlive {
+                home,
+                server_id,
+                association: None,
+            });
         let frame = tokio::select! {
             frame = receiver.recv() => frame,
             _ = stopped(&mut shutdown) => break,

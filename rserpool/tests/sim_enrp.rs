@@ -248,13 +248,26 @@ fn with_two_registrars_the_survivor_takes_over_at_once() {
         "{after:?}"
     );
     assert_eq!(owner(&sim, 1, pe), Some(2));
-    // The PE was told at its data address and took registrar 2 as its home.
+    // The PE was told at its data address, took registrar 2 as its home and registers over
+    // the association the Keep-Alive came on (it knew no other registrar), so it stays in the
+    // pool past its registration life (3 x 5 s).
     sim.run_for(Duration::from_millis(10));
     let told = sim
         .records()
         .iter()
         .any(|(_, record)| matches!(record, Record::Pe(0, PeEvent::HomeChanged { home: 2 })));
     assert!(told, "{}", sim.dump());
+    assert_eq!(sim.registered_with(pe), Some(1), "{}", sim.dump());
+    sim.run_for(Duration::from_secs(40));
+    assert_eq!(owner(&sim, 1, pe), Some(2));
+    assert_eq!(sim.registered_with(pe), Some(1));
+    assert!(
+        !events(&sim, 1)
+            .iter()
+            .any(|e| matches!(e, RegistrarEvent::Removed { .. })),
+        "{}",
+        sim.dump()
+    );
 }
 
 #[test]

@@ -259,3 +259,58 @@ fn registrars_with_tls_replicate_and_refuse_a_peer_without() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_pe_that_knows_only_the_dead_registrar_is_taken_over_and_stays() -> Result<()> {
+    const NET: u8 = 36;
+    let fast = [
+        "--peer-heartbeat-cycle",
+        "300",
+        "--peer-max-time-last-heard",
+        "500",
+        "--peer-max-time-no-response",
+        "500",
+    ];
+    let start = |index: usize| -> Result<Proc> {
+        let mut args: Vec<String> = vec![
+            "--id".into(),
+            (index + 1).to_string(),
+            "--asap".into(),
+            asap_address(NET, index).to_string(),
+            "--announce".into(),
+            "off".into(),
+            "--enrp".into(),
+            enrp_address(NET, index).to_string(),
+            "--enrp-announce".into(),
+            "off".into(),
+            "--peer".into(),
+            enrp_address(NET, 1 - index).to_string(),
+        ];
+        args.extend(fast.map(String::from));
+        let proc = Proc::spawn(&format!("registrar{}", index + 1), bin("registrar"), &args)?;
+        proc.log.wait_for_text("registrar ready", READY_TIMEOUT)?;
+        Ok(proc)
+    };
+    let first = start(0)?;
+    let second = start(1)?;
+    // Registration life 3 x 1 s.
+    let (pe, _) = start_pool_element(asap_address(NET, 0), "0xb1", &["--rereg-interval", "1000"])?;
+    wait_listed(&[asap_address(NET, 1)], &[0xb1], Duration::from_secs(10))?;
+    first.signal(Signal::SIGKILL)?;
+    second
+        .log
+        .wait_for_text("TakeoverWon", READY_TIMEOUT)
+        .context("registrar 2 takes over")?;
+    pe.log
+        .wait_for_text("home=0x00000002", READY_TIMEOUT)
+        .context("the PE adopts registrar 2")?;
+    // Registered over the takeover association, it re-registers there: still listed well past
+    // its registration life.
+    std::thread::sleep(Duration::from_secs(5));
+    wait_listed(&[asap_address(NET, 1)], &[0xb1], Duration::from_secs(1))?;
+    anyhow::ensure!(
+        second.log.count("pe removed") == 0,
+        "registrar 2 removed the PE"
+    );
+    Ok(())
+}

@@ -19,11 +19,23 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 type ConnectFuture =
     Pin<Box<dyn std::future::Future<Output = std::io::Result<Association>> + Send>>;
 
+/// An Endpoint Keep-Alive that arrived on an association other than the registrar
+/// association (a registrar taking this PE over connects to its data address).
+#[derive(Debug)]
+pub struct ForeignKeepAlive {
+    /// The H flag: the sender wants to be our home.
+    pub home: bool,
+    pub server_id: u32,
+    /// The association it came on, handed over with the H flag: it becomes the registrar
+    /// association (as rsplib's PEs peel it off); `None` when the caller keeps it.
+    pub association: Option<Association>,
+}
+
 /// Handle of a running registration task.
 #[derive(Debug)]
 pub struct RegistrationHandle {
     load: watch::Sender<f64>,
-    foreign_keep_alives: mpsc::UnboundedSender<(bool, u32)>,
+    foreign_keep_alives: mpsc::UnboundedSender<ForeignKeepAlive>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -34,8 +46,8 @@ impl RegistrationHandle {
         let _ = self.load.send(fraction);
     }
 
-    /// A sender for keep-alives received on other associations: `(H flag, server id)`.
-    pub fn foreign_keep_alives(&self) -> mpsc::UnboundedSender<(bool, u32)> {
+    /// A sender for keep-alives received on other associations.
+    pub fn foreign_keep_alives(&self) -> mpsc::UnboundedSender<ForeignKeepAlive> {
         self.foreign_keep_alives.clone()
     }
 
@@ -105,7 +117,7 @@ async fn run(
     events: mpsc::UnboundedSender<Event>,
     mut load: watch::Receiver<f64>,
     mut shutdown: watch::Receiver<bool>,
-    mut foreign_keep_alives: mpsc::UnboundedReceiver<(bool, u32)>,
+    mut foreign_keep_alives: mpsc::UnboundedReceiver<ForeignKeepAlive>,
 ) {
     let mut association: Option<Association> = None;
     let mut connecting: Option<ConnectFuture> = None;
@@ -214,8 +226,20 @@ async fn run(
                     core.set_load(fraction, Instant::now());
                 }
             }
-            Some((home, server_id)) = foreign_keep_alives.recv() => {
-                core.handle_foreign_keep_alive(home, server_id, Instant::now());
+            Some(foreign) = foreign_keep_alives.recv() => {
+                let now = Instant::now();
+                match foreign.association {
+                    Some(offered) if foreign.home => {
+                        let peer = offered.peer_addr();
+                        if core.handle_home_association(foreign.server_id, peer, now) {
+                            connecting = None;
+                            if let Some(old) = association.replace(offered) {
+                                old.abort();
+                            }
+                        }
+                    }
+                    _ => core.handle_foreign_keep_alive(foreign.home, foreign.server_id, now),
+                }
             }
             changed = shutdown.changed(), if !shutdown_seen => {
                 // A dropped handle counts as shutdown too.

@@ -519,6 +519,42 @@ impl Registration {
         self.adopt_home(server_id, true, current, now);
     }
 
+    /// A registrar taking this PE over (ENRP) sent a Keep-Alive with the H flag on an
+    /// association it opened to our data address: as rsplib's PEs do, we make that association
+    /// our registrar association (the driver swaps it in when this returns true) and register
+    /// over it, whoever was home before. `registrar` is the association's peer address.
+    pub fn handle_home_association(
+        &mut self,
+        server_id: u32,
+        registrar: SocketAddr,
+        now: Instant,
+    ) -> bool {
+        if self.is_stopped() || matches!(self.state, State::Deregistering { .. }) {
+            return false;
+        }
+        if let State::Connected {
+            registrar: previous,
+            ..
+        } = self.state
+        {
+            self.events.push_back(Event::RegistrarLost {
+                registrar: previous,
+                reason: LossReason::HomeMoved,
+            });
+        }
+        self.home = server_id;
+        self.events
+            .push_back(Event::HomeChanged { home: server_id });
+        self.state = State::Connected {
+            registrar,
+            registered: false,
+            awaiting: None,
+            rereg_at: None,
+        };
+        self.send_registration(now);
+        true
+    }
+
     /// The Keep-Alive Ack this PE answers keep-alives with.
     pub fn keep_alive_ack(&self) -> AsapMessage {
         AsapMessage::EndpointKeepAliveAck {

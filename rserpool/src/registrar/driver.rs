@@ -27,8 +27,8 @@ use crate::handlespace::{AssociationKey, HandlespaceSnapshot};
 use crate::timer::sleep_until;
 use crate::transport::announce::{AnnounceSender, AnnounceSenderConfig};
 use crate::transport::{
-    AssociationConfig, AssociationReceiver, AssociationSender, Listener, PPID_ASAP, TcpFramed,
-    Transport, TrySendError,
+    Association, AssociationConfig, AssociationReceiver, AssociationSender, Listener, PPID_ASAP,
+    TcpFramed, Transport, TrySendError,
 };
 use crate::wire::{AsapMessage, TransportAddress};
 
@@ -103,6 +103,8 @@ enum Input {
     },
     /// An ENRP message from a peer (association or group).
     Enrp(Vec<u8>),
+    /// An association we opened to a PE we took over, and the Keep-Alive (H) to send on it.
+    Takeover(Association, Vec<u8>),
     Inspect(oneshot::Sender<Inspection>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -205,8 +207,27 @@ pub async fn start(config: DriverConfig) -> io::Result<RunningRegistrar> {
         tls: config.enrp.as_ref().and_then(|e| e.peer_tls.clone()),
         ..config.association.clone()
     };
-    let links = PeerLinks::new(group_sender, peer_association);
-    let core = tokio::spawn(core_loop(registrar, input_rx, links));
+    let (takeover_tx, mut takeover_rx) = mpsc::channel::<(Association, Vec<u8>)>(INPUT_QUEUE);
+    let forward = inputs.clone();
+    background.push(tokio::spawn(async move {
+        while let Some((association, payload)) = takeover_rx.recv().await {
+            if forward
+                .send(Input::Takeover(association, payload))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }));
+    let links = PeerLinks::new(group_sender, peer_association, takeover_tx);
+    let core = tokio::spawn(core_loop(
+        registrar,
+        input_rx,
+        links,
+        inputs.clone(),
+        open_associations.clone(),
+    ));
     Ok(RunningRegistrar {
         enrp_address,
         local_addr,
@@ -318,9 +339,11 @@ async fn announce_loop(sender: AnnounceSender, interval: Duration, id: u32, asap
     }
 }
 
-/// Counts of open associations, kept by the accept loop.
+/// Counts of open associations, kept by the accept loop, and their keys.
 #[derive(Debug, Default)]
 struct OpenAssociations {
+    /// The next association's key (accepted ones and those opened for takeovers).
+    next_key: std::sync::atomic::AtomicU64,
     now: AtomicUsize,
     /// Most open at once since [`RunningRegistrar::open_associations`] last looked.
     peak: AtomicUsize,
@@ -332,7 +355,6 @@ async fn accept_loop<L: Listener>(
     max: usize,
     counts: Arc<OpenAssociations>,
 ) {
-    let mut next_key: AssociationKey = 1;
     let mut refused = 0u64;
     let mut last_warning: Option<std::time::Instant> = None;
     loop {
@@ -357,8 +379,7 @@ async fn accept_loop<L: Listener>(
         }
         let open = counts.now.fetch_add(1, Ordering::Relaxed) + 1;
         counts.peak.fetch_max(open, Ordering::Relaxed);
-        let key = next_key;
-        next_key += 1;
+        let key = counts.next_key.fetch_add(1, Ordering::Relaxed) + 1;
         let (sender, receiver) = association.split();
         if inputs.send(Input::Opened { key, sender }).await.is_err() {
             return;
@@ -399,6 +420,8 @@ async fn core_loop(
     mut registrar: Registrar,
     mut inputs: mpsc::Receiver<Input>,
     mut links: PeerLinks,
+    input_sender: mpsc::Sender<Input>,
+    counts: Arc<OpenAssociations>,
 ) {
     let mut senders: HashMap<AssociationKey, AssociationSender> = HashMap::new();
     let mut log = EventLog::default();
@@ -427,6 +450,21 @@ async fn core_loop(
                 }
             }
             Input::Enrp(payload) => registrar.handle_enrp(&payload, std::time::Instant::now()),
+            Input::Takeover(association, keep_alive) => {
+                let key = counts.next_key.fetch_add(1, Ordering::Relaxed) + 1;
+                counts.now.fetch_add(1, Ordering::Relaxed);
+                registrar.handle_association_opened(key, association.peer_addr());
+                let (sender, receiver) = association.split();
+                if sender.try_send(PPID_ASAP, keep_alive).is_err() {
+                    debug!(association = key, "takeover keep-alive not sent");
+                }
+                senders.insert(key, sender);
+                let (inputs, counts) = (input_sender.clone(), counts.clone());
+                tokio::spawn(async move {
+                    read_loop(key, receiver, inputs).await;
+                    counts.now.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
             Input::Closed { key, why } => {
                 debug!(association = key, %why, "association closed");
                 senders.remove(&key);

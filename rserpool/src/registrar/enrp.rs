@@ -28,7 +28,9 @@
 //!   once every other live peer acknowledged (at once when there is none: rsplib never completes
 //!   a takeover with two registrars), TAKEOVER_SERVER to all, the PEs become ours and each is
 //!   sent an ASAP Endpoint Keep-Alive with the H flag at its user transport
-//!   ([`Transmit::TakeoverKeepAlive`]). Competing initiators: the highest identifier wins
+//!   ([`Transmit::TakeoverKeepAlive`]) on an association the driver opens and makes one of its
+//!   ASAP associations: the PE adopts it as its registrar association and registers over it
+//!   (rsplib's PEs peel it off likewise), so a PE that knew only its dead home stays. Competing initiators: the highest identifier wins
 //!   (RFC §3.5.1; rsplib has the lowest win). A takeover whose acknowledgements do not all come
 //!   within `takeover_expiry` completes anyway: peers that do not answer are presumed dead too.
 //!   A peer that acknowledged someone else's takeover and then hears nothing more takes over

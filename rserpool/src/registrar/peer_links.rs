@@ -22,7 +22,7 @@ use crate::transport::announce::{
     AnnounceReceiver, AnnounceReceiverConfig, AnnounceSender, AnnounceSenderConfig,
 };
 use crate::transport::{
-    self, AssociationConfig, Listener, PPID_ASAP, PPID_ENRP, TcpFramedListener,
+    self, Association, AssociationConfig, Listener, PPID_ENRP, TcpFramedListener,
 };
 use crate::wire::TransportAddress;
 
@@ -40,14 +40,23 @@ pub(super) struct PeerLinks {
     links: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     group: Option<Arc<AnnounceSender>>,
     association: AssociationConfig,
+    /// Associations opened to PEs for a takeover, with the Keep-Alive to send on them: the
+    /// driver makes them ASAP associations of the core, so that the PE (which adopts the
+    /// association as its registrar association) registers over it.
+    takeovers: mpsc::Sender<(Association, Vec<u8>)>,
 }
 
 impl PeerLinks {
-    pub(super) fn new(group: Option<AnnounceSender>, association: AssociationConfig) -> Self {
+    pub(super) fn new(
+        group: Option<AnnounceSender>,
+        association: AssociationConfig,
+        takeovers: mpsc::Sender<(Association, Vec<u8>)>,
+    ) -> Self {
         PeerLinks {
             links: HashMap::new(),
             group: group.map(Arc::new),
             association,
+            takeovers,
         }
     }
 
@@ -82,23 +91,18 @@ impl PeerLinks {
         let Some(address) = socket_address(&pe) else {
             return;
         };
+        // The PE's data listener is plain (TLS protects registrar associations it opens).
         let config = AssociationConfig {
             connect_timeout: TAKEOVER_CONTACT_TIMEOUT,
             ..AssociationConfig::default()
         };
+        let takeovers = self.takeovers.clone();
         tokio::spawn(async move {
-            let contact = async {
-                let mut association = transport::connect(address, config).await?;
-                association.send(PPID_ASAP, payload).await?;
-                // The Ack tells us it arrived; the PE re-registers with us on its own.
-                let ack = association.recv().await?;
-                let _ = association.close().await;
-                Ok::<u32, Box<dyn std::error::Error + Send + Sync>>(ack.ppid)
-            };
-            match tokio::time::timeout(TAKEOVER_CONTACT_TIMEOUT, contact).await {
-                Ok(Ok(_)) => debug!(pe = %address, "takeover keep-alive acknowledged"),
-                Ok(Err(error)) => debug!(pe = %address, %error, "takeover keep-alive failed"),
-                Err(_) => debug!(pe = %address, "takeover keep-alive unanswered"),
+            match transport::connect(address, config).await {
+                Ok(association) => {
+                    let _ = takeovers.send((association, payload)).await;
+                }
+                Err(error) => debug!(pe = %address, %error, "takeover keep-alive not delivered"),
             }
         });
     }

@@ -241,8 +241,12 @@ enum Delivery {
     },
     /// An ENRP message for registrar `to`.
     Enrp { to: usize, payload: Vec<u8> },
-    /// A takeover's Keep-Alive at PE `pe`'s data address.
-    ForeignKeepAlive { pe: usize, payload: Vec<u8> },
+    /// A registrar's takeover association reached PE `pe`'s data address, with a Keep-Alive.
+    Takeover {
+        id: AssociationId,
+        pe: usize,
+        payload: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -653,7 +657,7 @@ impl Sim {
             | Delivery::Frame { to, .. }
             | Delivery::Closed { to, .. } => to.node(),
             Delivery::Enrp { to, .. } => Node::Registrar(*to),
-            Delivery::ForeignKeepAlive { pe, .. } => Node::Pe(*pe),
+            Delivery::Takeover { pe, .. } => Node::Pe(*pe),
         };
         match self.life[&node] {
             Life::Dead => return,
@@ -687,8 +691,12 @@ impl Sim {
             }
             Delivery::Closed { id, to, error } => self.closed(id, to, &error, now),
             Delivery::Enrp { to, payload } => self.registrars[to].core.handle_enrp(&payload, now),
-            Delivery::ForeignKeepAlive { pe, payload } => {
-                self.pes[pe].foreign_keep_alive(&payload, now)
+            Delivery::Takeover { id, pe, payload } => {
+                let registrar = self.associations.get(&id).map(|a| a.ends[0]);
+                if let Some(End::Registrar(r)) = registrar {
+                    let address = self.registrars[r].address;
+                    self.pes[pe].takeover_association(id, address, &payload, now);
+                }
             }
         }
     }
@@ -766,20 +774,36 @@ impl Sim {
             Output::Close { id, from } => self.close(id, from, AssociationError::ClosedByPeer),
             Output::Abort { id, from } => self.close(id, from, AssociationError::Reset),
             Output::Enrp { from, to, payload } => self.send_enrp(from, to, payload),
-            Output::TakeoverKeepAlive { pe, payload } => {
+            Output::TakeoverKeepAlive { from, pe, payload } => {
                 let target = self.pes.iter().position(|p| {
                     TransportAddress::Tcp {
                         port: p.address.port(),
                         address: p.address.ip(),
                     } == pe
                 });
-                if let Some(pe) = target {
-                    // A connection, then the message: two delays.
-                    self.schedule(
-                        self.config.delay * 2,
-                        Delivery::ForeignKeepAlive { pe, payload },
-                    );
-                }
+                let Some(pe) = target.filter(|&p| self.life[&Node::Pe(p)] != Life::Dead) else {
+                    return;
+                };
+                // The registrar opens an association to the PE's data address: an ASAP
+                // association of the registrar, the PE's registrar association once adopted.
+                let id = self.next_association;
+                self.next_association += 1;
+                self.associations.insert(
+                    id,
+                    Association {
+                        ends: [End::Registrar(from), End::PeRegistration(pe)],
+                        order: self.now,
+                    },
+                );
+                let pe_address = self.pes[pe].address;
+                self.registrars[from]
+                    .core
+                    .handle_association_opened(id, pe_address);
+                // A connection, then the message: two delays.
+                self.schedule(
+                    self.config.delay * 2,
+                    Delivery::Takeover { id, pe, payload },
+                );
             }
         }
     }
@@ -986,6 +1010,7 @@ pub(crate) enum Output {
         payload: Vec<u8>,
     },
     TakeoverKeepAlive {
+        from: usize,
         pe: TransportAddress,
         payload: Vec<u8>,
     },

@@ -96,9 +96,11 @@ impl RegistrarNode {
                     to,
                     payload,
                 },
-                Transmit::TakeoverKeepAlive { pe, payload } => {
-                    Output::TakeoverKeepAlive { pe, payload }
-                }
+                Transmit::TakeoverKeepAlive { pe, payload } => Output::TakeoverKeepAlive {
+                    from: index,
+                    pe,
+                    payload,
+                },
             });
         }
         while let Some(event) = self.core.poll_event() {
@@ -281,16 +283,43 @@ impl PeNode {
         self.sessions.remove(&id);
     }
 
-    /// An ASAP Keep-Alive from a registrar taking this PE over reached its data address.
-    pub(super) fn foreign_keep_alive(&mut self, payload: &[u8], now: Instant) {
-        if let Ok(decoded) = AsapMessage::decode(payload)
-            && let AsapMessage::EndpointKeepAlive {
-                home, server_id, ..
-            } = decoded.message
+    /// A registrar taking this PE over opened association `id` to its data address and sent
+    /// `payload` (a Keep-Alive) on it; `registrar` is where it comes from. As the pool element
+    /// does: acknowledge, and with the H flag make it the registrar association.
+    pub(super) fn takeover_association(
+        &mut self,
+        id: AssociationId,
+        registrar: SocketAddr,
+        payload: &[u8],
+        now: Instant,
+    ) {
+        let from = End::PeRegistration(self.index);
+        let Some(AsapMessage::EndpointKeepAlive {
+            home, server_id, ..
+        }) = AsapMessage::decode(payload).ok().map(|d| d.message)
+        else {
+            self.outputs.push(Output::Abort { id, from });
+            return;
+        };
+        self.outputs.push(Output::Send {
+            id,
+            from,
+            frame: asap_frame(&self.registration.keep_alive_ack()),
+        });
+        if home
+            && self
+                .registration
+                .handle_home_association(server_id, registrar, now)
         {
-            self.registration
-                .handle_foreign_keep_alive(home, server_id, now);
+            self.connecting = false;
+            if let Some(old) = self.registrar_association.replace(id) {
+                self.outputs.push(Output::Abort { id: old, from });
+            }
+            return;
         }
+        self.registration
+            .handle_foreign_keep_alive(home, server_id, now);
+        self.outputs.push(Output::Close { id, from });
     }
 
     /// Final cookies, graceful closes, deregistration.

@@ -196,6 +196,11 @@ pub struct Association {
 }
 
 impl Association {
+    /// Joins halves [`Association::split`] made (they must come from one association).
+    pub fn unsplit(sender: AssociationSender, receiver: AssociationReceiver) -> Association {
+        Association { sender, receiver }
+    }
+
     /// Separates the halves, e.g. to send from several tasks while one task receives.
     pub fn split(self) -> (AssociationSender, AssociationReceiver) {
         (self.sender, self.receiver)
