@@ -645,3 +645,27 @@ fn a_pe_moving_to_another_registrar_is_told_in_the_story() {
     );
     setup.harness.get_by_label_contains("home of 2 PEs");
 }
+
+#[test]
+fn each_registrars_own_view_is_shown_until_they_agree() {
+    use pool_user_gui::client::events::RegistrarView;
+    let mut setup = setup(true);
+    setup.sink.send(snapshot(&[0xaaaa_0001, 0xaaaa_0002]));
+    setup.sink.send(ClientEvent::RegistrarViews(vec![
+        RegistrarView {
+            address: addr(3863),
+            pes: Some(2),
+            checksum: 0x1234,
+        },
+        RegistrarView {
+            address: addr(3864),
+            pes: None,
+            checksum: 0xffff,
+        },
+    ]));
+    setup.harness.run();
+    setup.harness.get_by_label_contains(
+        "Registrar 1 (127.0.0.1:3863): running (pid 101), home of 1 PEs; lists 2 (checksum 0x1234)",
+    );
+    setup.harness.get_by_label_contains("; not answering");
+}

@@ -247,4 +247,18 @@ pub enum ClientEvent {
     },
     /// No registrar reachable right now (the client keeps trying).
     RegistrarUnavailable { detail: String },
+    /// What each registrar lists of the pool (refreshed about once a second, when the client
+    /// knows several registrars): their views converge through ENRP.
+    RegistrarViews(Vec<RegistrarView>),
+}
+
+/// One registrar's view of the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistrarView {
+    pub address: SocketAddr,
+    /// PEs it lists; `None` when it did not answer.
+    pub pes: Option<usize>,
+    /// RFC 5353 checksum of (pool handle, PE id) over the PEs it lists: equal views, equal
+    /// checksums.
+    pub checksum: u16,
 }

@@ -139,6 +139,8 @@ pub struct FractalClient {
     next_image: AtomicU64,
     current: Mutex<Option<JoinHandle<()>>>,
     monitor: Mutex<Option<JoinHandle<()>>>,
+    /// The task asking every registrar for its view of the pool.
+    views: Mutex<Option<JoinHandle<()>>>,
     /// Buffers of a finished picture for the next one (see [`FractalClient::recycle`]).
     spare: Arc<Mutex<SpareBuffers>>,
     /// How long the latest finished picture took (for [`default_units`]).
@@ -161,6 +163,7 @@ impl FractalClient {
             next_image: AtomicU64::new(1),
             current: Mutex::new(None),
             monitor: Mutex::new(None),
+            views: Mutex::new(None),
             spare: Arc::default(),
             last_wall: Arc::default(),
         };
@@ -222,6 +225,56 @@ impl FractalClient {
         abort_task(&self.current);
     }
 
+    /// Sends a `RegistrarViews` event every `interval` until the client is dropped: what each
+    /// of `registrars` lists of the pool (a Handle Resolution for all PEs, on a short
+    /// association of its own with `association`'s settings).
+    pub fn start_registrar_views(
+        &self,
+        registrars: Vec<std::net::SocketAddr>,
+        association: rserpool::transport::AssociationConfig,
+        interval: Duration,
+    ) {
+        let pool = self.pool.clone();
+        let events = self.events.clone();
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let mut views = Vec::new();
+                for &address in &registrars {
+                    let listed = tokio::time::timeout(
+                        interval,
+                        list_at(address, &pool, association.clone()),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+                    let mut checksum = rserpool::wire::HandlespaceChecksum::new();
+                    for id in listed.iter().flatten() {
+                        checksum.add(&pool, *id);
+                    }
+                    views.push(events::RegistrarView {
+                        address,
+                        pes: listed.as_ref().map(Vec::len),
+                        checksum: checksum.value(),
+                    });
+                }
+                if events.send(ClientEvent::RegistrarViews(views)).is_err() {
+                    return;
+                }
+            }
+        });
+        if let Some(old) = self
+            .views
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(task)
+        {
+            old.abort();
+        }
+    }
+
     /// Sends `PoolSnapshot` (or `RegistrarUnavailable`) events every `interval` until the
     /// client is dropped.
     pub fn start_pool_monitor(&self, interval: Duration) {
@@ -278,6 +331,7 @@ impl Drop for FractalClient {
     fn drop(&mut self) {
         self.cancel();
         abort_task(&self.monitor);
+        abort_task(&self.views);
     }
 }
 
@@ -781,5 +835,31 @@ mod tests {
         assert_eq!(default_units(16, None), 16 * UNITS_PER_SESSION);
         assert_eq!(default_units(16, Some(Duration::from_secs(2))), 64);
         assert_eq!(default_units(16, Some(Duration::from_millis(60))), 16);
+    }
+}
+
+/// The PE identifiers the registrar at `address` lists in `pool`.
+async fn list_at(
+    address: std::net::SocketAddr,
+    pool: &PoolHandle,
+    config: rserpool::transport::AssociationConfig,
+) -> anyhow::Result<Vec<PeId>> {
+    use rserpool::transport::PPID_ASAP;
+    use rserpool::wire::AsapMessage;
+    use rserpool::wire::param::HANDLE_RESOLUTION_ALL;
+    let mut association = rserpool::transport::connect(address, config).await?;
+    let request = AsapMessage::HandleResolution {
+        subscribe: false,
+        pool_handle: pool.clone(),
+        items: Some(HANDLE_RESOLUTION_ALL),
+    };
+    association.send(PPID_ASAP, request.to_bytes()?).await?;
+    let frame = association.recv().await?;
+    let _ = association.close().await;
+    match AsapMessage::decode(&frame.payload)?.message {
+        AsapMessage::HandleResolutionResponse { pool_elements, .. } => {
+            Ok(pool_elements.iter().map(|e| e.id).collect())
+        }
+        other => Err(anyhow!("unexpected {}", other.name())),
     }
 }

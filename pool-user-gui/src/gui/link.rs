@@ -55,17 +55,22 @@ pub fn client_factory() -> ClientFactory {
     Box::new(|config, sink| {
         let runtime = Arc::new(tokio::runtime::Runtime::new()?);
         let _guard = runtime.enter();
+        let registrars = config.registrars.clone();
         let mut pool_user = rserpool::pu::PoolUserConfig {
             registrars: config.registrars,
             ..Default::default()
         };
         pool_user.registrar_association.tls = config.registrar_tls;
+        let view_association = pool_user.registrar_association.clone();
         let (client, events) = FractalClient::start(client::ClientConfig {
             pool: config.pool,
             pool_user,
             pixel_events: true,
         })?;
         client.start_pool_monitor(POOL_REFRESH);
+        if registrars.len() > 1 {
+            client.start_registrar_views(registrars, view_association, POOL_REFRESH);
+        }
         forward(&runtime, sink, events);
         Ok(Box::new(Linked {
             client: Arc::new(client),

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use fractal_protocol::palette::{self, Marks, Palette};
 
 use crate::client::events::{
-    ClientEvent, Failover, FailureReason, ImageStart, ImageStats, PeInfo, PoolEntry, TileRect,
+    ClientEvent, Failover, FailureReason, ImageStart, ImageStats, PeInfo, PoolEntry, RegistrarView,
+    TileRect,
 };
 use rserpool::wire::PeId;
 
@@ -414,6 +415,8 @@ pub struct GuiState {
     pub failovers: u64,
     pub pool: Vec<PoolEntry>,
     pub registrar: RegistrarStatus,
+    /// What each registrar lists (when the client knows several), by ASAP address.
+    pub registrar_views: BTreeMap<std::net::SocketAddr, RegistrarView>,
     /// Tiles of the current image each PE serves right now.
     pub serving: BTreeMap<PeId, BTreeSet<usize>>,
     /// Tiles each PE completed since the window opened.
@@ -452,6 +455,7 @@ impl GuiState {
             failovers: 0,
             pool: Vec::new(),
             registrar: RegistrarStatus::Unknown,
+            registrar_views: BTreeMap::new(),
             serving: BTreeMap::new(),
             tiles_completed_by: HashMap::new(),
             story: VecDeque::new(),
@@ -580,6 +584,9 @@ impl GuiState {
                 self.on_pool_snapshot(registrar, entries);
             }
             ClientEvent::RegistrarUnavailable { detail } => self.on_registrar_unavailable(detail),
+            ClientEvent::RegistrarViews(views) => {
+                self.registrar_views = views.into_iter().map(|v| (v.address, v)).collect();
+            }
         }
     }
 

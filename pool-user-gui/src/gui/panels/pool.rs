@@ -138,8 +138,16 @@ pub(crate) fn show(
                     .iter()
                     .filter(|entry| entry.home_registrar == registrar.id)
                     .count();
+                // Its own view, when the client asks every registrar (several bundled).
+                let view = registrar
+                    .address
+                    .and_then(|address| state.registrar_views.get(&address))
+                    .map_or(String::new(), |view| match view.pes {
+                        Some(pes) => format!("; lists {pes} (checksum {:#06x})", view.checksum),
+                        None => "; not answering".to_owned(),
+                    });
                 ui.label(format!(
-                    "Registrar {} ({}): {}, home of {homed} PEs",
+                    "Registrar {} ({}): {}, home of {homed} PEs{view}",
                     registrar.id,
                     registrar
                         .address
