@@ -824,20 +824,6 @@ fn account(event: &ClientEvent, assembly: &ImageAssembly, tally: &mut Tally, now
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn units_follow_sessions_and_the_previous_picture() {
-        assert_eq!(default_units(1, None), 1);
-        assert_eq!(default_units(0, None), 1);
-        assert_eq!(default_units(16, None), 16 * UNITS_PER_SESSION);
-        assert_eq!(default_units(16, Some(Duration::from_secs(2))), 64);
-        assert_eq!(default_units(16, Some(Duration::from_millis(60))), 16);
-    }
-}
-
 /// The PE identifiers the registrar at `address` lists in `pool`.
 async fn list_at(
     address: std::net::SocketAddr,
@@ -861,5 +847,19 @@ async fn list_at(
             Ok(pool_elements.iter().map(|e| e.id).collect())
         }
         other => Err(anyhow!("unexpected {}", other.name())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_follow_sessions_and_the_previous_picture() {
+        assert_eq!(default_units(1, None), 1);
+        assert_eq!(default_units(0, None), 1);
+        assert_eq!(default_units(16, None), 16 * UNITS_PER_SESSION);
+        assert_eq!(default_units(16, Some(Duration::from_secs(2))), 64);
+        assert_eq!(default_units(16, Some(Duration::from_millis(60))), 16);
     }
 }
