@@ -178,6 +178,9 @@ struct Shared {
     /// Keep-alives from other registrars go to the registration client.
     foreign_keep_alives: mpsc::UnboundedSender<registration::ForeignKeepAlive>,
     keep_alive_ack: AsapMessage,
+    /// Whether a takeover's association may become the registrar association: not when
+    /// registrar associations use TLS (the takeover association to our data port is plain).
+    adopt_takeover_associations: bool,
 }
 
 impl Shared {
@@ -296,6 +299,7 @@ pub async fn run_until(
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let registration: RegistrationHandle =
         registration::spawn(config, registrars, registrar_association, events_tx);
+    let uses_tls = cli.tls.files.tls_cert.is_some();
     let logged_pool = pool.clone();
     let events_task = tokio::spawn(async move {
         while let Some(event) = events_rx.recv().await {
@@ -339,6 +343,7 @@ pub async fn run_until(
             pool_handle: pool.clone(),
             pe_id,
         },
+        adopt_takeover_associations: !uses_tls,
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -521,17 +526,30 @@ async fn serve_keep_alives(
 ) {
     let peer = sender.peer_addr();
     while let AsapMessage::EndpointKeepAlive {
-        home, server_id, ..
+        home,
+        server_id,
+        pool_handle,
+        pe_id,
     } = message
     {
+        // Only keep-alives meant for this PE.
+        if let AsapMessage::EndpointKeepAliveAck {
+            pool_handle: ours,
+            pe_id: our_id,
+        } = &shared.keep_alive_ack
+            && (&pool_handle != ours || pe_id.is_some_and(|id| id != *our_id))
+        {
+            break;
+        }
         tracing::info!(peer = %peer, home, server = %format_args!("{server_id:#010x}"), "keep-alive from another registrar");
         if let Ok(bytes) = shared.keep_alive_ack.to_bytes()
             && sender.send(PPID_ASAP, bytes).await.is_err()
         {
             return;
         }
-        if home {
-            // A registrar taking us over: its association becomes our registrar association.
+        if home && shared.adopt_takeover_associations {
+            // A registrar taking us over: its association becomes our registrar association
+            // (if our home is gone; the registration task decides).
             let _ = shared
                 .foreign_keep_alives
                 .send(registration::ForeignKeepAlive {

@@ -394,3 +394,83 @@ fn a_late_delete_from_a_former_home_does_not_remove_a_pe_that_moved() {
     assert_eq!(listed_by(&sim, 1), Some(2));
     assert_eq!(listed_by(&sim, 0), Some(2));
 }
+
+#[test]
+fn a_lost_table_page_does_not_stop_the_audit_for_good() {
+    let mut sim = mesh(2);
+    // Start-up downloads done.
+    sim.run_for(Duration::from_millis(100));
+    // The ADD is lost, and so is the first answer to the audit's table request.
+    let (updates, pages) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+    let (u, p) = (updates.clone(), pages.clone());
+    sim.set_enrp_filter(move |from, to, message| match message.body {
+        EnrpBody::HandleUpdate { .. } if (from, to) == (0, 1) && u.get() < 1 => {
+            u.set(u.get() + 1);
+            Verdict::Drop
+        }
+        EnrpBody::HandleTableResponse { .. } if (from, to) == (0, 1) && p.get() < 1 => {
+            p.set(p.get() + 1);
+            Verdict::Drop
+        }
+        _ => Verdict::Deliver,
+    });
+    // Re-registrations (each one an ADD) would repair it too: not within this test.
+    let pe = sim.add_pe(PeSpec {
+        rereg_interval: Duration::from_secs(60),
+        ..pe_spec(vec![0])
+    });
+    sim.run_until_or_panic(Duration::from_secs(20), "repaired all the same", |sim| {
+        sim.lists(1, pe)
+    });
+    assert_eq!((updates.get(), pages.get()), (1, 1));
+    let audits = events(&sim, 1)
+        .iter()
+        .filter(|e| matches!(e, RegistrarEvent::AuditMismatch { .. }))
+        .count();
+    assert_eq!(audits, 2, "{}", sim.dump());
+}
+
+#[test]
+fn a_refused_table_request_removes_nothing() {
+    let mut sim = mesh(2);
+    let pe = sim.add_pe(pe_spec(vec![0]));
+    sim.run_until_or_panic(Duration::from_secs(1), "replicated", |sim| sim.lists(1, pe));
+    // Registrar 1 is made to audit registrar 0 (a PRESENCE with a checksum that does not
+    // match), and registrar 0 refuses the table request.
+    sim.set_enrp_filter(|from, to, message| match message.body {
+        EnrpBody::HandleTableResponse { .. } if (from, to) == (0, 1) => Verdict::Drop,
+        _ => Verdict::Deliver,
+    });
+    let refusal = rserpool::wire::EnrpMessage {
+        sender_id: 1,
+        receiver_id: 2,
+        body: EnrpBody::HandleTableResponse {
+            reject: true,
+            more_to_send: false,
+            pools: Vec::new(),
+        },
+    }
+    .to_bytes()
+    .unwrap();
+    let mismatch = rserpool::wire::EnrpMessage {
+        sender_id: 1,
+        receiver_id: 2,
+        body: EnrpBody::Presence {
+            reply_required: false,
+            checksum: 0x1234,
+            server_info: None,
+        },
+    }
+    .to_bytes()
+    .unwrap();
+    sim.with_registrar(1, |core, now| {
+        core.handle_enrp(&mismatch, now);
+        core.handle_enrp(&refusal, now);
+    });
+    sim.run_for(Duration::from_millis(10));
+    assert!(
+        sim.lists(1, pe),
+        "a refusal emptied registrar 1's view\n{}",
+        sim.dump()
+    );
+}

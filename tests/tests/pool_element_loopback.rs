@@ -485,32 +485,60 @@ async fn takeover_keep_alive_on_the_data_address_is_acked_and_its_association_ad
             matches!(m, AsapMessage::Registration { .. })
         })
         .await;
-    // Another registrar, taking over, reaches the PE at its registered (data) address.
-    let mut takeover = connect(pe.data).await;
     let keep_alive = AsapMessage::EndpointKeepAlive {
         home: true,
         server_id: 0x7777,
         pool_handle: PoolHandle::new("FractalGeneratorPool").expect("valid"),
         pe_id: None,
     };
+    // Another registrar reaches the PE at its registered (data) address. While its home is
+    // alive the PE acks and stays: a host that reaches the data port cannot pull it away.
+    let mut intruder = connect(pe.data).await;
+    intruder
+        .send(PPID_ASAP, keep_alive.to_bytes().expect("encodable"))
+        .await
+        .expect("send");
+    let frame = timeout(WAIT, intruder.recv())
+        .await
+        .expect("in time")
+        .expect("ack");
+    let ack = AsapMessage::decode(&frame.payload).expect("valid").message;
+    assert!(matches!(ack, AsapMessage::EndpointKeepAliveAck { pe_id, .. } if pe_id.0 == 0x5eed));
+    registrar.discard_received();
+    for _ in 0..2 {
+        registrar
+            .expect("re-registration at the live home", |m| {
+                matches!(m, AsapMessage::Registration { .. })
+            })
+            .await;
+    }
+    assert!(
+        intruder.try_recv().map(|f| f.is_none()).unwrap_or(true),
+        "the PE registered over the intruder's association"
+    );
+    // Its home dies; a registrar taking over now is adopted: as rsplib's PEs do, the PE keeps
+    // that association as its registrar association and registers over it, naming its new
+    // home.
+    registrar.stop().await;
+    let mut takeover = connect(pe.data).await;
     takeover
         .send(PPID_ASAP, keep_alive.to_bytes().expect("encodable"))
         .await
         .expect("send");
-    let frame = timeout(WAIT, takeover.recv())
-        .await
-        .expect("in time")
-        .expect("ack");
-    assert_eq!(frame.ppid, PPID_ASAP);
-    let ack = AsapMessage::decode(&frame.payload).expect("valid").message;
-    assert!(matches!(ack, AsapMessage::EndpointKeepAliveAck { pe_id, .. } if pe_id.0 == 0x5eed));
-    // As rsplib's PEs do, it keeps that association as its registrar association and
-    // registers over it, naming its new home.
-    let frame = timeout(WAIT, takeover.recv())
-        .await
-        .expect("in time")
-        .expect("a registration over the takeover association");
-    let registration = AsapMessage::decode(&frame.payload).expect("valid").message;
+    let registration = timeout(WAIT, async {
+        loop {
+            let frame = takeover
+                .recv()
+                .await
+                .expect("the takeover association stays open");
+            match AsapMessage::decode(&frame.payload).expect("valid").message {
+                AsapMessage::EndpointKeepAliveAck { .. } => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("a registration over the takeover association");
     assert!(
         matches!(&registration, AsapMessage::Registration { pool_element, .. } if pool_element.home_registrar == 0x7777),
         "{registration:?}"

@@ -522,14 +522,19 @@ impl Registration {
     /// A registrar taking this PE over (ENRP) sent a Keep-Alive with the H flag on an
     /// association it opened to our data address: as rsplib's PEs do, we make that association
     /// our registrar association (the driver swaps it in when this returns true) and register
-    /// over it, whoever was home before. `registrar` is the association's peer address.
+    /// over it. Only while our home is gone (not registered): a host that merely reaches our
+    /// data port cannot pull a PE away from a live registrar (rsplib's PEs adopt any).
+    /// `registrar` is the association's peer address.
     pub fn handle_home_association(
         &mut self,
         server_id: u32,
         registrar: SocketAddr,
         now: Instant,
     ) -> bool {
-        if self.is_stopped() || matches!(self.state, State::Deregistering { .. }) {
+        if self.is_stopped()
+            || matches!(self.state, State::Deregistering { .. })
+            || self.registered_with().is_some()
+        {
             return false;
         }
         if let State::Connected {

@@ -124,6 +124,8 @@ impl Peer {
 #[derive(Debug)]
 struct Download {
     own_children_only: bool,
+    /// Given up (a lost request or page) if no page arrives by then: the audit may ask again.
+    deadline: Instant,
     /// Audit: PEs of the peer not yet confirmed by the answer; removed when it ends.
     unconfirmed: HashSet<(PoolHandle, PeId)>,
 }
@@ -132,6 +134,8 @@ struct Download {
 #[derive(Debug)]
 struct Upload {
     own_children_only: bool,
+    /// Forgotten (the requester gave up) if no request continues it by then.
+    deadline: Instant,
     keys: Vec<(PoolHandle, PeId)>,
     next: usize,
 }
@@ -180,6 +184,8 @@ impl Enrp {
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
         let peers = self.peers.values().map(|p| p.deadline(&self.config));
         let takeovers = self.takeovers.values().map(|t| t.deadline);
+        let downloads = self.downloads.values().map(|d| d.deadline);
+        let uploads = self.uploads.values().map(|u| u.deadline);
         let acknowledged = self.acknowledged.values().map(|(_, at)| *at);
         [
             Some(self.next_heartbeat),
@@ -191,6 +197,8 @@ impl Enrp {
         .chain(peers)
         .chain(takeovers)
         .chain(acknowledged)
+        .chain(downloads)
+        .chain(uploads)
         .min()
     }
 
@@ -285,7 +293,7 @@ impl Registrar {
                 error: format!("{name} from unknown registrar {sender:#010x}"),
             }),
             EnrpBody::HandleTableRequest { own_children_only } => {
-                self.enrp_table_request(sender, own_children_only)
+                self.enrp_table_request(sender, own_children_only, now)
             }
             EnrpBody::HandleTableResponse {
                 reject,
@@ -324,6 +332,15 @@ impl Registrar {
         let Some(enrp) = self.enrp.as_mut() else {
             return;
         };
+        // A download whose request or page was lost, an upload its requester gave up.
+        enrp.downloads.retain(|_, d| d.deadline > now);
+        enrp.uploads.retain(|_, u| u.deadline > now);
+        if enrp
+            .mentor
+            .is_some_and(|m| !enrp.downloads.contains_key(&m))
+        {
+            enrp.mentor = None;
+        }
         if enrp.startup_until.is_some_and(|until| now >= until) {
             enrp.startup_until = None;
             enrp.mentor = None;
@@ -564,9 +581,11 @@ impl Registrar {
                 asked_at: None,
             },
         );
-        // A peer that comes back is not being taken over any more.
+        // A peer that comes back is not being taken over any more, and starts any table
+        // download afresh.
         enrp.takeovers.remove(&id);
         enrp.acknowledged.remove(&id);
+        enrp.uploads.remove(&id);
         self.events
             .push_back(RegistrarEvent::PeerUp { peer: id, address });
         // It learns us, and answers with its checksum (the audit tells whether we miss its PEs).
@@ -576,10 +595,12 @@ impl Registrar {
         };
         if enrp.starting() && enrp.mentor.is_none() {
             enrp.mentor = Some(id);
+            let deadline = now + enrp.config.max_time_no_response;
             enrp.downloads.insert(
                 id,
                 Download {
                     own_children_only: false,
+                    deadline,
                     unconfirmed: HashSet::new(),
                 },
             );
@@ -628,12 +649,12 @@ impl Registrar {
         if reply_required {
             self.send_presence_to_peer(sender, false);
         }
-        self.enrp_audit(sender, checksum);
+        self.enrp_audit(sender, checksum, now);
     }
 
     /// Compares a peer's checksum of its own PEs with ours of the PEs we list as its; on a
     /// mismatch, asks it for its PEs and drops those it no longer has.
-    fn enrp_audit(&mut self, peer: u32, theirs: u16) {
+    fn enrp_audit(&mut self, peer: u32, theirs: u16, now: Instant) {
         let ours = self.handlespace.owner_checksum(peer);
         let Some(enrp) = self.enrp.as_mut() else {
             return;
@@ -646,10 +667,12 @@ impl Registrar {
             .owned_by(peer)
             .map(|(pool, pe)| (pool.clone(), pe))
             .collect();
+        let deadline = now + enrp.config.max_time_no_response;
         enrp.downloads.insert(
             peer,
             Download {
                 own_children_only: true,
+                deadline,
                 unconfirmed,
             },
         );
@@ -663,7 +686,7 @@ impl Registrar {
         );
     }
 
-    fn enrp_table_request(&mut self, requester: u32, own_children_only: bool) {
+    fn enrp_table_request(&mut self, requester: u32, own_children_only: bool, now: Instant) {
         let own = self.config.id;
         let Some(enrp) = self.enrp.as_mut() else {
             return;
@@ -695,14 +718,17 @@ impl Registrar {
                 requester,
                 Upload {
                     own_children_only,
+                    deadline: now,
                     keys,
                     next: 0,
                 },
             );
         }
+        let wait = enrp.config.max_time_no_response;
         let Some(upload) = enrp.uploads.get_mut(&requester) else {
             return;
         };
+        upload.deadline = now + wait;
         let mut pools: Vec<PoolEntry> = Vec::new();
         let mut count = 0;
         while count < page_limit && upload.next < upload.keys.len() {
@@ -750,10 +776,17 @@ impl Registrar {
         let Some(enrp) = self.enrp.as_mut() else {
             return;
         };
-        let Some(own_children_only) = enrp.downloads.get(&sender).map(|d| d.own_children_only)
-        else {
+        let wait = enrp.config.max_time_no_response;
+        let Some(download) = enrp.downloads.get_mut(&sender) else {
             return;
         };
+        download.deadline = now + wait;
+        let own_children_only = download.own_children_only;
+        if reject {
+            // Refused: nothing learnt, nothing to conclude about its PEs.
+            enrp.downloads.remove(&sender);
+            return;
+        }
         let mut received = 0;
         for entry in pools {
             for element in entry.pool_elements {
@@ -772,7 +805,7 @@ impl Registrar {
                 }
             }
         }
-        if more_to_send && !reject {
+        if more_to_send {
             self.send_enrp_to_peer(sender, EnrpBody::HandleTableRequest { own_children_only });
             return;
         }
@@ -1051,6 +1084,10 @@ impl Registrar {
     }
 
     fn enrp_takeover_server(&mut self, taker: u32, target: u32) {
+        // Our own PEs are ours while we live.
+        if target == self.config.id || target == taker {
+            return;
+        }
         let Some(enrp) = self.enrp.as_mut() else {
             return;
         };
