@@ -196,7 +196,9 @@ impl Stream {
     }
 
     /// The connecting side: with TLS configured, the handshake completes before the
-    /// association exists, so a refused certificate fails the connect.
+    /// association exists, so a server certificate we refuse fails the connect. (The server's
+    /// refusal of ours arrives, in TLS 1.3, only after: the association then ends with
+    /// `ProtocolError::Tls` at its first read.)
     async fn connect(
         tcp: TcpStream,
         config: &AssociationConfig,
@@ -253,11 +255,20 @@ impl Stream {
         }
     }
 
-    /// Our FIN (after TLS's close_notify).
-    fn shutdown_write(&mut self) -> io::Result<()> {
-        if let Some(tls) = &mut self.tls {
-            tls.close_notify(&self.tcp)?;
+    /// Queues TLS's close_notify (once); true if it was still to be sent, so that the caller
+    /// waits until it is written before the FIN.
+    fn queue_close_notify(&mut self) -> io::Result<bool> {
+        match &mut self.tls {
+            Some(tls) if tls.close_notify_pending() => {
+                tls.close_notify(&self.tcp)?;
+                Ok(true)
+            }
+            _ => Ok(false),
         }
+    }
+
+    /// Our FIN (after TLS's close_notify is written: see `queue_close_notify`).
+    fn shutdown_write(&mut self) -> io::Result<()> {
         SockRef::from(&self.tcp).shutdown(Shutdown::Write)
     }
 
@@ -656,6 +667,15 @@ impl Connection {
         let flushed = self.write_backlog() == 0 && !self.stream.wants_write();
         match self.phase {
             Phase::Flushing { deadline } if flushed => {
+                // TLS: close_notify first; the FIN once it is written (the next turn, when the
+                // socket took it).
+                let queued = self
+                    .stream
+                    .queue_close_notify()
+                    .map_err(|error| Ending::Drop(AssociationError::from_io(error)))?;
+                if queued && self.stream.wants_write() {
+                    return Ok(());
+                }
                 self.shutdown_write()?;
                 self.phase = Phase::FinSent { deadline };
                 if self.peer_eof_handled {

@@ -274,6 +274,7 @@ pub(crate) struct TlsSession {
     /// Plaintext (or the peer's close_notify) is waiting in the session: reading needs no
     /// socket readiness.
     input_ready: bool,
+    close_notify_queued: bool,
 }
 
 impl TlsSession {
@@ -302,6 +303,7 @@ impl TlsSession {
         let mut session = TlsSession {
             connection,
             input_ready: false,
+            close_notify_queued: false,
         };
         while session.connection.is_handshaking() {
             session.flush(tcp)?;
@@ -423,7 +425,15 @@ impl TlsSession {
 
     /// Queues close_notify and writes it if the socket takes it.
     pub(crate) fn close_notify(&mut self, tcp: &TcpStream) -> io::Result<()> {
-        self.connection.send_close_notify();
+        if !self.close_notify_queued {
+            self.close_notify_queued = true;
+            self.connection.send_close_notify();
+        }
         self.flush(tcp)
+    }
+
+    /// Whether close_notify still has to be queued before our FIN.
+    pub(crate) fn close_notify_pending(&self) -> bool {
+        !self.close_notify_queued
     }
 }
