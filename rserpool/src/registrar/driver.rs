@@ -548,20 +548,10 @@ fn flush(
 
 /// `IP:PORT` of a user transport, for logs.
 pub fn transport_addr(transport: &TransportAddress) -> String {
-    match transport {
-        TransportAddress::Tcp { port, address }
-        | TransportAddress::Udp { port, address }
-        | TransportAddress::UdpLite { port, address }
-        | TransportAddress::Dccp { port, address, .. } => {
-            SocketAddr::new(*address, *port).to_string()
-        }
-        TransportAddress::Sctp {
-            port, addresses, ..
-        } => addresses
-            .first()
-            .map(|a| SocketAddr::new(*a, *port).to_string())
-            .unwrap_or_else(|| "-".into()),
-        TransportAddress::Opaque(_) => "opaque".into(),
+    match (transport.socket_addr(), transport) {
+        (Some(address), _) => address.to_string(),
+        (None, TransportAddress::Opaque(_)) => "opaque".into(),
+        (None, _) => "-".into(),
     }
 }
 

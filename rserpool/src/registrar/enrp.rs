@@ -219,19 +219,6 @@ fn server_information(id: u32, address: SocketAddr) -> ServerInformation {
     }
 }
 
-fn socket_address(transport: &TransportAddress) -> Option<SocketAddr> {
-    match transport {
-        TransportAddress::Tcp { port, address }
-        | TransportAddress::Udp { port, address }
-        | TransportAddress::UdpLite { port, address }
-        | TransportAddress::Dccp { port, address, .. } => Some(SocketAddr::new(*address, *port)),
-        TransportAddress::Sctp {
-            port, addresses, ..
-        } => addresses.first().map(|a| SocketAddr::new(*a, *port)),
-        TransportAddress::Opaque(_) => None,
-    }
-}
-
 impl Registrar {
     /// Starts ENRP at `now` with `config`: PRESENCEs go out at once, and the first peer heard
     /// becomes the mentor whose handlespace we download.
@@ -310,7 +297,7 @@ impl Registrar {
             EnrpBody::ListResponse { reject, servers } => {
                 if !reject {
                     for server in servers {
-                        if let Some(address) = socket_address(&server.transport) {
+                        if let Some(address) = server.transport.socket_addr() {
                             self.enrp_learn_peer(server.server_id, address, now);
                         }
                     }
@@ -626,7 +613,7 @@ impl Registrar {
         let address = server_info
             .as_ref()
             .filter(|info| info.server_id == sender)
-            .and_then(|info| socket_address(&info.transport));
+            .and_then(|info| info.transport.socket_addr());
         let known = self
             .enrp
             .as_ref()

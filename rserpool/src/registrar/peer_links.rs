@@ -88,7 +88,7 @@ impl PeerLinks {
 
     /// Sends a takeover's Keep-Alive (H flag) to a PE at its user transport.
     pub(super) fn takeover_keep_alive(&self, pe: TransportAddress, payload: Vec<u8>) {
-        let Some(address) = socket_address(&pe) else {
+        let Some(address) = pe.socket_addr() else {
             return;
         };
         // The PE's data listener is plain (TLS protects registrar associations it opens).
@@ -105,19 +105,6 @@ impl PeerLinks {
                 Err(error) => debug!(pe = %address, %error, "takeover keep-alive not delivered"),
             }
         });
-    }
-}
-
-fn socket_address(transport: &TransportAddress) -> Option<SocketAddr> {
-    match transport {
-        TransportAddress::Tcp { port, address }
-        | TransportAddress::Udp { port, address }
-        | TransportAddress::UdpLite { port, address }
-        | TransportAddress::Dccp { port, address, .. } => Some(SocketAddr::new(*address, *port)),
-        TransportAddress::Sctp {
-            port, addresses, ..
-        } => addresses.first().map(|a| SocketAddr::new(*a, *port)),
-        TransportAddress::Opaque(_) => None,
     }
 }
 

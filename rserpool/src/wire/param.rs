@@ -6,7 +6,7 @@
 //! routines internally.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::buf::{Reader, Writer, encode_atomically, roundup4};
 use super::error::{Decoded, EncodeError, UnknownParameterAction, WireError};
@@ -282,6 +282,23 @@ impl TransportAddress {
             TransportAddress::Udp { .. } => param_type::UDP_TRANSPORT,
             TransportAddress::UdpLite { .. } => param_type::UDP_LITE_TRANSPORT,
             TransportAddress::Opaque(_) => param_type::OPAQUE_TRANSPORT,
+        }
+    }
+
+    /// The address to reach: the (first) IP address with the port; `None` for an opaque
+    /// transport or an SCTP one without addresses.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match self {
+            TransportAddress::Tcp { port, address }
+            | TransportAddress::Udp { port, address }
+            | TransportAddress::UdpLite { port, address }
+            | TransportAddress::Dccp { port, address, .. } => {
+                Some(SocketAddr::new(*address, *port))
+            }
+            TransportAddress::Sctp {
+                port, addresses, ..
+            } => addresses.first().map(|a| SocketAddr::new(*a, *port)),
+            TransportAddress::Opaque(_) => None,
         }
     }
 
