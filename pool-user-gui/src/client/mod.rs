@@ -265,14 +265,7 @@ impl FractalClient {
                 }
             }
         });
-        if let Some(old) = self
-            .views
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(task)
-        {
-            old.abort();
-        }
+        replace_task(&self.views, task);
     }
 
     /// Sends `PoolSnapshot` (or `RegistrarUnavailable`) events every `interval` until the
@@ -316,14 +309,7 @@ impl FractalClient {
                 }
             }
         });
-        if let Some(old) = self
-            .monitor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(task)
-        {
-            old.abort();
-        }
+        replace_task(&self.monitor, task);
     }
 }
 
@@ -332,6 +318,13 @@ impl Drop for FractalClient {
         self.cancel();
         abort_task(&self.monitor);
         abort_task(&self.views);
+    }
+}
+
+/// Puts `task` in `slot`, aborting the one it replaces.
+fn replace_task(slot: &Mutex<Option<JoinHandle<()>>>, task: JoinHandle<()>) {
+    if let Some(old) = slot.lock().unwrap_or_else(|e| e.into_inner()).replace(task) {
+        old.abort();
     }
 }
 
