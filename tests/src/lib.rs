@@ -313,6 +313,47 @@ pub fn expected_picture(view: &fractal_protocol::message::Parameter, units: usiz
     picture
 }
 
+/// ENRP test registrars live on loopback: registrar `id` of network `net` at 127.0.`net`.`id`,
+/// ASAP on port 3863.
+pub fn enrp_registrar_asap(net: u8, id: u8) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, net, id], 3863))
+}
+
+/// ... and ENRP on port 9901.
+pub fn enrp_registrar_enrp(net: u8, id: u8) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, net, id], 9901))
+}
+
+/// Starts registrar `id` of network `net` (identifier `id`, addresses as above) with ENRP to the
+/// registrars `peers` of that network, no announces, and `extra` arguments; returns it once it
+/// is ready with ENRP where expected.
+pub fn start_enrp_registrar(net: u8, id: u8, peers: &[u8], extra: &[String]) -> Result<Proc> {
+    let mut args: Vec<String> = vec![
+        "--id".into(),
+        id.to_string(),
+        "--asap".into(),
+        enrp_registrar_asap(net, id).to_string(),
+        "--announce".into(),
+        "off".into(),
+        "--enrp".into(),
+        enrp_registrar_enrp(net, id).to_string(),
+        "--enrp-announce".into(),
+        "off".into(),
+    ];
+    for &peer in peers {
+        args.extend(["--peer".into(), enrp_registrar_enrp(net, peer).to_string()]);
+    }
+    args.extend(extra.iter().cloned());
+    let proc = Proc::spawn(&format!("registrar{id}"), bin("registrar"), &args)?;
+    let ready = proc.log.wait_for_text("registrar ready", READY_TIMEOUT)?;
+    let enrp = field(&ready, "enrp").context("enrp=")?;
+    anyhow::ensure!(
+        enrp == enrp_registrar_enrp(net, id).to_string(),
+        "ENRP at {enrp}"
+    );
+    Ok(proc)
+}
+
 /// `--tls-cert/--tls-key/--tls-ca` for credentials written into `dir/name/` as `name`.
 pub fn tls_args(
     pem: &rserpool::transport::tls::TlsPem,

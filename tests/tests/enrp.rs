@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use e2e::{Proc, READY_TIMEOUT, bin, field, start_pool_element};
+use e2e::{Proc, READY_TIMEOUT, bin, start_pool_element};
 use nix::sys::signal::Signal;
 
 const POOL: &str = "FractalGeneratorPool";
@@ -16,38 +16,16 @@ struct Registrar {
     proc: Proc,
 }
 
-fn enrp_address(net: u8, index: usize) -> SocketAddr {
-    SocketAddr::from(([127, 0, net, index as u8 + 1], 9901))
-}
-
 fn asap_address(net: u8, index: usize) -> SocketAddr {
-    SocketAddr::from(([127, 0, net, index as u8 + 1], 3863))
+    e2e::enrp_registrar_asap(net, index as u8 + 1)
 }
 
 /// Registrar `index` (identifier index + 1) of a mesh of `count` on 127.0.`net`.0/24.
 fn start_registrar(net: u8, index: usize, count: usize) -> Result<Registrar> {
-    let mut args: Vec<String> = vec![
-        "--id".into(),
-        (index + 1).to_string(),
-        "--asap".into(),
-        asap_address(net, index).to_string(),
-        "--announce".into(),
-        "off".into(),
-        "--enrp".into(),
-        enrp_address(net, index).to_string(),
-        "--enrp-announce".into(),
-        "off".into(),
-    ];
-    for peer in (0..count).filter(|&p| p != index) {
-        args.extend(["--peer".into(), enrp_address(net, peer).to_string()]);
-    }
-    let proc = Proc::spawn(&format!("registrar{}", index + 1), bin("registrar"), &args)?;
-    let ready = proc.log.wait_for_text("registrar ready", READY_TIMEOUT)?;
-    let enrp = field(&ready, "enrp").context("enrp=")?;
-    anyhow::ensure!(
-        enrp == enrp_address(net, index).to_string(),
-        "ENRP at {enrp}"
-    );
+    let peers: Vec<u8> = (1..=count as u8)
+        .filter(|&p| p != index as u8 + 1)
+        .collect();
+    let proc = e2e::start_enrp_registrar(net, index as u8 + 1, &peers, &[])?;
     Ok(Registrar { proc })
 }
 
@@ -192,26 +170,7 @@ fn registrars_with_tls_replicate_and_refuse_a_peer_without() -> Result<()> {
         e2e::tls_args(&ca.issue(name, sans)?, dir.path(), name)
     };
     let start = |index: usize, tls: &[String]| -> Result<Proc> {
-        let mut args: Vec<String> = vec![
-            "--id".into(),
-            (index + 1).to_string(),
-            "--asap".into(),
-            asap_address(NET, index).to_string(),
-            "--announce".into(),
-            "off".into(),
-            "--enrp".into(),
-            enrp_address(NET, index).to_string(),
-            "--enrp-announce".into(),
-            "off".into(),
-            "--peer".into(),
-            enrp_address(NET, 0).to_string(),
-            "--peer".into(),
-            enrp_address(NET, 1).to_string(),
-        ];
-        args.extend(tls.iter().cloned());
-        let proc = Proc::spawn(&format!("registrar{}", index + 1), bin("registrar"), &args)?;
-        proc.log.wait_for_text("registrar ready", READY_TIMEOUT)?;
-        Ok(proc)
+        e2e::start_enrp_registrar(NET, index as u8 + 1, &[1, 2], tls)
     };
     let first = start(0, &credentials("registrar1", &["127.0.35.1"])?)?;
     let _second = start(1, &credentials("registrar2", &["127.0.35.2"])?)?;
@@ -272,24 +231,8 @@ fn a_pe_that_knows_only_the_dead_registrar_is_taken_over_and_stays() -> Result<(
         "500",
     ];
     let start = |index: usize| -> Result<Proc> {
-        let mut args: Vec<String> = vec![
-            "--id".into(),
-            (index + 1).to_string(),
-            "--asap".into(),
-            asap_address(NET, index).to_string(),
-            "--announce".into(),
-            "off".into(),
-            "--enrp".into(),
-            enrp_address(NET, index).to_string(),
-            "--enrp-announce".into(),
-            "off".into(),
-            "--peer".into(),
-            enrp_address(NET, 1 - index).to_string(),
-        ];
-        args.extend(fast.map(String::from));
-        let proc = Proc::spawn(&format!("registrar{}", index + 1), bin("registrar"), &args)?;
-        proc.log.wait_for_text("registrar ready", READY_TIMEOUT)?;
-        Ok(proc)
+        let peer = 2 - index as u8;
+        e2e::start_enrp_registrar(NET, index as u8 + 1, &[peer], &fast.map(String::from))
     };
     let first = start(0)?;
     let second = start(1)?;

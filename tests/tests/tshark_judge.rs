@@ -433,24 +433,13 @@ async fn fgp_messages_and_cookies_decode_as_sent() -> anyhow::Result<()> {
 /// an ERROR) decodes with Wireshark's own ENRP dissector, nothing malformed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrp_between_live_registrars_decodes_as_wireshark_expects() -> anyhow::Result<()> {
-    use e2e::{Proc, READY_TIMEOUT, bin, start_pool_element};
+    use e2e::{READY_TIMEOUT, start_pool_element};
     use nix::sys::signal::Signal;
-    let enrp = |r: u8| format!("127.0.33.{r}:9901");
-    let asap = |r: u8| format!("127.0.33.{r}:3863");
+    let asap = |r: u8| e2e::enrp_registrar_asap(33, r).to_string();
     let traffic = async {
         let mut registrars = Vec::new();
         for r in 1..=3u8 {
-            let mut args: Vec<String> = [
-                "--id",
-                &r.to_string(),
-                "--asap",
-                &asap(r),
-                "--announce",
-                "off",
-                "--enrp",
-                &enrp(r),
-                "--enrp-announce",
-                "off",
+            let fast = [
                 "--peer-heartbeat-cycle",
                 "300",
                 "--peer-max-time-last-heard",
@@ -460,13 +449,9 @@ async fn enrp_between_live_registrars_decodes_as_wireshark_expects() -> anyhow::
                 "--takeover-expiry",
                 "1000",
             ]
-            .map(String::from)
-            .to_vec();
-            for peer in (1..=3u8).filter(|&p| p != r) {
-                args.extend(["--peer".to_string(), enrp(peer)]);
-            }
-            let proc = Proc::spawn(&format!("registrar{r}"), bin("registrar"), &args)?;
-            proc.log.wait_for_text("registrar ready", READY_TIMEOUT)?;
+            .map(String::from);
+            let peers: Vec<u8> = (1..=3u8).filter(|&p| p != r).collect();
+            let proc = e2e::start_enrp_registrar(33, r, &peers, &fast)?;
             registrars.push(proc);
         }
         let home = asap(1).parse()?;
