@@ -1,6 +1,7 @@
-//! The Fractal Generator Protocol (FGP) of rsplib: messages, the `<FG-TD1>` cookie,
-//! Mandelbrot kernels, tiling, presets and palettes.
+//! rsplib's application protocols: the Fractal Generator Protocol (FGP: messages, the
+//! `<FG-TD1>` cookie, Mandelbrot kernels, tiling, presets, palettes) and CalcApp ([`calcapp`]).
 
+pub mod calcapp;
 pub mod cookie;
 pub mod kernel;
 pub mod message;

@@ -613,3 +613,29 @@ async fn a_frame_fed_a_byte_at_a_time_is_cut_off_at_the_assembly_deadline() {
     assert!(started.elapsed() < Duration::from_secs(3));
     feeder.abort();
 }
+
+#[tokio::test]
+async fn a_receive_delay_holds_every_frame_back_in_order_and_then_reports_the_close() {
+    let delay = Duration::from_millis(150);
+    let delayed = AssociationConfig {
+        receive_delay: delay,
+        ..quiet_config()
+    };
+    let (client, mut server) = pair(quiet_config(), delayed).await;
+    let sent_at = std::time::Instant::now();
+    for n in 0..20u8 {
+        client.send(PPID_FGP, vec![n]).await.unwrap();
+    }
+    bounded("close", client.close()).await.unwrap();
+    for n in 0..20u8 {
+        let frame = bounded("frame", server.recv()).await.unwrap();
+        assert_eq!(&frame.payload[..], &[n]);
+        assert!(
+            sent_at.elapsed() >= delay,
+            "frame {n} came after {:?}, before the delay",
+            sent_at.elapsed()
+        );
+    }
+    let end = bounded("end", server.recv()).await;
+    assert!(end.is_err(), "the close comes after the frames: {end:?}");
+}

@@ -297,9 +297,35 @@ impl Session {
         self.state.set_fallback_cookie(cookie);
     }
 
+    /// The current PE declined the session in the application's protocol (e.g. full): try
+    /// another without reporting it (carried out by the next [`Session::next_event`]).
+    pub fn reject(&mut self) {
+        self.state.reject(Instant::now());
+    }
+
+    /// Sends an application message to the current PE; `false` if there is none (failing
+    /// over) or the association is gone (its end is reported by [`Session::next_event`]).
+    pub async fn send(&mut self, frame: Frame) -> bool {
+        match self.association.as_ref() {
+            Some(association) => association.send(frame.ppid, frame.payload).await.is_ok(),
+            None => false,
+        }
+    }
+
     /// Runs the session until it has something to report. After [`SessionEvent::Finished`] it
     /// keeps returning `Finished`.
     pub async fn next_event(&mut self) -> SessionEvent {
+        loop {
+            if let Some(event) = self.next_event_until(None).await {
+                return event;
+            }
+        }
+    }
+
+    /// [`Session::next_event`], or `None` once `deadline` (the application's own timer) has
+    /// passed while the session waits. Nothing is lost when it returns `None`: call it again.
+    pub async fn next_event_until(&mut self, deadline: Option<Instant>) -> Option<SessionEvent> {
+        let application_deadline = deadline;
         self.burst_clock = None;
         self.state.start(Instant::now());
         while let Some(action) = self.deferred.pop_front() {
@@ -310,10 +336,13 @@ impl Session {
                 self.execute(action).await;
             }
             if let Some(event) = self.events.pop_front() {
-                return event;
+                return Some(event);
             }
             if self.state.is_finished() {
-                return SessionEvent::Finished;
+                return Some(SessionEvent::Finished);
+            }
+            if application_deadline.is_some_and(|due| due <= Instant::now()) {
+                return None;
             }
             // Frames already waiting need no timer and no select (the common case while a PE
             // streams); like the biased select below, they count before an expired timer.
@@ -331,7 +360,10 @@ impl Session {
                     }
                 }
             }
-            let deadline = self.state.poll_timeout();
+            let deadline = match (self.state.poll_timeout(), application_deadline) {
+                (Some(ours), Some(theirs)) => Some(ours.min(theirs)),
+                (ours, theirs) => ours.or(theirs),
+            };
             let sleep = sleep_until(deadline);
             let received = async {
                 match self.association.as_mut() {

@@ -480,6 +480,21 @@ impl SessionState {
         }
     }
 
+    /// The current PE declined the session in the application's protocol (e.g. a CalcApp
+    /// Reject: it is full). Like a refusal: close, avoid it briefly, no report, choose again.
+    pub fn reject(&mut self, _now: Instant) {
+        if let Phase::Connected { pe, .. } = &self.phase {
+            let pe = pe.clone();
+            self.actions.push_back(Action::Close);
+            self.actions.push_back(Action::Avoid {
+                pe_id: pe.id,
+                duration: self.config.avoid_refused_for,
+            });
+            self.emit(SessionEvent::Refused { pe });
+            self.resolve(false);
+        }
+    }
+
     /// Drops the cookies the PEs sent: the next PE starts from the fallback cookie
     /// ([`SessionState::set_fallback_cookie`]), else from the cookie a
     /// [`SessionState::resuming`] session started with, else from the first message.

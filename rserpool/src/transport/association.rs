@@ -156,9 +156,20 @@ pub(crate) fn new_association(
     max_frame_len: usize,
     send_queue: usize,
     receive_queue: usize,
+    receive_delay: Duration,
 ) -> (Association, DriverEnds) {
     let (out_tx, out_rx) = mpsc::channel(send_queue.max(1));
-    let (in_tx, in_rx) = mpsc::channel(receive_queue.max(1));
+    let (in_tx, mut in_rx) = mpsc::channel(receive_queue.max(1));
+    if !receive_delay.is_zero() {
+        let (delayed_tx, delayed_rx) = mpsc::channel(receive_queue.max(1));
+        tokio::spawn(delay_line(
+            in_rx,
+            delayed_tx,
+            receive_delay,
+            receive_queue.max(1),
+        ));
+        in_rx = delayed_rx;
+    }
     let (verdict_tx, verdict_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
         local_addr,
@@ -185,6 +196,43 @@ pub(crate) fn new_association(
         verdict: verdict_tx,
     };
     (Association { sender, receiver }, ends)
+}
+
+/// Hands each frame on `delay` after it came in, in order; holds at most `capacity` (then the
+/// connection stops reading, as when the application is slow). Ends after the last frame once
+/// the connection has ended, or at once when the application dropped its receiver.
+async fn delay_line(
+    mut input: mpsc::Receiver<Frame>,
+    output: mpsc::Sender<Frame>,
+    delay: Duration,
+    capacity: usize,
+) {
+    let mut line: std::collections::VecDeque<(tokio::time::Instant, Frame)> =
+        std::collections::VecDeque::new();
+    let mut input_open = true;
+    loop {
+        let due = line.front().map(|(due, _)| *due);
+        if !input_open && due.is_none() {
+            return;
+        }
+        tokio::select! {
+            frame = input.recv(), if input_open && line.len() < capacity => match frame {
+                Some(frame) => line.push_back((tokio::time::Instant::now() + delay, frame)),
+                None => input_open = false,
+            },
+            permit = async {
+                tokio::time::sleep_until(due.expect("guarded")).await;
+                output.reserve().await
+            }, if due.is_some() => match permit {
+                Ok(permit) => {
+                    let (_, frame) = line.pop_front().expect("a frame was due");
+                    permit.send(frame);
+                }
+                Err(_) => return,
+            },
+            () = output.closed() => return,
+        }
+    }
 }
 
 /// One association: a sending and a receiving half. Dropping both halves (and all sender clones)

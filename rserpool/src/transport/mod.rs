@@ -107,6 +107,10 @@ pub struct AssociationConfig {
     /// TLS under the frames (RFC 5355), both ends authenticated by the pool CA; `None`: plain
     /// TCP. A listener's configuration must be a server one, a connecting side's a client one.
     pub tls: Option<TlsConfig>,
+    /// Every received message reaches the application this long after it arrived: emulated
+    /// network delay for experiments (there is no netem here), one way, zero (off) by default.
+    /// Transport heartbeats are not delayed.
+    pub receive_delay: Duration,
 }
 
 impl Default for AssociationConfig {
@@ -120,6 +124,7 @@ impl Default for AssociationConfig {
             receive_queue: 64,
             frame_assembly_timeout: Duration::from_secs(10),
             tls: None,
+            receive_delay: Duration::ZERO,
         }
     }
 }

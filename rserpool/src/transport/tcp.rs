@@ -143,6 +143,7 @@ fn association_for(
         config.effective_max_frame_len(),
         config.send_queue,
         config.receive_queue,
+        config.receive_delay,
     ))
 }
 
