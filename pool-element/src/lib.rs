@@ -5,6 +5,7 @@
 //! subcommand call it with a parsed [`Cli`].
 
 pub mod admission;
+pub mod calcapp;
 pub mod capacity;
 pub mod handover;
 pub mod limiter;
@@ -60,9 +61,12 @@ pub struct Cli {
     /// Where to listen for Server Announces when no --registrar is given.
     #[arg(long, value_name = "ADDR:PORT", default_value = "239.0.0.50:3863")]
     pub announce_listen: SocketAddr,
-    /// Pool handle to register under.
-    #[arg(long, default_value = "FractalGeneratorPool")]
-    pub pool: String,
+    /// Which service this pool element offers.
+    #[arg(long, value_enum, default_value = "fractal")]
+    pub service: Service,
+    /// Pool handle to register under [default: FractalGeneratorPool, or CalcAppPool].
+    #[arg(long)]
+    pub pool: Option<String>,
     /// Pool member selection policy, rsplib's grammar (e.g. LeastUsed, WeightedRoundRobin:3,
     /// Priority:5). Leave out a weight or load degradation (WeightedRoundRobin,
     /// PriorityLeastUsed) to have it derived from the capacity.
@@ -103,15 +107,17 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
     /// Iterations per second for all sessions together, e.g. 50000000 or 5e7 [default:
-    /// unlimited; the capacity the pool learns is then measured at start].
+    /// unlimited; the capacity the pool learns is then measured at start]. For CalcApp:
+    /// calculations per second shared by the jobs [default: 1e6].
     #[arg(long, value_name = "ITERATIONS_PER_S", value_parser = parse_capacity)]
     pub capacity: Option<u64>,
     /// A cookie after this many Data messages.
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub cookie_max_packets: u32,
-    /// A cookie at least this often while computing, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub cookie_max_time: u64,
+    /// A cookie at least this often while computing, in milliseconds [default: 1000, or
+    /// 5000 for CalcApp as rsplib].
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub cookie_max_time: Option<u64>,
     /// Re-registration interval in milliseconds (registration life = 3x).
     #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
     pub rereg_interval: u64,
@@ -127,6 +133,21 @@ pub struct Cli {
     /// Computing threads, shared by all sessions [default: one per core].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
+    /// Delay every received message by this many milliseconds (emulated network delay for
+    /// experiments; registrar and pool-user associations alike) [default: 0, off].
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub network_delay: u64,
+    #[command(flatten)]
+    pub calcapp: calcapp::CalcAppArgs,
+}
+
+/// The services a pool element can offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Service {
+    /// rsplib's Fractal Generator (FGP, PPID 32).
+    Fractal,
+    /// rsplib's CalcApp (PPID 34): jobs of abstract calculations, emulated by time.
+    Calcapp,
 }
 
 /// Parses `0x1a2b` (hexadecimal) or `1234` (decimal).
@@ -143,7 +164,7 @@ fn parse_capacity(text: &str) -> Result<u64, String> {
 }
 
 /// `--max-work`: like a capacity, a big number (at least 1).
-fn parse_work(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_work(text: &str) -> Result<u64, String> {
     parse_capacity(text).map_err(|_| format!("`{text}` must be a number of iterations, at least 1"))
 }
 
@@ -235,16 +256,25 @@ pub async fn run_until(
     shutdown: impl std::future::Future<Output = ()>,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<()> {
-    let pool = PoolHandle::new(cli.pool.as_bytes())
-        .map_err(|e| anyhow::anyhow!("--pool {:?}: {e}", cli.pool))?;
+    if cli.service == Service::Calcapp {
+        return calcapp::run_until(cli, shutdown, ready).await;
+    }
+    let pool_name = cli.pool.as_deref().unwrap_or("FractalGeneratorPool");
+    let pool = PoolHandle::new(pool_name.as_bytes())
+        .map_err(|e| anyhow::anyhow!("--pool {pool_name:?}: {e}"))?;
     if cli.listen.ip().is_unspecified() && cli.listen.is_ipv6() {
         bail!("--listen: use an IPv4 address or 0.0.0.0");
     }
     let registrar_association = AssociationConfig {
         tls: cli.tls.client()?,
+        receive_delay: Duration::from_millis(cli.network_delay),
         ..AssociationConfig::default()
     };
-    let listener = transport::bind(cli.listen, AssociationConfig::default())
+    let session_association = AssociationConfig {
+        receive_delay: Duration::from_millis(cli.network_delay),
+        ..AssociationConfig::default()
+    };
+    let listener = transport::bind(cli.listen, session_association)
         .await
         .with_context(|| format!("listening on {}", cli.listen))?;
     let data_addr = listener.local_addr()?;
@@ -311,7 +341,7 @@ pub async fn run_until(
     let shared = Arc::new(Shared {
         config: SessionConfig {
             cookie_max_packets: cli.cookie_max_packets,
-            cookie_max_time: Duration::from_millis(cli.cookie_max_time),
+            cookie_max_time: Duration::from_millis(cli.cookie_max_time.unwrap_or(1000)),
             data_max_time: DATA_MAX_TIME,
             fail_after: cli.fail_after,
             kernel,
@@ -407,7 +437,7 @@ fn warn_if_descriptors_short(max_connections: u32) {
     }
 }
 
-fn log_event(event: &Event, pe_id: PeId, pool: &PoolHandle) {
+pub(crate) fn log_event(event: &Event, pe_id: PeId, pool: &PoolHandle) {
     match event {
         Event::Registered {
             registrar,

@@ -36,8 +36,16 @@ pub struct ForeignKeepAlive {
 pub struct RegistrationHandle {
     load: watch::Sender<f64>,
     foreign_keep_alives: mpsc::UnboundedSender<ForeignKeepAlive>,
-    shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    stop: watch::Sender<Stop>,
+    task: JoinHandle<Option<Association>>,
+}
+
+/// How the registration task is to end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Running,
+    Deregister,
+    Vanish,
 }
 
 impl RegistrationHandle {
@@ -53,11 +61,20 @@ impl RegistrationHandle {
 
     /// Deregisters and waits (at most `timeout`) for the task to finish.
     pub async fn shutdown(self, timeout: Duration) {
-        let _ = self.shutdown.send(true);
+        let _ = self.stop.send(Stop::Deregister);
         let mut task = self.task;
         if tokio::time::timeout(timeout, &mut task).await.is_err() {
             task.abort();
         }
+    }
+
+    /// Stops at once without deregistering, as a crash would, and hands back the registrar
+    /// association as it is: dropping it closes the connection (a killed process's kernel
+    /// does the same); holding it unread makes a PE that hangs (the registrar finds out by
+    /// its keep-alives).
+    pub async fn vanish(self) -> Option<Association> {
+        let _ = self.stop.send(Stop::Vanish);
+        self.task.await.ok().flatten()
     }
 }
 
@@ -90,7 +107,7 @@ pub fn spawn(
     events: mpsc::UnboundedSender<Event>,
 ) -> RegistrationHandle {
     let (load_tx, load_rx) = watch::channel(0.0);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(Stop::Running);
     let (foreign_tx, foreign_rx) = mpsc::unbounded_channel();
     let core = Registration::new(config, registrars.table, Instant::now());
     let task = tokio::spawn(run(
@@ -99,13 +116,13 @@ pub fn spawn(
         registrars.announces,
         events,
         load_rx,
-        shutdown_rx,
+        stop_rx,
         foreign_rx,
     ));
     RegistrationHandle {
         load: load_tx,
         foreign_keep_alives: foreign_tx,
-        shutdown: shutdown_tx,
+        stop: stop_tx,
         task,
     }
 }
@@ -116,9 +133,9 @@ async fn run(
     announces: Option<AnnounceReceiverConfig>,
     events: mpsc::UnboundedSender<Event>,
     mut load: watch::Receiver<f64>,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Stop>,
     mut foreign_keep_alives: mpsc::UnboundedReceiver<ForeignKeepAlive>,
-) {
+) -> Option<Association> {
     let mut association: Option<Association> = None;
     let mut connecting: Option<ConnectFuture> = None;
     let mut shutdown_seen = false;
@@ -163,7 +180,7 @@ async fn run(
             let _ = events.send(event);
         }
         if core.is_stopped() {
-            break;
+            return None;
         }
         let deadline = core.poll_timeout();
         tokio::select! {
@@ -241,13 +258,23 @@ async fn run(
                     _ => core.handle_foreign_keep_alive(foreign.home, foreign.server_id, now),
                 }
             }
-            changed = shutdown.changed(), if !shutdown_seen => {
+            changed = stop.changed(), if !shutdown_seen || changed_ok(&stop) => {
                 // A dropped handle counts as shutdown too.
-                if changed.is_err() || *shutdown.borrow_and_update() {
-                    shutdown_seen = true;
-                    core.shutdown(Instant::now());
+                let requested = if changed.is_err() { Stop::Deregister } else { *stop.borrow_and_update() };
+                match requested {
+                    Stop::Vanish => return association,
+                    Stop::Deregister if !shutdown_seen => {
+                        shutdown_seen = true;
+                        core.shutdown(Instant::now());
+                    }
+                    _ => {}
                 }
             }
         }
     }
+}
+
+/// Whether the stop channel's sender is still there (a vanish may follow a shutdown).
+fn changed_ok(stop: &watch::Receiver<Stop>) -> bool {
+    stop.has_changed().is_ok()
 }
