@@ -101,6 +101,10 @@ pub struct Cli {
     /// refused.
     #[command(flatten)]
     pub tls: program_setup::tls::TlsArgs,
+    /// Delay every received ASAP message by this many milliseconds (emulated network delay
+    /// for experiments) [default: 0, off].
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub network_delay: u64,
 }
 
 /// The `--announce` value.
@@ -174,6 +178,7 @@ impl Cli {
             // An ASAP message has a 16-bit length: nothing larger need ever be buffered.
             association: AssociationConfig {
                 max_frame_len: MIN_MAX_FRAME_LEN,
+                receive_delay: std::time::Duration::from_millis(self.network_delay),
                 ..AssociationConfig::default()
             },
             max_associations: self.max_associations,
