@@ -263,6 +263,7 @@ pub async fn run_until(
                 pe_id,
             },
             foreign: registration.foreign_keep_alives(),
+            lateness: Lateness::default(),
         };
         let end = run
             .serve(
@@ -275,17 +276,19 @@ pub async fn run_until(
         let clean = !matches!(end, End::Failure { clean: false });
         let left = run.service.shutdown(clean, Instant::now());
         let service_stats = run.service.stats().clone();
+        let lateness = run.lateness.clone();
         let sessions = run.flush_and_take_sessions();
         drop(run);
-        record_life(
-            &mut stats,
+        LifeRecord {
             pe_id,
-            data_addr,
+            address: data_addr,
             started,
             end,
-            &service_stats,
-            &left,
-        );
+            service: &service_stats,
+            left: &left,
+            lateness: &lateness,
+        }
+        .write(&mut stats);
         tracing::info!(
             life, pe = %pe_id, clean, jobs = left.len(),
             lost = left.iter().map(JobLeft::lost).sum::<f64>(),
@@ -356,25 +359,38 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
     while set.join_next().await.is_some() {}
 }
 
-fn record_life(
-    stats: &mut StatsFile,
+/// What one life leaves in the statistics file.
+struct LifeRecord<'a> {
     pe_id: PeId,
     address: SocketAddr,
     started: Instant,
     end: End,
-    service: &fractal_protocol::calcapp::service::ServiceStats,
-    left: &[JobLeft],
-) {
-    let uptime = started.elapsed().as_secs_f64();
-    let clean = !matches!(end, End::Failure { clean: false });
-    for job in left {
-        stats.line(format!(
+    service: &'a fractal_protocol::calcapp::service::ServiceStats,
+    left: &'a [JobLeft],
+    lateness: &'a Lateness,
+}
+
+impl LifeRecord<'_> {
+    fn write(&self, stats: &mut StatsFile) {
+        let LifeRecord {
+            pe_id,
+            address,
+            started,
+            end,
+            service,
+            left,
+            lateness,
+        } = *self;
+        let uptime = started.elapsed().as_secs_f64();
+        let clean = !matches!(end, End::Failure { clean: false });
+        for job in left {
+            stats.line(format!(
             r#"{{"event":"left","pe":{},"job":{},"size":{},"completed":{:.0},"cookie_completed":{:.0},"lost":{:.0},"clean":{clean}}}"#,
             pe_id.0, job.job_id, job.job_size, job.completed, job.cookie_completed, job.lost()
         ));
-    }
-    stats.line(format!(
-        r#"{{"event":"life","pe":{},"address":"{address}","end":{:.6},"uptime":{uptime:.6},"clean":{clean},"failure":{},"accepted":{},"rejected":{},"completed":{},"cookies":{},"used_calculations":{:.0}}}"#,
+        }
+        stats.line(format!(
+        r#"{{"event":"life","pe":{},"address":"{address}","end":{:.6},"uptime":{uptime:.6},"clean":{clean},"failure":{},"accepted":{},"rejected":{},"completed":{},"cookies":{},"used_calculations":{:.0},{}}}"#,
         pe_id.0,
         unix_time(),
         matches!(end, End::Failure { .. }),
@@ -383,7 +399,9 @@ fn record_life(
         service.completed,
         service.cookies,
         service.used_calculations,
+        lateness.json(),
     ));
+    }
 }
 
 /// One association to a pool user.
@@ -404,6 +422,46 @@ struct Life<'a> {
     first_message_timeout: Duration,
     keep_alive_ack: AsapMessage,
     foreign: mpsc::UnboundedSender<registration::ForeignKeepAlive>,
+    lateness: Lateness,
+}
+
+/// How late the service's timers fire (completions, cookies, keep-alives): the accuracy of
+/// the emulated capacity, since a late completion is capacity lost.
+#[derive(Clone, Debug, Default)]
+struct Lateness {
+    count: u64,
+    total: Duration,
+    max: Duration,
+    /// Timers later than [`LATE`].
+    late: u64,
+}
+
+/// A timer this late costs a 1 s job 0.5 % of its speed.
+const LATE: Duration = Duration::from_millis(5);
+
+impl Lateness {
+    fn record(&mut self, late: Duration) {
+        self.count += 1;
+        self.total += late;
+        self.max = self.max.max(late);
+        if late > LATE {
+            self.late += 1;
+        }
+    }
+
+    fn json(&self) -> String {
+        let mean = if self.count > 0 {
+            self.total.as_secs_f64() / self.count as f64
+        } else {
+            0.0
+        };
+        format!(
+            r#""timers":{},"timer_late_mean":{mean:.6},"timer_late_max":{:.6},"timers_late_5ms":{}"#,
+            self.count,
+            self.max.as_secs_f64(),
+            self.late
+        )
+    }
 }
 
 impl Life<'_> {
@@ -426,7 +484,11 @@ impl Life<'_> {
                 },
                 Some(inbound) = inbound_rx.recv() => self.handle(inbound),
                 () = rserpool::timer::sleep_until(deadline) => {
-                    self.service.handle_timeout(Instant::now());
+                    let now = Instant::now();
+                    if let Some(deadline) = deadline {
+                        self.lateness.record(now.saturating_duration_since(deadline));
+                    }
+                    self.service.handle_timeout(now);
                 }
                 () = async { tokio::time::sleep_until(end_of_life.expect("guarded")).await }, if end_of_life.is_some() => {
                     let clean = rand::rng().random::<f64>() < clean_probability;
