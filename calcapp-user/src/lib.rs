@@ -96,7 +96,7 @@ pub struct Cli {
     pub summary: Option<PathBuf>,
     /// PE statistics files (`pool-element --stats`) to add to the summary: utilisation and
     /// lost calculations.
-    #[arg(long = "pe-stats", value_name = "FILE")]
+    #[arg(long = "pe-stats", value_name = "FILE", num_args = 1..)]
     pub pe_stats: Vec<PathBuf>,
     /// Random seed of the workload [default: random].
     #[arg(long)]

@@ -30,6 +30,9 @@ struct Cli {
     /// Seconds of jobs per scale point.
     #[arg(long, default_value_t = 20.0)]
     duration: f64,
+    /// Job sizes of the scale runs (calculations, at 1e6 per second and PE).
+    #[arg(long, default_value = "exp:1e6")]
+    job_size: String,
     /// Skip the accuracy runs.
     #[arg(long)]
     no_accuracy: bool,
@@ -248,7 +251,7 @@ fn accuracy(dir: &Path, pus: u32, expected: f64) -> Result<()> {
     Ok(())
 }
 
-fn scale(dir: &Path, pes: usize, pus: usize, duration: f64) -> Result<()> {
+fn scale(dir: &Path, pes: usize, pus: usize, duration: f64, job_size: &str) -> Result<()> {
     let mut pool = start_pool(dir, pes, &["--max-jobs", "10"])?;
     let cpu_before = pool.cpu();
     let started = Instant::now();
@@ -260,7 +263,7 @@ fn scale(dir: &Path, pes: usize, pus: usize, duration: f64) -> Result<()> {
         "--pes",
         &pes.to_string(),
         "--job-size",
-        "exp:1e6",
+        job_size,
         "--target-utilization",
         "0.6",
         "--runtime",
@@ -312,8 +315,8 @@ fn main() -> Result<()> {
         accuracy(&dir, 10, 2.0)?;
     }
     println!(
-        "== scale: 60 % offered load, jobs exp:1e6 at 1e6/s per PE, {} s of jobs",
-        cli.duration
+        "== scale: 60 % offered load, jobs {} at 1e6/s per PE, {} s of jobs",
+        cli.job_size, cli.duration
     );
     println!(
         "{:>4} {:>6} {:>8} {:>9} {:>10} {:>10} {:>10} {:>9} {:>8} {:>9} {:>6}",
@@ -339,7 +342,7 @@ fn main() -> Result<()> {
         }
         let point_dir = dir.join(format!("{pes}x{pus}"));
         std::fs::create_dir_all(&point_dir)?;
-        scale(&point_dir, pes, pus, cli.duration)?;
+        scale(&point_dir, pes, pus, cli.duration, &cli.job_size)?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
