@@ -385,8 +385,8 @@ impl LifeRecord<'_> {
         let clean = !matches!(end, End::Failure { clean: false });
         for job in left {
             stats.line(format!(
-            r#"{{"event":"left","pe":{},"job":{},"size":{},"completed":{:.0},"cookie_completed":{:.0},"lost":{:.0},"clean":{clean}}}"#,
-            pe_id.0, job.job_id, job.job_size, job.completed, job.cookie_completed, job.lost()
+            r#"{{"event":"left","pe":{},"job":{},"size":{},"completed":{:.0},"cookie_completed":{:.0},"lost":{:.0},"cookie_overdue":{:.6},"clean":{clean}}}"#,
+            pe_id.0, job.job_id, job.job_size, job.completed, job.cookie_completed, job.lost(), job.cookie_overdue.as_secs_f64()
         ));
         }
         stats.line(format!(

@@ -11,8 +11,6 @@ use e2e::{Proc, READY_TIMEOUT, bin, field};
 
 /// Cookie interval of the PEs, calculations (10 % of the mean job).
 const COOKIE_MAX_CALCULATIONS: f64 = 100_000.0;
-/// PE capacity, calculations per second.
-const CAPACITY: f64 = 1_000_000.0;
 
 fn registrar() -> Result<(Proc, String)> {
     let args: Vec<String> = [
@@ -200,10 +198,10 @@ fn a_hundred_pool_users_get_every_job_done_once_by_ten_churning_pool_elements() 
         "only {unclean_failures} unclean failures in a minute"
     );
     let left: Vec<&StatsLine> = lines.iter().filter(|line| line.event() == "left").collect();
-    // Each job's rate is at most the capacity: a cookie's timer late by 100 ms on a loaded
-    // machine adds at most 1e5 calculations.
-    let slack = CAPACITY * 0.1;
-    let mut worst = 0.0f64;
+    // A cookie goes out every COOKIE_MAX_CALCULATIONS. On a loaded machine the PE's event
+    // loop may run late with a cookie due (the PE reports how long): such jobs may lose more,
+    // by no fault of the cookie schedule; they are counted, not judged.
+    let (mut worst, mut overdue) = (0.0f64, 0);
     for job in &left {
         let lost = job.number("lost");
         if job.flag("clean") {
@@ -212,17 +210,19 @@ fn a_hundred_pool_users_get_every_job_done_once_by_ten_churning_pool_elements() 
                 "a clean shutdown's final cookie saves everything: {}",
                 job.0
             );
+        } else if job.number("cookie_overdue") > 0.0 {
+            overdue += 1;
         } else {
             worst = worst.max(lost);
             assert!(
-                lost <= COOKIE_MAX_CALCULATIONS + slack,
+                lost <= COOKIE_MAX_CALCULATIONS + 1.0,
                 "an unclean failure lost more than a cookie interval: {}",
                 job.0
             );
         }
     }
     eprintln!(
-        "{} jobs, {unclean_failures} unclean failures, {} jobs left behind, worst loss {worst:.0} calculations",
+        "{} jobs, {unclean_failures} unclean failures, {} jobs left behind, worst loss {worst:.0} calculations; {overdue} with a cookie overdue",
         completes.len(),
         left.len()
     );

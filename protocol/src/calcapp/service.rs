@@ -110,6 +110,9 @@ pub struct JobLeft {
     pub completed: f64,
     /// Calculations in the last cookie sent (or restored from): what the next PE resumes from.
     pub cookie_completed: f64,
+    /// How long the next cookie had been due without going out (the driver ran late), zero
+    /// if it was not due: only then can [`JobLeft::lost`] exceed a cookie interval.
+    pub cookie_overdue: Duration,
 }
 
 impl JobLeft {
@@ -154,12 +157,13 @@ impl Job {
             .min(self.keep_alive_deadline.unwrap_or(self.next_keep_alive))
     }
 
-    fn left(&self) -> JobLeft {
+    fn left(&self, now: Instant) -> JobLeft {
         JobLeft {
             job_id: self.job_id,
             job_size: self.size,
             completed: self.done,
             cookie_completed: self.cookie_done,
+            cookie_overdue: now.saturating_duration_since(self.next_cookie),
         }
     }
 
@@ -292,7 +296,7 @@ impl CalcAppService {
         if self.jobs.contains_key(&session) {
             self.credit(now);
             if let Some(job) = self.jobs.remove(&session) {
-                self.stats.jobs_left.push(job.left());
+                self.stats.jobs_left.push(job.left(now));
             }
             self.reschedule(now);
         }
@@ -331,7 +335,7 @@ impl CalcAppService {
                 .is_some_and(|deadline| deadline <= now)
             {
                 if let Some(job) = self.jobs.remove(&session) {
-                    self.stats.jobs_left.push(job.left());
+                    self.stats.jobs_left.push(job.left(now));
                 }
                 self.outputs.push_back(ServiceOutput::Abort {
                     session,
@@ -350,6 +354,7 @@ impl CalcAppService {
                 let cookie = job.cookie();
                 job.cookie_done = cookie.completed as f64;
                 job.cookie_time = now;
+                job.next_cookie = now;
                 self.stats.cookies += 1;
                 self.outputs
                     .push_back(ServiceOutput::Cookie { session, cookie });
@@ -375,7 +380,7 @@ impl CalcAppService {
                 self.outputs
                     .push_back(ServiceOutput::Cookie { session, cookie });
             }
-            left.push(job.left());
+            left.push(job.left(now));
         }
         self.stats.jobs_left.extend_from_slice(&left);
         left
@@ -458,7 +463,10 @@ impl CalcAppService {
             let by_calculations = ((cookie_calcs - (job.done - job.cookie_done)).max(0.0)) / rate;
             let by_time =
                 cookie_time.saturating_sub(now.saturating_duration_since(job.cookie_time));
-            job.next_cookie = now + seconds(by_calculations).min(by_time);
+            // A cookie already overdue (the driver ran late) stays due: it goes out next.
+            if job.next_cookie >= now {
+                job.next_cookie = now + seconds(by_calculations).min(by_time);
+            }
         }
         let load = self.load();
         if load != self.reported_load {
