@@ -520,6 +520,20 @@ impl Life<'_> {
 
     fn handle(&mut self, inbound: Inbound) {
         let now = Instant::now();
+        let session = match &inbound {
+            Inbound::Frame(session, _) | Inbound::Closed(session) => *session,
+        };
+        self.handle_inbound(inbound, now);
+        self.carry_out();
+        // A session is for one job: one without a job after its message (anything but a
+        // Request or Cookie Echo, or a Reject already closing it) holds no connection here.
+        if self.sessions.contains_key(&session) && !self.service.has_job(session) {
+            tracing::debug!(session, "session without a job closed");
+            self.drop_session(session, now);
+        }
+    }
+
+    fn handle_inbound(&mut self, inbound: Inbound, now: Instant) {
         match inbound {
             Inbound::Closed(session) => {
                 if let Some(link) = self.sessions.remove(&session) {

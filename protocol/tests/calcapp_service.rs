@@ -129,10 +129,12 @@ fn a_full_service_rejects_requests_and_cookie_echoes() {
                 session: 3,
                 message: Message::for_job(MessageType::Reject, 3)
             },
+            ServiceOutput::Finished { session: 3 },
             ServiceOutput::Send {
                 session: 4,
                 message: Message::for_job(MessageType::Reject, 4)
             },
+            ServiceOutput::Finished { session: 4 },
         ]
     );
     assert_eq!(service.stats().rejected, 2);

@@ -228,3 +228,103 @@ fn a_hundred_pool_users_get_every_job_done_once_by_ten_churning_pool_elements() 
     );
     Ok(())
 }
+
+/// What a hostile or confused pool user gets from a CalcApp PE: a Reject closes the session, and
+/// a session that sends anything but a Request or a Cookie Echo, malformed bytes or a short
+/// cookie is closed at once: none of them holds a connection.
+#[tokio::test]
+async fn a_calcapp_pe_closes_sessions_that_hold_no_job() -> Result<()> {
+    use fractal_protocol::calcapp::{Message, MessageType, PPID_CALCAPP};
+    use rserpool::transport::{self, AssociationConfig, PPID_ASAP};
+    use rserpool::wire::AsapMessage;
+
+    let (_registrar, address) = registrar()?;
+    let args: Vec<String> = [
+        "--service",
+        "calcapp",
+        "--registrar",
+        &address,
+        "--max-jobs",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    let pe = Proc::spawn("pe", bin("pool-element"), &args)?;
+    let up = pe
+        .log
+        .wait_for_text("CalcApp pool element up", READY_TIMEOUT)?;
+    let data: std::net::SocketAddr = field(&up, "data").context("data=")?.parse()?;
+    let bound = Duration::from_secs(20);
+    let connect = || transport::connect(data, AssociationConfig::default());
+
+    // The one place is taken.
+    let mut holder = connect().await?;
+    holder
+        .send(
+            PPID_CALCAPP,
+            Message::request(1, 1_000_000_000).encode().to_vec(),
+        )
+        .await?;
+    let accept = tokio::time::timeout(bound, holder.recv()).await??;
+    assert_eq!(
+        Message::decode(&accept.payload)?,
+        Message::for_job(MessageType::Accept, 1)
+    );
+
+    let cases: Vec<(&str, u32, Vec<u8>)> = vec![
+        (
+            "rejected request",
+            PPID_CALCAPP,
+            Message::request(2, 5).encode().to_vec(),
+        ),
+        (
+            "keep-alive of no job",
+            PPID_CALCAPP,
+            Message::for_job(MessageType::KeepAlive, 9)
+                .encode()
+                .to_vec(),
+        ),
+        ("malformed message", PPID_CALCAPP, vec![1, 0, 0, 24, 0]),
+        (
+            "short cookie",
+            PPID_ASAP,
+            AsapMessage::CookieEcho {
+                cookie: vec![0; 12],
+            }
+            .to_bytes()?,
+        ),
+    ];
+    for (what, ppid, payload) in cases {
+        let mut session = connect().await?;
+        session.send(ppid, payload).await?;
+        let ended = tokio::time::timeout(bound, async {
+            loop {
+                match session.recv().await {
+                    Ok(frame) if frame.ppid == PPID_CALCAPP => {
+                        let message = Message::decode(&frame.payload)?;
+                        assert_eq!(message.kind, MessageType::Reject, "{what}");
+                    }
+                    Ok(_) => {}
+                    Err(_) => return anyhow::Ok(()),
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "{what}: the PE kept the session open");
+    }
+    // The job holder is still served.
+    holder
+        .send(
+            PPID_CALCAPP,
+            Message::for_job(MessageType::KeepAlive, 1)
+                .encode()
+                .to_vec(),
+        )
+        .await?;
+    let ack = tokio::time::timeout(bound, holder.recv()).await??;
+    assert_eq!(
+        Message::decode(&ack.payload)?,
+        Message::for_job(MessageType::KeepAliveAck, 1)
+    );
+    Ok(())
+}

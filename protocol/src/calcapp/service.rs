@@ -90,7 +90,8 @@ pub enum ServiceOutput {
         session: SessionId,
         cookie: JobCookie,
     },
-    /// The job is complete (its Complete was queued before this): close the session gracefully.
+    /// The session is done (its Complete or Reject was queued before this): close it
+    /// gracefully.
     Finished { session: SessionId },
     /// Reset the session; its job, if any, is gone.
     Abort {
@@ -214,6 +215,11 @@ impl CalcAppService {
     /// Running jobs.
     pub fn jobs(&self) -> usize {
         self.jobs.len()
+    }
+
+    /// Whether `session` has a running job.
+    pub fn has_job(&self, session: SessionId) -> bool {
+        self.jobs.contains_key(&session)
     }
 
     /// Running jobs ÷ `max_jobs`.
@@ -407,6 +413,9 @@ impl CalcAppService {
         if self.jobs.len() >= self.config.max_jobs {
             self.stats.rejected += 1;
             self.send(session, Message::for_job(MessageType::Reject, job_id));
+            // The pool user goes elsewhere (rsplib: a new association): a rejected session
+            // holds no connection here.
+            self.outputs.push_back(ServiceOutput::Finished { session });
             return;
         }
         self.credit(now);
