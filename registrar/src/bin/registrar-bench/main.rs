@@ -115,7 +115,7 @@ fn cpu_time(pid: Option<u32>) -> Option<Duration> {
 
 /// Where the registrar runs.
 enum Target {
-    Child(Child),
+    Child(ChildRegistrar),
     InProcess(driver::RunningRegistrar),
     External,
 }
@@ -200,7 +200,7 @@ async fn start_target(args: &Args) -> Result<(Target, SocketAddr, Option<u32>, &
         .parse()?;
     let pid = child.id();
     Ok((
-        Target::Child(child),
+        Target::Child(ChildRegistrar(child)),
         addr,
         Some(pid),
         "registrar program, separate process",
@@ -577,12 +577,25 @@ async fn main() -> Result<()> {
     }
     match target {
         Target::Child(mut child) => {
-            let _ = nix_terminate(&mut child);
+            let _ = nix_terminate(&mut child.0);
         }
         Target::InProcess(registrar) => registrar.shutdown().await,
         Target::External => {}
     }
     Ok(())
+}
+
+/// The registrar program started by the benchmark: killed if the benchmark ends early (an
+/// error, a panic), so that no registrar outlives it.
+struct ChildRegistrar(Child);
+
+impl Drop for ChildRegistrar {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// Stops the child registrar with SIGTERM (clean shutdown), SIGKILL if it lingers.
