@@ -390,28 +390,12 @@ pub async fn listed_pes_with(
     pool: &str,
     config: rserpool::transport::AssociationConfig,
 ) -> Result<Vec<u32>> {
-    use rserpool::transport::{self, PPID_ASAP};
-    use rserpool::wire::param::HANDLE_RESOLUTION_ALL;
-    use rserpool::wire::{AsapMessage, PoolHandle};
-    let mut association = transport::connect(asap, config).await?;
-    let request = AsapMessage::HandleResolution {
-        subscribe: false,
-        pool_handle: PoolHandle::new(pool.as_bytes())?,
-        items: Some(HANDLE_RESOLUTION_ALL),
-    };
-    association.send(PPID_ASAP, request.to_bytes()?).await?;
-    let frame = tokio::time::timeout(Duration::from_secs(5), association.recv())
-        .await
-        .context("no answer")??;
-    let _ = association.close().await;
-    match AsapMessage::decode(&frame.payload)?.message {
-        AsapMessage::HandleResolutionResponse { pool_elements, .. } => {
-            let mut ids: Vec<u32> = pool_elements.iter().map(|e| e.id.0).collect();
-            ids.sort();
-            Ok(ids)
-        }
-        other => bail!("unexpected {}", other.name()),
-    }
+    let pool = rserpool::wire::PoolHandle::new(pool.as_bytes())?;
+    let resolution =
+        rserpool::pu::list_pool_at(asap, &pool, config, Duration::from_secs(5)).await?;
+    let mut ids: Vec<u32> = resolution.elements.iter().map(|e| e.id.0).collect();
+    ids.sort();
+    Ok(ids)
 }
 
 /// Starts `pool-element` with identifier `id` registering at `registrar` (and `extra`

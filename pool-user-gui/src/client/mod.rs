@@ -243,13 +243,12 @@ impl FractalClient {
                 ticker.tick().await;
                 let mut views = Vec::new();
                 for &address in &registrars {
-                    let listed = tokio::time::timeout(
-                        interval,
-                        list_at(address, &pool, association.clone()),
-                    )
-                    .await
-                    .ok()
-                    .and_then(Result::ok);
+                    // The connect is bounded by the association's own timeout.
+                    let listed: Option<Vec<PeId>> =
+                        rserpool::pu::list_pool_at(address, &pool, association.clone(), interval)
+                            .await
+                            .ok()
+                            .map(|resolution| resolution.elements.iter().map(|e| e.id).collect());
                     let mut checksum = rserpool::wire::HandlespaceChecksum::new();
                     for id in listed.iter().flatten() {
                         checksum.add(&pool, *id);
@@ -814,32 +813,6 @@ fn account(event: &ClientEvent, assembly: &ImageAssembly, tally: &mut Tally, now
             );
         }
         _ => {}
-    }
-}
-
-/// The PE identifiers the registrar at `address` lists in `pool`.
-async fn list_at(
-    address: std::net::SocketAddr,
-    pool: &PoolHandle,
-    config: rserpool::transport::AssociationConfig,
-) -> anyhow::Result<Vec<PeId>> {
-    use rserpool::transport::PPID_ASAP;
-    use rserpool::wire::AsapMessage;
-    use rserpool::wire::param::HANDLE_RESOLUTION_ALL;
-    let mut association = rserpool::transport::connect(address, config).await?;
-    let request = AsapMessage::HandleResolution {
-        subscribe: false,
-        pool_handle: pool.clone(),
-        items: Some(HANDLE_RESOLUTION_ALL),
-    };
-    association.send(PPID_ASAP, request.to_bytes()?).await?;
-    let frame = association.recv().await?;
-    let _ = association.close().await;
-    match AsapMessage::decode(&frame.payload)?.message {
-        AsapMessage::HandleResolutionResponse { pool_elements, .. } => {
-            Ok(pool_elements.iter().map(|e| e.id).collect())
-        }
-        other => Err(anyhow!("unexpected {}", other.name())),
     }
 }
 

@@ -23,6 +23,6 @@ pub mod session;
 mod session_tests;
 
 pub use driver::{DEFAULT_ANNOUNCE_ADDRESS, PoolUser, PoolUserConfig, Session};
-pub use registrar_client::{ALL_ITEMS, Resolution, ResolveError};
+pub use registrar_client::{ALL_ITEMS, Resolution, ResolveError, list_pool_at};
 pub use selector::{PeCandidate, PeSelector};
 pub use session::{Action, FailureKind, SessionConfig, SessionEvent, SessionState};

@@ -261,3 +261,46 @@ impl RegistrarClient {
 
 /// `items` for "every PE of the pool".
 pub const ALL_ITEMS: u32 = HANDLE_RESOLUTION_ALL;
+
+/// Asks the registrar at `registrar` once, on an association of its own, for every PE of
+/// `pool` (a pool panel showing what each registrar lists, a test): no cache, no failover to
+/// another registrar. Waits at most `timeout` for the answer.
+pub async fn list_pool_at(
+    registrar: SocketAddr,
+    pool: &PoolHandle,
+    config: AssociationConfig,
+    timeout: Duration,
+) -> Result<Resolution, ResolveError> {
+    let unreachable = |error: &dyn std::fmt::Display| ResolveError::Unreachable(error.to_string());
+    let mut association = transport::connect(registrar, config)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let request = AsapMessage::HandleResolution {
+        subscribe: false,
+        pool_handle: pool.clone(),
+        items: Some(HANDLE_RESOLUTION_ALL),
+    };
+    let bytes = request.to_bytes().map_err(|e| unreachable(&e))?;
+    association
+        .send(PPID_ASAP, bytes)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let frame = tokio::time::timeout(timeout, association.recv())
+        .await
+        .map_err(|_| unreachable(&"no answer in time"))?
+        .map_err(|e| unreachable(&e))?;
+    let _ = association.close().await;
+    match AsapMessage::decode(&frame.payload).map(|decoded| decoded.message) {
+        Ok(AsapMessage::HandleResolutionResponse {
+            policy,
+            pool_elements,
+            ..
+        }) => Ok(Resolution {
+            registrar,
+            policy,
+            elements: pool_elements,
+        }),
+        Ok(other) => Err(unreachable(&format_args!("unexpected {}", other.name()))),
+        Err(error) => Err(unreachable(&error)),
+    }
+}
