@@ -3,7 +3,8 @@
 //!
 //! Each pool user issues jobs with exponential (or fixed) sizes and times between them, and
 //! serves them one at a time from its queue, over rserpool's session layer (handle resolution
-//! at a registrar, failover with the PEs' cookies) and the sans-I/O CalcApp job client (session
+//! at a registrar for every job, whose first choice is taken: the pool users do not
+//! coordinate; failover with the PEs' cookies) and the sans-I/O CalcApp job client (session
 //! keep-alives). Per job it records the queuing, startup and processing delays and the
 //! handling speed (size ÷ handling time); the run writes a CSV of jobs and a JSON summary.
 //!
@@ -81,10 +82,6 @@ pub struct Cli {
     /// Most seconds to wait for the last jobs after --runtime; the rest count as incomplete.
     #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
     pub drain_timeout: f64,
-    /// A Handle Resolution answer is reused this long, in milliseconds (rsplib's calcappclient:
-    /// 0, every job asks the registrar).
-    #[arg(long, value_name = "MS", default_value_t = 0)]
-    pub stale_cache: u64,
     /// Delay every received message by this many milliseconds (emulated network delay).
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub network_delay: u64,
@@ -216,9 +213,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         keep_alive_interval: Duration::from_millis(cli.keep_alive_interval),
         keep_alive_timeout: Duration::from_millis(cli.keep_alive_timeout),
     };
+    // As rsplib's calcappclient (a process per pool user, no cache): every job asks the
+    // registrar, which chooses by the pool's policy, and the pool users share nothing.
     let mut config = PoolUserConfig {
         registrars: cli.registrars.clone(),
-        stale_cache: Duration::from_millis(cli.stale_cache),
+        stale_cache: Duration::ZERO,
+        registrars_choice: true,
         ..PoolUserConfig::default()
     };
     config.registrar_association.receive_delay = delay;

@@ -221,3 +221,53 @@ async fn a_burst_of_frames_is_ready_without_waiting_and_in_order() {
     assert!(without_waiting >= 1, "some frames came without waiting");
     assert!(session.ready_event().is_none(), "nothing more queued");
 }
+
+/// With `registrars_choice` (the CalcApp workload: many independent pool users in one
+/// process) a PE that one session found dead is still tried by the next: sessions share no
+/// memory, as separate pool users would not. By default the memory is shared.
+#[tokio::test(flavor = "current_thread")]
+async fn independent_sessions_share_no_memory_of_failed_pes() {
+    let dead_pe = {
+        let (listener, address) = listen_on_loopback().await;
+        drop(listener);
+        address
+    };
+    let pool = PoolHandle::new(b"CalcAppPool".to_vec()).expect("handle");
+    for registrars_choice in [true, false] {
+        let pool_user = PoolUser::start(PoolUserConfig {
+            registrars: vec![listing_registrar(dead_pe).await],
+            announce: None,
+            stale_cache: Duration::ZERO,
+            registrars_choice,
+            ..PoolUserConfig::default()
+        });
+        let first_try = |mut session: rserpool::pu::Session| async move {
+            loop {
+                let event = tokio::time::timeout(BOUND, session.next_event())
+                    .await
+                    .expect("an event in time");
+                match event {
+                    SessionEvent::ConnectFailed { pe, .. } => return Some(pe.id),
+                    SessionEvent::PoolEmpty { .. } => return None,
+                    _ => {}
+                }
+            }
+        };
+        let request = Frame::new(34, vec![1]);
+        let first = first_try(pool_user.session(pool.clone(), request.clone())).await;
+        assert_eq!(
+            first,
+            Some(PeId(7)),
+            "the first session tries the listed PE"
+        );
+        let second = first_try(pool_user.session(pool.clone(), request)).await;
+        if registrars_choice {
+            assert_eq!(second, Some(PeId(7)), "an independent session tries it too");
+        } else {
+            assert_eq!(
+                second, None,
+                "a shared cache avoids the PE that just failed"
+            );
+        }
+    }
+}

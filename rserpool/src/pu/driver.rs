@@ -42,6 +42,13 @@ pub struct PoolUserConfig {
     pub registrar_timeout: Duration,
     /// Associations to pool elements (heartbeat timeout follows the session timeout).
     pub pe_association: AssociationConfig,
+    /// Every session on its own: it asks the registrar each time it needs a PE and takes the
+    /// registrar's first choice (a registrar lists PEs in its policy's order) that the session
+    /// itself has not seen fail, with no cache, no local policy and no memory shared with the
+    /// other sessions. For many independent pool users in one process (the CalcApp workload,
+    /// the paper's model, where the registrar chooses), which must not coordinate through a
+    /// shared cache.
+    pub registrars_choice: bool,
 }
 
 impl Default for PoolUserConfig {
@@ -61,6 +68,7 @@ impl Default for PoolUserConfig {
                 close_timeout: Duration::from_secs(1),
                 ..AssociationConfig::default()
             },
+            registrars_choice: false,
         }
     }
 }
@@ -211,6 +219,7 @@ impl PoolUser {
             deferred: VecDeque::new(),
             burst_clock: None,
             rng: StdRng::from_rng(&mut rand::rng()),
+            own_avoid: HashMap::new(),
         }
     }
 
@@ -248,6 +257,8 @@ pub struct Session {
     /// then, so the silence timer never sees old times.
     burst_clock: Option<(Instant, u32)>,
     rng: StdRng,
+    /// PEs this session avoids, with [`PoolUserConfig::registrars_choice`].
+    own_avoid: HashMap<PeId, Instant>,
 }
 
 impl Session {
@@ -461,6 +472,9 @@ impl Session {
                 self.events
                     .push_back(SessionEvent::UnreachableReported { pe_id });
             }
+            Action::Avoid { pe_id, duration } if self.pool_user.inner.config.registrars_choice => {
+                self.own_avoid.insert(pe_id, Instant::now() + duration);
+            }
             Action::Avoid { pe_id, duration } => {
                 self.pool_user.with_selector(&self.pool, |selector| {
                     selector.avoid(pe_id, Instant::now(), duration)
@@ -468,6 +482,8 @@ impl Session {
             }
             Action::Event(event) => {
                 match &event {
+                    SessionEvent::Refused { .. }
+                        if self.pool_user.inner.config.registrars_choice => {}
                     SessionEvent::Refused { pe } => {
                         // Before the session lets go of the PE: the refusal counts our others.
                         self.pool_user.with_selector(&self.pool, |selector| {
@@ -494,6 +510,10 @@ impl Session {
 
     /// Chooses a PE: from a fresh cache when allowed, else after asking the registrar.
     async fn resolve(&mut self, fresh: bool) {
+        if self.pool_user.inner.config.registrars_choice {
+            self.resolve_at_registrar().await;
+            return;
+        }
         let now = Instant::now();
         let rng = &mut self.rng;
         // From a fresh cache: a PE, or none free among those it lists (no need to ask).
@@ -534,6 +554,30 @@ impl Session {
                 self.resolved(now, chosen, None);
             }
             Err(error) => self.resolved(Instant::now(), None, Some(error.to_string())),
+        }
+    }
+
+    /// [`PoolUserConfig::registrars_choice`]: the registrar's first choice this session has
+    /// not seen fail.
+    async fn resolve_at_registrar(&mut self) {
+        match self.pool_user.resolve(&self.pool, ALL_ITEMS).await {
+            Ok(resolution) => {
+                let now = Instant::now();
+                self.own_avoid.retain(|_, until| now < *until);
+                let chosen = resolution
+                    .elements
+                    .iter()
+                    .filter_map(PeCandidate::from_pool_element)
+                    .find(|pe| !self.own_avoid.contains_key(&pe.id));
+                if chosen.is_none() && !resolution.elements.is_empty() {
+                    self.busy(now, resolution.elements.len());
+                    return;
+                }
+                self.state.handle_resolved(now, chosen, None);
+            }
+            Err(error) => self
+                .state
+                .handle_resolved(Instant::now(), None, Some(error.to_string())),
         }
     }
 

@@ -1,0 +1,217 @@
+//! `pool-experiment`: the seed paper's experiments (Dreibholz & Rathgeb) on real processes.
+//!
+//! A scenario ([`scenario`]) sweeps one parameter of the paper's set-up for several values of
+//! another (usually the policy); each point is run with a real registrar, CalcApp PEs and
+//! pool users ([`runner`]), with every time divided by a time scale so that runs stay short
+//! while the ratios stay the paper's; repetitions give means with 95 % confidence intervals
+//! ([`stats`]); the result is a CSV row per point and a plot ([`plot`]).
+
+pub mod plot;
+pub mod runner;
+pub mod scenario;
+pub mod stats;
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::runner::{RunConfig, RunResult, run_point};
+use crate::scenario::{Parameter, Point, Scenario};
+use crate::stats::{Estimate, estimate};
+
+/// The estimates of one point over its repetitions.
+#[derive(Clone, Debug)]
+pub struct PointResult {
+    pub point: Point,
+    pub handling_speed: Estimate,
+    pub utilization: Estimate,
+    pub goodput: Estimate,
+    pub failovers: Estimate,
+    pub lost_calculations: Estimate,
+    pub jobs_incomplete: f64,
+}
+
+/// Summarises the repetitions of one point.
+pub fn summarize(point: Point, runs: &[RunResult]) -> PointResult {
+    let column = |f: fn(&RunResult) -> f64| estimate(&runs.iter().map(f).collect::<Vec<_>>());
+    PointResult {
+        point,
+        handling_speed: column(|r| r.handling_speed),
+        utilization: column(|r| r.utilization * 100.0),
+        goodput: column(|r| r.goodput * 100.0),
+        failovers: column(|r| r.failovers),
+        lost_calculations: column(|r| r.lost_calculations),
+        jobs_incomplete: runs.iter().map(|r| r.jobs_incomplete).sum(),
+    }
+}
+
+/// The CSV of a sweep: the parameters of each point, then each metric's mean and the
+/// half-width of its 95 % confidence interval.
+pub fn csv(results: &[PointResult]) -> String {
+    let mut out = String::from(
+        "policy,mtbf,clean_shutdown_probability,session_keep_alive,endpoint_keep_alive,max_bad_pe_reports,cookie_fraction,utilization_target,\
+handling_speed,handling_speed_ci,utilization,utilization_ci,goodput,goodput_ci,failovers,failovers_ci,lost_calculations,lost_calculations_ci,repetitions,jobs_incomplete\n",
+    );
+    for r in results {
+        let s = &r.point.setup;
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.2},{:.2},{:.0},{:.0},{},{}",
+            s.policy.short(),
+            s.mtbf.map_or(String::new(), |m| m.to_string()),
+            s.clean_shutdown_probability,
+            s.session_keep_alive,
+            s.endpoint_keep_alive,
+            s.max_bad_pe_reports,
+            s.cookie_fraction,
+            s.utilization,
+            r.handling_speed.mean,
+            r.handling_speed.half_width,
+            r.utilization.mean,
+            r.utilization.half_width,
+            r.goodput.mean,
+            r.goodput.half_width,
+            r.failovers.mean,
+            r.failovers.half_width,
+            r.lost_calculations.mean,
+            r.lost_calculations.half_width,
+            r.handling_speed.samples,
+            r.jobs_incomplete,
+        );
+    }
+    out
+}
+
+/// Runs every point of `scenario` `repetitions` times, writing `DIR/NAME.csv` and
+/// `DIR/NAME.svg`; returns the results.
+pub fn run_scenario(
+    scenario: &Scenario,
+    quick: bool,
+    repetitions: usize,
+    config: &RunConfig,
+    out: &Path,
+) -> Result<Vec<PointResult>> {
+    std::fs::create_dir_all(out)?;
+    let points = scenario.points(quick);
+    let total = points.len() * repetitions;
+    let mut results = Vec::new();
+    let mut done = 0;
+    for point in points {
+        let mut runs = Vec::new();
+        for repetition in 0..repetitions {
+            done += 1;
+            let dir = out.join("runs").join(format!(
+                "{}-{}-{}-{repetition}",
+                scenario.name, point.series, point.x
+            ));
+            let run_config = RunConfig {
+                seed: config.seed + repetition as u64,
+                ..config.clone()
+            };
+            let run = run_point(&point.setup, &run_config, &dir).with_context(|| {
+                format!("{} = {}, {}", scenario.x.name(), point.x, point.series)
+            })?;
+            eprintln!(
+                "[{done}/{total}] {} {} = {}: handling speed {:.1} %, utilisation {:.1} %, {} failovers, {} jobs",
+                point.series,
+                scenario.x.name(),
+                point.x,
+                run.handling_speed,
+                run.utilization * 100.0,
+                run.failovers,
+                run.jobs_completed,
+            );
+            runs.push(run);
+        }
+        results.push(summarize(point, &runs));
+        // Written after every point: a long run that stops keeps what it measured.
+        std::fs::write(out.join(format!("{}.csv", scenario.name)), csv(&results))?;
+    }
+    let lines = plot_lines(scenario, &results);
+    plot::draw(
+        &out.join(format!("{}.svg", scenario.name)),
+        scenario.title,
+        scenario.x.label(),
+        "handling speed [% of PE capacity]",
+        scenario.x_log,
+        &lines,
+    )?;
+    Ok(results)
+}
+
+/// The handling speed of each series along x.
+pub fn plot_lines(scenario: &Scenario, results: &[PointResult]) -> Vec<plot::Line> {
+    scenario
+        .series_values
+        .iter()
+        .map(|series| plot::Line {
+            label: match scenario.series {
+                Parameter::Policy => series.to_string(),
+                other => format!("{} = {series}", other.name()),
+            },
+            points: results
+                .iter()
+                .filter(|r| r.point.series == *series)
+                .map(|r| (r.point.x, r.handling_speed))
+                .collect(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::scenario;
+
+    fn run(speed: f64) -> RunResult {
+        RunResult {
+            handling_speed: speed,
+            utilization: 0.6,
+            goodput: 0.59,
+            failovers: 3.0,
+            lost_calculations: 1e6,
+            jobs_completed: 100.0,
+            jobs_incomplete: 0.0,
+        }
+    }
+
+    #[test]
+    fn points_summarise_into_csv_rows_and_plot_lines() {
+        let fig4 = scenario("fig4").unwrap();
+        let results: Vec<PointResult> = fig4
+            .points(true)
+            .into_iter()
+            .map(|point| {
+                let base = point.x;
+                summarize(point, &[run(50.0 + base), run(52.0 + base)])
+            })
+            .collect();
+        let text = csv(&results);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1 + 9);
+        assert!(lines[0].starts_with("policy,mtbf,"));
+        assert!(lines[1].starts_with("LU,2,1,"), "{}", lines[1]);
+        // Mean 53, half-width t(1) * s / sqrt(2) = 12.706 * 1.414 / 1.414.
+        assert!(lines[1].contains(",53.000,12.706,"), "{}", lines[1]);
+        assert!(
+            lines[1].contains(",60.000,0.000,"),
+            "utilisation in %: {}",
+            lines[1]
+        );
+        let plot = plot_lines(&fig4, &results);
+        assert_eq!(plot.len(), 3);
+        assert_eq!(plot[1].label, "RR");
+        assert_eq!(
+            plot[1].points.iter().map(|(x, _)| *x).collect::<Vec<_>>(),
+            vec![2.0, 10.0, 50.0]
+        );
+        let dir = std::env::temp_dir().join(format!("pool-experiment-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let svg = dir.join("fig4.svg");
+        plot::draw(&svg, fig4.title, fig4.x.label(), "speed", true, &plot).unwrap();
+        let drawn = std::fs::read_to_string(&svg).unwrap();
+        assert!(drawn.contains("<svg") && drawn.contains("RAND"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,351 @@
+//! Runs one point of a sweep with real processes: a registrar, the PEs
+//! (`pool-element --service calcapp`, one process each) and the pool users (`calcapp-user`),
+//! every time divided by the time scale.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::scenario::Setup;
+
+/// How a point is run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Every time (request handling, keep-alives, MTBF, delay) is divided by this, and the
+    /// capacity multiplied: the ratios stay the paper's.
+    pub time_scale: f64,
+    /// Seconds of new requests (wall clock), then the last ones drain.
+    pub runtime: f64,
+    /// Where `registrar`, `pool-element` and `calcapp-user` are.
+    pub bin_dir: PathBuf,
+    pub seed: u64,
+}
+
+/// What one run of a point measured.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunResult {
+    /// Handling speed in % of a PE's capacity.
+    pub handling_speed: f64,
+    pub utilization: f64,
+    pub goodput: f64,
+    pub failovers: f64,
+    pub lost_calculations: f64,
+    pub jobs_completed: f64,
+    pub jobs_incomplete: f64,
+}
+
+/// Milliseconds of `seconds` of paper time, scaled; at least 1.
+fn scaled_ms(seconds: f64, scale: f64) -> String {
+    ((seconds / scale * 1000.0).round().max(1.0) as u64).to_string()
+}
+
+/// The registrar's arguments (its ASAP address is chosen by the system).
+pub fn registrar_args(setup: &Setup, scale: f64) -> Vec<String> {
+    let keep_alive = scaled_ms(setup.endpoint_keep_alive, scale);
+    let mut args: Vec<String> = ["--asap", "127.0.0.1:0", "--announce", "off"]
+        .map(String::from)
+        .to_vec();
+    args.extend([
+        "--keepalive-interval".into(),
+        keep_alive.clone(),
+        "--keepalive-timeout".into(),
+        keep_alive,
+        "--max-bad-pe-reports".into(),
+        setup.max_bad_pe_reports.to_string(),
+        "--network-delay".into(),
+        delay_ms(setup, scale),
+    ]);
+    args
+}
+
+fn delay_ms(setup: &Setup, scale: f64) -> String {
+    ((setup.network_delay / scale * 1000.0).round() as u64).to_string()
+}
+
+/// A PE's arguments.
+pub fn pe_args(setup: &Setup, scale: f64, registrar: &str, stats: &Path) -> Vec<String> {
+    let session_keep_alive = scaled_ms(setup.session_keep_alive, scale);
+    let mut args: Vec<String> = vec![
+        "--service".into(),
+        "calcapp".into(),
+        "--registrar".into(),
+        registrar.into(),
+        "--policy".into(),
+        setup.policy.rsplib_name().into(),
+        "--capacity".into(),
+        format!("{}", setup.capacity * scale),
+        "--keep-alive-interval".into(),
+        session_keep_alive.clone(),
+        "--keep-alive-timeout".into(),
+        session_keep_alive,
+        "--cookie-max-calculations".into(),
+        format!("{}", (setup.cookie_fraction * setup.job_size).max(1.0)),
+        // Cookies by calculations only, as the paper's cookie interval.
+        "--cookie-max-time".into(),
+        scaled_ms(1e6, scale),
+        "--rereg-interval".into(),
+        // rsplib's re-registration interval here, 5 s, scaled (at least the PE's 10 ms).
+        ((5000.0 / scale).round().max(10.0) as u64).to_string(),
+        "--network-delay".into(),
+        delay_ms(setup, scale),
+        "--stats".into(),
+        stats.to_string_lossy().into_owned(),
+    ];
+    if let Some(mtbf) = setup.mtbf {
+        args.extend([
+            "--mtbf".into(),
+            format!("{}", mtbf * setup.request_time() / scale),
+            "--clean-shutdown-probability".into(),
+            setup.clean_shutdown_probability.to_string(),
+            // The paper's failures are silent: only keep-alives find them.
+            "--unclean".into(),
+            "hang".into(),
+        ]);
+    }
+    args
+}
+
+/// The pool users' arguments.
+pub fn user_args(
+    setup: &Setup,
+    config: &RunConfig,
+    registrar: &str,
+    pe_stats: &[PathBuf],
+    summary: &Path,
+) -> Vec<String> {
+    let scale = config.time_scale;
+    let session_keep_alive = scaled_ms(setup.session_keep_alive, scale);
+    let mut args: Vec<String> = vec![
+        "--registrar".into(),
+        registrar.into(),
+        "--pus".into(),
+        setup.pus.to_string(),
+        "--pes".into(),
+        setup.pes.to_string(),
+        "--pe-capacity".into(),
+        format!("{}", setup.capacity * scale),
+        "--job-size".into(),
+        format!("exp:{}", setup.job_size),
+        "--target-utilization".into(),
+        setup.utilization.to_string(),
+        "--keep-alive-interval".into(),
+        session_keep_alive.clone(),
+        "--keep-alive-timeout".into(),
+        session_keep_alive,
+        "--runtime".into(),
+        config.runtime.to_string(),
+        "--drain-timeout".into(),
+        format!("{}", (20.0 * setup.request_time() / scale).max(10.0)),
+        "--network-delay".into(),
+        delay_ms(setup, scale),
+        "--seed".into(),
+        config.seed.to_string(),
+        "--summary".into(),
+        summary.to_string_lossy().into_owned(),
+    ];
+    if !pe_stats.is_empty() {
+        args.push("--pe-stats".into());
+        args.extend(pe_stats.iter().map(|p| p.to_string_lossy().into_owned()));
+    }
+    args
+}
+
+/// A child process, killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `program` and waits (at most 30 s) for a line of its log containing `ready`.
+fn spawn(bin_dir: &Path, program: &str, args: &[String], ready: &str) -> Result<(Proc, String)> {
+    let path = bin_dir.join(program);
+    let mut child = Command::new(&path)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", path.display()))?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ready = ready.to_string();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(&ready)
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let proc = Proc(child);
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .with_context(|| format!("{program} did not become ready"))?;
+    Ok((proc, line))
+}
+
+/// Runs `setup` once in `dir`.
+pub fn run_point(setup: &Setup, config: &RunConfig, dir: &Path) -> Result<RunResult> {
+    std::fs::create_dir_all(dir)?;
+    let scale = config.time_scale;
+    let (_registrar, ready) = spawn(
+        &config.bin_dir,
+        "registrar",
+        &registrar_args(setup, scale),
+        "registrar ready",
+    )?;
+    let address = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("asap="))
+        .context("asap= in the registrar's ready line")?
+        .to_string();
+    let mut pes = Vec::new();
+    let mut stats = Vec::new();
+    for n in 0..setup.pes {
+        let path = dir.join(format!("pe{n}.jsonl"));
+        let _ = std::fs::remove_file(&path);
+        let (pe, _) = spawn(
+            &config.bin_dir,
+            "pool-element",
+            &pe_args(setup, scale, &address, &path),
+            "pool element registered",
+        )?;
+        pes.push(pe);
+        stats.push(path);
+    }
+    let summary_path = dir.join("summary.json");
+    let users = Command::new(config.bin_dir.join("calcapp-user"))
+        .args(user_args(setup, config, &address, &[], &summary_path))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running calcapp-user")?;
+    if !users.success() {
+        bail!("calcapp-user failed: {users}");
+    }
+    // SIGTERM: each PE writes its last life's statistics.
+    for pe in &pes {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pe.0.id().to_string()])
+            .status();
+    }
+    for mut pe in pes {
+        for _ in 0..500 {
+            if pe.0.try_wait()?.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_path)?)?;
+    let pe = read_pe_stats(&stats, setup.capacity * scale)?;
+    let number = |key: &str| summary[key].as_f64().unwrap_or(f64::NAN);
+    Ok(RunResult {
+        handling_speed: number("handling_speed_percent"),
+        utilization: pe.0,
+        goodput: number("goodput"),
+        failovers: number("failovers"),
+        lost_calculations: pe.1,
+        jobs_completed: number("jobs_completed"),
+        jobs_incomplete: number("jobs_incomplete"),
+    })
+}
+
+/// (utilisation, lost calculations) from the PEs' statistics files.
+fn read_pe_stats(paths: &[PathBuf], capacity: f64) -> Result<(f64, f64)> {
+    let (mut used, mut uptime, mut lost) = (0.0, 0.0, 0.0);
+    for path in paths {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        for line in text.lines() {
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let number = |key: &str| value[key].as_f64().unwrap_or(0.0);
+            match value["event"].as_str() {
+                Some("life") => {
+                    used += number("used_calculations");
+                    uptime += number("uptime");
+                }
+                Some("left") => lost += number("lost"),
+                _ => {}
+            }
+        }
+    }
+    let utilization = if uptime > 0.0 {
+        used / (uptime * capacity)
+    } else {
+        f64::NAN
+    };
+    Ok((utilization, lost))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Policy;
+
+    fn value_after<'a>(args: &'a [String], flag: &str) -> &'a str {
+        let at = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag} missing"));
+        &args[at + 1]
+    }
+
+    #[test]
+    fn times_shrink_and_capacity_grows_by_the_scale_ratios_kept() {
+        let setup = Setup {
+            policy: Policy::LeastUsed,
+            mtbf: Some(20.0),
+            clean_shutdown_probability: 0.5,
+            ..Setup::default()
+        };
+        let pe = pe_args(&setup, 10.0, "127.0.0.1:1", Path::new("s.jsonl"));
+        assert_eq!(value_after(&pe, "--policy"), "LeastUsed");
+        assert_eq!(value_after(&pe, "--capacity"), "10000000");
+        // Session keep-alive 1 s / 10.
+        assert_eq!(value_after(&pe, "--keep-alive-interval"), "100");
+        // 10 % of 10^7 calculations, unscaled: calculations are not time.
+        assert_eq!(value_after(&pe, "--cookie-max-calculations"), "1000000");
+        // 20 request times of 10 s, / 10.
+        assert_eq!(value_after(&pe, "--mtbf"), "20");
+        assert_eq!(value_after(&pe, "--unclean"), "hang");
+        assert_eq!(value_after(&pe, "--network-delay"), "1");
+        let registrar = registrar_args(&setup, 10.0);
+        assert_eq!(value_after(&registrar, "--keepalive-interval"), "500");
+        assert_eq!(value_after(&registrar, "--max-bad-pe-reports"), "3");
+        let config = RunConfig {
+            time_scale: 10.0,
+            runtime: 30.0,
+            bin_dir: PathBuf::new(),
+            seed: 1,
+        };
+        let users = user_args(&setup, &config, "127.0.0.1:1", &[], Path::new("x.json"));
+        assert_eq!(value_after(&users, "--pe-capacity"), "10000000");
+        assert_eq!(value_after(&users, "--job-size"), "exp:10000000");
+        assert_eq!(value_after(&users, "--target-utilization"), "0.6");
+        assert_eq!(value_after(&users, "--keep-alive-timeout"), "100");
+    }
+
+    #[test]
+    fn pes_that_never_fail_get_no_churn_options() {
+        let pe = pe_args(&Setup::default(), 10.0, "127.0.0.1:1", Path::new("s.jsonl"));
+        assert!(!pe.iter().any(|a| a == "--mtbf"));
+    }
+}

@@ -1,0 +1,282 @@
+//! The paper's set-up and the scenarios named after its figures: which parameter each sweeps,
+//! and the points that makes.
+
+use std::fmt;
+
+/// A pool member selection policy of the paper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    RoundRobin,
+    Random,
+    LeastUsed,
+}
+
+impl Policy {
+    /// rsplib's name (as `pool-element --policy` takes it).
+    pub fn rsplib_name(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "RoundRobin",
+            Policy::Random => "Random",
+            Policy::LeastUsed => "LeastUsed",
+        }
+    }
+
+    /// The paper's abbreviation.
+    pub fn short(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "RR",
+            Policy::Random => "RAND",
+            Policy::LeastUsed => "LU",
+        }
+    }
+}
+
+/// One configuration of the pool, in the paper's (unscaled) units.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Setup {
+    pub pes: u32,
+    pub pus: u32,
+    /// Calculations per second of each PE.
+    pub capacity: f64,
+    /// Mean request size, calculations (negative-exponential).
+    pub job_size: f64,
+    pub utilization: f64,
+    pub policy: Policy,
+    /// Mean PE uptime in units of the average request handling time (size ÷ capacity);
+    /// `None`: PEs never fail.
+    pub mtbf: Option<f64>,
+    pub clean_shutdown_probability: f64,
+    /// Session keep-alive interval and timeout, seconds.
+    pub session_keep_alive: f64,
+    /// Endpoint (registrar to PE) keep-alive interval and timeout, seconds.
+    pub endpoint_keep_alive: f64,
+    pub max_bad_pe_reports: u32,
+    /// Cookie interval as a fraction of the request size.
+    pub cookie_fraction: f64,
+    /// One-way network delay, seconds.
+    pub network_delay: f64,
+}
+
+impl Default for Setup {
+    /// The paper's §5: 10 PEs of 10^6 calculations/s, 100 PUs, requests of 10^7, 60 %,
+    /// session keep-alives 1 s, endpoint keep-alives 5 s (rsplib), MAX-BAD-PE-REPORT 3,
+    /// cookies every 10 % of a request, 10 ms delay; PEs that never fail.
+    fn default() -> Self {
+        Setup {
+            pes: 10,
+            pus: 100,
+            capacity: 1e6,
+            job_size: 1e7,
+            utilization: 0.6,
+            policy: Policy::RoundRobin,
+            mtbf: None,
+            clean_shutdown_probability: 1.0,
+            session_keep_alive: 1.0,
+            endpoint_keep_alive: 5.0,
+            max_bad_pe_reports: 3,
+            cookie_fraction: 0.1,
+            network_delay: 0.010,
+        }
+    }
+}
+
+impl Setup {
+    /// The average request handling time at a PE of its own, seconds.
+    pub fn request_time(&self) -> f64 {
+        self.job_size / self.capacity
+    }
+}
+
+/// A parameter a scenario varies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parameter {
+    Policy,
+    Mtbf,
+    CleanShutdownProbability,
+    SessionKeepAlive,
+    EndpointKeepAlive,
+    MaxBadPeReports,
+    CookieFraction,
+}
+
+impl Parameter {
+    pub fn name(self) -> &'static str {
+        match self {
+            Parameter::Policy => "policy",
+            Parameter::Mtbf => "mtbf",
+            Parameter::CleanShutdownProbability => "clean_shutdown_probability",
+            Parameter::SessionKeepAlive => "session_keep_alive",
+            Parameter::EndpointKeepAlive => "endpoint_keep_alive",
+            Parameter::MaxBadPeReports => "max_bad_pe_reports",
+            Parameter::CookieFraction => "cookie_fraction",
+        }
+    }
+
+    /// The axis label of a plot.
+    pub fn label(self) -> &'static str {
+        match self {
+            Parameter::Policy => "policy",
+            Parameter::Mtbf => "PE MTBF [average request handling times]",
+            Parameter::CleanShutdownProbability => "share of clean shutdowns",
+            Parameter::SessionKeepAlive => "session keep-alive interval [s]",
+            Parameter::EndpointKeepAlive => "endpoint keep-alive interval [s]",
+            Parameter::MaxBadPeReports => "MAX-BAD-PE-REPORT",
+            Parameter::CookieFraction => "cookie interval [share of request size]",
+        }
+    }
+}
+
+/// A value of a parameter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value {
+    Policy(Policy),
+    Number(f64),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Policy(policy) => f.write_str(policy.short()),
+            Value::Number(number) => write!(f, "{number}"),
+        }
+    }
+}
+
+impl Value {
+    pub fn number(self) -> Option<f64> {
+        match self {
+            Value::Number(number) => Some(number),
+            Value::Policy(_) => None,
+        }
+    }
+
+    /// `setup` with `parameter` set to this value.
+    pub fn apply(self, parameter: Parameter, setup: &mut Setup) {
+        match (parameter, self) {
+            (Parameter::Policy, Value::Policy(policy)) => setup.policy = policy,
+            (Parameter::Mtbf, Value::Number(v)) => setup.mtbf = Some(v),
+            (Parameter::CleanShutdownProbability, Value::Number(v)) => {
+                setup.clean_shutdown_probability = v
+            }
+            (Parameter::SessionKeepAlive, Value::Number(v)) => setup.session_keep_alive = v,
+            (Parameter::EndpointKeepAlive, Value::Number(v)) => setup.endpoint_keep_alive = v,
+            (Parameter::MaxBadPeReports, Value::Number(v)) => setup.max_bad_pe_reports = v as u32,
+            (Parameter::CookieFraction, Value::Number(v)) => setup.cookie_fraction = v,
+            (parameter, value) => panic!("{value} is not a value of {}", parameter.name()),
+        }
+    }
+}
+
+/// A sweep: the x axis, the lines of a plot, the base set-up.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub title: &'static str,
+    pub base: Setup,
+    pub x: Parameter,
+    pub x_values: Vec<f64>,
+    pub x_values_quick: Vec<f64>,
+    /// Plot the x axis logarithmically.
+    pub x_log: bool,
+    pub series: Parameter,
+    pub series_values: Vec<Value>,
+}
+
+/// One point of a sweep.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Point {
+    pub setup: Setup,
+    pub x: f64,
+    pub series: Value,
+}
+
+impl Scenario {
+    /// Every point, series by series, x ascending.
+    pub fn points(&self, quick: bool) -> Vec<Point> {
+        let xs = if quick {
+            &self.x_values_quick
+        } else {
+            &self.x_values
+        };
+        let mut points = Vec::new();
+        for series in &self.series_values {
+            for &x in xs {
+                let mut setup = self.base.clone();
+                series.apply(self.series, &mut setup);
+                Value::Number(x).apply(self.x, &mut setup);
+                points.push(Point {
+                    setup,
+                    x,
+                    series: *series,
+                });
+            }
+        }
+        points
+    }
+}
+
+/// The scenarios built so far.
+pub fn scenarios() -> Vec<Scenario> {
+    let policies = vec![
+        Value::Policy(Policy::LeastUsed),
+        Value::Policy(Policy::RoundRobin),
+        Value::Policy(Policy::Random),
+    ];
+    vec![Scenario {
+        name: "fig4",
+        title: "Clean shutdowns: handling speed vs PE MTBF",
+        base: Setup::default(),
+        x: Parameter::Mtbf,
+        x_values: vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0],
+        x_values_quick: vec![2.0, 10.0, 50.0],
+        x_log: true,
+        series: Parameter::Policy,
+        series_values: policies,
+    }]
+}
+
+/// The scenario called `name`.
+pub fn scenario(name: &str) -> Option<Scenario> {
+    scenarios().into_iter().find(|s| s.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fig4_sweeps_mtbf_for_each_policy_from_the_papers_setup() {
+        let fig4 = scenario("fig4").unwrap();
+        let quick = fig4.points(true);
+        assert_eq!(quick.len(), 3 * 3);
+        assert_eq!(quick[0].setup.policy, Policy::LeastUsed);
+        assert_eq!(quick[0].setup.mtbf, Some(2.0));
+        assert_eq!(quick[2].setup.mtbf, Some(50.0));
+        assert_eq!(quick[3].setup.policy, Policy::RoundRobin);
+        assert!(
+            quick
+                .iter()
+                .all(|p| p.setup.clean_shutdown_probability == 1.0)
+        );
+        assert!(
+            quick
+                .iter()
+                .all(|p| p.setup.pus == 100 && p.setup.pes == 10)
+        );
+        assert_eq!(fig4.points(false).len(), 3 * 7);
+        assert_eq!(Setup::default().request_time(), 10.0);
+    }
+
+    #[test]
+    fn values_land_in_their_parameter() {
+        let mut setup = Setup::default();
+        Value::Number(0.25).apply(Parameter::CookieFraction, &mut setup);
+        Value::Number(3.0).apply(Parameter::SessionKeepAlive, &mut setup);
+        Value::Number(1.0).apply(Parameter::MaxBadPeReports, &mut setup);
+        Value::Policy(Policy::Random).apply(Parameter::Policy, &mut setup);
+        assert_eq!(setup.cookie_fraction, 0.25);
+        assert_eq!(setup.session_keep_alive, 3.0);
+        assert_eq!(setup.max_bad_pe_reports, 1);
+        assert_eq!(setup.policy, Policy::Random);
+    }
+}
