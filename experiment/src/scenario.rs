@@ -215,24 +215,101 @@ impl Scenario {
     }
 }
 
-/// The scenarios built so far.
+/// The scenarios built so far (fig8, the overhead of fig7's runs in messages per second, and
+/// `goodput` are not yet).
 pub fn scenarios() -> Vec<Scenario> {
     let policies = vec![
         Value::Policy(Policy::LeastUsed),
         Value::Policy(Policy::RoundRobin),
         Value::Policy(Policy::Random),
     ];
-    vec![Scenario {
-        name: "fig4",
-        title: "Clean shutdowns: handling speed vs PE MTBF",
-        base: Setup::default(),
-        x: Parameter::Mtbf,
-        x_values: vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0],
-        x_values_quick: vec![2.0, 10.0, 50.0],
-        x_log: true,
-        series: Parameter::Policy,
-        series_values: policies,
-    }]
+    // Failures that matter for keep-alives and cookies: PEs failing every 10 request times.
+    let failing = |clean: f64| Setup {
+        policy: Policy::LeastUsed,
+        mtbf: Some(10.0),
+        clean_shutdown_probability: clean,
+        ..Setup::default()
+    };
+    let numbers = |values: &[f64]| values.iter().map(|v| Value::Number(*v)).collect();
+    vec![
+        Scenario {
+            name: "fig4",
+            title: "Clean shutdowns: handling speed vs PE MTBF",
+            base: Setup::default(),
+            x: Parameter::Mtbf,
+            x_values: vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0],
+            x_values_quick: vec![2.0, 10.0, 50.0],
+            x_log: true,
+            series: Parameter::Policy,
+            series_values: policies.clone(),
+        },
+        Scenario {
+            name: "fig5",
+            title: "Share of clean shutdowns and session keep-alive interval (LU)",
+            base: failing(1.0),
+            x: Parameter::CleanShutdownProbability,
+            x_values: vec![0.0, 0.25, 0.5, 0.75, 1.0],
+            x_values_quick: vec![0.0, 0.5, 1.0],
+            x_log: false,
+            series: Parameter::SessionKeepAlive,
+            series_values: numbers(&[0.5, 1.0, 5.0]),
+        },
+        Scenario {
+            name: "fig6",
+            title: "Session vs endpoint keep-alive interval, 40 % load (LU, unclean failures)",
+            base: Setup {
+                utilization: 0.4,
+                ..failing(0.0)
+            },
+            x: Parameter::SessionKeepAlive,
+            x_values: vec![0.5, 1.0, 2.0, 5.0, 10.0],
+            x_values_quick: vec![0.5, 2.0, 10.0],
+            x_log: true,
+            series: Parameter::EndpointKeepAlive,
+            series_values: numbers(&[1.0, 5.0, 30.0]),
+        },
+        Scenario {
+            name: "fig7",
+            title: "Endpoint keep-alive interval and MAX-BAD-PE-REPORT (LU, unclean failures)",
+            base: failing(0.0),
+            x: Parameter::EndpointKeepAlive,
+            x_values: vec![1.0, 5.0, 10.0, 30.0, 60.0],
+            x_values_quick: vec![1.0, 10.0, 60.0],
+            x_log: true,
+            series: Parameter::MaxBadPeReports,
+            series_values: numbers(&[1.0, 3.0, 5.0]),
+        },
+        // Not the paper's: a small pool for a fast check that the whole chain works.
+        Scenario {
+            name: "smoke",
+            title: "Smoke test: a small failing pool, LU and RAND",
+            base: Setup {
+                pes: 3,
+                pus: 12,
+                ..failing(0.5)
+            },
+            x: Parameter::Mtbf,
+            x_values: vec![5.0],
+            x_values_quick: vec![5.0],
+            x_log: false,
+            series: Parameter::Policy,
+            series_values: vec![
+                Value::Policy(Policy::LeastUsed),
+                Value::Policy(Policy::Random),
+            ],
+        },
+        Scenario {
+            name: "fig9",
+            title: "Cookie interval (LU, unclean failures)",
+            base: failing(0.0),
+            x: Parameter::CookieFraction,
+            x_values: vec![0.01, 0.05, 0.1, 0.2, 0.5],
+            x_values_quick: vec![0.05, 0.2, 0.5],
+            x_log: true,
+            series: Parameter::Policy,
+            series_values: policies,
+        },
+    ]
 }
 
 /// The scenario called `name`.
@@ -265,6 +342,28 @@ mod tests {
         );
         assert_eq!(fig4.points(false).len(), 3 * 7);
         assert_eq!(Setup::default().request_time(), 10.0);
+    }
+
+    #[test]
+    fn every_scenario_has_points_and_unique_names() {
+        let all = scenarios();
+        let mut names: Vec<&str> = all.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), all.len());
+        for scenario in &all {
+            let quick = scenario.points(true);
+            assert!(!quick.is_empty() && quick.len() <= 9, "{}", scenario.name);
+            assert!(scenario.points(false).len() >= quick.len());
+        }
+        let fig6 = scenario("fig6").unwrap().points(true);
+        assert!(fig6.iter().all(|p| p.setup.utilization == 0.4));
+        assert!(
+            fig6.iter()
+                .all(|p| p.setup.clean_shutdown_probability == 0.0)
+        );
+        assert_eq!(fig6[0].setup.endpoint_keep_alive, 1.0);
+        assert_eq!(fig6[0].setup.session_keep_alive, 0.5);
     }
 
     #[test]
