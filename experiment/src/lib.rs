@@ -159,6 +159,63 @@ pub fn plot_lines(scenario: &Scenario, results: &[PointResult]) -> Vec<plot::Lin
         .collect()
 }
 
+/// The plot lines of a CSV written by [`csv`] (to draw a finished run again).
+pub fn lines_from_csv(scenario: &Scenario, text: &str) -> Result<Vec<plot::Line>> {
+    let mut rows = text.lines().map(|line| line.split(',').collect::<Vec<_>>());
+    let header = rows.next().context("empty CSV")?;
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|c| *c == name)
+            .with_context(|| format!("no column {name}"))
+    };
+    let (x, series) = (column(scenario.x.name())?, column(scenario.series.name())?);
+    let (speed, half_width, samples) = (
+        column("handling_speed")?,
+        column("handling_speed_ci")?,
+        column("repetitions")?,
+    );
+    let mut lines: Vec<plot::Line> = Vec::new();
+    for row in rows {
+        let field = |i: usize| row.get(i).copied().context("short row");
+        let label = match scenario.series {
+            Parameter::Policy => field(series)?.to_string(),
+            other => format!("{} = {}", other.name(), field(series)?),
+        };
+        let point = (
+            field(x)?.parse::<f64>()?,
+            Estimate {
+                mean: field(speed)?.parse()?,
+                half_width: field(half_width)?.parse()?,
+                samples: field(samples)?.parse()?,
+            },
+        );
+        match lines.iter_mut().find(|line| line.label == label) {
+            Some(line) => line.points.push(point),
+            None => lines.push(plot::Line {
+                label,
+                points: vec![point],
+            }),
+        }
+    }
+    Ok(lines)
+}
+
+/// Draws `NAME.svg` of `scenario` from a CSV of its run.
+pub fn replot(scenario: &Scenario, csv_path: &Path, svg_path: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(csv_path)
+        .with_context(|| format!("reading {}", csv_path.display()))?;
+    let lines = lines_from_csv(scenario, &text)?;
+    plot::draw(
+        svg_path,
+        scenario.title,
+        scenario.x.label(),
+        "handling speed [% of PE capacity]",
+        scenario.x_log,
+        &lines,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +257,13 @@ mod tests {
             lines[1]
         );
         let plot = plot_lines(&fig4, &results);
+        // The CSV gives the same lines back.
+        let again = lines_from_csv(&fig4, &text).unwrap();
+        assert_eq!(again.len(), 3);
+        assert_eq!(again[1].label, "RR");
+        assert_eq!(again[1].points.len(), 3);
+        assert_eq!(again[1].points[2].0, 50.0);
+        assert!((again[1].points[2].1.mean - plot[1].points[2].1.mean).abs() < 1e-3);
         assert_eq!(plot.len(), 3);
         assert_eq!(plot[1].label, "RR");
         assert_eq!(

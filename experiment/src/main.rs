@@ -21,6 +21,14 @@ struct Cli {
 enum Command {
     /// Lists the scenarios.
     List,
+    /// Draws a scenario's plot again from the CSV of a run.
+    Plot {
+        scenario: String,
+        #[arg(long, value_name = "FILE")]
+        csv: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        svg: PathBuf,
+    },
     /// Runs a scenario: DIR/SCENARIO.csv and DIR/SCENARIO.svg.
     Run {
         scenario: String,
@@ -54,6 +62,14 @@ fn main() -> Result<()> {
                 println!("{:8} {}", s.name, s.title);
             }
             Ok(())
+        }
+        Command::Plot {
+            scenario: name,
+            csv,
+            svg,
+        } => {
+            let scenario = scenario(&name).with_context(|| format!("no scenario `{name}`"))?;
+            pool_experiment::replot(&scenario, &csv, &svg)
         }
         Command::Run {
             scenario: name,

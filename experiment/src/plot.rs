@@ -50,7 +50,8 @@ pub fn draw(
         return Err(anyhow!("nothing to plot"));
     }
     let y_pad = ((y_max - y_min) * 0.1).max(1.0);
-    let y_range = (y_min - y_pad).max(0.0)..(y_max + y_pad);
+    // Room above the lines for the legend.
+    let y_range = (y_min - y_pad).max(0.0)..(y_max + 3.0 * y_pad);
     let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut builder = ChartBuilder::on(&root);
@@ -100,6 +101,7 @@ pub fn draw(
             }
             chart
                 .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
                 .draw()?;

@@ -167,6 +167,7 @@ impl PoolUser {
             .send(Request::Resolve {
                 pool: pool.clone(),
                 items,
+                shared: !self.inner.config.registrars_choice,
                 reply,
             })
             .await

@@ -41,6 +41,9 @@ pub(crate) enum Request {
     Resolve {
         pool: PoolHandle,
         items: u32,
+        /// Whether requests for the same pool queued meanwhile may take this answer (not
+        /// for independent sessions: a registrar's answer is its choice for one asker).
+        shared: bool,
         reply: oneshot::Sender<Result<Resolution, ResolveError>>,
     },
     Unreachable {
@@ -68,17 +71,25 @@ impl RegistrarClient {
                 },
             };
             match request {
-                Request::Resolve { pool, items, reply } => {
+                Request::Resolve {
+                    pool,
+                    items,
+                    shared,
+                    reply,
+                } => {
                     let answer = self.resolve(&pool, items).await;
                     // Sessions whose cache went stale together asked together (a new picture's
                     // tiles): the requests for the same pool queued meanwhile share this answer
                     // instead of waiting for one round trip each. Draining stops at any other
                     // request, so an Endpoint Unreachable is never overtaken.
-                    loop {
+                    // An independent session's answer (not `shared`) is the registrar's choice
+                    // for it alone.
+                    while shared && next.is_none() {
                         match requests.try_recv() {
                             Ok(Request::Resolve {
                                 pool: other_pool,
                                 items: other_items,
+                                shared: true,
                                 reply: other_reply,
                             }) if other_pool == pool && other_items == items => {
                                 let _ = other_reply.send(answer.clone());
