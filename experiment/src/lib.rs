@@ -7,6 +7,7 @@
 //! ([`stats`]); the result is a CSV row per point and a plot ([`plot`]).
 
 pub mod plot;
+pub mod process;
 pub mod runner;
 pub mod scenario;
 pub mod stats;

@@ -2,13 +2,13 @@
 //! (`pool-element --service calcapp`, one process each) and the pool users (`calcapp-user`),
 //! every time divided by the time scale.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::process::{asap_address, spawn_until_ready, terminate_all};
 use crate::scenario::Setup;
 
 /// How a point is run.
@@ -153,71 +153,23 @@ pub fn user_args(
     args
 }
 
-/// A child process, killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `program` and waits (at most 30 s) for a line of its log containing `ready`.
-fn spawn(bin_dir: &Path, program: &str, args: &[String], ready: &str) -> Result<(Proc, String)> {
-    let path = bin_dir.join(program);
-    let mut child = Command::new(&path)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", path.display()))?;
-    let stderr = child.stderr.take().context("stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let ready = ready.to_string();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains(&ready)
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let proc = Proc(child);
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .with_context(|| format!("{program} did not become ready"))?;
-    Ok((proc, line))
-}
-
 /// Runs `setup` once in `dir`.
 pub fn run_point(setup: &Setup, config: &RunConfig, dir: &Path) -> Result<RunResult> {
     std::fs::create_dir_all(dir)?;
     let scale = config.time_scale;
-    let (_registrar, ready) = spawn(
-        &config.bin_dir,
-        "registrar",
+    let (_registrar, ready) = spawn_until_ready(
+        &config.bin_dir.join("registrar"),
         &registrar_args(setup, scale),
         "registrar ready",
     )?;
-    let address = ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("asap="))
-        .context("asap= in the registrar's ready line")?
-        .to_string();
+    let address = asap_address(&ready)?;
     let mut pes = Vec::new();
     let mut stats = Vec::new();
     for n in 0..setup.pes {
         let path = dir.join(format!("pe{n}.jsonl"));
         let _ = std::fs::remove_file(&path);
-        let (pe, _) = spawn(
-            &config.bin_dir,
-            "pool-element",
+        let (pe, _) = spawn_until_ready(
+            &config.bin_dir.join("pool-element"),
             &pe_args(setup, scale, &address, &path),
             "pool element registered",
         )?;
@@ -237,62 +189,26 @@ pub fn run_point(setup: &Setup, config: &RunConfig, dir: &Path) -> Result<RunRes
         bail!("calcapp-user failed: {users}");
     }
     // SIGTERM: each PE writes its last life's statistics.
-    for pe in &pes {
-        let _ = Command::new("kill")
-            .args(["-TERM", &pe.0.id().to_string()])
-            .status();
-    }
-    for mut pe in pes {
-        for _ in 0..500 {
-            if pe.0.try_wait()?.is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    terminate_all(&mut pes, Duration::from_secs(10))?;
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary_path)?)?;
-    let pe = read_pe_stats(&stats, setup.capacity * scale)?;
+    let pe = calcapp_user::read_pe_stats(&stats, setup.capacity * scale)?;
+    // No life ended: no utilisation to report (rather than 0 %).
+    let utilization = if pe.lives == 0 {
+        f64::NAN
+    } else {
+        pe.utilization
+    };
     let number = |key: &str| summary[key].as_f64().unwrap_or(f64::NAN);
     Ok(RunResult {
         handling_speed: number("handling_speed_percent"),
-        utilization: pe.0,
+        utilization,
         goodput: number("goodput"),
         failovers: number("failovers"),
-        lost_calculations: pe.1,
+        lost_calculations: pe.lost_calculations,
         jobs_completed: number("jobs_completed"),
         jobs_incomplete: number("jobs_incomplete"),
     })
-}
-
-/// (utilisation, lost calculations) from the PEs' statistics files.
-fn read_pe_stats(paths: &[PathBuf], capacity: f64) -> Result<(f64, f64)> {
-    let (mut used, mut uptime, mut lost) = (0.0, 0.0, 0.0);
-    for path in paths {
-        let Ok(text) = std::fs::read_to_string(path) else {
-            continue;
-        };
-        for line in text.lines() {
-            let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let number = |key: &str| value[key].as_f64().unwrap_or(0.0);
-            match value["event"].as_str() {
-                Some("life") => {
-                    used += number("used_calculations");
-                    uptime += number("uptime");
-                }
-                Some("left") => lost += number("lost"),
-                _ => {}
-            }
-        }
-    }
-    let utilization = if uptime > 0.0 {
-        used / (uptime * capacity)
-    } else {
-        f64::NAN
-    };
-    Ok((utilization, lost))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! `pool-element --service calcapp`, `calcapp-user`) found next to this binary:
 //!
 //! ```text
-//! cargo build --release -p registrar -p pool-element -p calcapp-user --bins
+//! cargo build --release -p registrar -p pool-element -p calcapp-user -p pool-experiment --bins
 //! target/release/calcapp-bench [--scales 10x100,50x1000] [--duration 20]
 //! ```
 //!
@@ -13,13 +13,13 @@
 //!   jobs completed, startup delay, how late the PEs' timers fired (a late completion is
 //!   capacity lost), CPU used.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
+use pool_experiment::process::{Proc, asap_address, spawn_until_ready, terminate_all};
 
 #[derive(Parser, Debug)]
 #[command(name = "calcapp-bench", about = "CalcApp emulation accuracy and scale")]
@@ -43,50 +43,15 @@ fn sibling(name: &str) -> Result<PathBuf> {
     let path = exe.parent().context("binary directory")?.join(name);
     ensure!(
         path.is_file(),
-        "{} not found: cargo build --release -p registrar -p pool-element -p calcapp-user --bins",
+        "{} not found: cargo build --release -p registrar -p pool-element -p calcapp-user -p pool-experiment --bins",
         path.display()
     );
     Ok(path)
 }
 
-/// A child that is killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `program` and waits for a log line containing `ready`; returns that line.
+/// Starts the workspace program `program` until it logs `ready`.
 fn spawn(program: &str, args: &[String], ready: &str) -> Result<(Proc, String)> {
-    let mut child = Command::new(sibling(program)?)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {program}"))?;
-    let stderr = child.stderr.take().context("stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let ready = ready.to_string();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains(&ready)
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .with_context(|| format!("{program} did not become ready"))?;
-    Ok((Proc(child), line))
+    spawn_until_ready(&sibling(program)?, args, ready)
 }
 
 /// CPU time (user + system) of a process so far.
@@ -113,11 +78,7 @@ fn start_pool(dir: &Path, pes: usize, pe_args: &[&str]) -> Result<Pool> {
         &["--asap", "127.0.0.1:0", "--announce", "off"].map(String::from),
         "registrar ready",
     )?;
-    let address = ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("asap="))
-        .context("asap=")?
-        .to_string();
+    let address = asap_address(&ready)?;
     let registrar_pid = registrar.0.id();
     let mut started = Vec::new();
     let mut stats = Vec::new();
@@ -144,18 +105,10 @@ fn start_pool(dir: &Path, pes: usize, pe_args: &[&str]) -> Result<Pool> {
 impl Pool {
     /// Stops the PEs with SIGTERM (their last statistics line is written then).
     fn stop(&mut self) -> Result<()> {
-        for pe in &self.pes {
-            let _ = Command::new("kill")
-                .args(["-TERM", &pe.0.id().to_string()])
-                .status();
-        }
-        for pe in &mut self.pes {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while pe.0.try_wait()?.is_none() {
-                ensure!(Instant::now() < deadline, "a PE did not stop");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        ensure!(
+            terminate_all(&mut self.pes, Duration::from_secs(20))?,
+            "a PE did not stop"
+        );
         Ok(())
     }
 
