@@ -9,10 +9,10 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use rserpool::handlespace::{ForeignReregistration, HandlespaceConfig};
 use rserpool::registrar::EnrpConfig;
-use rserpool::registrar::RegistrarConfig;
 use rserpool::registrar::driver::{self, AnnounceConfig, DriverConfig, EnrpDriverConfig};
 use rserpool::registrar::keepalive::KeepAliveConfig;
 use rserpool::registrar::reports::ReportConfig;
+use rserpool::registrar::{RegistrarConfig, RegistrarStats};
 use rserpool::transport::AssociationConfig;
 use rserpool::transport::announce::ASAP_ANNOUNCE_ADDR;
 use rserpool::transport::frame::MIN_MAX_FRAME_LEN;
@@ -105,6 +105,10 @@ pub struct Cli {
     /// for experiments) [default: 0, off].
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub network_delay: u64,
+    /// At exit, write the registrar's counters (messages in and out, registrations, ...) and
+    /// its uptime to this file as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub stats: Option<std::path::PathBuf>,
 }
 
 /// The `--announce` value.
@@ -242,6 +246,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         tls,
         "registrar ready"
     );
+    let started = std::time::Instant::now();
     let mut recovery = program_setup::allocator::FloodRecovery::default();
     let mut check = tokio::time::interval(FLOOD_CHECK_INTERVAL);
     let signal_name = loop {
@@ -258,9 +263,36 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
     };
     info!(signal = %signal_name, "registrar shutting down");
+    if let Some(path) = &cli.stats
+        && let Some(inspection) = registrar.inspect().await
+    {
+        let text = stats_json(&inspection.stats, started.elapsed());
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
     registrar.shutdown().await;
     info!("registrar stopped");
     Ok(())
+}
+
+/// `--stats`: the counters and the uptime, one JSON object.
+fn stats_json(stats: &RegistrarStats, uptime: Duration) -> String {
+    serde_json::json!({
+        "uptime": uptime.as_secs_f64(),
+        "asap_messages_received": stats.asap_messages_received,
+        "asap_messages_sent": stats.asap_messages_sent,
+        "registrations": stats.registrations,
+        "reregistrations": stats.reregistrations,
+        "rejected_registrations": stats.rejected_registrations,
+        "deregistrations": stats.deregistrations,
+        "handle_resolutions": stats.handle_resolutions,
+        "keepalives_sent": stats.keepalives_sent,
+        "unreachable_reports": stats.unreachable_reports,
+        "ignored_unreachable_reports": stats.ignored_unreachable_reports,
+        "bad_messages": stats.bad_messages,
+        "enrp_messages_sent": stats.enrp_messages_sent,
+        "enrp_bytes_sent": stats.enrp_bytes_sent,
+    })
+    .to_string()
 }
 
 #[cfg(test)]

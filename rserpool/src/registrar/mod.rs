@@ -241,6 +241,10 @@ pub struct RegistrarStats {
     /// ENRP messages sent (one per destination; to the group counts once), and their bytes.
     pub enrp_messages_sent: u64,
     pub enrp_bytes_sent: u64,
+    /// ASAP messages received (undecodable ones included) and sent on associations: the
+    /// pool-maintenance overhead of the seed paper's fig. 8.
+    pub asap_messages_received: u64,
+    pub asap_messages_sent: u64,
 }
 
 /// The registrar state machine.
@@ -316,6 +320,7 @@ impl Registrar {
 
     /// One ASAP message (a frame's payload) arrived on `association`.
     pub fn handle_message(&mut self, association: AssociationKey, bytes: &[u8], now: Instant) {
+        self.stats.asap_messages_received += 1;
         let decoded = match AsapMessage::decode(bytes) {
             Ok(decoded) => decoded,
             Err(error) => {
@@ -422,10 +427,13 @@ impl Registrar {
 
     fn send(&mut self, association: AssociationKey, message: &AsapMessage) {
         match message.to_bytes() {
-            Ok(payload) => self.transmits.push_back(Transmit::Send {
-                association,
-                payload,
-            }),
+            Ok(payload) => {
+                self.stats.asap_messages_sent += 1;
+                self.transmits.push_back(Transmit::Send {
+                    association,
+                    payload,
+                })
+            }
             // Only our own oversized answers can fail to encode; the peer learns nothing useful
             // from a half answer, so the association is closed rather than left waiting.
             Err(error) => {

@@ -547,6 +547,14 @@ fn keepalive_timeout_removes_a_silent_pe_and_acks_keep_it() {
     assert!(r.handlespace().get(&handle("pool"), PeId(2)).is_some());
     let removed = removals(&mut r);
     assert_eq!(removed, vec![(PeId(1), RemovalReason::KeepAliveTimeout)]);
+    // The overhead counters: two registrations and PE 2's acks in; two responses and every
+    // keep-alive out.
+    let acks = u64::from(keepalives[2]);
+    assert_eq!(r.stats().asap_messages_received, 2 + acks);
+    assert_eq!(
+        r.stats().asap_messages_sent,
+        2 + u64::from(keepalives[1]) + acks
+    );
 }
 
 #[test]
