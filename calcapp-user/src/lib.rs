@@ -167,6 +167,8 @@ pub struct PeSummary {
     pub lost_calculations: f64,
     /// Lost calculations per job left behind by an unclean failure.
     pub lost_per_unclean_job: f64,
+    /// Jobs left behind by unclean failures.
+    pub unclean_jobs_left: u64,
     pub completes: u64,
     /// Jobs completed by more than one PE (never, if all is well).
     pub completed_twice: u64,
@@ -625,6 +627,7 @@ pub fn read_pe_stats(paths: &[PathBuf], capacity: f64) -> Result<PeSummary> {
             }
         }
     }
+    summary.unclean_jobs_left = unclean_jobs;
     summary.completed_twice = completes.values().filter(|count| **count > 1).count() as u64;
     if uptime > 0.0 {
         summary.utilization = summary.used_calculations / (uptime * capacity);

@@ -30,11 +30,19 @@ pub struct PointResult {
     pub goodput: Estimate,
     pub failovers: Estimate,
     pub lost_calculations: Estimate,
+    pub registrar_messages: Estimate,
+    pub lost_per_job: Estimate,
+    /// Lost per job ÷ CookieMaxCalcs/2 (statement (vi): about 1).
+    pub lost_per_job_ratio: Estimate,
+    pub jobs_per_failure: Estimate,
+    pub goodput_ratio: Estimate,
+    pub goodput_ratio_eq1: Estimate,
     pub jobs_incomplete: f64,
 }
 
 /// Summarises the repetitions of one point.
 pub fn summarize(point: Point, runs: &[RunResult]) -> PointResult {
+    let half_cookie = (point.setup.cookie_fraction * point.setup.job_size).max(1.0) / 2.0;
     let column = |f: fn(&RunResult) -> f64| estimate(&runs.iter().map(f).collect::<Vec<_>>());
     PointResult {
         point,
@@ -43,22 +51,52 @@ pub fn summarize(point: Point, runs: &[RunResult]) -> PointResult {
         goodput: column(|r| r.goodput * 100.0),
         failovers: column(|r| r.failovers),
         lost_calculations: column(|r| r.lost_calculations),
+        registrar_messages: column(|r| r.registrar_messages),
+        lost_per_job: column(|r| r.lost_per_job),
+        lost_per_job_ratio: estimate(
+            &runs
+                .iter()
+                .map(|r| r.lost_per_job / (half_cookie))
+                .collect::<Vec<_>>(),
+        ),
+        jobs_per_failure: column(|r| r.jobs_per_failure),
+        goodput_ratio: column(|r| r.goodput_ratio * 100.0),
+        goodput_ratio_eq1: column(|r| r.goodput_ratio_eq1 * 100.0),
         jobs_incomplete: runs.iter().map(|r| r.jobs_incomplete).sum(),
     }
 }
+
+/// A CSV metric: its column name, where its estimate is, the decimals written.
+type CsvMetric = (&'static str, fn(&PointResult) -> Estimate, usize);
 
 /// The CSV of a sweep: the parameters of each point, then each metric's mean and the
 /// half-width of its 95 % confidence interval.
 pub fn csv(results: &[PointResult]) -> String {
     let mut out = String::from(
-        "policy,mtbf,clean_shutdown_probability,session_keep_alive,endpoint_keep_alive,max_bad_pe_reports,cookie_fraction,utilization_target,\
-handling_speed,handling_speed_ci,utilization,utilization_ci,goodput,goodput_ci,failovers,failovers_ci,lost_calculations,lost_calculations_ci,repetitions,jobs_incomplete\n",
+        "policy,mtbf,clean_shutdown_probability,session_keep_alive,endpoint_keep_alive,max_bad_pe_reports,cookie_fraction,utilization_target",
     );
+    let metrics: [CsvMetric; 11] = [
+        ("handling_speed", |r| r.handling_speed, 3),
+        ("utilization", |r| r.utilization, 3),
+        ("goodput", |r| r.goodput, 3),
+        ("failovers", |r| r.failovers, 2),
+        ("lost_calculations", |r| r.lost_calculations, 0),
+        ("registrar_messages", |r| r.registrar_messages, 2),
+        ("lost_per_job", |r| r.lost_per_job, 0),
+        ("lost_per_job_ratio", |r| r.lost_per_job_ratio, 3),
+        ("jobs_per_failure", |r| r.jobs_per_failure, 3),
+        ("goodput_ratio", |r| r.goodput_ratio, 3),
+        ("goodput_ratio_eq1", |r| r.goodput_ratio_eq1, 3),
+    ];
+    for (name, _, _) in &metrics {
+        let _ = write!(out, ",{name},{name}_ci");
+    }
+    out.push_str(",repetitions,jobs_incomplete\n");
     for r in results {
         let s = &r.point.setup;
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.2},{:.2},{:.0},{:.0},{},{}",
+            "{},{},{},{},{},{},{},{}",
             s.policy.short(),
             s.mtbf.map_or(String::new(), |m| m.to_string()),
             s.clean_shutdown_probability,
@@ -67,19 +105,16 @@ handling_speed,handling_speed_ci,utilization,utilization_ci,goodput,goodput_ci,f
             s.max_bad_pe_reports,
             s.cookie_fraction,
             s.utilization,
-            r.handling_speed.mean,
-            r.handling_speed.half_width,
-            r.utilization.mean,
-            r.utilization.half_width,
-            r.goodput.mean,
-            r.goodput.half_width,
-            r.failovers.mean,
-            r.failovers.half_width,
-            r.lost_calculations.mean,
-            r.lost_calculations.half_width,
-            r.handling_speed.samples,
-            r.jobs_incomplete,
         );
+        for (_, metric, decimals) in &metrics {
+            let estimate = metric(r);
+            let _ = write!(
+                out,
+                ",{:.*},{:.*}",
+                decimals, estimate.mean, decimals, estimate.half_width
+            );
+        }
+        let _ = writeln!(out, ",{},{}", r.handling_speed.samples, r.jobs_incomplete);
     }
     out
 }
@@ -129,38 +164,26 @@ pub fn run_scenario(
         // Written after every point: a long run that stops keeps what it measured.
         std::fs::write(out.join(format!("{}.csv", scenario.name)), csv(&results))?;
     }
-    let lines = plot_lines(scenario, &results);
+    let lines = plot_lines(scenario, &results)?;
     plot::draw(
         &out.join(format!("{}.svg", scenario.name)),
         scenario.title,
         scenario.x.label(),
-        "handling speed [% of PE capacity]",
+        scenario.metric.label(),
         scenario.x_log,
         &lines,
     )?;
     Ok(results)
 }
 
-/// The handling speed of each series along x.
-pub fn plot_lines(scenario: &Scenario, results: &[PointResult]) -> Vec<plot::Line> {
-    scenario
-        .series_values
-        .iter()
-        .map(|series| plot::Line {
-            label: match scenario.series {
-                Parameter::Policy => series.to_string(),
-                other => format!("{} = {series}", other.name()),
-            },
-            points: results
-                .iter()
-                .filter(|r| r.point.series == *series)
-                .map(|r| (r.point.x, r.handling_speed))
-                .collect(),
-        })
-        .collect()
+/// The lines of the scenario's plot: its metric along x, one line per series (and per column
+/// where the metric has several).
+pub fn plot_lines(scenario: &Scenario, results: &[PointResult]) -> Result<Vec<plot::Line>> {
+    lines_from_csv(scenario, &csv(results))
 }
 
-/// The plot lines of a CSV written by [`csv`] (to draw a finished run again).
+/// The plot lines of a CSV written by [`csv`] (also to draw a finished run again). Points
+/// without a value (NaN) are left out.
 pub fn lines_from_csv(scenario: &Scenario, text: &str) -> Result<Vec<plot::Line>> {
     let mut rows = text.lines().map(|line| line.split(',').collect::<Vec<_>>());
     let header = rows.next().context("empty CSV")?;
@@ -170,33 +193,40 @@ pub fn lines_from_csv(scenario: &Scenario, text: &str) -> Result<Vec<plot::Line>
             .position(|c| *c == name)
             .with_context(|| format!("no column {name}"))
     };
-    let (x, series) = (column(scenario.x.name())?, column(scenario.series.name())?);
-    let (speed, half_width, samples) = (
-        column("handling_speed")?,
-        column("handling_speed_ci")?,
+    let (x, series, samples) = (
+        column(scenario.x.name())?,
+        column(scenario.series.name())?,
         column("repetitions")?,
     );
     let mut lines: Vec<plot::Line> = Vec::new();
     for row in rows {
         let field = |i: usize| row.get(i).copied().context("short row");
-        let label = match scenario.series {
+        let series_label = match scenario.series {
             Parameter::Policy => field(series)?.to_string(),
             other => format!("{} = {}", other.name(), field(series)?),
         };
-        let point = (
-            field(x)?.parse::<f64>()?,
-            Estimate {
-                mean: field(speed)?.parse()?,
-                half_width: field(half_width)?.parse()?,
+        for (what, mean, half_width) in scenario.metric.columns() {
+            let estimate = Estimate {
+                mean: field(column(mean)?)?.parse()?,
+                half_width: field(column(half_width)?)?.parse()?,
                 samples: field(samples)?.parse()?,
-            },
-        );
-        match lines.iter_mut().find(|line| line.label == label) {
-            Some(line) => line.points.push(point),
-            None => lines.push(plot::Line {
-                label,
-                points: vec![point],
-            }),
+            };
+            if estimate.mean.is_nan() {
+                continue;
+            }
+            let label = if what.is_empty() {
+                series_label.clone()
+            } else {
+                format!("{series_label}, {what}")
+            };
+            let point = (field(x)?.parse::<f64>()?, estimate);
+            match lines.iter_mut().find(|line| line.label == label) {
+                Some(line) => line.points.push(point),
+                None => lines.push(plot::Line {
+                    label,
+                    points: vec![point],
+                }),
+            }
         }
     }
     Ok(lines)
@@ -211,7 +241,7 @@ pub fn replot(scenario: &Scenario, csv_path: &Path, svg_path: &Path) -> Result<(
         svg_path,
         scenario.title,
         scenario.x.label(),
-        "handling speed [% of PE capacity]",
+        scenario.metric.label(),
         scenario.x_log,
         &lines,
     )
@@ -231,6 +261,11 @@ mod tests {
             lost_calculations: 1e6,
             jobs_completed: 100.0,
             jobs_incomplete: 0.0,
+            registrar_messages: 40.0 + speed,
+            lost_per_job: 5e5,
+            jobs_per_failure: 2.0,
+            goodput_ratio: 0.98,
+            goodput_ratio_eq1: 0.975,
         }
     }
 
@@ -257,7 +292,7 @@ mod tests {
             "utilisation in %: {}",
             lines[1]
         );
-        let plot = plot_lines(&fig4, &results);
+        let plot = plot_lines(&fig4, &results).unwrap();
         // The CSV gives the same lines back.
         let again = lines_from_csv(&fig4, &text).unwrap();
         assert_eq!(again.len(), 3);
@@ -278,5 +313,49 @@ mod tests {
         let drawn = std::fs::read_to_string(&svg).unwrap();
         assert!(drawn.contains("<svg") && drawn.contains("RAND"));
         let _ = std::fs::remove_dir_all(&dir);
+        // Half a cookie interval (10 % of 10^7) is 5 × 10^5: the ratio is 1.
+        assert!(
+            lines[1].contains(",500000,0,1.000,0.000,2.000,"),
+            "{}",
+            lines[1]
+        );
+    }
+
+    #[test]
+    fn other_metrics_draw_their_own_columns() {
+        let fig8 = scenario("fig8").unwrap();
+        let results: Vec<PointResult> = fig8
+            .points(true)
+            .into_iter()
+            .map(|point| summarize(point, &[run(0.0), run(2.0)]))
+            .collect();
+        let lines = plot_lines(&fig8, &results).unwrap();
+        assert_eq!(lines[0].label, "max_bad_pe_reports = 1");
+        assert!((lines[0].points[0].1.mean - 41.0).abs() < 1e-9);
+        let goodput = scenario("goodput").unwrap();
+        let results: Vec<PointResult> = goodput
+            .points(true)
+            .into_iter()
+            .map(|point| summarize(point, &[run(0.0)]))
+            .collect();
+        let lines = plot_lines(&goodput, &results).unwrap();
+        let labels: Vec<&str> = lines.iter().map(|l| l.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "mtbf = 2, measured",
+                "mtbf = 2, eq. (1)",
+                "mtbf = 10, measured",
+                "mtbf = 10, eq. (1)"
+            ]
+        );
+        assert!((lines[1].points[0].1.mean - 97.5).abs() < 1e-9);
+        // A metric a run could not measure (NaN) leaves its point out.
+        let mut nan = run(0.0);
+        nan.goodput_ratio = f64::NAN;
+        let point = goodput.points(true).remove(0);
+        let lines = plot_lines(&goodput, &[summarize(point, &[nan])]).unwrap();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].label, "mtbf = 2, eq. (1)");
     }
 }

@@ -35,6 +35,33 @@ pub struct RunResult {
     pub lost_calculations: f64,
     pub jobs_completed: f64,
     pub jobs_incomplete: f64,
+    /// ASAP messages the registrar received and sent per second of its life (fig. 8).
+    pub registrar_messages: f64,
+    /// Mean calculations lost per job left behind by an unclean failure.
+    pub lost_per_job: f64,
+    /// Jobs a PE held when it failed uncleanly, on average.
+    pub jobs_per_failure: f64,
+    /// Share of the calculations the PEs performed that no cookie saved: 1 − lost ÷ performed.
+    pub goodput_ratio: f64,
+    /// The same predicted by equation (1) (see [`goodput_ratio_eq1`]).
+    pub goodput_ratio_eq1: f64,
+}
+
+/// Equation (1) as we apply it: an unclean failure costs each of the `jobs_per_failure` jobs
+/// of the PE half a cookie interval on average, and a PE performs `utilization` × capacity ×
+/// MTBF calculations between failures, so
+/// goodput ratio = 1 − (1 − P(clean)) × jobs per failure × CookieMaxCalcs/2
+///                     ÷ (utilisation × capacity × MTBF).
+/// NaN for PEs that never fail or an unknown utilisation.
+pub fn goodput_ratio_eq1(setup: &Setup, utilization: f64, jobs_per_failure: f64) -> f64 {
+    let Some(mtbf) = setup.mtbf else {
+        return f64::NAN;
+    };
+    let calculations_between_failures = utilization * setup.capacity * mtbf * setup.request_time();
+    let cookie_max_calculations = (setup.cookie_fraction * setup.job_size).max(1.0);
+    let lost_per_failure =
+        (1.0 - setup.clean_shutdown_probability) * jobs_per_failure * cookie_max_calculations / 2.0;
+    1.0 - lost_per_failure / calculations_between_failures
 }
 
 /// Milliseconds of `seconds` of paper time, scaled; at least 1.
@@ -43,7 +70,7 @@ fn scaled_ms(seconds: f64, scale: f64) -> String {
 }
 
 /// The registrar's arguments (its ASAP address is chosen by the system).
-pub fn registrar_args(setup: &Setup, scale: f64) -> Vec<String> {
+pub fn registrar_args(setup: &Setup, scale: f64, stats: &Path) -> Vec<String> {
     let keep_alive = scaled_ms(setup.endpoint_keep_alive, scale);
     let mut args: Vec<String> = ["--asap", "127.0.0.1:0", "--announce", "off"]
         .map(String::from)
@@ -57,6 +84,8 @@ pub fn registrar_args(setup: &Setup, scale: f64) -> Vec<String> {
         setup.max_bad_pe_reports.to_string(),
         "--network-delay".into(),
         delay_ms(setup, scale),
+        "--stats".into(),
+        stats.to_string_lossy().into_owned(),
     ]);
     args
 }
@@ -157,9 +186,11 @@ pub fn user_args(
 pub fn run_point(setup: &Setup, config: &RunConfig, dir: &Path) -> Result<RunResult> {
     std::fs::create_dir_all(dir)?;
     let scale = config.time_scale;
-    let (_registrar, ready) = spawn_until_ready(
+    let registrar_stats = dir.join("registrar.json");
+    let _ = std::fs::remove_file(&registrar_stats);
+    let (registrar, ready) = spawn_until_ready(
         &config.bin_dir.join("registrar"),
-        &registrar_args(setup, scale),
+        &registrar_args(setup, scale, &registrar_stats),
         "registrar ready",
     )?;
     let address = asap_address(&ready)?;
@@ -190,6 +221,15 @@ pub fn run_point(setup: &Setup, config: &RunConfig, dir: &Path) -> Result<RunRes
     }
     // SIGTERM: each PE writes its last life's statistics.
     terminate_all(&mut pes, Duration::from_secs(10))?;
+    // Then the registrar, which writes its message counts.
+    terminate_all(&mut [registrar], Duration::from_secs(10))?;
+    let registrar: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&registrar_stats).context("the registrar's --stats file")?,
+    )?;
+    let registrar_number = |key: &str| registrar[key].as_f64().unwrap_or(f64::NAN);
+    let registrar_messages = (registrar_number("asap_messages_received")
+        + registrar_number("asap_messages_sent"))
+        / registrar_number("uptime");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary_path)?)?;
     let pe = calcapp_user::read_pe_stats(&stats, setup.capacity * scale)?;
@@ -200,6 +240,23 @@ pub fn run_point(setup: &Setup, config: &RunConfig, dir: &Path) -> Result<RunRes
         pe.utilization
     };
     let number = |key: &str| summary[key].as_f64().unwrap_or(f64::NAN);
+    let (lost_per_job, jobs_per_failure) = if pe.unclean_failures == 0 {
+        (f64::NAN, f64::NAN)
+    } else {
+        (
+            if pe.unclean_jobs_left == 0 {
+                f64::NAN
+            } else {
+                pe.lost_per_unclean_job
+            },
+            pe.unclean_jobs_left as f64 / pe.unclean_failures as f64,
+        )
+    };
+    let goodput_ratio = if pe.used_calculations > 0.0 {
+        1.0 - pe.lost_calculations / pe.used_calculations
+    } else {
+        f64::NAN
+    };
     Ok(RunResult {
         handling_speed: number("handling_speed_percent"),
         utilization,
@@ -208,6 +265,11 @@ pub fn run_point(setup: &Setup, config: &RunConfig, dir: &Path) -> Result<RunRes
         lost_calculations: pe.lost_calculations,
         jobs_completed: number("jobs_completed"),
         jobs_incomplete: number("jobs_incomplete"),
+        registrar_messages,
+        lost_per_job,
+        jobs_per_failure,
+        goodput_ratio,
+        goodput_ratio_eq1: goodput_ratio_eq1(setup, utilization, jobs_per_failure),
     })
 }
 
@@ -243,7 +305,7 @@ mod tests {
         assert_eq!(value_after(&pe, "--mtbf"), "20");
         assert_eq!(value_after(&pe, "--unclean"), "hang");
         assert_eq!(value_after(&pe, "--network-delay"), "1");
-        let registrar = registrar_args(&setup, 10.0);
+        let registrar = registrar_args(&setup, 10.0, Path::new("r.json"));
         assert_eq!(value_after(&registrar, "--keepalive-interval"), "500");
         assert_eq!(value_after(&registrar, "--max-bad-pe-reports"), "3");
         let config = RunConfig {
@@ -257,6 +319,27 @@ mod tests {
         assert_eq!(value_after(&users, "--job-size"), "exp:10000000");
         assert_eq!(value_after(&users, "--target-utilization"), "0.6");
         assert_eq!(value_after(&users, "--keep-alive-timeout"), "100");
+    }
+
+    #[test]
+    fn equation_1_charges_half_a_cookie_per_job_and_unclean_failure() {
+        let setup = Setup {
+            mtbf: Some(10.0),
+            clean_shutdown_probability: 0.0,
+            ..Setup::default()
+        };
+        // Between failures a PE at 60 % performs 0.6 × 10^6 × 10 × 10 s = 6 × 10^7 calculations;
+        // two jobs lose 10^6 / 2 each: 1/60 lost.
+        let ratio = goodput_ratio_eq1(&setup, 0.6, 2.0);
+        assert!((ratio - (1.0 - 1.0 / 60.0)).abs() < 1e-12, "{ratio}");
+        // Half the failures clean: half the loss.
+        let half_clean = Setup {
+            clean_shutdown_probability: 0.5,
+            ..setup.clone()
+        };
+        let ratio = goodput_ratio_eq1(&half_clean, 0.6, 2.0);
+        assert!((ratio - (1.0 - 1.0 / 120.0)).abs() < 1e-12, "{ratio}");
+        assert!(goodput_ratio_eq1(&Setup::default(), 0.6, 2.0).is_nan());
     }
 
     #[test]

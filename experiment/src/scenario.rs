@@ -167,6 +167,40 @@ impl Value {
     }
 }
 
+/// What a scenario's plot shows on its y axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// The paper's handling speed, % of a PE's capacity.
+    HandlingSpeed,
+    /// The registrar's ASAP messages per second (fig. 8's overhead).
+    RegistrarMessages,
+    /// Goodput ratio measured beside equation (1)'s prediction.
+    Goodput,
+}
+
+impl Metric {
+    pub fn label(self) -> &'static str {
+        match self {
+            Metric::HandlingSpeed => "handling speed [% of PE capacity]",
+            Metric::RegistrarMessages => "registrar ASAP messages [1/s]",
+            Metric::Goodput => "goodput ratio [%]",
+        }
+    }
+
+    /// The CSV columns drawn, each as one line per series: (what the line shows, or empty
+    /// for a single one; the mean's column; its confidence interval's column).
+    pub fn columns(self) -> &'static [(&'static str, &'static str, &'static str)] {
+        match self {
+            Metric::HandlingSpeed => &[("", "handling_speed", "handling_speed_ci")],
+            Metric::RegistrarMessages => &[("", "registrar_messages", "registrar_messages_ci")],
+            Metric::Goodput => &[
+                ("measured", "goodput_ratio", "goodput_ratio_ci"),
+                ("eq. (1)", "goodput_ratio_eq1", "goodput_ratio_eq1_ci"),
+            ],
+        }
+    }
+}
+
 /// A sweep: the x axis, the lines of a plot, the base set-up.
 #[derive(Clone, Debug)]
 pub struct Scenario {
@@ -180,6 +214,7 @@ pub struct Scenario {
     pub x_log: bool,
     pub series: Parameter,
     pub series_values: Vec<Value>,
+    pub metric: Metric,
 }
 
 /// One point of a sweep.
@@ -215,8 +250,7 @@ impl Scenario {
     }
 }
 
-/// The scenarios built so far (fig8, the overhead of fig7's runs in messages per second, and
-/// `goodput` are not yet).
+/// Every scenario: the paper's figures 4 to 9, `goodput` (its equation (1)) and `smoke`.
 pub fn scenarios() -> Vec<Scenario> {
     let policies = vec![
         Value::Policy(Policy::LeastUsed),
@@ -242,6 +276,7 @@ pub fn scenarios() -> Vec<Scenario> {
             x_log: true,
             series: Parameter::Policy,
             series_values: policies.clone(),
+            metric: Metric::HandlingSpeed,
         },
         Scenario {
             name: "fig5",
@@ -253,6 +288,7 @@ pub fn scenarios() -> Vec<Scenario> {
             x_log: false,
             series: Parameter::SessionKeepAlive,
             series_values: numbers(&[0.5, 1.0, 5.0]),
+            metric: Metric::HandlingSpeed,
         },
         Scenario {
             name: "fig6",
@@ -267,6 +303,7 @@ pub fn scenarios() -> Vec<Scenario> {
             x_log: true,
             series: Parameter::EndpointKeepAlive,
             series_values: numbers(&[1.0, 5.0, 30.0]),
+            metric: Metric::HandlingSpeed,
         },
         Scenario {
             name: "fig7",
@@ -278,6 +315,35 @@ pub fn scenarios() -> Vec<Scenario> {
             x_log: true,
             series: Parameter::MaxBadPeReports,
             series_values: numbers(&[1.0, 3.0, 5.0]),
+            metric: Metric::HandlingSpeed,
+        },
+        // The same runs as fig7, plotting what they cost the registrar (`pool-experiment plot
+        // fig8 --csv DIR/fig7.csv` draws it from fig7's CSV without running them again).
+        Scenario {
+            name: "fig8",
+            title: "Overhead of fig7: registrar messages per second (LU, unclean failures)",
+            base: failing(0.0),
+            x: Parameter::EndpointKeepAlive,
+            x_values: vec![1.0, 5.0, 10.0, 30.0, 60.0],
+            x_values_quick: vec![1.0, 10.0, 60.0],
+            x_log: true,
+            series: Parameter::MaxBadPeReports,
+            series_values: numbers(&[1.0, 3.0, 5.0]),
+            metric: Metric::RegistrarMessages,
+        },
+        // Equation (1): lost work and goodput against the cookie interval, for two failure
+        // rates.
+        Scenario {
+            name: "goodput",
+            title: "Goodput ratio: measured and equation (1) (LU, unclean failures)",
+            base: failing(0.0),
+            x: Parameter::CookieFraction,
+            x_values: vec![0.02, 0.05, 0.1, 0.2, 0.5],
+            x_values_quick: vec![0.05, 0.2, 0.5],
+            x_log: true,
+            series: Parameter::Mtbf,
+            series_values: numbers(&[2.0, 10.0]),
+            metric: Metric::Goodput,
         },
         // Not the paper's: a small pool for a fast check that the whole chain works.
         Scenario {
@@ -297,6 +363,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 Value::Policy(Policy::LeastUsed),
                 Value::Policy(Policy::Random),
             ],
+            metric: Metric::HandlingSpeed,
         },
         Scenario {
             name: "fig9",
@@ -308,6 +375,7 @@ pub fn scenarios() -> Vec<Scenario> {
             x_log: true,
             series: Parameter::Policy,
             series_values: policies,
+            metric: Metric::HandlingSpeed,
         },
     ]
 }
@@ -356,6 +424,14 @@ mod tests {
             assert!(!quick.is_empty() && quick.len() <= 9, "{}", scenario.name);
             assert!(scenario.points(false).len() >= quick.len());
         }
+        let (fig7, fig8) = (scenario("fig7").unwrap(), scenario("fig8").unwrap());
+        assert_eq!(
+            fig7.points(false),
+            fig8.points(false),
+            "fig8 plots fig7's runs"
+        );
+        let goodput = scenario("goodput").unwrap().points(true);
+        assert!(goodput.iter().all(|p| p.setup.mtbf.is_some()));
         let fig6 = scenario("fig6").unwrap().points(true);
         assert!(fig6.iter().all(|p| p.setup.utilization == 0.4));
         assert!(

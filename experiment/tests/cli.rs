@@ -9,7 +9,9 @@ fn scenarios_are_listed_and_unknown_ones_refused() {
     let list = Command::new(program).arg("list").output().expect("runs");
     assert!(list.status.success());
     let text = String::from_utf8_lossy(&list.stdout);
-    for name in ["fig4", "fig5", "fig6", "fig7", "fig9", "smoke"] {
+    for name in [
+        "fig4", "fig5", "fig6", "fig7", "fig8", "fig9", "goodput", "smoke",
+    ] {
         assert!(
             text.lines().any(|l| l.starts_with(name)),
             "{name} missing: {text}"

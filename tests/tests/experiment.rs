@@ -33,6 +33,7 @@ fn a_short_scenario_runs_real_processes_and_writes_its_csv_and_plot() -> Result<
     assert_eq!(rows.len(), 1 + 2, "a header and one row per policy: {csv}");
     let column = |name: &str| rows[0].iter().position(|c| *c == name).expect(name);
     let (speed, incomplete) = (column("handling_speed"), column("jobs_incomplete"));
+    let (messages, goodput) = (column("registrar_messages"), column("goodput_ratio"));
     for (row, policy) in rows[1..].iter().zip(["LU", "RAND"]) {
         assert_eq!(row[0], policy);
         let handling_speed: f64 = row[speed].parse()?;
@@ -41,6 +42,17 @@ fn a_short_scenario_runs_real_processes_and_writes_its_csv_and_plot() -> Result<
             "{policy}: handling speed {handling_speed} % of capacity"
         );
         assert_eq!(row[incomplete], "0", "{policy}: every job completed");
+        // Registrations, resolutions, keep-alives: the registrar counted its messages.
+        let registrar_messages: f64 = row[messages].parse()?;
+        assert!(
+            registrar_messages > 1.0,
+            "{policy}: {registrar_messages} registrar messages/s"
+        );
+        let goodput_ratio: f64 = row[goodput].parse()?;
+        assert!(
+            goodput_ratio > 50.0 && goodput_ratio <= 100.0,
+            "{policy}: goodput ratio {goodput_ratio} %"
+        );
     }
     let svg = std::fs::read_to_string(out.path().join("smoke.svg"))?;
     assert!(svg.starts_with("<svg") && svg.contains("LU") && svg.contains("RAND"));
