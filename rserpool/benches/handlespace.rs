@@ -17,6 +17,43 @@ use rserpool::wire::policy::Policy;
 
 const PES: u32 = 10_000;
 
+/// glibc's `struct mallinfo2`.
+#[repr(C)]
+struct MallInfo2 {
+    arena: usize,
+    ordblks: usize,
+    smblks: usize,
+    hblks: usize,
+    hblkhd: usize,
+    usmblks: usize,
+    fsmblks: usize,
+    uordblks: usize,
+    fordblks: usize,
+    keepcost: usize,
+}
+
+unsafe extern "C" {
+    fn mallinfo2() -> MallInfo2;
+}
+
+/// Bytes malloc has handed out (chunk headers included), as the rsplib harness counts them.
+fn heap_in_use() -> isize {
+    // SAFETY: mallinfo2 only reads glibc's allocator statistics.
+    let info = unsafe { mallinfo2() };
+    (info.uordblks + info.hblkhd) as isize
+}
+
+/// Heap bytes per PE of a handlespace of `PES` PEs of `kind` in `pools` pools (malloc's in-use
+/// bytes, as the rsplib harness measures its own).
+fn memory_per_pe(kind: PolicyKind, pools: u32) -> f64 {
+    let handles = handles(pools);
+    let before = heap_in_use();
+    let (hs, _) = populate(kind, &handles, Instant::now());
+    let bytes = heap_in_use() - before;
+    drop(hs);
+    bytes as f64 / f64::from(PES)
+}
+
 fn policy(kind: PolicyKind, i: u32) -> Policy {
     let load = i.wrapping_mul(2_654_435_761) % (u32::MAX / 2);
     let degradation = u32::MAX / 100;
@@ -140,6 +177,16 @@ fn main() {
         "{:<52} {:>6} {:>13} {:>13} {:>13} {:>13}",
         "policy", "pools", "register", "resolve(3)", "re-register", "remove assoc"
     );
+    for (kind, pools) in [
+        (PolicyKind::RoundRobin, 100),
+        (PolicyKind::LeastUsed, 100),
+        (PolicyKind::RoundRobin, 1),
+    ] {
+        println!(
+            "memory: {kind:?}, {PES} PEs in {pools} pools: {:.0} B/PE on the heap",
+            memory_per_pe(kind, pools)
+        );
+    }
     for pools in [100, 1] {
         let handles = handles(pools);
         for kind in ALL_POLICY_KINDS {

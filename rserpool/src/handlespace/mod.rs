@@ -383,6 +383,7 @@ fn transport_use(transport: &TransportAddress) -> Option<TransportUse> {
 
 #[derive(Clone, Debug)]
 struct Pool {
+    handle: PoolHandle,
     kind: PolicyKind,
     /// The creating PE's policy: the pool's overall policy.
     policy: Policy,
@@ -394,13 +395,14 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(policy: Policy, user_transport: &TransportAddress) -> Self {
+    fn new(handle: PoolHandle, policy: Policy, user_transport: &TransportAddress) -> Self {
         let kind = PolicyKind::of(&policy);
         let selection = match kind.selection_method() {
             SelectionMethod::Ordered => Selection::Ordered(BTreeMap::new()),
             SelectionMethod::WeightedRandom => Selection::Weighted(WeightedSlots::default()),
         };
         Pool {
+            handle,
             kind,
             policy,
             transport: transport_kind(user_transport),
@@ -619,10 +621,57 @@ fn link_entry(selection: &mut Selection, id: PeId, entry: &mut PoolElementEntry)
     }
 }
 
+/// A pool's place in [`Handlespace::slots`], stable while the pool exists.
+type PoolSlot = u32;
+
+/// A PE as the indexes name it: its pool's slot and its identifier (8 bytes, where the pool
+/// handle itself would cost a pointer and a slower comparison in every index).
+type PeKey = (PoolSlot, PeId);
+
+/// The PEs registered over one association: nearly always one (a PE process registers itself),
+/// kept inline; a bounded list otherwise (`max_pool_elements_per_association`).
+#[derive(Clone, Debug)]
+enum AssociationMembers {
+    One(PeKey),
+    Many(Vec<PeKey>),
+}
+
+impl AssociationMembers {
+    fn as_slice(&self) -> &[PeKey] {
+        match self {
+            AssociationMembers::One(key) => std::slice::from_ref(key),
+            AssociationMembers::Many(keys) => keys,
+        }
+    }
+
+    fn insert(&mut self, key: PeKey) {
+        if self.as_slice().contains(&key) {
+            return;
+        }
+        match self {
+            AssociationMembers::One(first) => *self = AssociationMembers::Many(vec![*first, key]),
+            AssociationMembers::Many(keys) => keys.push(key),
+        }
+    }
+
+    /// Removes `key`; whether the association has no PE left.
+    fn remove(&mut self, key: PeKey) -> bool {
+        match self {
+            AssociationMembers::One(only) => *only == key,
+            AssociationMembers::Many(keys) => {
+                if let Some(at) = keys.iter().position(|k| *k == key) {
+                    keys.swap_remove(at);
+                }
+                keys.is_empty()
+            }
+        }
+    }
+}
+
 /// Per-owner index and checksum.
 #[derive(Clone, Debug, Default)]
 struct OwnerIndex {
-    elements: BTreeSet<(PoolHandle, PeId)>,
+    elements: BTreeSet<PeKey>,
     checksum: HandlespaceChecksum,
 }
 
@@ -687,14 +736,20 @@ pub struct PoolSnapshot {
 }
 
 /// The handlespace: every pool and PE a registrar knows, with indexes and checksums.
+///
+/// Pools live in slots; the indexes (by association, owner and expiry) name a PE by its pool's
+/// slot and its identifier, so registering a PE clones no pool handle.
 #[derive(Clone, Debug, Default)]
 pub struct Handlespace {
     config: HandlespaceConfig,
-    pools: BTreeMap<PoolHandle, Pool>,
+    /// Pool handle to slot, in handle order.
+    pools: BTreeMap<PoolHandle, PoolSlot>,
+    slots: Vec<Option<Pool>>,
+    free_slots: Vec<PoolSlot>,
     pool_element_count: usize,
-    by_association: HashMap<AssociationKey, BTreeSet<(PoolHandle, PeId)>>,
+    by_association: HashMap<AssociationKey, AssociationMembers>,
     by_owner: BTreeMap<RegistrarId, OwnerIndex>,
-    by_expiry: BTreeSet<(Instant, PoolHandle, PeId)>,
+    by_expiry: BTreeSet<(Instant, PeKey)>,
     checksum: HandlespaceChecksum,
 }
 
@@ -733,8 +788,9 @@ impl Handlespace {
         let id = element.id;
         let expires_at = expiry(ctx.now, element.registration_life_ms);
 
-        match self.pools.get_mut(handle) {
-            Some(pool) => {
+        let existing = self.pools.get(handle).copied();
+        match existing.and_then(|slot| Some((slot, self.slots.get_mut(slot as usize)?.as_mut()?))) {
+            Some((slot, pool)) => {
                 pool.check_consistency(&element)?;
                 if let Some(entry) = pool.elements.get_mut(&id) {
                     let previous_owner = entry.owner();
@@ -758,20 +814,21 @@ impl Handlespace {
                     entry.state.degradation = 0;
                     pool.relink(id, old_wrr_weight);
 
+                    let key = (slot, id);
                     if previous_association != ctx.association {
-                        self.unindex_association(previous_association, handle, id);
-                        self.index_association(ctx.association, handle, id);
+                        self.unindex_association(previous_association, key);
+                        self.index_association(ctx.association, key);
                     }
                     if previous_owner != ctx.owner {
-                        self.unindex_owner(previous_owner, handle, id);
-                        self.index_owner(ctx.owner, handle, id);
+                        self.unindex_owner(previous_owner, handle, key);
+                        self.index_owner(ctx.owner, handle, key);
                     }
                     if previous_expiry != expires_at {
                         if let Some(at) = previous_expiry {
-                            self.by_expiry.remove(&(at, handle.clone(), id));
+                            self.by_expiry.remove(&(at, key));
                         }
                         if let Some(at) = expires_at {
-                            self.by_expiry.insert((at, handle.clone(), id));
+                            self.by_expiry.insert((at, key));
                         }
                     }
                     return Ok(RegistrationOutcome::Updated {
@@ -806,17 +863,25 @@ impl Handlespace {
             && self
                 .by_association
                 .get(&association)
-                .map_or(0, BTreeSet::len)
+                .map_or(0, |members| members.as_slice().len())
                 >= self.config.max_pool_elements_per_association
         {
             return Err(RegistrationError::LackOfResources(
                 ResourceLimit::PoolElementsPerAssociation,
             ));
         }
-        let pool = self
-            .pools
-            .entry(handle.clone())
-            .or_insert_with(|| Pool::new(element.policy, &element.user_transport));
+        let slot = match existing {
+            Some(slot) => slot,
+            None => self.create_pool(Pool::new(
+                handle.clone(),
+                element.policy,
+                &element.user_transport,
+            )),
+        };
+        let Some(pool) = self.pool_at_mut(slot) else {
+            debug_assert!(false, "a pool slot without its pool");
+            return Err(RegistrationError::LackOfResources(ResourceLimit::Pools));
+        };
         let seq = pool.take_seq();
         let entry = PoolElementEntry {
             element,
@@ -834,12 +899,13 @@ impl Handlespace {
         pool.elements.insert(id, entry);
         pool.link(id);
 
+        let key = (slot, id);
         self.pool_element_count += 1;
         self.checksum.add(handle, id);
-        self.index_association(ctx.association, handle, id);
-        self.index_owner(ctx.owner, handle, id);
+        self.index_association(ctx.association, key);
+        self.index_owner(ctx.owner, handle, key);
         if let Some(at) = expires_at {
-            self.by_expiry.insert((at, handle.clone(), id));
+            self.by_expiry.insert((at, key));
         }
         Ok(RegistrationOutcome::New)
     }
@@ -855,22 +921,19 @@ impl Handlespace {
         &mut self,
         association: AssociationKey,
     ) -> Vec<(PoolHandle, PoolElement)> {
-        let members = self
-            .by_association
-            .get(&association)
-            .cloned()
-            .unwrap_or_default();
-        self.remove_all(members)
+        match self.by_association.remove(&association) {
+            Some(AssociationMembers::One(key)) => self.remove_all([key]),
+            Some(AssociationMembers::Many(keys)) => self.remove_all(keys),
+            None => Vec::new(),
+        }
     }
 
     /// Removes every PE owned by `owner` (a peer registrar that died without takeover).
     pub fn remove_owned_by(&mut self, owner: RegistrarId) -> Vec<(PoolHandle, PoolElement)> {
-        let members = self
-            .by_owner
-            .get(&owner)
-            .map(|o| o.elements.clone())
-            .unwrap_or_default();
-        self.remove_all(members)
+        match self.by_owner.remove(&owner) {
+            Some(index) => self.remove_all(index.elements),
+            None => Vec::new(),
+        }
     }
 
     /// Makes `to` the owner of every PE owned by `from` (ENRP takeover, RFC 5353 §3.5) and
@@ -887,18 +950,19 @@ impl Handlespace {
             return Vec::new();
         };
         let target = self.by_owner.entry(to).or_default();
-        for (handle, id) in &moved.elements {
-            target.checksum.add(handle, *id);
-            target.elements.insert((handle.clone(), *id));
-            if let Some(entry) = self
-                .pools
-                .get_mut(handle)
-                .and_then(|pool| pool.elements.get_mut(id))
-            {
+        let mut transferred = Vec::with_capacity(moved.elements.len());
+        for (slot, id) in moved.elements {
+            let Some(pool) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            target.checksum.add(&pool.handle, id);
+            target.elements.insert((slot, id));
+            if let Some(entry) = pool.elements.get_mut(&id) {
                 entry.element.home_registrar = to;
             }
+            transferred.push((pool.handle.clone(), id));
         }
-        moved.elements.into_iter().collect()
+        transferred
     }
 
     /// Selects up to `items` distinct PEs of a pool by its policy (RFC 5352 §3.3, RFC 5356) and
@@ -909,11 +973,9 @@ impl Handlespace {
         items: usize,
         rng: &mut R,
     ) -> Result<Resolution, UnknownPool> {
-        let pool = self.pools.get_mut(handle).ok_or(UnknownPool)?;
-        let max_increment = self
-            .config
-            .max_increment
-            .unwrap_or_else(|| pool.kind.default_max_increment());
+        let max_increment = self.config.max_increment;
+        let pool = self.pool_mut(handle).ok_or(UnknownPool)?;
+        let max_increment = max_increment.unwrap_or_else(|| pool.kind.default_max_increment());
         let elements = pool.select(items, max_increment, rng);
         Ok(Resolution {
             policy: pool.policy,
@@ -932,11 +994,7 @@ impl Handlespace {
         threshold: usize,
     ) -> UnreachableOutcome {
         let cap = self.config.max_unreachable_reporters.max(1);
-        let Some(entry) = self
-            .pools
-            .get_mut(handle)
-            .and_then(|pool| pool.elements.get_mut(&id))
-        else {
+        let Some(entry) = self.entry_mut(handle, id) else {
             return UnreachableOutcome::UnknownPe;
         };
         if entry.unreachable_reporters.len() < cap {
@@ -955,11 +1013,7 @@ impl Handlespace {
 
     /// Takes back the report of `reporter` against a PE (the reporter went away).
     pub fn withdraw_unreachable_report(&mut self, handle: &PoolHandle, id: PeId, reporter: u64) {
-        if let Some(entry) = self
-            .pools
-            .get_mut(handle)
-            .and_then(|pool| pool.elements.get_mut(&id))
-        {
+        if let Some(entry) = self.entry_mut(handle, id) {
             entry.unreachable_reporters.remove(&reporter);
         }
     }
@@ -967,11 +1021,7 @@ impl Handlespace {
     /// Forgets the Endpoint Unreachable reports of a PE (e.g. after a successful keep-alive).
     /// Returns whether the PE exists.
     pub fn clear_unreachable_reports(&mut self, handle: &PoolHandle, id: PeId) -> bool {
-        match self
-            .pools
-            .get_mut(handle)
-            .and_then(|pool| pool.elements.get_mut(&id))
-        {
+        match self.entry_mut(handle, id) {
             Some(entry) => {
                 entry.unreachable_reporters.clear();
                 true
@@ -982,21 +1032,22 @@ impl Handlespace {
 
     /// The earliest registration expiry, to arm the caller's timer.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.by_expiry.first().map(|(at, _, _)| *at)
+        self.by_expiry.first().map(|(at, _)| *at)
     }
 
     /// Removes every PE whose registration life ended at or before `now`.
     pub fn remove_expired(&mut self, now: Instant) -> Vec<(PoolHandle, PoolElement)> {
         let mut removed = Vec::new();
-        while let Some((at, handle, id)) = self.by_expiry.first().cloned() {
+        while let Some(&(at, key)) = self.by_expiry.first() {
             if at > now {
                 break;
             }
-            match self.remove_entry(&handle, id) {
-                Some(entry) => removed.push((handle, entry.element)),
+            let handle = self.handle_of(key.0).cloned();
+            match (handle, self.remove_key(key)) {
+                (Some(handle), Some(entry)) => removed.push((handle, entry.element)),
                 // Unreachable while the index is consistent; never loop forever.
-                None => {
-                    self.by_expiry.remove(&(at, handle, id));
+                _ => {
+                    self.by_expiry.remove(&(at, key));
                 }
             }
         }
@@ -1005,21 +1056,27 @@ impl Handlespace {
 
     /// One PE.
     pub fn get(&self, handle: &PoolHandle, id: PeId) -> Option<&PoolElementEntry> {
-        self.pools.get(handle)?.elements.get(&id)
+        self.pool_at(*self.pools.get(handle)?)?.elements.get(&id)
     }
 
     /// One pool.
     pub fn pool(&self, handle: &PoolHandle) -> Option<PoolView<'_>> {
-        self.pools
-            .get_key_value(handle)
-            .map(|(handle, pool)| PoolView { handle, pool })
+        let pool = self.pool_at(*self.pools.get(handle)?)?;
+        Some(PoolView {
+            handle: &pool.handle,
+            pool,
+        })
     }
 
     /// All pools in handle order.
     pub fn pools(&self) -> impl Iterator<Item = PoolView<'_>> {
-        self.pools
-            .iter()
-            .map(|(handle, pool)| PoolView { handle, pool })
+        self.pools.values().filter_map(|slot| {
+            let pool = self.pool_at(*slot)?;
+            Some(PoolView {
+                handle: &pool.handle,
+                pool,
+            })
+        })
     }
 
     /// The PEs registered over an association.
@@ -1029,18 +1086,18 @@ impl Handlespace {
     ) -> impl Iterator<Item = (&PoolHandle, PeId)> {
         self.by_association
             .get(&association)
-            .into_iter()
-            .flatten()
-            .map(|(h, id)| (h, *id))
+            .map_or(&[][..], AssociationMembers::as_slice)
+            .iter()
+            .filter_map(|(slot, id)| Some((self.handle_of(*slot)?, *id)))
     }
 
-    /// The PEs owned by a registrar, in (handle, id) order.
+    /// The PEs owned by a registrar (in no particular order).
     pub fn owned_by(&self, owner: RegistrarId) -> impl Iterator<Item = (&PoolHandle, PeId)> {
         self.by_owner
             .get(&owner)
             .into_iter()
             .flat_map(|o| o.elements.iter())
-            .map(|(h, id)| (h, *id))
+            .filter_map(|(slot, id)| Some((self.handle_of(*slot)?, *id)))
     }
 
     /// Number of pools.
@@ -1075,18 +1132,18 @@ impl Handlespace {
     /// A canonical copy of all pools and PEs.
     pub fn snapshot(&self) -> HandlespaceSnapshot {
         let pools = self
-            .pools
-            .iter()
-            .map(|(handle, pool)| {
-                let elements = pool
+            .pools()
+            .map(|view| {
+                let elements = view
+                    .pool
                     .elements
                     .iter()
                     .map(|(id, e)| (*id, e.element.clone()))
                     .collect();
                 (
-                    handle.clone(),
+                    view.handle.clone(),
                     PoolSnapshot {
-                        policy: pool.kind,
+                        policy: view.pool.kind,
                         elements,
                     },
                 )
@@ -1095,13 +1152,55 @@ impl Handlespace {
         HandlespaceSnapshot { pools }
     }
 
+    fn pool_at(&self, slot: PoolSlot) -> Option<&Pool> {
+        self.slots.get(slot as usize)?.as_ref()
+    }
+
+    fn pool_at_mut(&mut self, slot: PoolSlot) -> Option<&mut Pool> {
+        self.slots.get_mut(slot as usize)?.as_mut()
+    }
+
+    fn pool_mut(&mut self, handle: &PoolHandle) -> Option<&mut Pool> {
+        let slot = *self.pools.get(handle)?;
+        self.pool_at_mut(slot)
+    }
+
+    fn entry_mut(&mut self, handle: &PoolHandle, id: PeId) -> Option<&mut PoolElementEntry> {
+        self.pool_mut(handle)?.elements.get_mut(&id)
+    }
+
+    fn handle_of(&self, slot: PoolSlot) -> Option<&PoolHandle> {
+        self.pool_at(slot).map(|pool| &pool.handle)
+    }
+
+    fn create_pool(&mut self, pool: Pool) -> PoolSlot {
+        let handle = pool.handle.clone();
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(pool);
+                slot
+            }
+            None => {
+                self.slots.push(Some(pool));
+                // At most `max_pools` slots exist, far below u32::MAX.
+                (self.slots.len() - 1) as PoolSlot
+            }
+        };
+        self.pools.insert(handle, slot);
+        slot
+    }
+
     fn remove_all(
         &mut self,
-        members: BTreeSet<(PoolHandle, PeId)>,
+        members: impl IntoIterator<Item = PeKey>,
     ) -> Vec<(PoolHandle, PoolElement)> {
-        let mut removed = Vec::with_capacity(members.len());
-        for (handle, id) in members {
-            if let Some(entry) = self.remove_entry(&handle, id) {
+        let members = members.into_iter();
+        let mut removed = Vec::with_capacity(members.size_hint().0);
+        for key in members {
+            let Some(handle) = self.handle_of(key.0).cloned() else {
+                continue;
+            };
+            if let Some(entry) = self.remove_key(key) {
                 removed.push((handle, entry.element));
             }
         }
@@ -1109,62 +1208,63 @@ impl Handlespace {
     }
 
     fn remove_entry(&mut self, handle: &PoolHandle, id: PeId) -> Option<PoolElementEntry> {
-        let pool = self.pools.get_mut(handle)?;
+        let slot = *self.pools.get(handle)?;
+        self.remove_key((slot, id))
+    }
+
+    /// Removes a PE from its pool and every index; deletes the pool when it was the last.
+    fn remove_key(&mut self, key: PeKey) -> Option<PoolElementEntry> {
+        let (slot, id) = key;
+        let pool = self.slots.get_mut(slot as usize)?.as_mut()?;
         let entry = pool.elements.remove(&id)?;
         pool.unlink(&entry);
+        let handle = pool.handle.clone();
         if pool.elements.is_empty() {
-            self.pools.remove(handle);
+            self.slots[slot as usize] = None;
+            self.free_slots.push(slot);
+            self.pools.remove(&handle);
         }
         self.pool_element_count -= 1;
-        self.checksum.remove(handle, id);
-        self.unindex_association(entry.association, handle, id);
-        self.unindex_owner(entry.owner(), handle, id);
+        self.checksum.remove(&handle, id);
+        self.unindex_association(entry.association, key);
+        self.unindex_owner(entry.owner(), &handle, key);
         if let Some(at) = entry.expires_at {
-            self.by_expiry.remove(&(at, handle.clone(), id));
+            self.by_expiry.remove(&(at, key));
         }
         Some(entry)
     }
 
-    fn index_association(
-        &mut self,
-        association: Option<AssociationKey>,
-        handle: &PoolHandle,
-        id: PeId,
-    ) {
-        if let Some(key) = association {
+    fn index_association(&mut self, association: Option<AssociationKey>, key: PeKey) {
+        if let Some(association) = association {
             self.by_association
-                .entry(key)
-                .or_default()
-                .insert((handle.clone(), id));
+                .entry(association)
+                .and_modify(|members| members.insert(key))
+                .or_insert(AssociationMembers::One(key));
         }
     }
 
-    fn unindex_association(
-        &mut self,
-        association: Option<AssociationKey>,
-        handle: &PoolHandle,
-        id: PeId,
-    ) {
-        let Some(key) = association else { return };
-        if let Some(members) = self.by_association.get_mut(&key) {
-            members.remove(&(handle.clone(), id));
-            if members.is_empty() {
-                self.by_association.remove(&key);
-            }
+    fn unindex_association(&mut self, association: Option<AssociationKey>, key: PeKey) {
+        let Some(association) = association else {
+            return;
+        };
+        if let Some(members) = self.by_association.get_mut(&association)
+            && members.remove(key)
+        {
+            self.by_association.remove(&association);
         }
     }
 
-    fn index_owner(&mut self, owner: RegistrarId, handle: &PoolHandle, id: PeId) {
+    fn index_owner(&mut self, owner: RegistrarId, handle: &PoolHandle, key: PeKey) {
         let index = self.by_owner.entry(owner).or_default();
-        if index.elements.insert((handle.clone(), id)) {
-            index.checksum.add(handle, id);
+        if index.elements.insert(key) {
+            index.checksum.add(handle, key.1);
         }
     }
 
-    fn unindex_owner(&mut self, owner: RegistrarId, handle: &PoolHandle, id: PeId) {
+    fn unindex_owner(&mut self, owner: RegistrarId, handle: &PoolHandle, key: PeKey) {
         if let Some(index) = self.by_owner.get_mut(&owner) {
-            if index.elements.remove(&(handle.clone(), id)) {
-                index.checksum.remove(handle, id);
+            if index.elements.remove(&key) {
+                index.checksum.remove(handle, key.1);
             }
             if index.elements.is_empty() {
                 self.by_owner.remove(&owner);
@@ -1177,15 +1277,37 @@ impl Handlespace {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut count = 0;
         let mut checksum = HandlespaceChecksum::new();
-        let mut by_association: HashMap<AssociationKey, BTreeSet<(PoolHandle, PeId)>> =
-            HashMap::new();
-        let mut by_owner: BTreeMap<
-            RegistrarId,
-            (BTreeSet<(PoolHandle, PeId)>, HandlespaceChecksum),
-        > = BTreeMap::new();
+        let mut by_association: HashMap<AssociationKey, BTreeSet<PeKey>> = HashMap::new();
+        let mut by_owner: BTreeMap<RegistrarId, (BTreeSet<PeKey>, HandlespaceChecksum)> =
+            BTreeMap::new();
         let mut by_expiry = BTreeSet::new();
         let cap = self.config.max_unreachable_reporters.max(1);
-        for (handle, pool) in &self.pools {
+        for (index, pool) in self.slots.iter().enumerate() {
+            let slot = index as PoolSlot;
+            let Some(pool) = pool else {
+                if !self.free_slots.contains(&slot) {
+                    return Err(format!("empty slot {slot} not free"));
+                }
+                continue;
+            };
+            if self.pools.get(&pool.handle) != Some(&slot) {
+                return Err(format!(
+                    "pool {:?} not found at its slot {slot}",
+                    pool.handle
+                ));
+            }
+        }
+        if self.pools.len() + self.free_slots.len() != self.slots.len()
+            || self
+                .pools
+                .iter()
+                .any(|(handle, slot)| self.handle_of(*slot) != Some(handle))
+        {
+            return Err("pool slots leak or are shared".into());
+        }
+        for view in self.pools() {
+            let (handle, pool) = (view.handle, view.pool);
+            let slot = self.pools[handle];
             let at = |id: PeId| format!("pool {handle:?} PE {}", id.0);
             if pool.elements.is_empty() {
                 return Err(format!("empty pool {handle:?} kept"));
@@ -1248,16 +1370,13 @@ impl Handlespace {
                     _ => return Err(format!("{}: slot kind differs from the pool's", at(*id))),
                 }
                 if let Some(key) = entry.association {
-                    by_association
-                        .entry(key)
-                        .or_default()
-                        .insert((handle.clone(), *id));
+                    by_association.entry(key).or_default().insert((slot, *id));
                 }
                 let owner = by_owner.entry(entry.owner()).or_default();
-                owner.0.insert((handle.clone(), *id));
+                owner.0.insert((slot, *id));
                 owner.1.add(handle, *id);
                 if let Some(at) = entry.expires_at {
-                    by_expiry.insert((at, handle.clone(), *id));
+                    by_expiry.insert((at, (slot, *id)));
                 }
             }
             match &pool.selection {
@@ -1289,7 +1408,19 @@ impl Handlespace {
         if checksum != self.checksum {
             return Err("overall checksum differs from a fresh computation".into());
         }
-        if by_association != self.by_association {
+        let associations: HashMap<AssociationKey, BTreeSet<PeKey>> = self
+            .by_association
+            .iter()
+            .map(|(key, members)| (*key, members.as_slice().iter().copied().collect()))
+            .collect();
+        let listed: usize = self
+            .by_association
+            .values()
+            .map(|members| members.as_slice().len())
+            .sum();
+        if by_association != associations
+            || listed != by_association.values().map(BTreeSet::len).sum::<usize>()
+        {
             return Err("association index differs".into());
         }
         let owners: BTreeMap<_, _> = self

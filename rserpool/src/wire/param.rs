@@ -97,8 +97,10 @@ pub(crate) fn is_transport_type(t: u16) -> bool {
 
 /// A pool handle (parameter 0x9): opaque bytes naming a pool, 1 to [`MAX_POOL_HANDLE_LEN`]
 /// bytes. The length limit is enforced on construction, so encoding cannot fail on it.
+/// Shared, immutable bytes: a clone (into an index, an answer, a log event) is a reference
+/// count, not an allocation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PoolHandle(Vec<u8>);
+pub struct PoolHandle(std::sync::Arc<[u8]>);
 
 /// Why bytes are not a valid pool handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -116,7 +118,7 @@ impl PoolHandle {
         match bytes.len() {
             0 => Err(PoolHandleError::Empty),
             n if n > MAX_POOL_HANDLE_LEN => Err(PoolHandleError::TooLong(n)),
-            _ => Ok(PoolHandle(bytes)),
+            _ => Ok(PoolHandle(bytes.into())),
         }
     }
 
