@@ -37,6 +37,7 @@
 //!   RFC 5356 §5.2.2's literal "every returned entry".
 
 mod fenwick;
+mod members;
 pub mod policy;
 
 #[cfg(test)]
@@ -57,6 +58,7 @@ use crate::wire::policy::Policy;
 
 pub use crate::wire::checksum::HandlespaceChecksum;
 use fenwick::Fenwick;
+use members::Members;
 pub use policy::{ALL_POLICY_KINDS, PolicyKind};
 use policy::{OrderKey, Primary, SelectionMethod, SelectionState};
 
@@ -389,9 +391,11 @@ struct Pool {
     policy: Policy,
     transport: TransportKind,
     transport_use: Option<TransportUse>,
-    elements: BTreeMap<PeId, PoolElementEntry>,
+    elements: Members,
     selection: Selection,
     next_seq: u64,
+    /// Scratch space of [`Pool::select`], kept to save an allocation per resolution.
+    picked: Vec<(OrderKey, PeId)>,
 }
 
 impl Pool {
@@ -407,9 +411,10 @@ impl Pool {
             policy,
             transport: transport_kind(user_transport),
             transport_use: transport_use(user_transport),
-            elements: BTreeMap::new(),
+            elements: Members::default(),
             selection,
             next_seq: 0,
+            picked: Vec::new(),
         }
     }
 
@@ -534,9 +539,10 @@ impl Pool {
         let mut chosen = Vec::with_capacity(items.min(self.elements.len()));
         match &mut self.selection {
             Selection::Ordered(map) => {
-                let picked: Vec<(OrderKey, PeId)> =
-                    map.iter().take(items).map(|(k, id)| (*k, *id)).collect();
-                for (i, (key, id)) in picked.into_iter().enumerate() {
+                let mut picked = std::mem::take(&mut self.picked);
+                picked.clear();
+                picked.extend(map.iter().take(items).map(|(k, id)| (*k, *id)));
+                for (i, &(key, id)) in picked.iter().enumerate() {
                     let Some(entry) = self.elements.get_mut(&id) else {
                         continue;
                     };
@@ -555,6 +561,7 @@ impl Pool {
                         entry.slot = SelectionSlot::Ordered(new_key);
                     }
                 }
+                self.picked = picked;
             }
             Selection::Weighted(slots) => {
                 // Draw without replacement: zero each drawn slot, restore afterwards.
@@ -742,8 +749,9 @@ pub struct PoolSnapshot {
 #[derive(Clone, Debug, Default)]
 pub struct Handlespace {
     config: HandlespaceConfig,
-    /// Pool handle to slot, in handle order.
-    pools: BTreeMap<PoolHandle, PoolSlot>,
+    /// Pool handle to slot (hashed: a lookup costs one handle comparison, where a tree of
+    /// handles compares the bytes of several).
+    pools: HashMap<PoolHandle, PoolSlot>,
     slots: Vec<Option<Pool>>,
     free_slots: Vec<PoolSlot>,
     pool_element_count: usize,
@@ -1068,14 +1076,13 @@ impl Handlespace {
         })
     }
 
-    /// All pools in handle order.
+    /// All pools in handle order (sorted on each call: for listings, not for hot paths).
     pub fn pools(&self) -> impl Iterator<Item = PoolView<'_>> {
-        self.pools.values().filter_map(|slot| {
-            let pool = self.pool_at(*slot)?;
-            Some(PoolView {
-                handle: &pool.handle,
-                pool,
-            })
+        let mut pools: Vec<&Pool> = self.slots.iter().flatten().collect();
+        pools.sort_unstable_by(|a, b| a.handle.cmp(&b.handle));
+        pools.into_iter().map(|pool| PoolView {
+            handle: &pool.handle,
+            pool,
         })
     }
 
@@ -1313,7 +1320,10 @@ impl Handlespace {
                 return Err(format!("empty pool {handle:?} kept"));
             }
             let mut selectable = 0;
-            for (id, entry) in &pool.elements {
+            if !pool.elements.is_consistent() {
+                return Err(format!("pool {handle:?}: entry positions broken"));
+            }
+            for (id, entry) in pool.elements.iter() {
                 count += 1;
                 checksum.add(handle, *id);
                 if entry.element.id != *id {
