@@ -1,7 +1,9 @@
 //! Handlespace throughput: registration, handle resolution (3 items) per policy, re-registration
 //! and association removal, with 10,000 PEs in 100 pools and in one pool.
 //!
-//! `cargo bench -p rserpool --bench handlespace` (optionally `-- <seconds per measurement>`).
+//! `cargo bench -p rserpool --bench handlespace [-- SECONDS] [--policies] [--compare] [--growth]`:
+//! every policy; beside rsplib's own handlespace (built from the shared anchors when its mirror
+//! is here, else skipped with a note), in alternating rounds; the growth to 100,000 PEs.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -43,15 +45,15 @@ fn heap_in_use() -> isize {
     (info.uordblks + info.hblkhd) as isize
 }
 
-/// Heap bytes per PE of a handlespace of `PES` PEs of `kind` in `pools` pools (malloc's in-use
+/// Heap bytes per PE of a handlespace of `pes` PEs of `kind` in `pools` pools (malloc's in-use
 /// bytes, as the rsplib harness measures its own).
-fn memory_per_pe(kind: PolicyKind, pools: u32) -> f64 {
+fn memory_per_pe(kind: PolicyKind, pools: u32, pes: u32) -> f64 {
     let handles = handles(pools);
     let before = heap_in_use();
-    let (hs, _) = populate(kind, &handles, Instant::now());
+    let (hs, _) = populate(kind, &handles, pes, Instant::now());
     let bytes = heap_in_use() - before;
     drop(hs);
-    bytes as f64 / f64::from(PES)
+    bytes as f64 / f64::from(pes)
 }
 
 fn policy(kind: PolicyKind, i: u32) -> Policy {
@@ -124,11 +126,16 @@ fn handles(pools: u32) -> Vec<PoolHandle> {
         .collect()
 }
 
-/// Registers `PES` PEs spread over `handles`; returns the handlespace and the time taken.
-fn populate(kind: PolicyKind, handles: &[PoolHandle], now: Instant) -> (Handlespace, Duration) {
+/// Registers `pes` PEs spread over `handles`; returns the handlespace and the time taken.
+fn populate(
+    kind: PolicyKind,
+    handles: &[PoolHandle],
+    pes: u32,
+    now: Instant,
+) -> (Handlespace, Duration) {
     let mut hs = Handlespace::new(HandlespaceConfig::default());
     let start = Instant::now();
-    for i in 1..=PES {
+    for i in 1..=pes {
         let handle = &handles[i as usize % handles.len()];
         let ctx = RegistrationContext {
             owner: 1,
@@ -163,74 +170,297 @@ fn fmt_rate(r: f64) -> String {
     }
 }
 
+/// One measurement of every operation.
+#[derive(Clone, Copy, Debug)]
+struct Rates {
+    register: f64,
+    resolve: f64,
+    reregister: f64,
+    remove: f64,
+}
+
+/// Registers `pes` PEs of `kind` in `pools` pools, then measures resolutions (3 items, pool by
+/// pool), re-registrations with new values, and the removal of every PE by association (one PE
+/// each), as the rsplib harness does.
+fn measure(kind: PolicyKind, pools: u32, pes: u32, budget: Duration) -> Rates {
+    let handles = handles(pools);
+    let now = Instant::now();
+    let (mut hs, took) = populate(kind, &handles, pes, now);
+    let register = f64::from(pes) / took.as_secs_f64();
+
+    let mut rng = SmallRng::seed_from_u64(1);
+    let resolve = rate(budget, |n| {
+        let handle = &handles[n as usize % handles.len()];
+        let r = hs.resolve(handle, 3, &mut rng).expect("pool exists");
+        black_box(r);
+    });
+
+    // Load updates: re-registration of existing PEs with new values.
+    let reregister = rate(budget, |n| {
+        let i = (n % u64::from(pes)) as u32 + 1;
+        let handle = &handles[i as usize % handles.len()];
+        let ctx = RegistrationContext {
+            owner: 1,
+            association: Some(u64::from(i)),
+            registrator: None,
+            now,
+        };
+        let r = hs.register(handle, element(i, policy(kind, i ^ n as u32)), ctx);
+        black_box(r.is_ok());
+    });
+
+    let start = Instant::now();
+    for i in 1..=pes {
+        black_box(hs.remove_association(u64::from(i)));
+    }
+    let remove = f64::from(pes) / start.elapsed().as_secs_f64();
+    assert!(hs.is_empty());
+    Rates {
+        register,
+        resolve,
+        reregister,
+        remove,
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// rsplib's in-process handlespace harness (`build-rsplib-handlespace.sh` of the shared
+/// anchors): `RSPLIB_HS_BENCH` names a built binary; otherwise the anchors' script builds one
+/// into `target/rsplib-hsbench` when it and the rsplib mirror are here.
+fn rsplib_harness() -> Result<std::path::PathBuf, String> {
+    if let Ok(path) = std::env::var("RSPLIB_HS_BENCH") {
+        return Ok(path.into());
+    }
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace directory")?
+        .to_path_buf();
+    let script = std::env::var("RSPLIB_ANCHORS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| workspace.join("../shared/anchors"))
+        .join("build-rsplib-handlespace.sh");
+    if !script.exists() {
+        return Err(format!("{} not found", script.display()));
+    }
+    let out = workspace.join("target/rsplib-hsbench");
+    let binary = out.join("rsplib_handlespace_bench");
+    if binary.exists() {
+        return Ok(binary);
+    }
+    let status = std::process::Command::new(&script)
+        .arg("--build-only")
+        .env("OUT", &out)
+        .status()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    if status.success() && binary.exists() {
+        Ok(binary)
+    } else {
+        Err(format!(
+            "{} failed ({status}); is the rsplib mirror here? (search tool: fetch github:dreibh/rsplib)",
+            script.display()
+        ))
+    }
+}
+
+/// One figure of rsplib's harness: policy, pools, metric, operations per second.
+type RsplibRate = (String, u32, String, f64);
+
+/// rsplib's figures of one run of its harness (`-r 1`): (policy, pools, metric) -> rate, and
+/// its heap bytes per PE.
+fn run_rsplib(
+    binary: &std::path::Path,
+    budget: Duration,
+) -> Result<(Vec<RsplibRate>, Option<f64>), String> {
+    let output = std::process::Command::new(binary)
+        .args([
+            "-t",
+            &budget.as_secs_f64().to_string(),
+            "-r",
+            "1",
+            "-P",
+            "100,1",
+        ])
+        .output()
+        .map_err(|e| format!("{}: {e}", binary.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let memory = text.lines().find_map(|line| {
+        let after = line.split("heap (malloc in use) ").nth(1)?;
+        after.split_whitespace().next()?.parse::<f64>().ok()
+    });
+    let mut rates = Vec::new();
+    let summary = text
+        .split("=== summary")
+        .nth(1)
+        .ok_or("no summary in rsplib's output")?;
+    for line in summary.lines().skip(2) {
+        let tokens: Vec<&str> = line.split_whitespace().collect();
+        if tokens.len() < 9 {
+            continue;
+        }
+        // policy pools metric... min unit median unit max unit
+        let (median, unit) = (tokens[tokens.len() - 4], tokens[tokens.len() - 3]);
+        let scale = match unit {
+            "M/s" => 1e6,
+            "k/s" => 1e3,
+            _ => 1.0,
+        };
+        let (Ok(pools), Ok(median)) = (tokens[1].parse::<u32>(), median.parse::<f64>()) else {
+            continue;
+        };
+        let metric = tokens[2..tokens.len() - 6].join(" ");
+        rates.push((tokens[0].to_string(), pools, metric, median * scale));
+    }
+    Ok((rates, memory))
+}
+
+/// rsplib and ours on the same work, in alternating rounds; medians side by side.
+fn compare_with_rsplib(budget: Duration, rounds: usize) {
+    println!("\n== beside rsplib (librsphsmgt, -O2): {rounds} alternating rounds, medians ==");
+    let binary = match rsplib_harness() {
+        Ok(binary) => binary,
+        Err(why) => {
+            println!("rsplib's harness skipped: {why}");
+            return;
+        }
+    };
+    let cases = [
+        (PolicyKind::RoundRobin, "RoundRobin", 100),
+        (PolicyKind::LeastUsed, "LeastUsed", 100),
+        (PolicyKind::Random, "Random", 100),
+        (PolicyKind::RoundRobin, "RoundRobin", 1),
+        (PolicyKind::LeastUsed, "LeastUsed", 1),
+        (PolicyKind::Random, "Random", 1),
+    ];
+    let metrics = [
+        "register (core)",
+        "resolve(3) pool n%pools",
+        "re-register (core)",
+        "remove assoc (core)",
+    ];
+    let mut theirs: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); metrics.len()]; cases.len()];
+    let mut ours = theirs.clone();
+    let (mut their_memory, mut our_memory) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let (rates, memory) = match run_rsplib(&binary, budget) {
+            Ok(result) => result,
+            Err(why) => {
+                println!("rsplib's harness failed: {why}");
+                return;
+            }
+        };
+        their_memory.extend(memory);
+        for (c, (_, name, pools)) in cases.iter().enumerate() {
+            for (m, metric) in metrics.iter().enumerate() {
+                if let Some((.., rate)) = rates
+                    .iter()
+                    .find(|(p, n, x, _)| p == name && n == pools && x == metric)
+                {
+                    theirs[c][m].push(*rate);
+                }
+            }
+        }
+        our_memory.push(memory_per_pe(PolicyKind::RoundRobin, 100, PES));
+        for (c, (kind, _, pools)) in cases.iter().enumerate() {
+            let r = measure(*kind, *pools, PES, budget);
+            for (m, value) in [r.register, r.resolve, r.reregister, r.remove]
+                .into_iter()
+                .enumerate()
+            {
+                ours[c][m].push(value);
+            }
+        }
+    }
+    println!(
+        "{:<12} {:>5}  {:<24} {:>11} {:>11} {:>14}",
+        "policy", "pools", "operation", "rsplib", "ours", "ours / rsplib"
+    );
+    for (c, (_, name, pools)) in cases.iter().enumerate() {
+        for (m, metric) in metrics.iter().enumerate() {
+            if theirs[c][m].is_empty() {
+                continue;
+            }
+            let (t, o) = (median(&mut theirs[c][m]), median(&mut ours[c][m]));
+            println!(
+                "{name:<12} {pools:>5}  {metric:<24} {:>11} {:>11} {:>13.2}x",
+                fmt_rate(t),
+                fmt_rate(o),
+                o / t
+            );
+        }
+    }
+    if !their_memory.is_empty() {
+        let (t, o) = (median(&mut their_memory), median(&mut our_memory));
+        println!(
+            "memory per PE, 10k RoundRobin PEs in 100 pools: rsplib {t:.0} B, ours {o:.0} B ({:.2}x)",
+            o / t
+        );
+    }
+}
+
+/// How the costs grow: the same operations with 10 times the PEs, in 10 times the pools (same
+/// pool size) and in one pool.
+fn growth(budget: Duration) {
+    println!("\n== growth: RoundRobin and LeastUsed, pool sizes 100 to 100,000 ==");
+    println!(
+        "{:<12} {:>8} {:>6} {:>11} {:>11} {:>11} {:>11} {:>9}",
+        "policy", "PEs", "pools", "register", "resolve(3)", "re-register", "remove", "B/PE"
+    );
+    for kind in [PolicyKind::RoundRobin, PolicyKind::LeastUsed] {
+        for (pes, pools) in [(10_000, 100), (100_000, 1_000), (10_000, 1), (100_000, 1)] {
+            let r = measure(kind, pools, pes, budget);
+            println!(
+                "{:<12} {pes:>8} {pools:>6} {:>11} {:>11} {:>11} {:>11} {:>9.0}",
+                format!("{kind:?}"),
+                fmt_rate(r.register),
+                fmt_rate(r.resolve),
+                fmt_rate(r.reregister),
+                fmt_rate(r.remove),
+                memory_per_pe(kind, pools, pes),
+            );
+        }
+    }
+}
+
 fn main() {
-    let budget = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let budget = args
+        .iter()
         .find_map(|a| a.parse::<f64>().ok())
         .map_or(Duration::from_millis(500), Duration::from_secs_f64);
-    let now = Instant::now();
+    let only = |name: &str| args.iter().any(|a| a == name);
+    let all = !only("--compare") && !only("--growth") && !only("--policies");
     println!(
         "{PES} PEs; resolve = handle resolution of 3 items; {:.1} s per measurement",
         budget.as_secs_f64()
     );
-    println!(
-        "{:<52} {:>6} {:>13} {:>13} {:>13} {:>13}",
-        "policy", "pools", "register", "resolve(3)", "re-register", "remove assoc"
-    );
-    for (kind, pools) in [
-        (PolicyKind::RoundRobin, 100),
-        (PolicyKind::LeastUsed, 100),
-        (PolicyKind::RoundRobin, 1),
-    ] {
+    if all || only("--policies") {
         println!(
-            "memory: {kind:?}, {PES} PEs in {pools} pools: {:.0} B/PE on the heap",
-            memory_per_pe(kind, pools)
+            "{:<52} {:>6} {:>13} {:>13} {:>13} {:>13}",
+            "policy", "pools", "register", "resolve(3)", "re-register", "remove assoc"
         );
-    }
-    for pools in [100, 1] {
-        let handles = handles(pools);
-        for kind in ALL_POLICY_KINDS {
-            let (mut hs, took) = populate(kind, &handles, now);
-            let register = f64::from(PES) / took.as_secs_f64();
-
-            let mut rng = SmallRng::seed_from_u64(1);
-            let resolve = rate(budget, |n| {
-                let handle = &handles[n as usize % handles.len()];
-                let r = hs.resolve(handle, 3, &mut rng).expect("pool exists");
-                black_box(r);
-            });
-
-            // Load updates: re-registration of existing PEs with new values.
-            let reregister = rate(budget, |n| {
-                let i = (n % u64::from(PES)) as u32 + 1;
-                let handle = &handles[i as usize % handles.len()];
-                let ctx = RegistrationContext {
-                    owner: 1,
-                    association: Some(u64::from(i)),
-                    registrator: None,
-                    now,
-                };
-                let r = hs.register(handle, element(i, policy(kind, i ^ n as u32)), ctx);
-                black_box(r.is_ok());
-            });
-
-            // Association closes (one PE each), then the handlespace is empty.
-            let start = Instant::now();
-            for i in 1..=PES {
-                black_box(hs.remove_association(u64::from(i)));
+        for pools in [100, 1] {
+            for kind in ALL_POLICY_KINDS {
+                let r = measure(kind, pools, PES, budget);
+                println!(
+                    "{:<52} {:>6} {:>13} {:>13} {:>13} {:>13}",
+                    format!("{kind:?} ({:#010x})", kind.policy_type()),
+                    pools,
+                    fmt_rate(r.register),
+                    fmt_rate(r.resolve),
+                    fmt_rate(r.reregister),
+                    fmt_rate(r.remove),
+                );
             }
-            let remove = f64::from(PES) / start.elapsed().as_secs_f64();
-            assert!(hs.is_empty());
-
-            println!(
-                "{:<52} {:>6} {:>13} {:>13} {:>13} {:>13}",
-                format!("{kind:?} ({:#010x})", kind.policy_type()),
-                pools,
-                fmt_rate(register),
-                fmt_rate(resolve),
-                fmt_rate(reregister),
-                fmt_rate(remove),
-            );
         }
+    }
+    if all || only("--compare") {
+        compare_with_rsplib(budget, 3);
+    }
+    if all || only("--growth") {
+        growth(budget);
     }
 }
