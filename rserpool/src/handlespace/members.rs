@@ -1,16 +1,17 @@
-//! The PEs of one pool: entries packed in a vector, found by identifier through a B-tree of
-//! positions. A B-tree holding the entries themselves (240 bytes each) keeps its nodes about
-//! half full when identifiers arrive in order, which doubled the memory per PE.
+//! The PEs of one pool: entries packed in a vector, found by identifier through a hash map of
+//! positions. A B-tree holding the entries themselves keeps its nodes about half full when
+//! identifiers arrive in order, which doubled the memory per PE; a B-tree of positions costs a
+//! walk through several nodes per lookup in a large pool.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
-use super::PoolElementEntry;
+use super::{PoolElementEntry, SeededHasher};
 use crate::wire::param::PeId;
 
 #[derive(Clone, Debug, Default)]
 pub(super) struct Members {
     /// Position of each PE's entry in `entries`.
-    positions: BTreeMap<PeId, u32>,
+    positions: HashMap<PeId, u32, SeededHasher>,
     entries: Vec<PoolElementEntry>,
 }
 
@@ -59,11 +60,15 @@ impl Members {
         Some(entry)
     }
 
-    /// The entries in identifier order.
+    /// The entries in identifier order (sorted on each call: for listings, not hot paths).
     pub(super) fn iter(&self) -> impl Iterator<Item = (&PeId, &PoolElementEntry)> {
-        self.positions
+        let mut sorted: Vec<(&PeId, &PoolElementEntry)> = self
+            .entries
             .iter()
-            .map(|(id, at)| (id, &self.entries[*at as usize]))
+            .map(|entry| (&entry.element.id, entry))
+            .collect();
+        sorted.sort_unstable_by_key(|(id, _)| **id);
+        sorted.into_iter()
     }
 
     pub(super) fn values(&self) -> impl Iterator<Item = &PoolElementEntry> {

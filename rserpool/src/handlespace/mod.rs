@@ -62,6 +62,10 @@ use members::Members;
 pub use policy::{ALL_POLICY_KINDS, PolicyKind};
 use policy::{OrderKey, Primary, SelectionMethod, SelectionState};
 
+/// The hasher of the handlespace's maps: fast, and seeded at random per map, so that keys a
+/// peer chooses (pool handles, PE identifiers) cannot be picked to collide in advance.
+type SeededHasher = foldhash::fast::RandomState;
+
 /// Opaque key of the association a PE registered over (chosen by the registrar).
 pub type AssociationKey = u64;
 
@@ -761,11 +765,11 @@ pub struct Handlespace {
     config: HandlespaceConfig,
     /// Pool handle to slot (hashed: a lookup costs one handle comparison, where a tree of
     /// handles compares the bytes of several).
-    pools: HashMap<PoolHandle, PoolSlot>,
+    pools: HashMap<PoolHandle, PoolSlot, SeededHasher>,
     slots: Vec<Option<Pool>>,
     free_slots: Vec<PoolSlot>,
     pool_element_count: usize,
-    by_association: HashMap<AssociationKey, AssociationMembers>,
+    by_association: HashMap<AssociationKey, AssociationMembers, SeededHasher>,
     by_owner: BTreeMap<RegistrarId, OwnerIndex>,
     by_expiry: BTreeSet<(Instant, PeKey)>,
     checksum: HandlespaceChecksum,
