@@ -46,7 +46,7 @@ mod tests;
 #[cfg(test)]
 mod proptests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, RngExt};
@@ -56,6 +56,7 @@ use crate::wire::param::{
 };
 use crate::wire::policy::Policy;
 
+use crate::wire::checksum;
 pub use crate::wire::checksum::HandlespaceChecksum;
 use fenwick::Fenwick;
 use members::Members;
@@ -399,6 +400,8 @@ fn transport_use(transport: &TransportAddress) -> Option<TransportUse> {
 #[derive(Clone, Debug)]
 struct Pool {
     handle: PoolHandle,
+    /// The handle's part of each PE's checksum contribution.
+    handle_sum: u32,
     kind: PolicyKind,
     /// The creating PE's policy: the pool's overall policy.
     policy: Policy,
@@ -419,6 +422,7 @@ impl Pool {
             SelectionMethod::WeightedRandom => Selection::Weighted(WeightedSlots::default()),
         };
         Pool {
+            handle_sum: checksum::handle_word_sum(&handle),
             handle,
             kind,
             policy,
@@ -692,7 +696,7 @@ impl AssociationMembers {
 /// Per-owner index and checksum.
 #[derive(Clone, Debug, Default)]
 struct OwnerIndex {
-    elements: BTreeSet<PeKey>,
+    elements: HashSet<PeKey, SeededHasher>,
     checksum: HandlespaceChecksum,
 }
 
@@ -836,6 +840,7 @@ impl Handlespace {
                     // RFC 5356 §5.2.2: the degradation counter restarts on every re-registration.
                     entry.state.degradation = 0;
                     pool.relink(id, old_key, old_wrr_weight);
+                    let contribution = checksum::pe_checksum_contribution_with(pool.handle_sum, id);
 
                     let key = (slot, id);
                     if previous_association != ctx.association {
@@ -843,8 +848,8 @@ impl Handlespace {
                         self.index_association(ctx.association, key);
                     }
                     if previous_owner != ctx.owner {
-                        self.unindex_owner(previous_owner, handle, key);
-                        self.index_owner(ctx.owner, handle, key);
+                        self.unindex_owner(previous_owner, contribution, key);
+                        self.index_owner(ctx.owner, contribution, key);
                     }
                     if previous_expiry != expires_at {
                         if let Some(at) = previous_expiry {
@@ -921,12 +926,13 @@ impl Handlespace {
         };
         pool.elements.insert(id, entry);
         pool.link(id);
+        let contribution = checksum::pe_checksum_contribution_with(pool.handle_sum, id);
 
         let key = (slot, id);
         self.pool_element_count += 1;
-        self.checksum.add(handle, id);
+        self.checksum.add_contribution(contribution);
         self.index_association(ctx.association, key);
-        self.index_owner(ctx.owner, handle, key);
+        self.index_owner(ctx.owner, contribution, key);
         if let Some(at) = expires_at {
             self.by_expiry.insert((at, key));
         }
@@ -951,23 +957,28 @@ impl Handlespace {
         }
     }
 
-    /// Removes every PE owned by `owner` (a peer registrar that died without takeover).
+    /// Removes every PE owned by `owner` (a peer registrar that died without takeover); the
+    /// removed PEs in (handle, id) order.
     pub fn remove_owned_by(&mut self, owner: RegistrarId) -> Vec<(PoolHandle, PoolElement)> {
-        match self.by_owner.remove(&owner) {
+        let mut removed = match self.by_owner.remove(&owner) {
             Some(index) => self.remove_all(index.elements),
             None => Vec::new(),
-        }
+        };
+        removed.sort_unstable_by(|a, b| (&a.0, a.1.id).cmp(&(&b.0, b.1.id)));
+        removed
     }
 
     /// Makes `to` the owner of every PE owned by `from` (ENRP takeover, RFC 5353 §3.5) and
-    /// returns them, e.g. to send each a Keep-Alive with the H flag.
+    /// returns them in (handle, id) order, e.g. to send each a Keep-Alive with the H flag.
     pub fn transfer_ownership(
         &mut self,
         from: RegistrarId,
         to: RegistrarId,
     ) -> Vec<(PoolHandle, PeId)> {
         if from == to {
-            return self.owned_by(from).map(|(h, id)| (h.clone(), id)).collect();
+            let mut owned: Vec<_> = self.owned_by(from).map(|(h, id)| (h.clone(), id)).collect();
+            owned.sort_unstable();
+            return owned;
         }
         let Some(moved) = self.by_owner.remove(&from) else {
             return Vec::new();
@@ -978,13 +989,16 @@ impl Handlespace {
             let Some(pool) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
                 continue;
             };
-            target.checksum.add(&pool.handle, id);
+            target
+                .checksum
+                .add_contribution(checksum::pe_checksum_contribution_with(pool.handle_sum, id));
             target.elements.insert((slot, id));
             if let Some(entry) = pool.elements.get_mut(&id) {
                 entry.element.home_registrar = to;
             }
             transferred.push((pool.handle.clone(), id));
         }
+        transferred.sort_unstable();
         transferred
     }
 
@@ -1248,16 +1262,17 @@ impl Handlespace {
         let pool = self.slots.get_mut(slot as usize)?.as_mut()?;
         let entry = pool.elements.remove(&id)?;
         pool.unlink(&entry);
-        let handle = pool.handle.clone();
+        let contribution = checksum::pe_checksum_contribution_with(pool.handle_sum, id);
         if pool.elements.is_empty() {
+            let handle = pool.handle.clone();
             self.slots[slot as usize] = None;
             self.free_slots.push(slot);
             self.pools.remove(&handle);
         }
         self.pool_element_count -= 1;
-        self.checksum.remove(&handle, id);
+        self.checksum.remove_contribution(contribution);
         self.unindex_association(entry.association, key);
-        self.unindex_owner(entry.owner(), &handle, key);
+        self.unindex_owner(entry.owner(), contribution, key);
         if let Some(at) = entry.expires_at {
             self.by_expiry.remove(&(at, key));
         }
@@ -1284,17 +1299,17 @@ impl Handlespace {
         }
     }
 
-    fn index_owner(&mut self, owner: RegistrarId, handle: &PoolHandle, key: PeKey) {
+    fn index_owner(&mut self, owner: RegistrarId, contribution: u32, key: PeKey) {
         let index = self.by_owner.entry(owner).or_default();
         if index.elements.insert(key) {
-            index.checksum.add(handle, key.1);
+            index.checksum.add_contribution(contribution);
         }
     }
 
-    fn unindex_owner(&mut self, owner: RegistrarId, handle: &PoolHandle, key: PeKey) {
+    fn unindex_owner(&mut self, owner: RegistrarId, contribution: u32, key: PeKey) {
         if let Some(index) = self.by_owner.get_mut(&owner) {
             if index.elements.remove(&key) {
-                index.checksum.remove(handle, key.1);
+                index.checksum.remove_contribution(contribution);
             }
             if index.elements.is_empty() {
                 self.by_owner.remove(&owner);
@@ -1459,7 +1474,7 @@ impl Handlespace {
         let owners: BTreeMap<_, _> = self
             .by_owner
             .iter()
-            .map(|(k, v)| (*k, (v.elements.clone(), v.checksum)))
+            .map(|(k, v)| (*k, (v.elements.iter().copied().collect(), v.checksum)))
             .collect();
         if by_owner != owners {
             return Err("owner index or owner checksums differ".into());

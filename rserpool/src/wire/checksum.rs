@@ -27,7 +27,20 @@ pub fn pe_checksum_block(pool_handle: &PoolHandle, pe_id: PeId) -> Vec<u8> {
 
 /// The sum of the big-endian 16-bit words of a PE's block (its contribution to the checksum).
 pub fn pe_checksum_contribution(pool_handle: &PoolHandle, pe_id: PeId) -> u32 {
-    word_sum(&pe_checksum_block(pool_handle, pe_id)) as u32
+    pe_checksum_contribution_with(handle_word_sum(pool_handle), pe_id)
+}
+
+/// The word sum of a pool handle with its padding: the part of [`pe_checksum_contribution`]
+/// every PE of the pool shares (a handle of at most 32 bytes sums to far below `u32::MAX`).
+pub fn handle_word_sum(pool_handle: &PoolHandle) -> u32 {
+    // Zero padding adds nothing; an odd last byte is the high byte of its word either way.
+    word_sum(pool_handle.as_bytes()) as u32
+}
+
+/// [`pe_checksum_contribution`] from the pool's [`handle_word_sum`], without touching the
+/// handle's bytes again.
+pub fn pe_checksum_contribution_with(handle_word_sum: u32, pe_id: PeId) -> u32 {
+    handle_word_sum + (pe_id.0 >> 16) + (pe_id.0 & 0xffff)
 }
 
 /// Sum of the big-endian 16-bit words of `data` (an odd last byte is padded with zero).
@@ -100,6 +113,23 @@ mod tests {
 
     fn ph(s: &str) -> PoolHandle {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn contribution_is_the_word_sum_of_the_block() {
+        for (handle, id) in [
+            ("a", 1),
+            ("abc", 0xffff_ffff),
+            ("abcd", 0x0001_0000),
+            ("abcde", 7),
+        ] {
+            let block = pe_checksum_block(&ph(handle), PeId(id));
+            assert_eq!(
+                u64::from(pe_checksum_contribution(&ph(handle), PeId(id))),
+                word_sum(&block),
+                "{handle} {id}"
+            );
+        }
     }
 
     #[test]
