@@ -40,7 +40,7 @@ enum Command {
         /// Repetitions of each point [default: 1 with --quick, else 3].
         #[arg(long)]
         repetitions: Option<usize>,
-        /// Seconds of requests per run, wall clock [default: 30 with --quick, else 120].
+        /// Seconds of requests per run, wall clock [default: 30 with --quick, else 45].
         #[arg(long)]
         runtime: Option<f64>,
         /// Every time is divided by this and the capacity multiplied.
@@ -93,7 +93,7 @@ fn main() -> Result<()> {
             };
             let config = RunConfig {
                 time_scale,
-                runtime: runtime.unwrap_or(if quick { 30.0 } else { 120.0 }),
+                runtime: runtime.unwrap_or(if quick { 30.0 } else { 45.0 }),
                 bin_dir,
                 seed,
             };

@@ -133,7 +133,12 @@ fn populate(
     pes: u32,
     now: Instant,
 ) -> (Handlespace, Duration) {
-    let mut hs = Handlespace::new(HandlespaceConfig::default());
+    // The default limits stop a pool at 65,536 PEs; the growth runs go past that.
+    let mut hs = Handlespace::new(HandlespaceConfig {
+        max_pool_elements_per_pool: 1 << 20,
+        max_pool_elements: 1 << 20,
+        ..HandlespaceConfig::default()
+    });
     let start = Instant::now();
     for i in 1..=pes {
         let handle = &handles[i as usize % handles.len()];
