@@ -464,20 +464,8 @@ impl Pool {
         seq
     }
 
-    /// The WRR virtual time of the pool's head (the next PE to pick), `(0, 0/1)` when empty.
-    fn wrr_head_time(&self) -> (u64, u64, u64) {
-        if let Selection::Ordered(map) = &self.selection
-            && let Some((key, _)) = map.first_key_value()
-            && let Primary::Wrr { round, num, den } = key.primary
-        {
-            return (round, num, den);
-        }
-        (0, 0, 1)
-    }
-
     /// Puts a PE (already in `elements`) into the selection structure.
     fn link(&mut self, id: PeId) {
-        let head = self.wrr_head_time();
         let Some(entry) = self.elements.get_mut(&id) else {
             return;
         };
@@ -485,6 +473,10 @@ impl Pool {
             && weight > 0
         {
             // A newcomer joins at the current virtual time instead of jumping the queue.
+            let head = match &self.selection {
+                Selection::Ordered(map) => wrr_head_time(map),
+                Selection::Weighted(_) => (0, 0, 1),
+            };
             let (round, picks) = policy::wrr_join(head.0, head.1, head.2, weight);
             entry.state.wrr_round = round;
             entry.state.wrr_picks = picks;
@@ -496,15 +488,11 @@ impl Pool {
     /// [`ordered_key`] it had before the change; for WRR, `old_weight` is the weight the PE's
     /// current WRR state was computed with.
     fn relink(&mut self, id: PeId, old_key: Option<OrderKey>, old_wrr_weight: Option<u32>) {
-        let head = self.wrr_head_time();
         let Some(entry) = self.elements.get_mut(&id) else {
             return;
         };
         match (&mut self.selection, entry.slot) {
             (Selection::Ordered(map), SelectionSlot::Ordered) => {
-                if let Some(old_key) = old_key {
-                    map.remove(&old_key);
-                }
                 if let Policy::WeightedRoundRobin { weight } = entry.element.policy
                     && weight > 0
                     && old_wrr_weight != Some(weight)
@@ -516,14 +504,22 @@ impl Pool {
                             let (num, den) = policy::wrr_position(entry.state.wrr_picks, old);
                             (entry.state.wrr_round, num, den)
                         }
-                        _ => head,
+                        _ => wrr_head_time(map),
                     };
                     let (round, picks) = policy::wrr_join(round, num, den, weight);
                     entry.state.wrr_round = round;
                     entry.state.wrr_picks = picks;
                 }
-                if let Some(key) = ordered_key(entry) {
-                    map.insert(key, id);
+                // A re-registration that leaves the key as it was (round robin, an unchanged
+                // load) leaves the PE where it is.
+                let new_key = ordered_key(entry);
+                if new_key != old_key {
+                    if let Some(old_key) = old_key {
+                        map.remove(&old_key);
+                    }
+                    if let Some(new_key) = new_key {
+                        map.insert(new_key, id);
+                    }
                 }
             }
             (Selection::Weighted(slots), SelectionSlot::Weighted(slot)) => {
@@ -619,6 +615,16 @@ impl Pool {
         }
         chosen
     }
+}
+
+/// The WRR virtual time of an ordered selection's head, `(0, 0/1)` when empty.
+fn wrr_head_time(map: &BTreeMap<OrderKey, PeId>) -> (u64, u64, u64) {
+    if let Some((key, _)) = map.first_key_value()
+        && let Primary::Wrr { round, num, den } = key.primary
+    {
+        return (round, num, den);
+    }
+    (0, 0, 1)
 }
 
 /// The sort key of a PE of an ordered pool from its current values and state.
