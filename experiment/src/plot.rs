@@ -24,6 +24,20 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(23, 190, 207),
 ];
 
+/// A tick label: at most three significant digits, no float noise (0.30000000000000004).
+fn tick(value: f64) -> String {
+    if value == 0.0 || !value.is_finite() {
+        return format!("{value}");
+    }
+    let decimals = (2 - value.abs().log10().floor() as i32).clamp(0, 6) as usize;
+    let text = format!("{value:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
 /// Draws `lines` into an SVG file.
 pub fn draw(
     path: &Path,
@@ -67,6 +81,8 @@ pub fn draw(
                 .configure_mesh()
                 .x_desc(x_label)
                 .y_desc(y_label)
+                .x_label_formatter(&|x| tick(*x))
+                .y_label_formatter(&|y| tick(*y))
                 .draw()?;
             for (n, line) in lines.iter().enumerate() {
                 let color = COLORS[n % COLORS.len()];
@@ -115,4 +131,20 @@ pub fn draw(
     }
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tick;
+
+    #[test]
+    fn ticks_are_short() {
+        assert_eq!(tick(0.30000000000000004), "0.3");
+        assert_eq!(tick(0.05), "0.05");
+        assert_eq!(tick(10.0), "10");
+        assert_eq!(tick(87.5), "87.5");
+        assert_eq!(tick(104.0), "104");
+        assert_eq!(tick(2.0), "2");
+        assert_eq!(tick(0.0), "0");
+    }
 }

@@ -57,7 +57,7 @@ pub struct Cli {
     /// Most PEs registered over one association (a PE process registers one)
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_pes_per_association: u32,
-    /// Most PEs in the handlespace (about 1 KiB of memory each)
+    /// Most PEs in the handlespace (about 0.75 KiB of memory each)
     #[arg(long, value_name = "N", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_pes: u32,
     /// Most PEs in one pool
