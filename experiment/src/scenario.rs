@@ -265,6 +265,18 @@ pub fn scenarios() -> Vec<Scenario> {
         ..Setup::default()
     };
     let numbers = |values: &[f64]| values.iter().map(|v| Value::Number(*v)).collect();
+    let fig7 = Scenario {
+        name: "fig7",
+        title: "Endpoint keep-alive interval and MAX-BAD-PE-REPORT (LU, unclean failures)",
+        base: failing(0.0),
+        x: Parameter::EndpointKeepAlive,
+        x_values: vec![1.0, 5.0, 10.0, 30.0, 60.0],
+        x_values_quick: vec![1.0, 10.0, 60.0],
+        x_log: true,
+        series: Parameter::MaxBadPeReports,
+        series_values: numbers(&[1.0, 3.0, 5.0]),
+        metric: Metric::HandlingSpeed,
+    };
     vec![
         Scenario {
             name: "fig4",
@@ -305,31 +317,14 @@ pub fn scenarios() -> Vec<Scenario> {
             series_values: numbers(&[1.0, 5.0, 30.0]),
             metric: Metric::HandlingSpeed,
         },
-        Scenario {
-            name: "fig7",
-            title: "Endpoint keep-alive interval and MAX-BAD-PE-REPORT (LU, unclean failures)",
-            base: failing(0.0),
-            x: Parameter::EndpointKeepAlive,
-            x_values: vec![1.0, 5.0, 10.0, 30.0, 60.0],
-            x_values_quick: vec![1.0, 10.0, 60.0],
-            x_log: true,
-            series: Parameter::MaxBadPeReports,
-            series_values: numbers(&[1.0, 3.0, 5.0]),
-            metric: Metric::HandlingSpeed,
-        },
+        fig7.clone(),
         // The same runs as fig7, plotting what they cost the registrar (`pool-experiment plot
         // fig8 --csv DIR/fig7.csv` draws it from fig7's CSV without running them again).
         Scenario {
             name: "fig8",
             title: "Overhead of fig7: registrar messages per second (LU, unclean failures)",
-            base: failing(0.0),
-            x: Parameter::EndpointKeepAlive,
-            x_values: vec![1.0, 5.0, 10.0, 30.0, 60.0],
-            x_values_quick: vec![1.0, 10.0, 60.0],
-            x_log: true,
-            series: Parameter::MaxBadPeReports,
-            series_values: numbers(&[1.0, 3.0, 5.0]),
             metric: Metric::RegistrarMessages,
+            ..fig7
         },
         // Equation (1): lost work and goodput against the cookie interval, for two failure
         // rates.
