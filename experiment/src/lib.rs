@@ -198,6 +198,13 @@ pub fn lines_from_csv(scenario: &Scenario, text: &str) -> Result<Vec<plot::Line>
         column(scenario.series.name())?,
         column("repetitions")?,
     );
+    // (what the line shows, mean's column, interval's column), looked up once.
+    let metric_columns = scenario
+        .metric
+        .columns()
+        .iter()
+        .map(|(what, mean, half_width)| Ok((*what, column(mean)?, column(half_width)?)))
+        .collect::<Result<Vec<_>>>()?;
     let mut lines: Vec<plot::Line> = Vec::new();
     for row in rows {
         let field = |i: usize| row.get(i).copied().context("short row");
@@ -205,10 +212,10 @@ pub fn lines_from_csv(scenario: &Scenario, text: &str) -> Result<Vec<plot::Line>
             Parameter::Policy => field(series)?.to_string(),
             other => format!("{} = {}", other.name(), field(series)?),
         };
-        for (what, mean, half_width) in scenario.metric.columns() {
+        for &(what, mean, half_width) in &metric_columns {
             let estimate = Estimate {
-                mean: field(column(mean)?)?.parse()?,
-                half_width: field(column(half_width)?)?.parse()?,
+                mean: field(mean)?.parse()?,
+                half_width: field(half_width)?.parse()?,
                 samples: field(samples)?.parse()?,
             };
             if estimate.mean.is_nan() {

@@ -126,6 +126,16 @@ fn handles(pools: u32) -> Vec<PoolHandle> {
         .collect()
 }
 
+/// How PE `i` registers: owned by registrar 1, over an association of its own.
+fn context(i: u32, now: Instant) -> RegistrationContext {
+    RegistrationContext {
+        owner: 1,
+        association: Some(u64::from(i)),
+        registrator: None,
+        now,
+    }
+}
+
 /// Registers `pes` PEs spread over `handles`; returns the handlespace and the time taken.
 fn populate(
     kind: PolicyKind,
@@ -142,13 +152,7 @@ fn populate(
     let start = Instant::now();
     for i in 1..=pes {
         let handle = &handles[i as usize % handles.len()];
-        let ctx = RegistrationContext {
-            owner: 1,
-            association: Some(u64::from(i)),
-            registrator: None,
-            now,
-        };
-        hs.register(handle, element(i, policy(kind, i)), ctx)
+        hs.register(handle, element(i, policy(kind, i)), context(i, now))
             .expect("registers");
     }
     (hs, start.elapsed())
@@ -204,13 +208,11 @@ fn measure(kind: PolicyKind, pools: u32, pes: u32, budget: Duration) -> Rates {
     let reregister = rate(budget, |n| {
         let i = (n % u64::from(pes)) as u32 + 1;
         let handle = &handles[i as usize % handles.len()];
-        let ctx = RegistrationContext {
-            owner: 1,
-            association: Some(u64::from(i)),
-            registrator: None,
-            now,
-        };
-        let r = hs.register(handle, element(i, policy(kind, i ^ n as u32)), ctx);
+        let r = hs.register(
+            handle,
+            element(i, policy(kind, i ^ n as u32)),
+            context(i, now),
+        );
         black_box(r.is_ok());
     });
 
