@@ -30,6 +30,19 @@ impl Fenwick {
             return;
         }
         self.weights.resize(capacity, 0);
+        self.rebuild_sums();
+    }
+
+    /// Shrinks to `capacity` slots, whose weights must be 0 beyond it, rebuilding in O(n).
+    pub(crate) fn truncate(&mut self, capacity: usize) {
+        debug_assert!(self.weights.iter().skip(capacity).all(|&w| w == 0));
+        self.weights.truncate(capacity);
+        self.weights.shrink_to_fit();
+        self.rebuild_sums();
+    }
+
+    fn rebuild_sums(&mut self) {
+        let capacity = self.capacity();
         self.tree = vec![0; capacity + 1];
         for (slot, &w) in self.weights.iter().enumerate() {
             self.tree[slot + 1] = self.tree[slot + 1].wrapping_add(w);
@@ -39,6 +52,10 @@ impl Fenwick {
                 self.tree[parent] = self.tree[parent].wrapping_add(v);
             }
         }
+        self.total = self
+            .weights
+            .iter()
+            .fold(0u64, |sum, &w| sum.wrapping_add(w));
     }
 
     /// Sets the weight of `slot` (which must be below `capacity()`).
@@ -147,6 +164,21 @@ mod tests {
         for r in 0..20 {
             assert_eq!(f.find(r), brute_find(&weights, r));
         }
+        assert!(f.is_consistent());
+    }
+
+    #[test]
+    fn truncate_drops_empty_slots_and_keeps_the_rest() {
+        let mut f = Fenwick::default();
+        f.grow(16);
+        f.set(1, 5);
+        f.set(3, 7);
+        f.set(12, 9);
+        f.set(12, 0);
+        f.truncate(4);
+        assert_eq!(f.capacity(), 4);
+        assert_eq!(f.total(), 12);
+        assert_eq!(f.find(5), Some(3));
         assert!(f.is_consistent());
     }
 

@@ -46,7 +46,9 @@ mod tests;
 #[cfg(test)]
 mod proptests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::cell::Cell;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, RngExt};
@@ -59,9 +61,9 @@ use crate::wire::policy::Policy;
 use crate::wire::checksum;
 pub use crate::wire::checksum::HandlespaceChecksum;
 use fenwick::Fenwick;
-use members::Members;
+use members::{Members, Position};
 pub use policy::{ALL_POLICY_KINDS, PolicyKind};
-use policy::{OrderKey, Primary, SelectionMethod, SelectionState};
+use policy::{SelectionMethod, SelectionState, WrrKey};
 
 /// The hasher of the handlespace's maps: fast, and seeded at random per map, so that keys a
 /// peer chooses (pool handles, PE identifiers) cannot be picked to collide in advance.
@@ -226,6 +228,49 @@ pub struct Resolution {
     pub elements: Vec<PoolElement>,
 }
 
+/// The PEs a removal by association took out: nearly always one (a PE process registers itself
+/// over its own association), kept inline then, so the common case allocates nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemovedElements {
+    first: Option<(PoolHandle, PoolElement)>,
+    rest: Vec<(PoolHandle, PoolElement)>,
+}
+
+impl RemovedElements {
+    /// How many PEs were removed.
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    /// Whether none was.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The removed PEs with their pool handles.
+    pub fn iter(&self) -> impl Iterator<Item = &(PoolHandle, PoolElement)> {
+        self.first.iter().chain(&self.rest)
+    }
+}
+
+impl IntoIterator for RemovedElements {
+    type Item = (PoolHandle, PoolElement);
+    type IntoIter = std::iter::Chain<
+        std::option::IntoIter<(PoolHandle, PoolElement)>,
+        std::vec::IntoIter<(PoolHandle, PoolElement)>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
+}
+
+impl From<RemovedElements> for Vec<(PoolHandle, PoolElement)> {
+    fn from(removed: RemovedElements) -> Self {
+        removed.into_iter().collect()
+    }
+}
+
 /// What an Endpoint Unreachable report did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UnreachableOutcome {
@@ -237,31 +282,19 @@ pub enum UnreachableOutcome {
     UnknownPe,
 }
 
-/// Which selection structure slot a PE occupies.
-#[derive(Clone, Copy, Debug)]
-enum SelectionSlot {
-    /// Ordered pool: the PE sits under [`ordered_key`] of its current values and state (not
-    /// stored: whoever changes those takes the PE out under its old key first), or nowhere
-    /// when that is `None` (WRR weight 0).
-    Ordered,
-    /// Weighted pool: the Fenwick slot.
-    Weighted(u32),
-}
-
 /// A registered PE and the registrar's bookkeeping for it.
 #[derive(Clone, Debug)]
 pub struct PoolElementEntry {
     element: PoolElement,
     association: Option<AssociationKey>,
+    /// The registration life counts from here ([`PoolElementEntry::expires_at`]).
     registered_at: Instant,
-    expires_at: Option<Instant>,
     selection_count: u64,
     /// Boxed: nearly every PE has none, and an empty set inline costs 24 bytes per PE where
     /// `None` costs 8.
     #[allow(clippy::box_collection)]
     unreachable_reporters: Option<Box<BTreeSet<u64>>>,
     state: SelectionState,
-    slot: SelectionSlot,
 }
 
 impl PoolElementEntry {
@@ -292,7 +325,7 @@ impl PoolElementEntry {
 
     /// When the registration life runs out; `None` for an infinite life.
     pub fn expires_at(&self) -> Option<Instant> {
-        self.expires_at
+        expiry(self.registered_at, self.element.registration_life_ms)
     }
 
     /// Accumulated degradation (RFC 5356 §5.2), 0 after every (re-)registration.
@@ -320,52 +353,162 @@ impl PoolElementEntry {
     }
 }
 
-/// The weighted random selection structure: Fenwick slots and who holds them.
-#[derive(Clone, Debug, Default)]
-struct WeightedSlots {
-    fenwick: Fenwick,
-    holders: Vec<Option<PeId>>,
-    free: Vec<usize>,
-}
+/// The key of an ordered (non-WRR) selection: [`policy::order_key`], one `u128` comparison.
+///
+/// A selection gives the first PE a larger key; when that still sorts before the second PE (a
+/// least-used PE stays the least used), the key is raised in place instead of taking the PE out
+/// and in again, which the B-tree allows because no key's rank changes.
+#[derive(Clone, Debug)]
+struct RankKey(Cell<u128>);
 
-impl WeightedSlots {
-    fn insert(&mut self, id: PeId, weight: u64) -> usize {
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None => {
-                let slot = self.holders.len();
-                self.holders.push(None);
-                if slot >= self.fenwick.capacity() {
-                    self.fenwick
-                        .grow((slot + 1).max(self.fenwick.capacity() * 2).max(4));
-                }
-                slot
-            }
-        };
-        if let Some(holder) = self.holders.get_mut(slot) {
-            *holder = Some(id);
-        }
-        self.fenwick.set(slot, weight);
-        slot
-    }
-
-    fn remove(&mut self, slot: usize) {
-        self.fenwick.set(slot, 0);
-        if let Some(holder) = self.holders.get_mut(slot) {
-            *holder = None;
-            self.free.push(slot);
-        }
-    }
-
-    fn holder(&self, slot: usize) -> Option<PeId> {
-        self.holders.get(slot).copied().flatten()
+impl RankKey {
+    fn new(key: u128) -> Self {
+        RankKey(Cell::new(key))
     }
 }
 
+impl Ord for RankKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.get().cmp(&other.0.get())
+    }
+}
+
+impl PartialOrd for RankKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for RankKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Eq for RankKey {}
+
+/// A key an ordered selection sorts by.
+trait SelectionOrder: Ord + Clone {
+    /// Sets the key to `to` in place, where the caller has made sure that keeps its rank;
+    /// false if this kind of key cannot change in place.
+    fn raise_to(&self, to: &Self) -> bool;
+}
+
+impl SelectionOrder for RankKey {
+    fn raise_to(&self, to: &Self) -> bool {
+        self.0.set(to.0.get());
+        true
+    }
+}
+
+impl SelectionOrder for WrrKey {
+    fn raise_to(&self, _: &Self) -> bool {
+        false
+    }
+}
+
+/// A pool's selection structure, naming PEs by their [`Position`] in the pool's slab.
 #[derive(Clone, Debug)]
 enum Selection {
-    Ordered(BTreeMap<OrderKey, PeId>),
-    Weighted(WeightedSlots),
+    /// Ordered policies but WRR.
+    Ordered(BTreeMap<RankKey, Position>),
+    /// WRR, sorted by the exact [`WrrKey`]; PEs of weight 0 are left out.
+    WeightedRoundRobin(BTreeMap<WrrKey, Position>),
+    /// Weighted random policies: one Fenwick slot per position.
+    Weighted(Fenwick),
+}
+
+/// Where a PE sits in its pool's selection structure, computed from its current values and
+/// state (not stored: whoever changes those takes the PE out under its old key first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SelectionKey {
+    Ordered(u128),
+    WeightedRoundRobin(WrrKey),
+    /// A weighted random pool's PE (its slot is its position), or a WRR PE of weight 0.
+    Unsorted,
+}
+
+impl SelectionKey {
+    fn of(entry: &PoolElementEntry) -> Self {
+        match entry.element.policy {
+            Policy::WeightedRoundRobin { weight } => policy::wrr_key(weight, &entry.state)
+                .map_or(SelectionKey::Unsorted, SelectionKey::WeightedRoundRobin),
+            ref policy => match PolicyKind::of(policy).selection_method() {
+                SelectionMethod::WeightedRandom => SelectionKey::Unsorted,
+                _ => SelectionKey::Ordered(policy::order_key(policy, &entry.state)),
+            },
+        }
+    }
+}
+
+impl Selection {
+    fn new(kind: PolicyKind) -> Self {
+        match kind.selection_method() {
+            SelectionMethod::Ordered => Selection::Ordered(BTreeMap::new()),
+            SelectionMethod::WeightedRoundRobin => Selection::WeightedRoundRobin(BTreeMap::new()),
+            SelectionMethod::WeightedRandom => Selection::Weighted(Fenwick::default()),
+        }
+    }
+
+    /// Puts the PE at `at` in under `key` (its current [`SelectionKey`]).
+    fn insert(&mut self, key: SelectionKey, at: Position, entry: &PoolElementEntry) {
+        match (self, key) {
+            (Selection::Ordered(map), SelectionKey::Ordered(key)) => {
+                map.insert(RankKey::new(key), at);
+            }
+            (Selection::WeightedRoundRobin(map), SelectionKey::WeightedRoundRobin(key)) => {
+                map.insert(key, at);
+            }
+            (Selection::Weighted(fenwick), _) => {
+                let slot = at as usize;
+                if slot >= fenwick.capacity() {
+                    fenwick.grow((slot + 1).max(fenwick.capacity() * 2).max(4));
+                }
+                fenwick.set(
+                    slot,
+                    policy::random_weight(&entry.element.policy, &entry.state),
+                );
+            }
+            // A WRR PE of weight 0 is not selectable.
+            _ => {}
+        }
+    }
+
+    /// Takes the PE at `at` out, found under `key` (the [`SelectionKey`] it was put in under).
+    fn remove(&mut self, key: SelectionKey, at: Position) {
+        match (self, key) {
+            (Selection::Ordered(map), SelectionKey::Ordered(key)) => {
+                map.remove(&RankKey::new(key));
+            }
+            (Selection::WeightedRoundRobin(map), SelectionKey::WeightedRoundRobin(key)) => {
+                map.remove(&key);
+            }
+            (Selection::Weighted(fenwick), _) => fenwick.set(at as usize, 0),
+            _ => {}
+        }
+    }
+
+    /// Follows the slab's compaction: the PE now at `to` (under `key`) was at `from`.
+    fn relocate(&mut self, key: SelectionKey, from: Position, to: Position) {
+        let position = match (self, key) {
+            (Selection::Ordered(map), SelectionKey::Ordered(key)) => {
+                map.get_mut(&RankKey::new(key))
+            }
+            (Selection::WeightedRoundRobin(map), SelectionKey::WeightedRoundRobin(key)) => {
+                map.get_mut(&key)
+            }
+            (Selection::Weighted(fenwick), _) => {
+                let weight = fenwick.weight(from as usize);
+                fenwick.set(from as usize, 0);
+                fenwick.set(to as usize, weight);
+                None
+            }
+            _ => None,
+        };
+        if let Some(position) = position {
+            *position = to;
+        }
+    }
 }
 
 /// Transport protocol of a user transport, for the pool consistency check.
@@ -411,16 +554,12 @@ struct Pool {
     selection: Selection,
     next_seq: u64,
     /// Scratch space of [`Pool::select`], kept to save an allocation per resolution.
-    picked: Vec<(OrderKey, PeId)>,
+    picked: Vec<Position>,
 }
 
 impl Pool {
     fn new(handle: PoolHandle, policy: Policy, user_transport: &TransportAddress) -> Self {
         let kind = PolicyKind::of(&policy);
-        let selection = match kind.selection_method() {
-            SelectionMethod::Ordered => Selection::Ordered(BTreeMap::new()),
-            SelectionMethod::WeightedRandom => Selection::Weighted(WeightedSlots::default()),
-        };
         Pool {
             handle_sum: checksum::handle_word_sum(&handle),
             handle,
@@ -429,7 +568,7 @@ impl Pool {
             transport: transport_kind(user_transport),
             transport_use: transport_use(user_transport),
             elements: Members::default(),
-            selection,
+            selection: Selection::new(kind),
             next_seq: 0,
             picked: Vec::new(),
         }
@@ -464,86 +603,98 @@ impl Pool {
         seq
     }
 
-    /// Puts a PE (already in `elements`) into the selection structure.
-    fn link(&mut self, id: PeId) {
-        let Some(entry) = self.elements.get_mut(&id) else {
-            return;
-        };
+    /// Adds a new PE to the slab and the selection structure.
+    fn link(&mut self, mut entry: PoolElementEntry) {
         if let Policy::WeightedRoundRobin { weight } = entry.element.policy
             && weight > 0
         {
             // A newcomer joins at the current virtual time instead of jumping the queue.
-            let head = match &self.selection {
-                Selection::Ordered(map) => wrr_head_time(map),
-                Selection::Weighted(_) => (0, 0, 1),
-            };
-            let (round, picks) = policy::wrr_join(head.0, head.1, head.2, weight);
+            let (round, num, den) = self.wrr_head_time();
+            let (round, picks) = policy::wrr_join(round, num, den, weight);
             entry.state.wrr_round = round;
             entry.state.wrr_picks = picks;
         }
-        link_entry(&mut self.selection, id, entry);
+        let key = SelectionKey::of(&entry);
+        let at = self.elements.insert(entry);
+        if let Some(entry) = self.elements.at(at) {
+            self.selection.insert(key, at, entry);
+        }
     }
 
     /// Re-sorts or re-weighs a PE after its values or state changed. `old_key` is the
-    /// [`ordered_key`] it had before the change; for WRR, `old_weight` is the weight the PE's
-    /// current WRR state was computed with.
-    fn relink(&mut self, id: PeId, old_key: Option<OrderKey>, old_wrr_weight: Option<u32>) {
-        let Some(entry) = self.elements.get_mut(&id) else {
+    /// [`SelectionKey`] it had before the change; for WRR, `old_wrr_weight` is the weight the
+    /// PE's current WRR state was computed with.
+    fn relink(&mut self, id: PeId, old_key: SelectionKey, old_wrr_weight: Option<u32>) {
+        let Some(at) = self.elements.position(&id) else {
             return;
         };
-        match (&mut self.selection, entry.slot) {
-            (Selection::Ordered(map), SelectionSlot::Ordered) => {
-                if let Policy::WeightedRoundRobin { weight } = entry.element.policy
-                    && weight > 0
-                    && old_wrr_weight != Some(weight)
-                {
-                    // Weight changed: continue from the PE's own next-pick time (or the head's
-                    // if it was not selectable) at the new spacing.
-                    let (round, num, den) = match old_wrr_weight {
-                        Some(old) if old > 0 => {
-                            let (num, den) = policy::wrr_position(entry.state.wrr_picks, old);
-                            (entry.state.wrr_round, num, den)
-                        }
-                        _ => wrr_head_time(map),
-                    };
-                    let (round, picks) = policy::wrr_join(round, num, den, weight);
-                    entry.state.wrr_round = round;
-                    entry.state.wrr_picks = picks;
+        let head = match (&self.selection, old_wrr_weight) {
+            (Selection::WeightedRoundRobin(_), Some(old)) if old > 0 => None,
+            (Selection::WeightedRoundRobin(_), _) => Some(self.wrr_head_time()),
+            _ => None,
+        };
+        let Some(entry) = self.elements.at_mut(at) else {
+            return;
+        };
+        if let Policy::WeightedRoundRobin { weight } = entry.element.policy
+            && weight > 0
+            && old_wrr_weight != Some(weight)
+        {
+            // Weight changed: continue from the PE's own next-pick time (or the head's if it
+            // was not selectable) at the new spacing.
+            let (round, num, den) = match (old_wrr_weight, head) {
+                (Some(old), _) if old > 0 => {
+                    let (num, den) = policy::wrr_position(entry.state.wrr_picks, old);
+                    (entry.state.wrr_round, num, den)
                 }
-                // A re-registration that leaves the key as it was (round robin, an unchanged
-                // load) leaves the PE where it is.
-                let new_key = ordered_key(entry);
-                if new_key != old_key {
-                    if let Some(old_key) = old_key {
-                        map.remove(&old_key);
-                    }
-                    if let Some(new_key) = new_key {
-                        map.insert(new_key, id);
-                    }
-                }
-            }
-            (Selection::Weighted(slots), SelectionSlot::Weighted(slot)) => {
-                slots.fenwick.set(
-                    slot as usize,
-                    policy::random_weight(&entry.element.policy, &entry.state),
-                );
-            }
-            _ => debug_assert!(false, "selection slot does not match the pool's structure"),
+                (_, Some(head)) => head,
+                _ => (0, 0, 1),
+            };
+            let (round, picks) = policy::wrr_join(round, num, den, weight);
+            entry.state.wrr_round = round;
+            entry.state.wrr_picks = picks;
+        }
+        let new_key = SelectionKey::of(entry);
+        // A re-registration that leaves the key as it was (round robin, an unchanged load)
+        // leaves an ordered PE where it is; a weighted one is re-weighed in place.
+        if new_key != old_key || matches!(self.selection, Selection::Weighted(_)) {
+            self.selection.remove(old_key, at);
+            self.selection.insert(new_key, at, entry);
         }
     }
 
-    fn unlink(&mut self, entry: &PoolElementEntry) {
-        match (&mut self.selection, entry.slot) {
-            (Selection::Ordered(map), SelectionSlot::Ordered) => {
-                if let Some(key) = ordered_key(entry) {
-                    map.remove(&key);
-                }
-            }
-            (Selection::Weighted(slots), SelectionSlot::Weighted(slot)) => {
-                slots.remove(slot as usize)
-            }
-            _ => {}
+    /// Removes a PE from the slab and the selection structure.
+    #[inline]
+    fn unlink(&mut self, id: &PeId) -> Option<PoolElementEntry> {
+        let (at, entry) = self.elements.remove(id)?;
+        self.selection.remove(SelectionKey::of(&entry), at);
+        if self.elements.is_sparse() {
+            self.compact();
         }
+        Some(entry)
+    }
+
+    /// The pool shrank to under a quarter of its peak: moves its last entries into the holes
+    /// and gives the rest of the slab back (amortized O(log n) per removal).
+    fn compact(&mut self) {
+        for (from, to) in self.elements.compact() {
+            if let Some(entry) = self.elements.at(to) {
+                self.selection.relocate(SelectionKey::of(entry), from, to);
+            }
+        }
+        if let Selection::Weighted(fenwick) = &mut self.selection {
+            fenwick.truncate(self.elements.capacity());
+        }
+    }
+
+    /// The WRR virtual time of the selection's head, `(0, 0/1)` when empty.
+    fn wrr_head_time(&self) -> (u64, u64, u64) {
+        if let Selection::WeightedRoundRobin(map) = &self.selection
+            && let Some((key, _)) = map.first_key_value()
+        {
+            return (key.round, key.num, key.den);
+        }
+        (0, 0, 1)
     }
 
     fn select<R: Rng + ?Sized>(
@@ -553,50 +704,56 @@ impl Pool {
         rng: &mut R,
     ) -> Vec<PoolElement> {
         let mut chosen = Vec::with_capacity(items.min(self.elements.len()));
+        let mut picked = std::mem::take(&mut self.picked);
         match &mut self.selection {
-            Selection::Ordered(map) => {
-                let mut picked = std::mem::take(&mut self.picked);
+            Selection::Ordered(map) => select_ordered(
+                map,
+                &mut self.elements,
+                &mut picked,
+                items,
+                max_increment,
+                &mut self.next_seq,
+                &mut chosen,
+                |entry| {
+                    Some(RankKey::new(policy::order_key(
+                        &entry.element.policy,
+                        &entry.state,
+                    )))
+                },
+            ),
+            Selection::WeightedRoundRobin(map) => select_ordered(
+                map,
+                &mut self.elements,
+                &mut picked,
+                items,
+                max_increment,
+                &mut self.next_seq,
+                &mut chosen,
+                |entry| match entry.element.policy {
+                    Policy::WeightedRoundRobin { weight } => policy::wrr_key(weight, &entry.state),
+                    _ => None,
+                },
+            ),
+            Selection::Weighted(fenwick) => {
                 picked.clear();
-                picked.extend(map.iter().take(items).map(|(k, id)| (*k, *id)));
-                for (i, &(key, id)) in picked.iter().enumerate() {
-                    let Some(entry) = self.elements.get_mut(&id) else {
-                        continue;
-                    };
-                    entry.selection_count += 1;
-                    chosen.push(entry.element.clone());
-                    if i < max_increment {
-                        // Re-insert behind everything else of equal key: round robin.
-                        map.remove(&key);
-                        entry.state.seq = self.next_seq;
-                        self.next_seq += 1;
-                        policy::advance_after_selection(&entry.element.policy, &mut entry.state);
-                        if let Some(new_key) = ordered_key(entry) {
-                            map.insert(new_key, id);
-                        }
-                    }
-                }
-                self.picked = picked;
-            }
-            Selection::Weighted(slots) => {
                 // Draw without replacement: zero each drawn slot, restore afterwards.
-                let mut drawn: Vec<(usize, u64)> =
-                    Vec::with_capacity(items.min(self.elements.len()));
-                while drawn.len() < items {
-                    let total = slots.fenwick.total();
+                let mut weights = Vec::with_capacity(items.min(self.elements.len()));
+                while picked.len() < items {
+                    let total = fenwick.total();
                     if total == 0 {
                         break;
                     }
-                    let Some(slot) = slots.fenwick.find(rng.random_range(0..total)) else {
+                    let Some(slot) = fenwick.find(rng.random_range(0..total)) else {
                         break;
                     };
-                    drawn.push((slot, slots.fenwick.weight(slot)));
-                    slots.fenwick.set(slot, 0);
+                    // Slots are positions, far below u32::MAX.
+                    picked.push(slot as Position);
+                    weights.push(fenwick.weight(slot));
+                    fenwick.set(slot, 0);
                 }
-                for (i, (slot, weight)) in drawn.into_iter().enumerate() {
+                for (i, (&at, weight)) in picked.iter().zip(weights).enumerate() {
                     let mut weight = weight;
-                    if let Some(id) = slots.holder(slot)
-                        && let Some(entry) = self.elements.get_mut(&id)
-                    {
+                    if let Some(entry) = self.elements.at_mut(at) {
                         entry.selection_count += 1;
                         entry.state.seq = self.next_seq;
                         self.next_seq += 1;
@@ -609,45 +766,66 @@ impl Pool {
                             weight = policy::random_weight(&entry.element.policy, &entry.state);
                         }
                     }
-                    slots.fenwick.set(slot, weight);
+                    fenwick.set(at as usize, weight);
                 }
             }
         }
+        self.picked = picked;
         chosen
     }
 }
 
-/// The WRR virtual time of an ordered selection's head, `(0, 0/1)` when empty.
-fn wrr_head_time(map: &BTreeMap<OrderKey, PeId>) -> (u64, u64, u64) {
-    if let Some((key, _)) = map.first_key_value()
-        && let Primary::Wrr { round, num, den } = key.primary
-    {
-        return (round, num, den);
-    }
-    (0, 0, 1)
-}
-
-/// The sort key of a PE of an ordered pool from its current values and state.
-fn ordered_key(entry: &PoolElementEntry) -> Option<OrderKey> {
-    policy::order_primary(&entry.element.policy, &entry.state).map(|primary| OrderKey {
-        primary,
-        seq: entry.state.seq,
-    })
-}
-
-/// Inserts a PE into its pool's selection structure and records where.
-fn link_entry(selection: &mut Selection, id: PeId, entry: &mut PoolElementEntry) {
-    match selection {
-        Selection::Ordered(map) => {
-            if let Some(key) = ordered_key(entry) {
-                map.insert(key, id);
-            }
-            entry.slot = SelectionSlot::Ordered;
+/// Hands out the first `items` PEs of an ordered selection and re-inserts the first
+/// `max_increment` of them behind everything else of equal key, with their state advanced.
+/// `picked` is scratch space.
+#[allow(clippy::too_many_arguments)]
+fn select_ordered<K: SelectionOrder>(
+    map: &mut BTreeMap<K, Position>,
+    elements: &mut Members,
+    picked: &mut Vec<Position>,
+    items: usize,
+    max_increment: usize,
+    next_seq: &mut u64,
+    chosen: &mut Vec<PoolElement>,
+    key_of: impl Fn(&PoolElementEntry) -> Option<K>,
+) {
+    picked.clear();
+    picked.extend(map.values().take(items));
+    for (i, &at) in picked.iter().enumerate() {
+        let Some(entry) = elements.at_mut(at) else {
+            continue;
+        };
+        entry.selection_count += 1;
+        chosen.push(entry.element.clone());
+        if i >= max_increment {
+            continue;
         }
-        Selection::Weighted(slots) => {
-            let weight = policy::random_weight(&entry.element.policy, &entry.state);
-            // At most `max_pool_elements_per_pool` slots, far below u32::MAX.
-            entry.slot = SelectionSlot::Weighted(slots.insert(id, weight) as u32);
+        let old_key = key_of(entry);
+        entry.state.seq = *next_seq;
+        *next_seq += 1;
+        policy::advance_after_selection(&entry.element.policy, &mut entry.state);
+        let new_key = key_of(entry);
+        if i == 0
+            && let Some(new_key) = &new_key
+        {
+            // The first PE keeps its rank if its new key still sorts before the second's.
+            let second = match picked.get(1) {
+                Some(&second) => elements.at(second).and_then(&key_of),
+                None => map.keys().nth(1).cloned(),
+            };
+            if second.is_none_or(|second| *new_key < second)
+                && map
+                    .first_key_value()
+                    .is_some_and(|(first, _)| first.raise_to(new_key))
+            {
+                continue;
+            }
+        }
+        if let Some(old_key) = old_key {
+            map.remove(&old_key);
+        }
+        if let Some(new_key) = new_key {
+            map.insert(new_key, at);
         }
     }
 }
@@ -660,11 +838,13 @@ type PoolSlot = u32;
 type PeKey = (PoolSlot, PeId);
 
 /// The PEs registered over one association: nearly always one (a PE process registers itself),
-/// kept inline; a bounded list otherwise (`max_pool_elements_per_association`).
+/// kept inline; a bounded list otherwise (`max_pool_elements_per_association`), boxed so that
+/// the common case costs 16 bytes in the index.
 #[derive(Clone, Debug)]
 enum AssociationMembers {
     One(PeKey),
-    Many(Vec<PeKey>),
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<PeKey>>),
 }
 
 impl AssociationMembers {
@@ -680,7 +860,9 @@ impl AssociationMembers {
             return;
         }
         match self {
-            AssociationMembers::One(first) => *self = AssociationMembers::Many(vec![*first, key]),
+            AssociationMembers::One(first) => {
+                *self = AssociationMembers::Many(Box::new(vec![*first, key]))
+            }
             AssociationMembers::Many(keys) => keys.push(key),
         }
     }
@@ -699,10 +881,50 @@ impl AssociationMembers {
     }
 }
 
-/// Per-owner index and checksum.
+/// When each PE's registration life ends, as a min-heap of `(expiry, PE)` that is pruned lazily:
+/// a removal or re-registration leaves its old item behind, to be dropped when it comes up (it
+/// is stale unless the PE is still registered with that very expiry). Removing a PE thus costs
+/// nothing here; the heap is rebuilt when stale items outnumber live ones. (The registrar
+/// supervises its PEs with keep-alives and does not read this index.)
+#[derive(Clone, Debug, Default)]
+struct ExpiryIndex {
+    heap: BinaryHeap<Reverse<(Instant, PeKey)>>,
+}
+
+impl ExpiryIndex {
+    fn push(&mut self, at: Instant, key: PeKey) {
+        self.heap.push(Reverse((at, key)));
+    }
+
+    fn first(&self) -> Option<(Instant, PeKey)> {
+        self.heap.peek().map(|Reverse(item)| *item)
+    }
+
+    fn pop(&mut self) {
+        self.heap.pop();
+    }
+
+    fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    fn items(&self) -> impl Iterator<Item = (Instant, PeKey)> + '_ {
+        self.heap.iter().map(|Reverse(item)| *item)
+    }
+
+    fn rebuild(&mut self, live: impl Iterator<Item = (Instant, PeKey)>) {
+        self.heap = live.map(Reverse).collect();
+    }
+}
+
+/// What a registrar owns: the checksum of its PEs and how many of them each pool holds.
+///
+/// The bulk operations on an owner (takeover, removal, listing) scan the pools it has PEs in;
+/// registering or removing one PE touches only this small map, where an index of every PE
+/// (a hashed set, as before) cost a cache miss in a large table per registration and removal.
 #[derive(Clone, Debug, Default)]
 struct OwnerIndex {
-    elements: HashSet<PeKey, SeededHasher>,
+    pools: HashMap<PoolSlot, u32, SeededHasher>,
     checksum: HandlespaceChecksum,
 }
 
@@ -781,7 +1003,7 @@ pub struct Handlespace {
     pool_element_count: usize,
     by_association: HashMap<AssociationKey, AssociationMembers, SeededHasher>,
     by_owner: BTreeMap<RegistrarId, OwnerIndex>,
-    by_expiry: BTreeSet<(Instant, PeKey)>,
+    by_expiry: ExpiryIndex,
     checksum: HandlespaceChecksum,
 }
 
@@ -827,7 +1049,7 @@ impl Handlespace {
                 if let Some(entry) = pool.elements.get_mut(&id) {
                     let previous_owner = entry.owner();
                     let previous_association = entry.association;
-                    let previous_expiry = entry.expires_at;
+                    let previous_expiry = entry.expires_at();
                     if self.config.foreign_reregistration == ForeignReregistration::Reject
                         && let (Some(old), Some(new)) = (previous_association, ctx.association)
                         && old != new
@@ -838,11 +1060,10 @@ impl Handlespace {
                         Policy::WeightedRoundRobin { weight } => Some(weight),
                         _ => None,
                     };
-                    let old_key = ordered_key(entry);
+                    let old_key = SelectionKey::of(entry);
                     entry.element = element;
                     entry.association = ctx.association;
                     entry.registered_at = ctx.now;
-                    entry.expires_at = expires_at;
                     // RFC 5356 §5.2.2: the degradation counter restarts on every re-registration.
                     entry.state.degradation = 0;
                     pool.relink(id, old_key, old_wrr_weight);
@@ -858,11 +1079,9 @@ impl Handlespace {
                         self.index_owner(ctx.owner, contribution, key);
                     }
                     if previous_expiry != expires_at {
-                        if let Some(at) = previous_expiry {
-                            self.by_expiry.remove(&(at, key));
-                        }
+                        // The old item stays, stale, until it comes up or the index is rebuilt.
                         if let Some(at) = expires_at {
-                            self.by_expiry.insert((at, key));
+                            self.push_expiry(at, key);
                         }
                     }
                     return Ok(RegistrationOutcome::Updated {
@@ -921,17 +1140,14 @@ impl Handlespace {
             element,
             association: ctx.association,
             registered_at: ctx.now,
-            expires_at,
             selection_count: 0,
             unreachable_reporters: None,
             state: SelectionState {
                 seq,
                 ..SelectionState::default()
             },
-            slot: SelectionSlot::Ordered,
         };
-        pool.elements.insert(id, entry);
-        pool.link(id);
+        pool.link(entry);
         let contribution = checksum::pe_checksum_contribution_with(pool.handle_sum, id);
 
         let key = (slot, id);
@@ -940,7 +1156,7 @@ impl Handlespace {
         self.index_association(ctx.association, key);
         self.index_owner(ctx.owner, contribution, key);
         if let Some(at) = expires_at {
-            self.by_expiry.insert((at, key));
+            self.push_expiry(at, key);
         }
         Ok(RegistrationOutcome::New)
     }
@@ -948,28 +1164,29 @@ impl Handlespace {
     /// Removes a PE (ASAP Deregistration, ENRP DEL_PE, keep-alive failure); deletes its pool
     /// when it was the last member. `None` if unknown (RFC 5352 §3.2 still grants it).
     pub fn deregister(&mut self, handle: &PoolHandle, id: PeId) -> Option<PoolElement> {
-        self.remove_entry(handle, id).map(|entry| entry.element)
+        self.remove_entry(handle, id)
     }
 
     /// Removes every PE registered over `association` (it closed or failed).
-    pub fn remove_association(
-        &mut self,
-        association: AssociationKey,
-    ) -> Vec<(PoolHandle, PoolElement)> {
+    pub fn remove_association(&mut self, association: AssociationKey) -> RemovedElements {
         match self.by_association.remove(&association) {
-            Some(AssociationMembers::One(key)) => self.remove_all([key]),
-            Some(AssociationMembers::Many(keys)) => self.remove_all(keys),
-            None => Vec::new(),
+            Some(AssociationMembers::One(key)) => RemovedElements {
+                first: self.remove_with_handle(key, true),
+                rest: Vec::new(),
+            },
+            Some(AssociationMembers::Many(keys)) => RemovedElements {
+                first: None,
+                rest: self.remove_all(*keys, true),
+            },
+            None => RemovedElements::default(),
         }
     }
 
     /// Removes every PE owned by `owner` (a peer registrar that died without takeover); the
     /// removed PEs in (handle, id) order.
     pub fn remove_owned_by(&mut self, owner: RegistrarId) -> Vec<(PoolHandle, PoolElement)> {
-        let mut removed = match self.by_owner.remove(&owner) {
-            Some(index) => self.remove_all(index.elements),
-            None => Vec::new(),
-        };
+        let owned: Vec<PeKey> = self.owned_keys(owner).collect();
+        let mut removed = self.remove_all(owned, false);
         removed.sort_unstable_by(|a, b| (&a.0, a.1.id).cmp(&(&b.0, b.1.id)));
         removed
     }
@@ -990,19 +1207,25 @@ impl Handlespace {
             return Vec::new();
         };
         let target = self.by_owner.entry(to).or_default();
-        let mut transferred = Vec::with_capacity(moved.elements.len());
-        for (slot, id) in moved.elements {
+        let mut transferred = Vec::new();
+        for (slot, count) in moved.pools {
             let Some(pool) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
                 continue;
             };
-            target
-                .checksum
-                .add_contribution(checksum::pe_checksum_contribution_with(pool.handle_sum, id));
-            target.elements.insert((slot, id));
-            if let Some(entry) = pool.elements.get_mut(&id) {
-                entry.element.home_registrar = to;
+            *target.pools.entry(slot).or_default() += count;
+            for (_, entry) in pool.elements.entries_mut() {
+                if entry.element.home_registrar == from {
+                    entry.element.home_registrar = to;
+                    let id = entry.element.id;
+                    target
+                        .checksum
+                        .add_contribution(checksum::pe_checksum_contribution_with(
+                            pool.handle_sum,
+                            id,
+                        ));
+                    transferred.push((pool.handle.clone(), id));
+                }
             }
-            transferred.push((pool.handle.clone(), id));
         }
         transferred.sort_unstable();
         transferred
@@ -1049,7 +1272,7 @@ impl Handlespace {
         let count = entry.unreachable_reports();
         if count >= threshold.max(1) {
             match self.remove_entry(handle, id) {
-                Some(entry) => UnreachableOutcome::Removed(entry.element),
+                Some(element) => UnreachableOutcome::Removed(element),
                 None => UnreachableOutcome::UnknownPe,
             }
         } else {
@@ -1081,25 +1304,27 @@ impl Handlespace {
         }
     }
 
-    /// The earliest registration expiry, to arm the caller's timer.
-    pub fn next_expiry(&self) -> Option<Instant> {
-        self.by_expiry.first().map(|(at, _)| *at)
+    /// The earliest registration expiry, to arm the caller's timer. (`&mut`: drops the items
+    /// that removals and re-registrations left stale at the head of the index.)
+    pub fn next_expiry(&mut self) -> Option<Instant> {
+        self.prune_expiry();
+        self.by_expiry.first().map(|(at, _)| at)
     }
 
     /// Removes every PE whose registration life ended at or before `now`.
     pub fn remove_expired(&mut self, now: Instant) -> Vec<(PoolHandle, PoolElement)> {
         let mut removed = Vec::new();
-        while let Some(&(at, key)) = self.by_expiry.first() {
+        while let Some((at, key)) = self.by_expiry.first() {
             if at > now {
                 break;
             }
+            self.by_expiry.pop();
+            if !self.expiry_is_live(at, key) {
+                continue;
+            }
             let handle = self.handle_of(key.0).cloned();
-            match (handle, self.remove_key(key)) {
-                (Some(handle), Some(entry)) => removed.push((handle, entry.element)),
-                // Unreachable while the index is consistent; never loop forever.
-                _ => {
-                    self.by_expiry.remove(&(at, key));
-                }
+            if let (Some(handle), Some(element)) = (handle, self.remove_key(key, false)) {
+                removed.push((handle, element));
             }
         }
         removed
@@ -1141,13 +1366,25 @@ impl Handlespace {
             .filter_map(|(slot, id)| Some((self.handle_of(*slot)?, *id)))
     }
 
-    /// The PEs owned by a registrar (in no particular order).
+    /// The PEs owned by a registrar (in no particular order). Scans the pools it has PEs in.
     pub fn owned_by(&self, owner: RegistrarId) -> impl Iterator<Item = (&PoolHandle, PeId)> {
+        self.owned_keys(owner)
+            .filter_map(|(slot, id)| Some((self.handle_of(slot)?, id)))
+    }
+
+    /// The PEs owned by a registrar, as the indexes name them.
+    fn owned_keys(&self, owner: RegistrarId) -> impl Iterator<Item = PeKey> + '_ {
         self.by_owner
             .get(&owner)
             .into_iter()
-            .flat_map(|o| o.elements.iter())
-            .filter_map(|(slot, id)| Some((self.handle_of(*slot)?, *id)))
+            .flat_map(|index| index.pools.keys())
+            .filter_map(|&slot| Some((slot, self.pool_at(slot)?)))
+            .flat_map(move |(slot, pool)| {
+                pool.elements
+                    .entries()
+                    .filter(move |(_, entry)| entry.owner() == owner)
+                    .map(move |(_, entry)| (slot, entry.element.id))
+            })
     }
 
     /// Number of pools.
@@ -1240,49 +1477,100 @@ impl Handlespace {
         slot
     }
 
+    /// Removes the PEs of `members`; `association_gone` says their association's index entry
+    /// is already gone (removal by association), which saves looking it up again per PE.
     fn remove_all(
         &mut self,
         members: impl IntoIterator<Item = PeKey>,
+        association_gone: bool,
     ) -> Vec<(PoolHandle, PoolElement)> {
         let members = members.into_iter();
         let mut removed = Vec::with_capacity(members.size_hint().0);
-        for key in members {
-            let Some(handle) = self.handle_of(key.0).cloned() else {
-                continue;
-            };
-            if let Some(entry) = self.remove_key(key) {
-                removed.push((handle, entry.element));
-            }
-        }
+        removed.extend(members.filter_map(|key| self.remove_with_handle(key, association_gone)));
         removed
     }
 
-    fn remove_entry(&mut self, handle: &PoolHandle, id: PeId) -> Option<PoolElementEntry> {
+    /// [`Handlespace::remove_key`], answering with the pool handle and the PE.
+    fn remove_with_handle(
+        &mut self,
+        key: PeKey,
+        association_gone: bool,
+    ) -> Option<(PoolHandle, PoolElement)> {
+        let handle = self.handle_of(key.0)?.clone();
+        let element = self.remove_key(key, association_gone)?;
+        Some((handle, element))
+    }
+
+    fn remove_entry(&mut self, handle: &PoolHandle, id: PeId) -> Option<PoolElement> {
         let slot = *self.pools.get(handle)?;
-        self.remove_key((slot, id))
+        self.remove_key((slot, id), false)
     }
 
     /// Removes a PE from its pool and every index; deletes the pool when it was the last.
-    fn remove_key(&mut self, key: PeKey) -> Option<PoolElementEntry> {
+    fn remove_key(&mut self, key: PeKey, association_gone: bool) -> Option<PoolElement> {
         let (slot, id) = key;
         let pool = self.slots.get_mut(slot as usize)?.as_mut()?;
-        let entry = pool.elements.remove(&id)?;
-        pool.unlink(&entry);
+        let PoolElementEntry {
+            element,
+            association,
+            ..
+        } = pool.unlink(&id)?;
         let contribution = checksum::pe_checksum_contribution_with(pool.handle_sum, id);
-        if pool.elements.is_empty() {
-            let handle = pool.handle.clone();
-            self.slots[slot as usize] = None;
+        if pool.elements.is_empty()
+            && let Some(pool) = self.slots[slot as usize].take()
+        {
             self.free_slots.push(slot);
-            self.pools.remove(&handle);
+            self.pools.remove(&pool.handle);
         }
         self.pool_element_count -= 1;
         self.checksum.remove_contribution(contribution);
-        self.unindex_association(entry.association, key);
-        self.unindex_owner(entry.owner(), contribution, key);
-        if let Some(at) = entry.expires_at {
-            self.by_expiry.remove(&(at, key));
+        if !association_gone {
+            self.unindex_association(association, key);
         }
-        Some(entry)
+        self.unindex_owner(element.home_registrar, contribution, key);
+        // Its expiry item stays, stale, until it comes up or the next registration rebuilds the
+        // index; nothing is left to expire once the handlespace is empty.
+        if self.pool_element_count == 0 {
+            self.by_expiry.rebuild(std::iter::empty());
+        }
+        Some(element)
+    }
+
+    /// Adds an expiry item; rebuilds the index when stale items outnumber the PEs (amortized
+    /// O(1) per registration).
+    fn push_expiry(&mut self, at: Instant, key: PeKey) {
+        self.by_expiry.push(at, key);
+        if self.by_expiry.len() > 2 * self.pool_element_count + 64 {
+            let live: Vec<(Instant, PeKey)> = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, pool)| Some((slot as PoolSlot, pool.as_ref()?)))
+                .flat_map(|(slot, pool)| {
+                    pool.elements
+                        .entries()
+                        .filter_map(move |(_, e)| Some((e.expires_at()?, (slot, e.element.id))))
+                })
+                .collect();
+            self.by_expiry.rebuild(live.into_iter());
+        }
+    }
+
+    /// Drops stale items from the head of the expiry index.
+    fn prune_expiry(&mut self) {
+        while let Some((at, key)) = self.by_expiry.first() {
+            if self.expiry_is_live(at, key) {
+                break;
+            }
+            self.by_expiry.pop();
+        }
+    }
+
+    /// Whether the PE `key` is registered and its registration life ends at `at`.
+    fn expiry_is_live(&self, at: Instant, key: PeKey) -> bool {
+        self.pool_at(key.0)
+            .and_then(|pool| pool.elements.get(&key.1))
+            .is_some_and(|entry| entry.expires_at() == Some(at))
     }
 
     fn index_association(&mut self, association: Option<AssociationKey>, key: PeKey) {
@@ -1307,19 +1595,23 @@ impl Handlespace {
 
     fn index_owner(&mut self, owner: RegistrarId, contribution: u32, key: PeKey) {
         let index = self.by_owner.entry(owner).or_default();
-        if index.elements.insert(key) {
-            index.checksum.add_contribution(contribution);
-        }
+        *index.pools.entry(key.0).or_default() += 1;
+        index.checksum.add_contribution(contribution);
     }
 
     fn unindex_owner(&mut self, owner: RegistrarId, contribution: u32, key: PeKey) {
-        if let Some(index) = self.by_owner.get_mut(&owner) {
-            if index.elements.remove(&key) {
-                index.checksum.remove_contribution(contribution);
+        let Some(index) = self.by_owner.get_mut(&owner) else {
+            return;
+        };
+        if let Some(count) = index.pools.get_mut(&key.0) {
+            *count -= 1;
+            if *count == 0 {
+                index.pools.remove(&key.0);
             }
-            if index.elements.is_empty() {
-                self.by_owner.remove(&owner);
-            }
+            index.checksum.remove_contribution(contribution);
+        }
+        if index.pools.is_empty() {
+            self.by_owner.remove(&owner);
         }
     }
 
@@ -1329,7 +1621,7 @@ impl Handlespace {
         let mut count = 0;
         let mut checksum = HandlespaceChecksum::new();
         let mut by_association: HashMap<AssociationKey, BTreeSet<PeKey>> = HashMap::new();
-        let mut by_owner: BTreeMap<RegistrarId, (BTreeSet<PeKey>, HandlespaceChecksum)> =
+        let mut by_owner: BTreeMap<RegistrarId, (BTreeMap<PoolSlot, u32>, HandlespaceChecksum)> =
             BTreeMap::new();
         let mut by_expiry = BTreeSet::new();
         let cap = self.config.max_unreachable_reporters.max(1);
@@ -1399,58 +1691,62 @@ impl Handlespace {
                 {
                     return Err(format!("{}: WRR picks beyond weight", at(*id)));
                 }
-                match (&pool.selection, entry.slot) {
-                    (Selection::Ordered(map), SelectionSlot::Ordered) => {
-                        // Stored under its current key, or not at all when it has none (the
-                        // selection's size below catches one stored under a stale key).
-                        if let Some(key) = ordered_key(entry) {
-                            if map.get(&key) != Some(id) {
-                                return Err(format!("{}: missing from the selection", at(*id)));
-                            }
-                            selectable += 1;
-                        }
-                    }
-                    (Selection::Weighted(slots), SelectionSlot::Weighted(slot)) => {
-                        let slot = slot as usize;
-                        if slots.holder(slot) != Some(*id) {
-                            return Err(format!("{}: slot held by someone else", at(*id)));
-                        }
-                        let expected = policy::random_weight(&entry.element.policy, &entry.state);
-                        if slots.fenwick.weight(slot) != expected {
-                            return Err(format!("{}: stale weight", at(*id)));
+                let Some(position) = pool.elements.position(id) else {
+                    return Err(format!("{}: no position", at(*id)));
+                };
+                // Stored under its current key (the selection's size below catches one stored
+                // under a stale key too), or not at all when it has none.
+                match (&pool.selection, SelectionKey::of(entry)) {
+                    (Selection::Ordered(map), SelectionKey::Ordered(key)) => {
+                        if map.get(&RankKey::new(key)) != Some(&position) {
+                            return Err(format!("{}: missing from the selection", at(*id)));
                         }
                         selectable += 1;
                     }
-                    _ => return Err(format!("{}: slot kind differs from the pool's", at(*id))),
+                    (Selection::WeightedRoundRobin(map), SelectionKey::WeightedRoundRobin(key)) => {
+                        if map.get(&key) != Some(&position) {
+                            return Err(format!("{}: missing from the selection", at(*id)));
+                        }
+                        selectable += 1;
+                    }
+                    (Selection::WeightedRoundRobin(_), SelectionKey::Unsorted) => {}
+                    (Selection::Weighted(fenwick), SelectionKey::Unsorted) => {
+                        let expected = policy::random_weight(&entry.element.policy, &entry.state);
+                        if fenwick.weight(position as usize) != expected {
+                            return Err(format!("{}: stale weight", at(*id)));
+                        }
+                    }
+                    _ => return Err(format!("{}: key kind differs from the pool's", at(*id))),
                 }
                 if let Some(key) = entry.association {
                     by_association.entry(key).or_default().insert((slot, *id));
                 }
                 let owner = by_owner.entry(entry.owner()).or_default();
-                owner.0.insert((slot, *id));
+                *owner.0.entry(slot).or_default() += 1;
                 owner.1.add(handle, *id);
-                if let Some(at) = entry.expires_at {
+                if let Some(at) = entry.expires_at() {
                     by_expiry.insert((at, (slot, *id)));
                 }
             }
             match &pool.selection {
-                Selection::Ordered(map) => {
-                    if map.len() != selectable {
-                        return Err(format!("pool {handle:?}: selection holds strangers"));
-                    }
+                Selection::Ordered(map) if map.len() != selectable => {
+                    return Err(format!("pool {handle:?}: selection holds strangers"));
                 }
-                Selection::Weighted(slots) => {
-                    let held = slots.holders.iter().filter(|h| h.is_some()).count();
-                    if held != selectable || held + slots.free.len() != slots.holders.len() {
-                        return Err(format!("pool {handle:?}: slot bookkeeping broken"));
+                Selection::WeightedRoundRobin(map) if map.len() != selectable => {
+                    return Err(format!("pool {handle:?}: selection holds strangers"));
+                }
+                Selection::Weighted(fenwick) => {
+                    // Vacant positions weigh nothing.
+                    if (0..fenwick.capacity()).any(|slot| {
+                        fenwick.weight(slot) != 0 && pool.elements.at(slot as Position).is_none()
+                    }) {
+                        return Err(format!("pool {handle:?}: a vacant slot has weight"));
                     }
-                    if slots.free.iter().any(|&s| slots.fenwick.weight(s) != 0) {
-                        return Err(format!("pool {handle:?}: a free slot has weight"));
-                    }
-                    if !slots.fenwick.is_consistent() {
+                    if !fenwick.is_consistent() {
                         return Err(format!("pool {handle:?}: Fenwick sums broken"));
                     }
                 }
+                _ => {}
             }
         }
         if count != self.pool_element_count {
@@ -1480,14 +1776,25 @@ impl Handlespace {
         let owners: BTreeMap<_, _> = self
             .by_owner
             .iter()
-            .map(|(k, v)| (*k, (v.elements.iter().copied().collect(), v.checksum)))
+            .map(|(k, v)| {
+                (
+                    *k,
+                    (v.pools.iter().map(|(s, n)| (*s, *n)).collect(), v.checksum),
+                )
+            })
             .collect();
         if by_owner != owners {
             return Err("owner index or owner checksums differ".into());
         }
-        if by_expiry != self.by_expiry {
-            return Err("expiry index differs".into());
+        // Every registration life has its item; stale items are bounded.
+        let items: BTreeSet<(Instant, PeKey)> = self.by_expiry.items().collect();
+        if !by_expiry.is_subset(&items) {
+            return Err("expiry index misses a PE".into());
         }
+        if self.pool_element_count == 0 && self.by_expiry.len() > 0 {
+            return Err("expiry index of an empty handlespace holds items".into());
+        }
+
         Ok(())
     }
 }

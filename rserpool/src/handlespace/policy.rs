@@ -59,8 +59,10 @@ pub const ALL_POLICY_KINDS: [PolicyKind; 16] = [
 /// How a policy picks PEs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SelectionMethod {
-    /// Sorted by key, first `n` taken.
+    /// Sorted by [`order_key`], first `n` taken.
     Ordered,
+    /// Sorted by [`WrrKey`], first `n` taken.
+    WeightedRoundRobin,
     /// `n` distinct draws proportional to a weight.
     WeightedRandom,
 }
@@ -132,6 +134,7 @@ impl PolicyKind {
             | PolicyKind::RandomizedLeastUsedDegradation
             | PolicyKind::RandomizedPriorityLeastUsedDegradation
             | PolicyKind::WeightedRandomDpf => SelectionMethod::WeightedRandom,
+            PolicyKind::WeightedRoundRobin => SelectionMethod::WeightedRoundRobin,
             _ => SelectionMethod::Ordered,
         }
     }
@@ -150,72 +153,43 @@ pub(crate) struct SelectionState {
     pub wrr_picks: u32,
 }
 
-/// The primary part of an ordered policy's sort key (lower = preferred).
+/// Sort key of a PE in a WRR pool: its next pick is at virtual time `round + num/den` (see
+/// [`wrr_position`]); `seq` breaks ties. Compared exactly (cross products), so weights up to
+/// `u32::MAX` interleave as specified.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Primary {
-    Value(u64),
-    /// WRR: the PE's next pick is at virtual time `round + num/den` (see [`wrr_position`]).
-    Wrr {
-        round: u64,
-        num: u64,
-        den: u64,
-    },
-}
-
-impl Primary {
-    fn cmp_exact(&self, other: &Self) -> Ordering {
-        match (self, other) {
-            (Primary::Value(a), Primary::Value(b)) => a.cmp(b),
-            (
-                Primary::Wrr {
-                    round: r1,
-                    num: n1,
-                    den: d1,
-                },
-                Primary::Wrr {
-                    round: r2,
-                    num: n2,
-                    den: d2,
-                },
-            ) => r1.cmp(r2).then_with(|| {
-                // n/d < 1 with d < 2^34: cross products fit in u128.
-                (u128::from(*n1) * u128::from(*d2)).cmp(&(u128::from(*n2) * u128::from(*d1)))
-            }),
-            // A pool holds one policy kind, so mixed keys never meet; keep the order total anyway.
-            (Primary::Value(_), Primary::Wrr { .. }) => Ordering::Less,
-            (Primary::Wrr { .. }, Primary::Value(_)) => Ordering::Greater,
-        }
-    }
-}
-
-/// Sort key of a PE in an ordered pool. Unique within a pool because `seq` is.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct OrderKey {
-    pub primary: Primary,
+pub(crate) struct WrrKey {
+    pub round: u64,
+    pub num: u64,
+    pub den: u64,
     pub seq: u64,
 }
 
-impl Ord for OrderKey {
+impl Ord for WrrKey {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.primary
-            .cmp_exact(&other.primary)
+        self.round
+            .cmp(&other.round)
+            .then_with(|| {
+                // n/d < 1 with d < 2^34: cross products fit in u128.
+                (u128::from(self.num) * u128::from(other.den))
+                    .cmp(&(u128::from(other.num) * u128::from(self.den)))
+            })
             .then(self.seq.cmp(&other.seq))
     }
 }
 
-impl PartialOrd for OrderKey {
+impl PartialOrd for WrrKey {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl PartialEq for OrderKey {
+impl PartialEq for WrrKey {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == Ordering::Equal
     }
 }
 
-impl Eq for OrderKey {}
+impl Eq for WrrKey {}
 
 const MAX: u64 = u32::MAX as u64;
 
@@ -265,22 +239,27 @@ pub(crate) fn wrr_join(round: u64, num: u64, den: u64, weight: u32) -> (u64, u32
     }
 }
 
-/// The sort key of a PE in an ordered pool, or `None` if the PE cannot be selected
-/// (a WRR weight of 0: "not capable of providing any service", RFC 5356 §3.2).
-pub(crate) fn order_primary(policy: &Policy, state: &SelectionState) -> Option<Primary> {
+/// The sort key of a PE of a WRR pool, or `None` if it cannot be selected (weight 0: "not
+/// capable of providing any service", RFC 5356 §3.2).
+pub(crate) fn wrr_key(weight: u32, state: &SelectionState) -> Option<WrrKey> {
+    if weight == 0 {
+        return None;
+    }
+    let (num, den) = wrr_position(state.wrr_picks, weight);
+    Some(WrrKey {
+        round: state.wrr_round,
+        num,
+        den,
+        seq: state.seq,
+    })
+}
+
+/// The sort key of a PE of an ordered pool of any policy but WRR: the policy's value (lower =
+/// preferred, at most `u32::MAX`) in the high half, the sequence number in the low half. One
+/// integer comparison orders by value, then round robin among equal values.
+pub(crate) fn order_key(policy: &Policy, state: &SelectionState) -> u128 {
     let value = match *policy {
         Policy::RoundRobin => 0,
-        Policy::WeightedRoundRobin { weight } => {
-            if weight == 0 {
-                return None;
-            }
-            let (num, den) = wrr_position(state.wrr_picks, weight);
-            return Some(Primary::Wrr {
-                round: state.wrr_round,
-                num,
-                den,
-            });
-        }
         Policy::Priority { priority } => MAX - u64::from(priority),
         Policy::LeastUsed { load } => u64::from(load),
         Policy::LeastUsedDegradation { load, .. } => load_sum(load, state.degradation, 0),
@@ -299,8 +278,9 @@ pub(crate) fn order_primary(policy: &Policy, state: &SelectionState) -> Option<P
             distance,
             ..
         } => (load_sum(load, state.degradation, 0) + distance_penalty(distance, load_dpf)).min(MAX),
-        // Weighted random policies have no order; callers never ask.
-        Policy::Random
+        // WRR has its own key; weighted random policies have no order. Callers never ask.
+        Policy::WeightedRoundRobin { .. }
+        | Policy::Random
         | Policy::WeightedRandom { .. }
         | Policy::RandomizedLeastUsed { .. }
         | Policy::RandomizedPriorityLeastUsed { .. }
@@ -308,7 +288,7 @@ pub(crate) fn order_primary(policy: &Policy, state: &SelectionState) -> Option<P
         | Policy::RandomizedPriorityLeastUsedDegradation { .. }
         | Policy::WeightedRandomDpf { .. } => 0,
     };
-    Some(Primary::Value(value))
+    (u128::from(value) << 64) | u128::from(state.seq)
 }
 
 /// The selection weight of a PE in a weighted random pool (0 = never selected).

@@ -389,7 +389,7 @@ fn run(
                 }
             }
             Op::RemoveAssociation(key) => {
-                let removed = removed_set(&hs.remove_association(key), &handles);
+                let removed = removed_set(&Vec::from(hs.remove_association(key)), &handles);
                 prop_assert_eq!(removed, model.remove_where(|pe| pe.association == key));
             }
             Op::ReportUnreachable {

@@ -407,7 +407,7 @@ fn closing_an_association_removes_all_its_pes_in_all_pools() {
         .unwrap();
     hs.register(&b, pe(3, Policy::Random), ctx(1, 11, now))
         .unwrap();
-    let mut removed = hs.remove_association(10);
+    let mut removed = Vec::from(hs.remove_association(10));
     removed.sort_by_key(|(_, e)| e.id);
     assert_eq!(
         removed
