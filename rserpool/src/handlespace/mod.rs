@@ -39,6 +39,7 @@
 mod fenwick;
 mod members;
 pub mod policy;
+mod selection;
 
 #[cfg(test)]
 mod tests;
@@ -46,12 +47,11 @@ mod tests;
 #[cfg(test)]
 mod proptests;
 
-use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
-use rand::{Rng, RngExt};
+use rand::Rng;
 
 use crate::wire::param::{
     CauseCode, PeId, PoolElement, PoolHandle, TransportAddress, TransportUse,
@@ -60,10 +60,10 @@ use crate::wire::policy::Policy;
 
 use crate::wire::checksum;
 pub use crate::wire::checksum::HandlespaceChecksum;
-use fenwick::Fenwick;
 use members::{Members, Position};
+use policy::SelectionState;
 pub use policy::{ALL_POLICY_KINDS, PolicyKind};
-use policy::{SelectionMethod, SelectionState, WrrKey};
+use selection::{Selection, SelectionKey};
 
 /// The hasher of the handlespace's maps: fast, and seeded at random per map, so that keys a
 /// peer chooses (pool handles, PE identifiers) cannot be picked to collide in advance.
@@ -353,164 +353,6 @@ impl PoolElementEntry {
     }
 }
 
-/// The key of an ordered (non-WRR) selection: [`policy::order_key`], one `u128` comparison.
-///
-/// A selection gives the first PE a larger key; when that still sorts before the second PE (a
-/// least-used PE stays the least used), the key is raised in place instead of taking the PE out
-/// and in again, which the B-tree allows because no key's rank changes.
-#[derive(Clone, Debug)]
-struct RankKey(Cell<u128>);
-
-impl RankKey {
-    fn new(key: u128) -> Self {
-        RankKey(Cell::new(key))
-    }
-}
-
-impl Ord for RankKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.get().cmp(&other.0.get())
-    }
-}
-
-impl PartialOrd for RankKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for RankKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.get() == other.0.get()
-    }
-}
-
-impl Eq for RankKey {}
-
-/// A key an ordered selection sorts by.
-trait SelectionOrder: Ord + Clone {
-    /// Sets the key to `to` in place, where the caller has made sure that keeps its rank;
-    /// false if this kind of key cannot change in place.
-    fn raise_to(&self, to: &Self) -> bool;
-}
-
-impl SelectionOrder for RankKey {
-    fn raise_to(&self, to: &Self) -> bool {
-        self.0.set(to.0.get());
-        true
-    }
-}
-
-impl SelectionOrder for WrrKey {
-    fn raise_to(&self, _: &Self) -> bool {
-        false
-    }
-}
-
-/// A pool's selection structure, naming PEs by their [`Position`] in the pool's slab.
-#[derive(Clone, Debug)]
-enum Selection {
-    /// Ordered policies but WRR.
-    Ordered(BTreeMap<RankKey, Position>),
-    /// WRR, sorted by the exact [`WrrKey`]; PEs of weight 0 are left out.
-    WeightedRoundRobin(BTreeMap<WrrKey, Position>),
-    /// Weighted random policies: one Fenwick slot per position.
-    Weighted(Fenwick),
-}
-
-/// Where a PE sits in its pool's selection structure, computed from its current values and
-/// state (not stored: whoever changes those takes the PE out under its old key first).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SelectionKey {
-    Ordered(u128),
-    WeightedRoundRobin(WrrKey),
-    /// A weighted random pool's PE (its slot is its position), or a WRR PE of weight 0.
-    Unsorted,
-}
-
-impl SelectionKey {
-    fn of(entry: &PoolElementEntry) -> Self {
-        match entry.element.policy {
-            Policy::WeightedRoundRobin { weight } => policy::wrr_key(weight, &entry.state)
-                .map_or(SelectionKey::Unsorted, SelectionKey::WeightedRoundRobin),
-            ref policy => match PolicyKind::of(policy).selection_method() {
-                SelectionMethod::WeightedRandom => SelectionKey::Unsorted,
-                _ => SelectionKey::Ordered(policy::order_key(policy, &entry.state)),
-            },
-        }
-    }
-}
-
-impl Selection {
-    fn new(kind: PolicyKind) -> Self {
-        match kind.selection_method() {
-            SelectionMethod::Ordered => Selection::Ordered(BTreeMap::new()),
-            SelectionMethod::WeightedRoundRobin => Selection::WeightedRoundRobin(BTreeMap::new()),
-            SelectionMethod::WeightedRandom => Selection::Weighted(Fenwick::default()),
-        }
-    }
-
-    /// Puts the PE at `at` in under `key` (its current [`SelectionKey`]).
-    fn insert(&mut self, key: SelectionKey, at: Position, entry: &PoolElementEntry) {
-        match (self, key) {
-            (Selection::Ordered(map), SelectionKey::Ordered(key)) => {
-                map.insert(RankKey::new(key), at);
-            }
-            (Selection::WeightedRoundRobin(map), SelectionKey::WeightedRoundRobin(key)) => {
-                map.insert(key, at);
-            }
-            (Selection::Weighted(fenwick), _) => {
-                let slot = at as usize;
-                if slot >= fenwick.capacity() {
-                    fenwick.grow((slot + 1).max(fenwick.capacity() * 2).max(4));
-                }
-                fenwick.set(
-                    slot,
-                    policy::random_weight(&entry.element.policy, &entry.state),
-                );
-            }
-            // A WRR PE of weight 0 is not selectable.
-            _ => {}
-        }
-    }
-
-    /// Takes the PE at `at` out, found under `key` (the [`SelectionKey`] it was put in under).
-    fn remove(&mut self, key: SelectionKey, at: Position) {
-        match (self, key) {
-            (Selection::Ordered(map), SelectionKey::Ordered(key)) => {
-                map.remove(&RankKey::new(key));
-            }
-            (Selection::WeightedRoundRobin(map), SelectionKey::WeightedRoundRobin(key)) => {
-                map.remove(&key);
-            }
-            (Selection::Weighted(fenwick), _) => fenwick.set(at as usize, 0),
-            _ => {}
-        }
-    }
-
-    /// Follows the slab's compaction: the PE now at `to` (under `key`) was at `from`.
-    fn relocate(&mut self, key: SelectionKey, from: Position, to: Position) {
-        let position = match (self, key) {
-            (Selection::Ordered(map), SelectionKey::Ordered(key)) => {
-                map.get_mut(&RankKey::new(key))
-            }
-            (Selection::WeightedRoundRobin(map), SelectionKey::WeightedRoundRobin(key)) => {
-                map.get_mut(&key)
-            }
-            (Selection::Weighted(fenwick), _) => {
-                let weight = fenwick.weight(from as usize);
-                fenwick.set(from as usize, 0);
-                fenwick.set(to as usize, weight);
-                None
-            }
-            _ => None,
-        };
-        if let Some(position) = position {
-            *position = to;
-        }
-    }
-}
-
 /// Transport protocol of a user transport, for the pool consistency check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TransportKind {
@@ -658,8 +500,10 @@ impl Pool {
         // A re-registration that leaves the key as it was (round robin, an unchanged load)
         // leaves an ordered PE where it is; a weighted one is re-weighed in place.
         if new_key != old_key || matches!(self.selection, Selection::Weighted(_)) {
-            self.selection.remove(old_key, at);
-            self.selection.insert(new_key, at, entry);
+            self.selection.remove(old_key, at, &self.elements);
+            if let Some(entry) = self.elements.at(at) {
+                self.selection.insert(new_key, at, entry);
+            }
         }
     }
 
@@ -667,7 +511,8 @@ impl Pool {
     #[inline]
     fn unlink(&mut self, id: &PeId) -> Option<PoolElementEntry> {
         let (at, entry) = self.elements.remove(id)?;
-        self.selection.remove(SelectionKey::of(&entry), at);
+        self.selection
+            .remove(SelectionKey::of(&entry), at, &self.elements);
         if self.elements.is_sparse() {
             self.compact();
         }
@@ -682,19 +527,12 @@ impl Pool {
                 self.selection.relocate(SelectionKey::of(entry), from, to);
             }
         }
-        if let Selection::Weighted(fenwick) = &mut self.selection {
-            fenwick.truncate(self.elements.capacity());
-        }
+        self.selection.shrink(self.elements.capacity());
     }
 
     /// The WRR virtual time of the selection's head, `(0, 0/1)` when empty.
     fn wrr_head_time(&self) -> (u64, u64, u64) {
-        if let Selection::WeightedRoundRobin(map) = &self.selection
-            && let Some((key, _)) = map.first_key_value()
-        {
-            return (key.round, key.num, key.den);
-        }
-        (0, 0, 1)
+        self.selection.wrr_head_time()
     }
 
     fn select<R: Rng + ?Sized>(
@@ -703,130 +541,17 @@ impl Pool {
         max_increment: usize,
         rng: &mut R,
     ) -> Vec<PoolElement> {
-        let mut chosen = Vec::with_capacity(items.min(self.elements.len()));
         let mut picked = std::mem::take(&mut self.picked);
-        match &mut self.selection {
-            Selection::Ordered(map) => select_ordered(
-                map,
-                &mut self.elements,
-                &mut picked,
-                items,
-                max_increment,
-                &mut self.next_seq,
-                &mut chosen,
-                |entry| {
-                    Some(RankKey::new(policy::order_key(
-                        &entry.element.policy,
-                        &entry.state,
-                    )))
-                },
-            ),
-            Selection::WeightedRoundRobin(map) => select_ordered(
-                map,
-                &mut self.elements,
-                &mut picked,
-                items,
-                max_increment,
-                &mut self.next_seq,
-                &mut chosen,
-                |entry| match entry.element.policy {
-                    Policy::WeightedRoundRobin { weight } => policy::wrr_key(weight, &entry.state),
-                    _ => None,
-                },
-            ),
-            Selection::Weighted(fenwick) => {
-                picked.clear();
-                // Draw without replacement: zero each drawn slot, restore afterwards.
-                let mut weights = Vec::with_capacity(items.min(self.elements.len()));
-                while picked.len() < items {
-                    let total = fenwick.total();
-                    if total == 0 {
-                        break;
-                    }
-                    let Some(slot) = fenwick.find(rng.random_range(0..total)) else {
-                        break;
-                    };
-                    // Slots are positions, far below u32::MAX.
-                    picked.push(slot as Position);
-                    weights.push(fenwick.weight(slot));
-                    fenwick.set(slot, 0);
-                }
-                for (i, (&at, weight)) in picked.iter().zip(weights).enumerate() {
-                    let mut weight = weight;
-                    if let Some(entry) = self.elements.at_mut(at) {
-                        entry.selection_count += 1;
-                        entry.state.seq = self.next_seq;
-                        self.next_seq += 1;
-                        chosen.push(entry.element.clone());
-                        if i < max_increment {
-                            policy::advance_after_selection(
-                                &entry.element.policy,
-                                &mut entry.state,
-                            );
-                            weight = policy::random_weight(&entry.element.policy, &entry.state);
-                        }
-                    }
-                    fenwick.set(at as usize, weight);
-                }
-            }
-        }
+        let chosen = self.selection.select(
+            &mut self.elements,
+            &mut picked,
+            items,
+            max_increment,
+            &mut self.next_seq,
+            rng,
+        );
         self.picked = picked;
         chosen
-    }
-}
-
-/// Hands out the first `items` PEs of an ordered selection and re-inserts the first
-/// `max_increment` of them behind everything else of equal key, with their state advanced.
-/// `picked` is scratch space.
-#[allow(clippy::too_many_arguments)]
-fn select_ordered<K: SelectionOrder>(
-    map: &mut BTreeMap<K, Position>,
-    elements: &mut Members,
-    picked: &mut Vec<Position>,
-    items: usize,
-    max_increment: usize,
-    next_seq: &mut u64,
-    chosen: &mut Vec<PoolElement>,
-    key_of: impl Fn(&PoolElementEntry) -> Option<K>,
-) {
-    picked.clear();
-    picked.extend(map.values().take(items));
-    for (i, &at) in picked.iter().enumerate() {
-        let Some(entry) = elements.at_mut(at) else {
-            continue;
-        };
-        entry.selection_count += 1;
-        chosen.push(entry.element.clone());
-        if i >= max_increment {
-            continue;
-        }
-        let old_key = key_of(entry);
-        entry.state.seq = *next_seq;
-        *next_seq += 1;
-        policy::advance_after_selection(&entry.element.policy, &mut entry.state);
-        let new_key = key_of(entry);
-        if i == 0
-            && let Some(new_key) = &new_key
-        {
-            // The first PE keeps its rank if its new key still sorts before the second's.
-            let second = match picked.get(1) {
-                Some(&second) => elements.at(second).and_then(&key_of),
-                None => map.keys().nth(1).cloned(),
-            };
-            if second.is_none_or(|second| *new_key < second)
-                && map
-                    .first_key_value()
-                    .is_some_and(|(first, _)| first.raise_to(new_key))
-            {
-                continue;
-            }
-        }
-        if let Some(old_key) = old_key {
-            map.remove(&old_key);
-        }
-        if let Some(new_key) = new_key {
-            map.insert(new_key, at);
-        }
     }
 }
 
@@ -1696,27 +1421,13 @@ impl Handlespace {
                 };
                 // Stored under its current key (the selection's size below catches one stored
                 // under a stale key too), or not at all when it has none.
-                match (&pool.selection, SelectionKey::of(entry)) {
-                    (Selection::Ordered(map), SelectionKey::Ordered(key)) => {
-                        if map.get(&RankKey::new(key)) != Some(&position) {
-                            return Err(format!("{}: missing from the selection", at(*id)));
-                        }
-                        selectable += 1;
-                    }
-                    (Selection::WeightedRoundRobin(map), SelectionKey::WeightedRoundRobin(key)) => {
-                        if map.get(&key) != Some(&position) {
-                            return Err(format!("{}: missing from the selection", at(*id)));
-                        }
-                        selectable += 1;
-                    }
-                    (Selection::WeightedRoundRobin(_), SelectionKey::Unsorted) => {}
-                    (Selection::Weighted(fenwick), SelectionKey::Unsorted) => {
-                        let expected = policy::random_weight(&entry.element.policy, &entry.state);
-                        if fenwick.weight(position as usize) != expected {
-                            return Err(format!("{}: stale weight", at(*id)));
-                        }
-                    }
-                    _ => return Err(format!("{}: key kind differs from the pool's", at(*id))),
+                match pool
+                    .selection
+                    .check_entry(SelectionKey::of(entry), position, entry)
+                {
+                    Ok(true) => selectable += 1,
+                    Ok(false) => {}
+                    Err(why) => return Err(format!("{}: {why}", at(*id))),
                 }
                 if let Some(key) = entry.association {
                     by_association.entry(key).or_default().insert((slot, *id));
@@ -1728,25 +1439,8 @@ impl Handlespace {
                     by_expiry.insert((at, (slot, *id)));
                 }
             }
-            match &pool.selection {
-                Selection::Ordered(map) if map.len() != selectable => {
-                    return Err(format!("pool {handle:?}: selection holds strangers"));
-                }
-                Selection::WeightedRoundRobin(map) if map.len() != selectable => {
-                    return Err(format!("pool {handle:?}: selection holds strangers"));
-                }
-                Selection::Weighted(fenwick) => {
-                    // Vacant positions weigh nothing.
-                    if (0..fenwick.capacity()).any(|slot| {
-                        fenwick.weight(slot) != 0 && pool.elements.at(slot as Position).is_none()
-                    }) {
-                        return Err(format!("pool {handle:?}: a vacant slot has weight"));
-                    }
-                    if !fenwick.is_consistent() {
-                        return Err(format!("pool {handle:?}: Fenwick sums broken"));
-                    }
-                }
-                _ => {}
+            if let Err(why) = pool.selection.check_whole(selectable, &pool.elements) {
+                return Err(format!("pool {handle:?}: {why}"));
             }
         }
         if count != self.pool_element_count {

@@ -59,6 +59,8 @@ pub const ALL_POLICY_KINDS: [PolicyKind; 16] = [
 /// How a policy picks PEs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SelectionMethod {
+    /// Round robin: a queue in selection order.
+    RoundRobin,
     /// Sorted by [`order_key`], first `n` taken.
     Ordered,
     /// Sorted by [`WrrKey`], first `n` taken.
@@ -134,6 +136,7 @@ impl PolicyKind {
             | PolicyKind::RandomizedLeastUsedDegradation
             | PolicyKind::RandomizedPriorityLeastUsedDegradation
             | PolicyKind::WeightedRandomDpf => SelectionMethod::WeightedRandom,
+            PolicyKind::RoundRobin => SelectionMethod::RoundRobin,
             PolicyKind::WeightedRoundRobin => SelectionMethod::WeightedRoundRobin,
             _ => SelectionMethod::Ordered,
         }

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 
 use super::*;
 use crate::wire::param::{PeId, PoolElement, PoolHandle, TransportAddress, TransportUse};
@@ -1399,4 +1399,203 @@ fn randomized_degradation_respects_max_increment() {
         );
         hs.check_invariants().unwrap();
     }
+}
+
+/// The order a pool of an ordered policy (RR, LU, Priority) must hand its PEs out in: by
+/// (policy value, sequence number), where newcomers and the first PE of each answer take the
+/// next sequence number and a re-registration keeps its own.
+#[derive(Default)]
+struct OrderModel {
+    /// id -> (value, seq)
+    pes: BTreeMap<u32, (u64, u64)>,
+    next_seq: u64,
+}
+
+impl OrderModel {
+    fn register(&mut self, id: u32, value: u64) {
+        match self.pes.get_mut(&id) {
+            Some(pe) => pe.0 = value,
+            None => {
+                self.pes.insert(id, (value, self.next_seq));
+                self.next_seq += 1;
+            }
+        }
+    }
+
+    fn resolve(&mut self, items: usize) -> Vec<u32> {
+        let mut order: Vec<(u64, u64, u32)> =
+            self.pes.iter().map(|(id, (v, s))| (*v, *s, *id)).collect();
+        order.sort_unstable();
+        let answer: Vec<u32> = order.iter().take(items).map(|(.., id)| *id).collect();
+        if let Some(first) = answer.first()
+            && let Some(pe) = self.pes.get_mut(first)
+        {
+            pe.1 = self.next_seq;
+            self.next_seq += 1;
+        }
+        answer
+    }
+}
+
+/// Drives one pool through growth to `peak` PEs and shrinkage well below a quarter of it, twice,
+/// with resolutions and re-registrations in between; every answer must match `OrderModel`, every
+/// index must stay consistent.
+fn large_pool_keeps_model_order(policy_of: impl Fn(u32) -> (Policy, u64), seed: u64) {
+    const PEAK: usize = 300;
+    let mut hs = Handlespace::new(HandlespaceConfig {
+        max_pool_elements_per_pool: 1024,
+        ..HandlespaceConfig::default()
+    });
+    let h = handle("large");
+    let mut model = OrderModel::default();
+    let mut random = StdRng::seed_from_u64(seed);
+    let now = Instant::now();
+    for phase in 0..4 {
+        let growing = phase % 2 == 0;
+        for _ in 0..1_500 {
+            let roll = random.random_range(0..100u32);
+            let id = random.random_range(1..=PEAK as u32 * 2);
+            if roll < 45 {
+                // Register (new or re-registration), more often while growing.
+                if !growing && !model.pes.contains_key(&id) {
+                    continue;
+                }
+                let (policy, value) = policy_of(random.random_range(0..1_000));
+                hs.register(&h, pe(id, policy), ctx(1, u64::from(id), now))
+                    .unwrap();
+                model.register(id, value);
+            } else if roll < 75 {
+                let removing = if growing { roll < 50 } else { true };
+                if removing
+                    && let Some(&victim) =
+                        model.pes.keys().nth(id as usize % model.pes.len().max(1))
+                {
+                    assert!(hs.deregister(&h, PeId(victim)).is_some());
+                    model.pes.remove(&victim);
+                }
+            } else {
+                let items = random.random_range(1..5);
+                let answer = match hs.resolve(&h, items, &mut rng()) {
+                    Ok(resolution) => ids(&resolution),
+                    Err(UnknownPool) => Vec::new(),
+                };
+                assert_eq!(answer, model.resolve(items), "phase {phase}");
+            }
+            hs.check_invariants().unwrap();
+        }
+    }
+}
+
+#[test]
+fn large_round_robin_pools_keep_their_order_through_removals_and_compaction() {
+    large_pool_keeps_model_order(|_| (Policy::RoundRobin, 0), 1);
+    large_pool_keeps_model_order(|_| (Policy::RoundRobin, 0), 2);
+}
+
+#[test]
+fn large_least_used_pools_keep_their_order_through_removals_and_compaction() {
+    // Few distinct loads: ties are broken round robin.
+    large_pool_keeps_model_order(
+        |r| {
+            let load = r % 7;
+            (Policy::LeastUsed { load }, u64::from(load))
+        },
+        3,
+    );
+    large_pool_keeps_model_order(
+        |r| {
+            let priority = r % 4;
+            (
+                Policy::Priority { priority },
+                u64::from(u32::MAX) - u64::from(priority),
+            )
+        },
+        4,
+    );
+}
+
+#[test]
+fn large_weighted_pools_stay_consistent_through_compaction() {
+    for policy in [
+        Policy::Random,
+        Policy::WeightedRandom { weight: 3 },
+        Policy::WeightedRoundRobin { weight: 2 },
+    ] {
+        let mut hs = Handlespace::new(HandlespaceConfig {
+            max_pool_elements_per_pool: 1024,
+            ..HandlespaceConfig::default()
+        });
+        let h = handle("weighted");
+        let now = Instant::now();
+        for id in 1..=400 {
+            hs.register(&h, pe(id, policy), ctx(1, u64::from(id), now))
+                .unwrap();
+        }
+        // Keep every 16th: the slab compacts at a quarter and again at a sixteenth.
+        for id in 1..=400 {
+            if id % 16 != 0 {
+                hs.deregister(&h, PeId(id)).unwrap();
+                if id % 50 == 0 {
+                    hs.check_invariants().unwrap();
+                }
+            }
+        }
+        hs.check_invariants().unwrap();
+        let mut seen = BTreeSet::new();
+        let mut draws = rng();
+        for _ in 0..200 {
+            let answer = ids(&hs.resolve(&h, 3, &mut draws).unwrap());
+            assert_eq!(answer.len(), 3);
+            assert!(answer.iter().all(|id| id % 16 == 0), "{answer:?}");
+            seen.extend(answer);
+        }
+        assert_eq!(seen.len(), 25, "{policy:?}: every survivor is handed out");
+        hs.check_invariants().unwrap();
+    }
+}
+
+#[test]
+fn expiry_stays_exact_through_stale_items() {
+    let mut hs = Handlespace::new(HandlespaceConfig::default());
+    let h = handle("life");
+    let t0 = Instant::now();
+    let life = |id: u32| 1_000 + id * 10;
+    let register = |hs: &mut Handlespace, id: u32, at: Instant| {
+        let mut element = pe(id, Policy::RoundRobin);
+        element.registration_life_ms = life(id);
+        hs.register(&h, element, ctx(1, u64::from(id), at)).unwrap();
+    };
+    for id in 1..=100 {
+        register(&mut hs, id, t0);
+    }
+    // Re-registrations leave stale items behind, more than the PEs: the index is rebuilt.
+    for round in 1..=5u64 {
+        for id in 1..=100 {
+            register(&mut hs, id, t0 + Duration::from_millis(round));
+        }
+        hs.check_invariants().unwrap();
+    }
+    // Removing the PEs that would expire first leaves their items stale at the head.
+    for id in 1..=30 {
+        hs.deregister(&h, PeId(id)).unwrap();
+    }
+    hs.check_invariants().unwrap();
+    let expected = t0 + Duration::from_millis(5 + u64::from(life(31)));
+    assert_eq!(hs.next_expiry(), Some(expected));
+    assert!(
+        hs.remove_expired(expected - Duration::from_millis(1))
+            .is_empty()
+    );
+    let removed: Vec<u32> = hs
+        .remove_expired(expected + Duration::from_millis(10))
+        .iter()
+        .map(|(_, e)| e.id.0)
+        .collect();
+    assert_eq!(removed, vec![31, 32]);
+    hs.check_invariants().unwrap();
+    for id in 33..=100 {
+        hs.deregister(&h, PeId(id)).unwrap();
+    }
+    assert_eq!(hs.next_expiry(), None);
+    hs.check_invariants().unwrap();
 }
