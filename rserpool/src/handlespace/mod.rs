@@ -540,18 +540,19 @@ impl Pool {
         items: usize,
         max_increment: usize,
         rng: &mut R,
-    ) -> Vec<PoolElement> {
+        chosen: &mut Vec<PoolElement>,
+    ) {
         let mut picked = std::mem::take(&mut self.picked);
-        let chosen = self.selection.select(
+        self.selection.select(
             &mut self.elements,
             &mut picked,
             items,
             max_increment,
             &mut self.next_seq,
             rng,
+            chosen,
         );
         self.picked = picked;
-        chosen
     }
 }
 
@@ -964,14 +965,26 @@ impl Handlespace {
         items: usize,
         rng: &mut R,
     ) -> Result<Resolution, UnknownPool> {
+        let mut elements = Vec::new();
+        let policy = self.resolve_into(handle, items, rng, &mut elements)?;
+        Ok(Resolution { policy, elements })
+    }
+
+    /// [`Handlespace::resolve`] into the caller's buffer: appends the selected PEs to
+    /// `elements` and answers with the pool's policy. (The registrar's answer takes the buffer
+    /// as it is; a caller resolving in a loop reuses one.)
+    pub fn resolve_into<R: Rng + ?Sized>(
+        &mut self,
+        handle: &PoolHandle,
+        items: usize,
+        rng: &mut R,
+        elements: &mut Vec<PoolElement>,
+    ) -> Result<Policy, UnknownPool> {
         let max_increment = self.config.max_increment;
         let pool = self.pool_mut(handle).ok_or(UnknownPool)?;
         let max_increment = max_increment.unwrap_or_else(|| pool.kind.default_max_increment());
-        let elements = pool.select(items, max_increment, rng);
-        Ok(Resolution {
-            policy: pool.policy,
-            elements,
-        })
+        pool.select(items, max_increment, rng, elements);
+        Ok(pool.policy)
     }
 
     /// Counts an Endpoint Unreachable report from `reporter` (e.g. a PU association key) and

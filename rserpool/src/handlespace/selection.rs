@@ -4,7 +4,8 @@
 //! * **Round robin**: a queue in selection order; a selection hands out the front and re-queues
 //!   it at the back, O(1). Removals leave their item behind, stale (see [`RoundRobinQueue`]).
 //! * **Other ordered policies** (LU, Priority, the degradation and DPF variants): a B-tree over
-//!   one `u128` per PE, [`policy::order_key`].
+//!   one `u128` per PE, [`policy::order_key`]; removals leave their key behind, stale, as in the
+//!   queue (see [`OrderedTree`]).
 //! * **WRR**: a B-tree over the exact [`WrrKey`].
 //! * **Weighted random policies**: a Fenwick tree with one slot per position.
 //!
@@ -118,6 +119,30 @@ impl RoundRobinQueue {
     }
 }
 
+/// The B-tree of the ordered policies but RR and WRR. A key is live while the PE at its position
+/// still has that key (keys hold the unique sequence number, so no other PE can). A removal, or
+/// a re-registration that changes the key, only leaves the old key behind: a selection skips
+/// stale keys and drops those at the front, and all go once they outnumber the live ones.
+#[derive(Clone, Debug, Default)]
+pub(super) struct OrderedTree {
+    map: BTreeMap<RankKey, Position>,
+    live: usize,
+}
+
+impl OrderedTree {
+    fn is_live(elements: &Members, key: &RankKey, at: Position) -> bool {
+        elements.at(at).is_some_and(|entry| {
+            policy::order_key(&entry.element.policy, &entry.state) == key.0.get()
+        })
+    }
+
+    fn collect_garbage(&mut self, elements: &Members) {
+        if self.map.len() > 2 * self.live + 32 {
+            self.map.retain(|key, at| Self::is_live(elements, key, *at));
+        }
+    }
+}
+
 /// Where a PE sits in its pool's selection structure, computed from its current values and
 /// state (not stored: whoever changes those takes the PE out under its old key first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,7 +173,7 @@ impl SelectionKey {
 pub(super) enum Selection {
     RoundRobin(RoundRobinQueue),
     /// Ordered policies but RR and WRR.
-    Ordered(BTreeMap<RankKey, Position>),
+    Ordered(OrderedTree),
     /// WRR; PEs of weight 0 are left out.
     WeightedRoundRobin(BTreeMap<WrrKey, Position>),
     /// Weighted random policies: one Fenwick slot per position.
@@ -159,7 +184,7 @@ impl Selection {
     pub(super) fn new(kind: PolicyKind) -> Self {
         match kind.selection_method() {
             SelectionMethod::RoundRobin => Selection::RoundRobin(RoundRobinQueue::default()),
-            SelectionMethod::Ordered => Selection::Ordered(BTreeMap::new()),
+            SelectionMethod::Ordered => Selection::Ordered(OrderedTree::default()),
             SelectionMethod::WeightedRoundRobin => Selection::WeightedRoundRobin(BTreeMap::new()),
             SelectionMethod::WeightedRandom => Selection::Weighted(Fenwick::default()),
         }
@@ -170,8 +195,9 @@ impl Selection {
     pub(super) fn insert(&mut self, key: SelectionKey, at: Position, entry: &PoolElementEntry) {
         match (self, key) {
             (Selection::RoundRobin(queue), SelectionKey::RoundRobin(seq)) => queue.push(seq, at),
-            (Selection::Ordered(map), SelectionKey::Ordered(key)) => {
-                map.insert(RankKey::new(key), at);
+            (Selection::Ordered(tree), SelectionKey::Ordered(key)) => {
+                tree.map.insert(RankKey::new(key), at);
+                tree.live += 1;
             }
             (Selection::WeightedRoundRobin(map), SelectionKey::WeightedRoundRobin(key)) => {
                 map.insert(key, at);
@@ -199,8 +225,9 @@ impl Selection {
                 queue.live -= 1;
                 queue.collect_garbage(elements);
             }
-            (Selection::Ordered(map), SelectionKey::Ordered(key)) => {
-                map.remove(&RankKey::new(key));
+            (Selection::Ordered(tree), SelectionKey::Ordered(_)) => {
+                tree.live -= 1;
+                tree.collect_garbage(elements);
             }
             (Selection::WeightedRoundRobin(map), SelectionKey::WeightedRoundRobin(key)) => {
                 map.remove(&key);
@@ -220,8 +247,8 @@ impl Selection {
                     Err(_) => None,
                 }
             }
-            (Selection::Ordered(map), SelectionKey::Ordered(key)) => {
-                map.get_mut(&RankKey::new(key))
+            (Selection::Ordered(tree), SelectionKey::Ordered(key)) => {
+                tree.map.get_mut(&RankKey::new(key))
             }
             (Selection::WeightedRoundRobin(map), SelectionKey::WeightedRoundRobin(key)) => {
                 map.get_mut(&key)
@@ -256,8 +283,9 @@ impl Selection {
         (0, 0, 1)
     }
 
-    /// Hands out up to `items` PEs and advances the first `max_increment` of them. `picked` is
-    /// scratch space; `next_seq` the pool's sequence counter.
+    /// Hands out up to `items` PEs (appended to `chosen`) and advances the first
+    /// `max_increment` of them. `picked` is scratch space; `next_seq` the pool's sequence
+    /// counter.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn select<R: Rng + ?Sized>(
         &mut self,
@@ -267,8 +295,9 @@ impl Selection {
         max_increment: usize,
         next_seq: &mut u64,
         rng: &mut R,
-    ) -> Vec<PoolElement> {
-        let mut chosen = Vec::with_capacity(items.min(elements.len()));
+        chosen: &mut Vec<PoolElement>,
+    ) {
+        chosen.reserve(items.min(elements.len()));
         match self {
             Selection::RoundRobin(queue) => select_round_robin(
                 queue,
@@ -277,16 +306,16 @@ impl Selection {
                 items,
                 max_increment,
                 next_seq,
-                &mut chosen,
+                chosen,
             ),
-            Selection::Ordered(map) => select_ordered(
-                map,
+            Selection::Ordered(tree) => select_ordered(
+                &mut tree.map,
                 elements,
                 picked,
                 items,
                 max_increment,
                 next_seq,
-                &mut chosen,
+                chosen,
                 |entry| {
                     Some(RankKey::new(policy::order_key(
                         &entry.element.policy,
@@ -301,7 +330,7 @@ impl Selection {
                 items,
                 max_increment,
                 next_seq,
-                &mut chosen,
+                chosen,
                 |entry| match entry.element.policy {
                     Policy::WeightedRoundRobin { weight } => policy::wrr_key(weight, &entry.state),
                     _ => None,
@@ -315,10 +344,9 @@ impl Selection {
                 max_increment,
                 next_seq,
                 rng,
-                &mut chosen,
+                chosen,
             ),
         }
-        chosen
     }
 
     /// Checks that the PE at `at` is where `key` (its current key) says; whether it counts
@@ -336,8 +364,8 @@ impl Selection {
                     _ => Err("missing from the round-robin queue"),
                 }
             }
-            (Selection::Ordered(map), SelectionKey::Ordered(key)) => {
-                if map.get(&RankKey::new(key)) == Some(&at) {
+            (Selection::Ordered(tree), SelectionKey::Ordered(key)) => {
+                if tree.map.get(&RankKey::new(key)) == Some(&at) {
                     Ok(true)
                 } else {
                     Err("missing from the selection")
@@ -399,8 +427,18 @@ impl Selection {
                     return Err("round-robin queue starts with a stale item");
                 }
             }
-            Selection::Ordered(map) if map.len() != selectable => {
-                return Err("selection holds strangers");
+            Selection::Ordered(tree) => {
+                let live = tree
+                    .map
+                    .iter()
+                    .filter(|&(key, &at)| OrderedTree::is_live(elements, key, at))
+                    .count();
+                if live != selectable || tree.live != selectable {
+                    return Err("selection holds strangers or miscounts");
+                }
+                if tree.map.len() > 2 * tree.live + 32 {
+                    return Err("selection keeps too many stale keys");
+                }
             }
             Selection::WeightedRoundRobin(map) if map.len() != selectable => {
                 return Err("selection holds strangers");
@@ -460,6 +498,7 @@ fn select_round_robin(
 
 /// Hands out the first `items` PEs of an ordered selection and re-inserts the first
 /// `max_increment` of them behind everything else of equal key, with their state advanced.
+/// Keys a removal left behind (see [`OrderedTree`]) are skipped, and dropped at the front.
 #[allow(clippy::too_many_arguments)]
 fn select_ordered<K: SelectionOrder>(
     map: &mut BTreeMap<K, Position>,
@@ -471,9 +510,72 @@ fn select_ordered<K: SelectionOrder>(
     chosen: &mut Vec<PoolElement>,
     key_of: impl Fn(&PoolElementEntry) -> Option<K>,
 ) {
+    let is_live = |elements: &Members, key: &K, at: Position| {
+        elements
+            .at(at)
+            .and_then(&key_of)
+            .is_some_and(|current| current == *key)
+    };
+    // One walk over the front: the live PEs to hand out, the first live key and the key right
+    // after it (stale or not), and how many stale keys precede it.
     picked.clear();
-    picked.extend(map.values().take(items));
-    for (i, &at) in picked.iter().enumerate() {
+    let mut first: Option<&K> = None;
+    let mut successor: Option<&K> = None;
+    let mut stale_front = 0;
+    for (key, &at) in map.iter() {
+        if first.is_some() && successor.is_none() {
+            successor = Some(key);
+        }
+        if picked.len() >= items && (first.is_none() || successor.is_some()) {
+            break;
+        }
+        if picked.len() < items && is_live(elements, key, at) {
+            first.get_or_insert(key);
+            picked.push(at);
+        } else if first.is_none() {
+            stale_front += 1;
+        }
+    }
+    let Some(&first_at) = picked.first() else {
+        return;
+    };
+
+    // The first PE: its new key is larger; if it still sorts before the next key (a least-used
+    // PE stays the least used), it is raised in place.
+    let mut requeue_first = None;
+    if let Some(entry) = elements.at_mut(first_at) {
+        entry.selection_count += 1;
+        chosen.push(entry.element.clone());
+        if max_increment > 0 {
+            let old_key = key_of(entry);
+            entry.state.seq = *next_seq;
+            *next_seq += 1;
+            policy::advance_after_selection(&entry.element.policy, &mut entry.state);
+            let new_key = key_of(entry);
+            let raised = match (&new_key, first) {
+                (Some(new_key), Some(first)) => {
+                    successor.is_none_or(|next| new_key < next) && first.raise_to(new_key)
+                }
+                _ => false,
+            };
+            if !raised {
+                requeue_first = Some((old_key, new_key));
+            }
+        }
+    }
+    for _ in 0..stale_front {
+        map.pop_first();
+    }
+    if let Some((old_key, new_key)) = requeue_first {
+        if let Some(old_key) = old_key {
+            map.remove(&old_key);
+        }
+        if let Some(new_key) = new_key {
+            map.insert(new_key, first_at);
+        }
+    }
+
+    for (i, &at) in picked.iter().enumerate().skip(1) {
         let Some(entry) = elements.at_mut(at) else {
             continue;
         };
@@ -486,27 +588,10 @@ fn select_ordered<K: SelectionOrder>(
         entry.state.seq = *next_seq;
         *next_seq += 1;
         policy::advance_after_selection(&entry.element.policy, &mut entry.state);
-        let new_key = key_of(entry);
-        if i == 0
-            && let Some(new_key) = &new_key
-        {
-            // The first PE keeps its rank if its new key still sorts before the second's.
-            let second = match picked.get(1) {
-                Some(&second) => elements.at(second).and_then(&key_of),
-                None => map.keys().nth(1).cloned(),
-            };
-            if second.is_none_or(|second| *new_key < second)
-                && map
-                    .first_key_value()
-                    .is_some_and(|(first, _)| first.raise_to(new_key))
-            {
-                continue;
-            }
-        }
         if let Some(old_key) = old_key {
             map.remove(&old_key);
         }
-        if let Some(new_key) = new_key {
+        if let Some(new_key) = key_of(entry) {
             map.insert(new_key, at);
         }
     }

@@ -595,25 +595,26 @@ impl Registrar {
         };
         // PEs under probe are left out; ask for as many more so the answer stays full.
         let probed = self.reports.probed_in(&pool);
-        let resolved = self
-            .handlespace
-            .resolve(&pool, count.saturating_add(probed), &mut self.rng);
+        let mut pool_elements = Vec::new();
+        let resolved = self.handlespace.resolve_into(
+            &pool,
+            count.saturating_add(probed),
+            &mut self.rng,
+            &mut pool_elements,
+        );
         let mut response = match resolved {
-            Ok(resolution) => {
-                let pool_elements: Vec<PoolElement> = resolution
-                    .elements
-                    .into_iter()
-                    .filter(|e| probed == 0 || !self.reports.is_probed(&(pool.clone(), e.id)))
-                    .take(count)
-                    .map(|mut e| {
-                        e.asap_transport = None;
-                        e
-                    })
-                    .collect();
+            Ok(policy) => {
+                if probed > 0 {
+                    pool_elements.retain(|e| !self.reports.is_probed(&(pool.clone(), e.id)));
+                }
+                pool_elements.truncate(count);
+                for element in &mut pool_elements {
+                    element.asap_transport = None;
+                }
                 AsapMessage::HandleResolutionResponse {
                     accepted: false,
                     pool_handle: pool,
-                    policy: Some(resolution.policy),
+                    policy: Some(policy),
                     pool_elements,
                     error: None,
                 }
