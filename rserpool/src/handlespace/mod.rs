@@ -500,10 +500,7 @@ impl Pool {
         // A re-registration that leaves the key as it was (round robin, an unchanged load)
         // leaves an ordered PE where it is; a weighted one is re-weighed in place.
         if new_key != old_key || matches!(self.selection, Selection::Weighted(_)) {
-            self.selection.remove(old_key, at, &self.elements);
-            if let Some(entry) = self.elements.at(at) {
-                self.selection.insert(new_key, at, entry);
-            }
+            self.selection.rekey(old_key, new_key, at, entry);
         }
     }
 

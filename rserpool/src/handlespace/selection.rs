@@ -79,13 +79,23 @@ impl SelectionOrder for WrrKey {
     }
 }
 
+/// Stale keys (or queue items) kept per live one at most before they are collected: each
+/// collection checks every key against its PE, so collecting rarely keeps that cost per removal
+/// low; the price is a few bytes per removed PE until the next collection.
+const STALE_PER_LIVE: usize = 3;
+
+/// How many keys, stale ones included, a structure with `live` live keys may hold.
+fn too_many_keys(live: usize) -> usize {
+    (STALE_PER_LIVE + 1) * live + 32
+}
+
 /// Round robin's selection order: `(sequence number, position)` items in ascending sequence
 /// numbers, since every PE queued at the back gets the pool's next one.
 ///
 /// An item is live while the PE at its position still has its sequence number. A removal, or a
 /// selection that re-queues a PE under a new number, leaves the old item behind, stale: it is
 /// skipped, dropped when it reaches the front, and all stale items go once they outnumber the
-/// live ones. So a resolution, a registration and a removal each cost O(1), amortized.
+/// live ones three to one ([`STALE_PER_LIVE`]). So a resolution, a registration and a removal each cost O(1), amortized.
 #[derive(Clone, Debug, Default)]
 pub(super) struct RoundRobinQueue {
     items: VecDeque<(u64, Position)>,
@@ -104,7 +114,7 @@ impl RoundRobinQueue {
         self.live += 1;
     }
 
-    /// Drops the stale items at the front, and every stale item once they outnumber the live.
+    /// Drops the stale items at the front, and every stale item once there are too many.
     fn collect_garbage(&mut self, elements: &Members) {
         while let Some(&front) = self.items.front() {
             if Self::is_live(elements, front) {
@@ -112,7 +122,9 @@ impl RoundRobinQueue {
             }
             self.items.pop_front();
         }
-        if self.items.len() > 2 * self.live + 32 {
+        if self.live == 0 {
+            self.items.clear();
+        } else if self.items.len() > too_many_keys(self.live) {
             self.items.retain(|&item| Self::is_live(elements, item));
             self.items.shrink_to(self.items.len() * 3 / 2);
         }
@@ -120,9 +132,9 @@ impl RoundRobinQueue {
 }
 
 /// The B-tree of the ordered policies but RR and WRR. A key is live while the PE at its position
-/// still has that key (keys hold the unique sequence number, so no other PE can). A removal, or
-/// a re-registration that changes the key, only leaves the old key behind: a selection skips
-/// stale keys and drops those at the front, and all go once they outnumber the live ones.
+/// still has that key (keys hold the unique sequence number, so no other PE can). A removal only
+/// leaves the PE's key behind: a selection skips stale keys and drops those at the front, and
+/// all go once they outnumber the live ones three to one ([`STALE_PER_LIVE`]).
 #[derive(Clone, Debug, Default)]
 pub(super) struct OrderedTree {
     map: BTreeMap<RankKey, Position>,
@@ -137,8 +149,18 @@ impl OrderedTree {
     }
 
     fn collect_garbage(&mut self, elements: &Members) {
-        if self.map.len() > 2 * self.live + 32 {
-            self.map.retain(|key, at| Self::is_live(elements, key, *at));
+        if self.live == 0 {
+            self.map.clear();
+        } else if self.map.len() > too_many_keys(self.live) {
+            // Rebuilt from the slab (one sorted bulk load), which costs far less than taking
+            // the stale keys out of the tree one by one.
+            self.map = elements
+                .entries()
+                .map(|(at, entry)| {
+                    let key = policy::order_key(&entry.element.policy, &entry.state);
+                    (RankKey::new(key), at)
+                })
+                .collect();
         }
     }
 }
@@ -235,6 +257,34 @@ impl Selection {
             (Selection::Weighted(fenwick), _) => fenwick.set(at as usize, 0),
             _ => {}
         }
+    }
+
+    /// Moves the PE at `at` from `old` to `new` after its values changed (a re-registration).
+    /// The old key is taken out at once: only removals leave stale keys behind, so the
+    /// collections a pool's removals pay for stay rare.
+    pub(super) fn rekey(
+        &mut self,
+        old: SelectionKey,
+        new: SelectionKey,
+        at: Position,
+        entry: &PoolElementEntry,
+    ) {
+        match (&mut *self, old) {
+            (Selection::Ordered(tree), SelectionKey::Ordered(old)) => {
+                tree.map.remove(&RankKey::new(old));
+                tree.live -= 1;
+            }
+            (Selection::WeightedRoundRobin(map), SelectionKey::WeightedRoundRobin(old)) => {
+                map.remove(&old);
+            }
+            (Selection::Weighted(fenwick), _) => fenwick.set(at as usize, 0),
+            (Selection::RoundRobin(_), _) => {
+                debug_assert!(false, "a round-robin key changes only by selection");
+                return;
+            }
+            _ => {}
+        }
+        self.insert(new, at, entry);
     }
 
     /// Follows the slab's compaction: the PE now at `to` (under `key`) was at `from`.
@@ -416,7 +466,7 @@ impl Selection {
                 {
                     return Err("round-robin queue out of order");
                 }
-                if queue.items.len() > 2 * queue.live + 32 {
+                if queue.items.len() > too_many_keys(queue.live) {
                     return Err("round-robin queue keeps too many stale items");
                 }
                 if queue
@@ -436,7 +486,7 @@ impl Selection {
                 if live != selectable || tree.live != selectable {
                     return Err("selection holds strangers or miscounts");
                 }
-                if tree.map.len() > 2 * tree.live + 32 {
+                if tree.map.len() > too_many_keys(tree.live) {
                     return Err("selection keeps too many stale keys");
                 }
             }

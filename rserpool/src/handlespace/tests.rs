@@ -1599,3 +1599,27 @@ fn expiry_stays_exact_through_stale_items() {
     assert_eq!(hs.next_expiry(), None);
     hs.check_invariants().unwrap();
 }
+
+#[test]
+fn round_robin_collects_stale_queue_items_and_keeps_its_cycle() {
+    let (mut hs, h) = pool_with(
+        &(1..=200)
+            .map(|id| (id, Policy::RoundRobin))
+            .collect::<Vec<_>>(),
+        HandlespaceConfig::default(),
+    );
+    // Every even PE but the last goes, then most odd ones: far more stale queue items than
+    // live ones, scattered behind the front.
+    for id in (2..200).step_by(2).chain((3..=191).step_by(2)) {
+        hs.deregister(&h, PeId(id)).unwrap();
+        hs.check_invariants().unwrap();
+    }
+    let cycle: Vec<u32> = (0..12)
+        .map(|_| ids(&hs.resolve(&h, 1, &mut rng()).unwrap())[0])
+        .collect();
+    assert_eq!(
+        cycle,
+        [1, 193, 195, 197, 199, 200, 1, 193, 195, 197, 199, 200]
+    );
+    hs.check_invariants().unwrap();
+}
