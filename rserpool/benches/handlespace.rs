@@ -3,7 +3,8 @@
 //!
 //! `cargo bench -p rserpool --bench handlespace [-- SECONDS] [--policies] [--compare] [--growth]`:
 //! every policy; beside rsplib's own handlespace (built from the shared anchors when its mirror
-//! is here, else skipped with a note), in alternating rounds; the growth to 100,000 PEs.
+//! is here, else skipped with a note), in alternating rounds, on the core and on the registrar
+//! path (registrator transport, clock, keep-alive timers); the growth to 100,000 PEs.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -14,6 +15,7 @@ use rand::rngs::SmallRng;
 use rserpool::handlespace::{
     ALL_POLICY_KINDS, Handlespace, HandlespaceConfig, PolicyKind, RegistrationContext,
 };
+use rserpool::registrar::keepalive::{KeepAliveConfig, KeepAliveSupervisor};
 use rserpool::wire::param::{PeId, PoolElement, PoolHandle, TransportAddress};
 use rserpool::wire::policy::Policy;
 
@@ -43,6 +45,15 @@ fn heap_in_use() -> isize {
     // SAFETY: mallinfo2 only reads glibc's allocator statistics.
     let info = unsafe { mallinfo2() };
     (info.uordblks + info.hblkhd) as isize
+}
+
+/// Heap bytes per PE of the registrar path: the handlespace and the keep-alive timers.
+fn registrar_path_memory_per_pe(kind: PolicyKind, pools: u32, pes: u32) -> f64 {
+    let before = heap_in_use();
+    let (_, hs, keepalive) = measure_registrar_path(kind, pools, pes, Duration::ZERO);
+    let bytes = heap_in_use() - before;
+    drop((hs, keepalive));
+    bytes as f64 / f64::from(pes)
 }
 
 /// Heap bytes per PE of a handlespace of `pes` PEs of `kind` in `pools` pools (malloc's in-use
@@ -236,6 +247,78 @@ fn measure(kind: PolicyKind, pools: u32, pes: u32, budget: Duration) -> Rates {
     }
 }
 
+/// The registrar path's rates (see [`measure_registrar_path`]).
+#[derive(Clone, Copy, Debug)]
+struct RegistrarPathRates {
+    register: f64,
+    reregister: f64,
+    remove: f64,
+}
+
+/// What the registrar does around the handlespace, as rsplib's harness "registrar path" does
+/// around its own: a registration carries the registrator's transport and reads the clock, then
+/// the PE's keep-alive timer is (re)started and the next deadline asked for; a removal by
+/// association also stops the removed PEs' timers. No messages, logging or ENRP on either side.
+fn measure_registrar_path(
+    kind: PolicyKind,
+    pools: u32,
+    pes: u32,
+    budget: Duration,
+) -> (RegistrarPathRates, Handlespace, KeepAliveSupervisor) {
+    let handles = handles(pools);
+    let (mut hs, _) = populate(kind, &handles, 0, Instant::now());
+    let mut keepalive = KeepAliveSupervisor::new(KeepAliveConfig::default());
+    let mut rng = SmallRng::seed_from_u64(2);
+    let mut register = |hs: &mut Handlespace, i: u32, load_seed: u32| {
+        let now = Instant::now();
+        let handle = &handles[i as usize % handles.len()];
+        let ctx = RegistrationContext {
+            registrator: Some(TransportAddress::Tcp {
+                port: 3863,
+                address: IpAddr::V4(Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8)),
+            }),
+            ..context(i, now)
+        };
+        let r = hs.register(handle, element(i, policy(kind, load_seed)), ctx);
+        black_box(r.is_ok());
+        keepalive.alive((handle.clone(), PeId(i)), now, &mut rng);
+        black_box(keepalive.poll_timeout());
+    };
+    let start = Instant::now();
+    for i in 1..=pes {
+        register(&mut hs, i, i);
+    }
+    let registered = f64::from(pes) / start.elapsed().as_secs_f64();
+    let reregister = rate(budget, |n| {
+        let i = (n % u64::from(pes)) as u32 + 1;
+        register(&mut hs, i, i ^ n as u32);
+    });
+    let rates = RegistrarPathRates {
+        register: registered,
+        reregister,
+        remove: 0.0,
+    };
+    (rates, hs, keepalive)
+}
+
+/// Removes every PE of a registrar path's handlespace by association, stopping their timers;
+/// removals per second.
+fn remove_registrar_path(
+    pes: u32,
+    hs: &mut Handlespace,
+    keepalive: &mut KeepAliveSupervisor,
+) -> f64 {
+    let start = Instant::now();
+    for i in 1..=pes {
+        for (handle, element) in hs.remove_association(u64::from(i)) {
+            keepalive.remove(&(handle, element.id));
+        }
+    }
+    let rate = f64::from(pes) / start.elapsed().as_secs_f64();
+    assert!(hs.is_empty() && keepalive.is_empty());
+    rate
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -282,12 +365,16 @@ fn rsplib_harness() -> Result<std::path::PathBuf, String> {
 /// One figure of rsplib's harness: policy, pools, metric, operations per second.
 type RsplibRate = (String, u32, String, f64);
 
-/// rsplib's figures of one run of its harness (`-r 1`): (policy, pools, metric) -> rate, and
-/// its heap bytes per PE.
-fn run_rsplib(
-    binary: &std::path::Path,
-    budget: Duration,
-) -> Result<(Vec<RsplibRate>, Option<f64>), String> {
+/// One run of rsplib's harness: its rates, and its heap bytes per PE on the core and on the
+/// registrar path.
+struct RsplibRun {
+    rates: Vec<RsplibRate>,
+    memory: Option<f64>,
+    registrar_memory: Option<f64>,
+}
+
+/// rsplib's figures of one run of its harness (`-r 1`).
+fn run_rsplib(binary: &std::path::Path, budget: Duration) -> Result<RsplibRun, String> {
     let output = std::process::Command::new(binary)
         .args([
             "-t",
@@ -302,6 +389,10 @@ fn run_rsplib(
     let text = String::from_utf8_lossy(&output.stdout);
     let memory = text.lines().find_map(|line| {
         let after = line.split("heap (malloc in use) ").nth(1)?;
+        after.split_whitespace().next()?.parse::<f64>().ok()
+    });
+    let registrar_memory = text.lines().find_map(|line| {
+        let after = line.split("registrar path heap ").nth(1)?;
         after.split_whitespace().next()?.parse::<f64>().ok()
     });
     let mut rates = Vec::new();
@@ -327,7 +418,11 @@ fn run_rsplib(
         let metric = tokens[2..tokens.len() - 6].join(" ");
         rates.push((tokens[0].to_string(), pools, metric, median * scale));
     }
-    Ok((rates, memory))
+    Ok(RsplibRun {
+        rates,
+        memory,
+        registrar_memory,
+    })
 }
 
 /// rsplib and ours on the same work, in alternating rounds; medians side by side.
@@ -353,12 +448,20 @@ fn compare_with_rsplib(budget: Duration, rounds: usize) {
         "resolve(3) pool n%pools",
         "re-register (core)",
         "remove assoc (core)",
+        "register (registrar path)",
+        "re-register (registrar path)",
+        "remove assoc (registrar path)",
     ];
     let mut theirs: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); metrics.len()]; cases.len()];
     let mut ours = theirs.clone();
     let (mut their_memory, mut our_memory) = (Vec::new(), Vec::new());
+    let (mut their_registrar_memory, mut our_registrar_memory) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        let (rates, memory) = match run_rsplib(&binary, budget) {
+        let RsplibRun {
+            rates,
+            memory,
+            registrar_memory,
+        } = match run_rsplib(&binary, budget) {
             Ok(result) => result,
             Err(why) => {
                 println!("rsplib's harness failed: {why}");
@@ -366,6 +469,7 @@ fn compare_with_rsplib(budget: Duration, rounds: usize) {
             }
         };
         their_memory.extend(memory);
+        their_registrar_memory.extend(registrar_memory);
         for (c, (_, name, pools)) in cases.iter().enumerate() {
             for (m, metric) in metrics.iter().enumerate() {
                 if let Some((.., rate)) = rates
@@ -377,12 +481,25 @@ fn compare_with_rsplib(budget: Duration, rounds: usize) {
             }
         }
         our_memory.push(memory_per_pe(PolicyKind::RoundRobin, 100, PES));
+        our_registrar_memory.push(registrar_path_memory_per_pe(
+            PolicyKind::RoundRobin,
+            100,
+            PES,
+        ));
         for (c, (kind, _, pools)) in cases.iter().enumerate() {
             let r = measure(*kind, *pools, PES, budget);
-            for (m, value) in [r.register, r.resolve, r.reregister, r.remove]
-                .into_iter()
-                .enumerate()
-            {
+            let (mut p, mut hs, mut keepalive) = measure_registrar_path(*kind, *pools, PES, budget);
+            p.remove = remove_registrar_path(PES, &mut hs, &mut keepalive);
+            let values = [
+                r.register,
+                r.resolve,
+                r.reregister,
+                r.remove,
+                p.register,
+                p.reregister,
+                p.remove,
+            ];
+            for (m, value) in values.into_iter().enumerate() {
                 ours[c][m].push(value);
             }
         }
@@ -409,6 +526,16 @@ fn compare_with_rsplib(budget: Duration, rounds: usize) {
         let (t, o) = (median(&mut their_memory), median(&mut our_memory));
         println!(
             "memory per PE, 10k RoundRobin PEs in 100 pools: rsplib {t:.0} B, ours {o:.0} B ({:.2}x)",
+            o / t
+        );
+    }
+    if !their_registrar_memory.is_empty() {
+        let (t, o) = (
+            median(&mut their_registrar_memory),
+            median(&mut our_registrar_memory),
+        );
+        println!(
+            "memory per PE, the same on the registrar path (with keep-alive timers): rsplib {t:.0} B, ours {o:.0} B ({:.2}x)",
             o / t
         );
     }

@@ -4,7 +4,8 @@
 //! Every sans-I/O machine says when it next wants `handle_timeout` with `poll_timeout()`
 //! (`None`: no timer armed); the drivers wait on this in their `select!` beside their I/O.
 
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::Hash;
 use std::time::Instant;
 
@@ -19,17 +20,26 @@ pub async fn sleep_until(deadline: Option<Instant>) {
 /// Deadlines of many keys, earliest first: what a machine that supervises many peers (keep-
 /// alives of every PE, probes of reported PEs) needs to arm one timer and find what is due.
 /// Each key has at most one deadline and a value (e.g. which phase it is in).
+///
+/// The order is a min-heap of `(deadline, key)` items, pruned lazily: replacing or removing a
+/// deadline leaves its item behind, stale, to be dropped when it comes up (it is live only
+/// while the key still has that very deadline). So re-arming a timer, which a keep-alive
+/// supervisor does for every acknowledgement, costs a hash update and a heap push, and a
+/// removal only the hash removal. A stale item that reaches the head is dropped at once, so
+/// [`Deadlines::poll_timeout`] stays exact; the heap is rebuilt when stale items outnumber
+/// the live ones.
 #[derive(Clone, Debug)]
 pub struct Deadlines<K, V = ()> {
-    entries: HashMap<K, (V, Instant)>,
-    order: BTreeSet<(Instant, K)>,
+    /// Seeded at random per map: keys hold what peers chose (pool handles, PE identifiers).
+    entries: HashMap<K, (V, Instant), foldhash::fast::RandomState>,
+    order: BinaryHeap<Reverse<(Instant, K)>>,
 }
 
 impl<K, V> Default for Deadlines<K, V> {
     fn default() -> Self {
         Deadlines {
-            entries: HashMap::new(),
-            order: BTreeSet::new(),
+            entries: HashMap::default(),
+            order: BinaryHeap::new(),
         }
     }
 }
@@ -38,17 +48,25 @@ impl<K: Clone + Eq + Hash + Ord, V> Deadlines<K, V> {
     /// Sets `key`'s deadline and value, replacing any earlier one (returned).
     pub fn insert(&mut self, key: K, value: V, at: Instant) -> Option<(V, Instant)> {
         let previous = self.entries.insert(key.clone(), (value, at));
-        if let Some((_, old)) = &previous {
-            self.order.remove(&(*old, key.clone()));
+        match &previous {
+            Some((_, old)) if *old == at => {}
+            Some((_, old)) => {
+                let old = *old;
+                self.order.push(Reverse((at, key.clone())));
+                self.left(old, &key);
+            }
+            None => self.order.push(Reverse((at, key))),
         }
-        self.order.insert((at, key));
+        if self.order.len() > 2 * self.entries.len() + 64 {
+            self.rebuild();
+        }
         previous
     }
 
     /// Forgets `key` (returning its value and deadline).
     pub fn remove(&mut self, key: &K) -> Option<(V, Instant)> {
         let removed = self.entries.remove(key)?;
-        self.order.remove(&(removed.1, key.clone()));
+        self.left(removed.1, key);
         Some(removed)
     }
 
@@ -79,18 +97,57 @@ impl<K: Clone + Eq + Hash + Ord, V> Deadlines<K, V> {
 
     /// The earliest deadline, to arm the caller's timer.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.order.first().map(|(at, _)| *at)
+        self.order.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Takes out the earliest key due at or before `now`, with its value.
     pub fn pop_due(&mut self, now: Instant) -> Option<(K, V)> {
-        let (at, key) = self.order.first()?.clone();
-        if at > now {
+        let Reverse((at, _)) = self.order.peek()?;
+        if *at > now {
             return None;
         }
-        self.order.remove(&(at, key.clone()));
+        let Reverse((_, key)) = self.order.pop()?;
         let (value, _) = self.entries.remove(&key)?;
+        self.prune();
         Some((key, value))
+    }
+
+    /// The item `(at, key)` went stale: pruned at once if it heads the heap; the heap is
+    /// rebuilt once stale items outnumber the live ones.
+    fn left(&mut self, at: Instant, key: &K) {
+        if self.order.len() > 2 * self.entries.len() + 64 {
+            self.rebuild();
+        } else if self
+            .order
+            .peek()
+            .is_some_and(|Reverse((first, first_key))| *first == at && first_key == key)
+        {
+            self.prune();
+        }
+    }
+
+    fn is_live(&self, at: Instant, key: &K) -> bool {
+        self.entries.get(key).is_some_and(|(_, due)| *due == at)
+    }
+
+    /// Drops the stale items at the head.
+    fn prune(&mut self) {
+        while let Some(Reverse((at, key))) = self.order.peek() {
+            if self.is_live(*at, key) {
+                break;
+            }
+            self.order.pop();
+        }
+    }
+
+    /// Rebuilds the heap from the live deadlines, once stale items outnumber them (amortized
+    /// O(1) per change).
+    fn rebuild(&mut self) {
+        self.order = self
+            .entries
+            .iter()
+            .map(|(key, (_, at))| Reverse((*at, key.clone())))
+            .collect();
     }
 }
 
@@ -119,5 +176,42 @@ mod tests {
         deadlines.insert(3, "d", t0);
         assert_eq!(deadlines.remove(&3), Some(("d", t0)));
         assert!(deadlines.is_empty() && deadlines.poll_timeout().is_none());
+    }
+
+    #[test]
+    fn re_armed_and_removed_deadlines_leave_no_trace_in_the_order() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut deadlines: Deadlines<u32> = Deadlines::default();
+        for key in 0..100 {
+            deadlines.insert(key, (), t0 + ms(u64::from(key)));
+        }
+        // Re-arm every key many times (later each time), then remove the earliest half.
+        for round in 1..=10u64 {
+            for key in 0..100 {
+                deadlines.insert(key, (), t0 + ms(1_000 * round + u64::from(key)));
+                assert!(deadlines.order.len() <= 2 * deadlines.len() + 64);
+            }
+        }
+        for key in 0..50 {
+            deadlines.remove(&key);
+            assert!(deadlines.order.len() <= 2 * deadlines.len() + 64);
+        }
+        assert_eq!(deadlines.poll_timeout(), Some(t0 + ms(10_050)));
+        let due: Vec<u32> = std::iter::from_fn(|| deadlines.pop_due(t0 + ms(10_060)))
+            .map(|(key, ())| key)
+            .collect();
+        assert_eq!(due, (50..=60).collect::<Vec<_>>());
+        assert_eq!(deadlines.len(), 39);
+        assert_eq!(deadlines.poll_timeout(), Some(t0 + ms(10_061)));
+        // Re-arming to the same deadline keeps one item.
+        let before = deadlines.order.len();
+        deadlines.insert(61, (), t0 + ms(10_061));
+        assert_eq!(deadlines.order.len(), before);
+        for key in 61..100 {
+            deadlines.remove(&key);
+        }
+        assert!(deadlines.is_empty() && deadlines.order.len() <= 64);
+        assert_eq!(deadlines.poll_timeout(), None);
     }
 }
