@@ -1,14 +1,17 @@
 //! The registrar's handlespace (RFC 5351 §2, RFC 5352 §3, RFC 5353) and every pool policy
 //! (RFC 5356 and rsplib's private ones).
 //!
-//! Pools are kept by handle, PEs by identifier within their pool. Each pool has a selection
-//! structure that fits its policy (see [`policy`]): a `BTreeMap` ordered by
-//! `(policy key, sequence number)` for the ordered policies, so that "take the first n and
-//! re-insert the selected ones with a new sequence number" costs O(n log N), and a Fenwick tree of
-//! weights for the weighted random ones, so that drawing n distinct PEs costs O(n log N).
-//! Global indexes find PEs by association (to drop everything registered over a closed
-//! association), by owner (home registrar, for ENRP) and by expiry time. The RFC 5353 §3.6.2
-//! checksums, overall and per owner, are updated on every insert and remove.
+//! Pools are kept by handle in slots; a pool keeps its PEs in a slab (`members`), found by
+//! identifier, where a PE's position stays fixed while it is registered. Each pool has a
+//! selection structure that fits its policy and names PEs by position (`selection`, with how
+//! each policy ranks or weighs a PE in [`policy`]): a queue for round robin, a B-tree ordered by
+//! `(policy value, sequence number)` for the other ordered policies, so that "take the first n
+//! and re-insert the selected ones with a new sequence number" costs O(1) and O(n log N), and a
+//! Fenwick tree of weights for the weighted random ones, so that drawing n distinct PEs costs
+//! O(n log N). Global indexes find PEs by association (to drop everything registered over a
+//! closed association), by owner (home registrar, for ENRP: PEs counted per pool) and by expiry
+//! time. The RFC 5353 §3.6.2 checksums, overall and per owner, are updated on every insert and
+//! remove.
 //!
 //! Sans-I/O: no sockets, no timers; the caller passes `now` and a random number generator.
 //!
