@@ -66,7 +66,7 @@ pub use crate::wire::checksum::HandlespaceChecksum;
 use members::{Members, Position};
 use policy::SelectionState;
 pub use policy::{ALL_POLICY_KINDS, PolicyKind};
-use selection::{Selection, SelectionKey};
+use selection::{Handout, Selection, SelectionKey};
 
 /// The hasher of the handlespace's maps: fast, and seeded at random per map, so that keys a
 /// peer chooses (pool handles, PE identifiers) cannot be picked to collide in advance.
@@ -542,17 +542,14 @@ impl Pool {
         rng: &mut R,
         chosen: &mut Vec<PoolElement>,
     ) {
-        let mut picked = std::mem::take(&mut self.picked);
-        self.selection.select(
-            &mut self.elements,
-            &mut picked,
+        let handout = Handout {
+            elements: &mut self.elements,
+            next_seq: &mut self.next_seq,
+            chosen,
             items,
             max_increment,
-            &mut self.next_seq,
-            rng,
-            chosen,
-        );
-        self.picked = picked;
+        };
+        self.selection.select(handout, &mut self.picked, rng);
     }
 }
 

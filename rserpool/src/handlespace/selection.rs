@@ -333,69 +333,33 @@ impl Selection {
         (0, 0, 1)
     }
 
-    /// Hands out up to `items` PEs (appended to `chosen`) and advances the first
-    /// `max_increment` of them. `picked` is scratch space; `next_seq` the pool's sequence
-    /// counter.
-    #[allow(clippy::too_many_arguments)]
+    /// Hands out up to `handout.items` PEs (appended to its answer) and advances the first
+    /// MaxIncrement of them. `picked` is scratch space.
     pub(super) fn select<R: Rng + ?Sized>(
         &mut self,
-        elements: &mut Members,
+        handout: Handout,
         picked: &mut Vec<Position>,
-        items: usize,
-        max_increment: usize,
-        next_seq: &mut u64,
         rng: &mut R,
-        chosen: &mut Vec<PoolElement>,
     ) {
-        chosen.reserve(items.min(elements.len()));
+        handout
+            .chosen
+            .reserve(handout.items.min(handout.elements.len()));
+        picked.clear();
         match self {
-            Selection::RoundRobin(queue) => select_round_robin(
-                queue,
-                elements,
-                picked,
-                items,
-                max_increment,
-                next_seq,
-                chosen,
-            ),
-            Selection::Ordered(tree) => select_ordered(
-                &mut tree.map,
-                elements,
-                picked,
-                items,
-                max_increment,
-                next_seq,
-                chosen,
-                |entry| {
-                    Some(RankKey::new(policy::order_key(
-                        &entry.element.policy,
-                        &entry.state,
-                    )))
-                },
-            ),
-            Selection::WeightedRoundRobin(map) => select_ordered(
-                map,
-                elements,
-                picked,
-                items,
-                max_increment,
-                next_seq,
-                chosen,
-                |entry| match entry.element.policy {
+            Selection::RoundRobin(queue) => select_round_robin(queue, handout, picked),
+            Selection::Ordered(tree) => select_ordered(&mut tree.map, handout, picked, |entry| {
+                Some(RankKey::new(policy::order_key(
+                    &entry.element.policy,
+                    &entry.state,
+                )))
+            }),
+            Selection::WeightedRoundRobin(map) => {
+                select_ordered(map, handout, picked, |entry| match entry.element.policy {
                     Policy::WeightedRoundRobin { weight } => policy::wrr_key(weight, &entry.state),
                     _ => None,
-                },
-            ),
-            Selection::Weighted(fenwick) => select_weighted(
-                fenwick,
-                elements,
-                picked,
-                items,
-                max_increment,
-                next_seq,
-                rng,
-                chosen,
-            ),
+                })
+            }
+            Selection::Weighted(fenwick) => select_weighted(fenwick, handout, picked, rng),
         }
     }
 
@@ -510,18 +474,51 @@ impl Selection {
     }
 }
 
+/// One resolution in progress: the pool's entries and sequence counter, how many PEs to hand
+/// out and advance (MaxIncrement), and the answer.
+pub(super) struct Handout<'a> {
+    pub(super) elements: &'a mut Members,
+    pub(super) next_seq: &'a mut u64,
+    pub(super) chosen: &'a mut Vec<PoolElement>,
+    pub(super) items: usize,
+    pub(super) max_increment: usize,
+}
+
+/// Counts the PE at `at` as selected and copies it into the answer.
+fn hand_out<'e>(
+    elements: &'e mut Members,
+    chosen: &mut Vec<PoolElement>,
+    at: Position,
+) -> Option<&'e mut PoolElementEntry> {
+    let entry = elements.at_mut(at)?;
+    entry.selection_count += 1;
+    chosen.push(entry.element.clone());
+    Some(entry)
+}
+
+/// Gives a selected PE the pool's next sequence number (behind every other of equal key) and,
+/// if it is within MaxIncrement, advances its policy state.
+fn requeue(entry: &mut PoolElementEntry, next_seq: &mut u64, advance: bool) {
+    entry.state.seq = *next_seq;
+    *next_seq += 1;
+    if advance {
+        policy::advance_after_selection(&entry.element.policy, &mut entry.state);
+    }
+}
+
 /// Round robin: hands out the first live PEs of the queue and re-queues the first
 /// `max_increment` of them at the back under new sequence numbers (their old items go stale).
 fn select_round_robin(
     queue: &mut RoundRobinQueue,
-    elements: &mut Members,
+    Handout {
+        elements,
+        next_seq,
+        chosen,
+        items,
+        max_increment,
+    }: Handout,
     picked: &mut Vec<Position>,
-    items: usize,
-    max_increment: usize,
-    next_seq: &mut u64,
-    chosen: &mut Vec<PoolElement>,
 ) {
-    picked.clear();
     picked.extend(
         queue
             .items
@@ -531,15 +528,10 @@ fn select_round_robin(
             .map(|&(_, at)| at),
     );
     for (i, &at) in picked.iter().enumerate() {
-        let Some(entry) = elements.at_mut(at) else {
-            continue;
-        };
-        entry.selection_count += 1;
-        chosen.push(entry.element.clone());
-        if i < max_increment {
-            entry.state.seq = *next_seq;
-            *next_seq += 1;
-            policy::advance_after_selection(&entry.element.policy, &mut entry.state);
+        if let Some(entry) = hand_out(elements, chosen, at)
+            && i < max_increment
+        {
+            requeue(entry, next_seq, true);
             queue.items.push_back((entry.state.seq, at));
         }
     }
@@ -549,15 +541,16 @@ fn select_round_robin(
 /// Hands out the first `items` PEs of an ordered selection and re-inserts the first
 /// `max_increment` of them behind everything else of equal key, with their state advanced.
 /// Keys a removal left behind (see [`OrderedTree`]) are skipped, and dropped at the front.
-#[allow(clippy::too_many_arguments)]
 fn select_ordered<K: SelectionOrder>(
     map: &mut BTreeMap<K, Position>,
-    elements: &mut Members,
+    Handout {
+        elements,
+        next_seq,
+        chosen,
+        items,
+        max_increment,
+    }: Handout,
     picked: &mut Vec<Position>,
-    items: usize,
-    max_increment: usize,
-    next_seq: &mut u64,
-    chosen: &mut Vec<PoolElement>,
     key_of: impl Fn(&PoolElementEntry) -> Option<K>,
 ) {
     let is_live = |elements: &Members, key: &K, at: Position| {
@@ -568,7 +561,6 @@ fn select_ordered<K: SelectionOrder>(
     };
     // One walk over the front: the live PEs to hand out, the first live key and the key right
     // after it (stale or not), and how many stale keys precede it.
-    picked.clear();
     let mut first: Option<&K> = None;
     let mut successor: Option<&K> = None;
     let mut stale_front = 0;
@@ -593,24 +585,20 @@ fn select_ordered<K: SelectionOrder>(
     // The first PE: its new key is larger; if it still sorts before the next key (a least-used
     // PE stays the least used), it is raised in place.
     let mut requeue_first = None;
-    if let Some(entry) = elements.at_mut(first_at) {
-        entry.selection_count += 1;
-        chosen.push(entry.element.clone());
-        if max_increment > 0 {
-            let old_key = key_of(entry);
-            entry.state.seq = *next_seq;
-            *next_seq += 1;
-            policy::advance_after_selection(&entry.element.policy, &mut entry.state);
-            let new_key = key_of(entry);
-            let raised = match (&new_key, first) {
-                (Some(new_key), Some(first)) => {
-                    successor.is_none_or(|next| new_key < next) && first.raise_to(new_key)
-                }
-                _ => false,
-            };
-            if !raised {
-                requeue_first = Some((old_key, new_key));
+    if let Some(entry) = hand_out(elements, chosen, first_at)
+        && max_increment > 0
+    {
+        let old_key = key_of(entry);
+        requeue(entry, next_seq, true);
+        let new_key = key_of(entry);
+        let raised = match (&new_key, first) {
+            (Some(new_key), Some(first)) => {
+                successor.is_none_or(|next| new_key < next) && first.raise_to(new_key)
             }
+            _ => false,
+        };
+        if !raised {
+            requeue_first = Some((old_key, new_key));
         }
     }
     for _ in 0..stale_front {
@@ -626,18 +614,14 @@ fn select_ordered<K: SelectionOrder>(
     }
 
     for (i, &at) in picked.iter().enumerate().skip(1) {
-        let Some(entry) = elements.at_mut(at) else {
+        let Some(entry) = hand_out(elements, chosen, at) else {
             continue;
         };
-        entry.selection_count += 1;
-        chosen.push(entry.element.clone());
         if i >= max_increment {
             continue;
         }
         let old_key = key_of(entry);
-        entry.state.seq = *next_seq;
-        *next_seq += 1;
-        policy::advance_after_selection(&entry.element.policy, &mut entry.state);
+        requeue(entry, next_seq, true);
         if let Some(old_key) = old_key {
             map.remove(&old_key);
         }
@@ -650,18 +634,18 @@ fn select_ordered<K: SelectionOrder>(
 /// Weighted random: `items` distinct draws proportional to the weights (each drawn slot is
 /// zeroed until the answer is complete), then the first `max_increment` get their state
 /// advanced and their weight recomputed.
-#[allow(clippy::too_many_arguments)]
 fn select_weighted<R: Rng + ?Sized>(
     fenwick: &mut Fenwick,
-    elements: &mut Members,
+    Handout {
+        elements,
+        next_seq,
+        chosen,
+        items,
+        max_increment,
+    }: Handout,
     picked: &mut Vec<Position>,
-    items: usize,
-    max_increment: usize,
-    next_seq: &mut u64,
     rng: &mut R,
-    chosen: &mut Vec<PoolElement>,
 ) {
-    picked.clear();
     while picked.len() < items {
         let total = fenwick.total();
         if total == 0 {
@@ -675,16 +659,10 @@ fn select_weighted<R: Rng + ?Sized>(
         fenwick.set(slot, 0);
     }
     for (i, &at) in picked.iter().enumerate() {
-        let Some(entry) = elements.at_mut(at) else {
+        let Some(entry) = hand_out(elements, chosen, at) else {
             continue;
         };
-        entry.selection_count += 1;
-        entry.state.seq = *next_seq;
-        *next_seq += 1;
-        chosen.push(entry.element.clone());
-        if i < max_increment {
-            policy::advance_after_selection(&entry.element.policy, &mut entry.state);
-        }
+        requeue(entry, next_seq, i < max_increment);
         // The weight from the (possibly advanced) state: what it was for the others.
         fenwick.set(
             at as usize,
