@@ -17,6 +17,59 @@ pub async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// A min-heap whose items can go stale: whoever replaces or removes what an item describes
+/// leaves the item behind, and the owner, which alone knows what is live, drops stale items
+/// when they reach the head ([`LazyMinHeap::prune`]) or all at once ([`LazyMinHeap::rebuild`]).
+/// The deadline orders of [`Deadlines`] and of the handlespace's registration lives.
+#[derive(Clone, Debug)]
+pub(crate) struct LazyMinHeap<T> {
+    heap: BinaryHeap<Reverse<T>>,
+}
+
+impl<T> Default for LazyMinHeap<T> {
+    fn default() -> Self {
+        LazyMinHeap {
+            heap: BinaryHeap::new(),
+        }
+    }
+}
+
+impl<T: Ord> LazyMinHeap<T> {
+    pub(crate) fn push(&mut self, item: T) {
+        self.heap.push(Reverse(item));
+    }
+
+    /// The least item, live or not.
+    pub(crate) fn first(&self) -> Option<&T> {
+        self.heap.peek().map(|Reverse(item)| item)
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<T> {
+        self.heap.pop().map(|Reverse(item)| item)
+    }
+
+    /// Items held, stale ones included.
+    pub(crate) fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        self.heap.iter().map(|Reverse(item)| item)
+    }
+
+    /// Drops the stale items at the head.
+    pub(crate) fn prune(&mut self, is_live: impl Fn(&T) -> bool) {
+        while self.first().is_some_and(|item| !is_live(item)) {
+            self.heap.pop();
+        }
+    }
+
+    /// Replaces every item by the `live` ones.
+    pub(crate) fn rebuild(&mut self, live: impl IntoIterator<Item = T>) {
+        self.heap = live.into_iter().map(Reverse).collect();
+    }
+}
+
 /// Deadlines of many keys, earliest first: what a machine that supervises many peers (keep-
 /// alives of every PE, probes of reported PEs) needs to arm one timer and find what is due.
 /// Each key has at most one deadline and a value (e.g. which phase it is in).
@@ -32,14 +85,14 @@ pub async fn sleep_until(deadline: Option<Instant>) {
 pub struct Deadlines<K, V = ()> {
     /// Seeded at random per map: keys hold what peers chose (pool handles, PE identifiers).
     entries: HashMap<K, (V, Instant), foldhash::fast::RandomState>,
-    order: BinaryHeap<Reverse<(Instant, K)>>,
+    order: LazyMinHeap<(Instant, K)>,
 }
 
 impl<K, V> Default for Deadlines<K, V> {
     fn default() -> Self {
         Deadlines {
             entries: HashMap::default(),
-            order: BinaryHeap::new(),
+            order: LazyMinHeap::default(),
         }
     }
 }
@@ -52,10 +105,10 @@ impl<K: Clone + Eq + Hash + Ord, V> Deadlines<K, V> {
             Some((_, old)) if *old == at => {}
             Some((_, old)) => {
                 let old = *old;
-                self.order.push(Reverse((at, key.clone())));
+                self.order.push((at, key.clone()));
                 self.left(old, &key);
             }
-            None => self.order.push(Reverse((at, key))),
+            None => self.order.push((at, key)),
         }
         if self.order.len() > 2 * self.entries.len() + 64 {
             self.rebuild();
@@ -97,16 +150,16 @@ impl<K: Clone + Eq + Hash + Ord, V> Deadlines<K, V> {
 
     /// The earliest deadline, to arm the caller's timer.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.order.peek().map(|Reverse((at, _))| *at)
+        self.order.first().map(|(at, _)| *at)
     }
 
     /// Takes out the earliest key due at or before `now`, with its value.
     pub fn pop_due(&mut self, now: Instant) -> Option<(K, V)> {
-        let Reverse((at, _)) = self.order.peek()?;
+        let (at, _) = self.order.first()?;
         if *at > now {
             return None;
         }
-        let Reverse((_, key)) = self.order.pop()?;
+        let (_, key) = self.order.pop()?;
         let (value, _) = self.entries.remove(&key)?;
         self.prune();
         Some((key, value))
@@ -119,35 +172,25 @@ impl<K: Clone + Eq + Hash + Ord, V> Deadlines<K, V> {
             self.rebuild();
         } else if self
             .order
-            .peek()
-            .is_some_and(|Reverse((first, first_key))| *first == at && first_key == key)
+            .first()
+            .is_some_and(|(first, first_key)| *first == at && first_key == key)
         {
             self.prune();
         }
     }
 
-    fn is_live(&self, at: Instant, key: &K) -> bool {
-        self.entries.get(key).is_some_and(|(_, due)| *due == at)
-    }
-
-    /// Drops the stale items at the head.
+    /// Drops the stale items at the head: live is a key that still has that very deadline.
     fn prune(&mut self) {
-        while let Some(Reverse((at, key))) = self.order.peek() {
-            if self.is_live(*at, key) {
-                break;
-            }
-            self.order.pop();
-        }
+        let entries = &self.entries;
+        self.order
+            .prune(|(at, key)| entries.get(key).is_some_and(|(_, due)| due == at));
     }
 
     /// Rebuilds the heap from the live deadlines, once stale items outnumber them (amortized
     /// O(1) per change).
     fn rebuild(&mut self) {
-        self.order = self
-            .entries
-            .iter()
-            .map(|(key, (_, at))| Reverse((*at, key.clone())))
-            .collect();
+        self.order
+            .rebuild(self.entries.iter().map(|(key, (_, at))| (*at, key.clone())));
     }
 }
 

@@ -50,8 +50,7 @@ mod tests;
 #[cfg(test)]
 mod proptests;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -61,6 +60,7 @@ use crate::wire::param::{
 };
 use crate::wire::policy::Policy;
 
+use crate::timer::LazyMinHeap;
 use crate::wire::checksum;
 pub use crate::wire::checksum::HandlespaceChecksum;
 use members::{Members, Position};
@@ -454,7 +454,7 @@ impl Pool {
             && weight > 0
         {
             // A newcomer joins at the current virtual time instead of jumping the queue.
-            let (round, num, den) = self.wrr_head_time();
+            let (round, num, den) = self.selection.wrr_head_time();
             let (round, picks) = policy::wrr_join(round, num, den, weight);
             entry.state.wrr_round = round;
             entry.state.wrr_picks = picks;
@@ -473,11 +473,6 @@ impl Pool {
         let Some(at) = self.elements.position(&id) else {
             return;
         };
-        let head = match (&self.selection, old_wrr_weight) {
-            (Selection::WeightedRoundRobin(_), Some(old)) if old > 0 => None,
-            (Selection::WeightedRoundRobin(_), _) => Some(self.wrr_head_time()),
-            _ => None,
-        };
         let Some(entry) = self.elements.at_mut(at) else {
             return;
         };
@@ -487,13 +482,12 @@ impl Pool {
         {
             // Weight changed: continue from the PE's own next-pick time (or the head's if it
             // was not selectable) at the new spacing.
-            let (round, num, den) = match (old_wrr_weight, head) {
-                (Some(old), _) if old > 0 => {
+            let (round, num, den) = match old_wrr_weight {
+                Some(old) if old > 0 => {
                     let (num, den) = policy::wrr_position(entry.state.wrr_picks, old);
                     (entry.state.wrr_round, num, den)
                 }
-                (_, Some(head)) => head,
-                _ => (0, 0, 1),
+                _ => self.selection.wrr_head_time(),
             };
             let (round, picks) = policy::wrr_join(round, num, den, weight);
             entry.state.wrr_round = round;
@@ -528,11 +522,6 @@ impl Pool {
             }
         }
         self.selection.shrink(self.elements.capacity());
-    }
-
-    /// The WRR virtual time of the selection's head, `(0, 0/1)` when empty.
-    fn wrr_head_time(&self) -> (u64, u64, u64) {
-        self.selection.wrr_head_time()
     }
 
     fn select<R: Rng + ?Sized>(
@@ -601,42 +590,6 @@ impl AssociationMembers {
                 keys.is_empty()
             }
         }
-    }
-}
-
-/// When each PE's registration life ends, as a min-heap of `(expiry, PE)` that is pruned lazily:
-/// a removal or re-registration leaves its old item behind, to be dropped when it comes up (it
-/// is stale unless the PE is still registered with that very expiry). Removing a PE thus costs
-/// nothing here; the heap is rebuilt when stale items outnumber live ones. (The registrar
-/// supervises its PEs with keep-alives and does not read this index.)
-#[derive(Clone, Debug, Default)]
-struct ExpiryIndex {
-    heap: BinaryHeap<Reverse<(Instant, PeKey)>>,
-}
-
-impl ExpiryIndex {
-    fn push(&mut self, at: Instant, key: PeKey) {
-        self.heap.push(Reverse((at, key)));
-    }
-
-    fn first(&self) -> Option<(Instant, PeKey)> {
-        self.heap.peek().map(|Reverse(item)| *item)
-    }
-
-    fn pop(&mut self) {
-        self.heap.pop();
-    }
-
-    fn len(&self) -> usize {
-        self.heap.len()
-    }
-
-    fn items(&self) -> impl Iterator<Item = (Instant, PeKey)> + '_ {
-        self.heap.iter().map(|Reverse(item)| *item)
-    }
-
-    fn rebuild(&mut self, live: impl Iterator<Item = (Instant, PeKey)>) {
-        self.heap = live.map(Reverse).collect();
     }
 }
 
@@ -726,7 +679,12 @@ pub struct Handlespace {
     pool_element_count: usize,
     by_association: HashMap<AssociationKey, AssociationMembers, SeededHasher>,
     by_owner: BTreeMap<RegistrarId, OwnerIndex>,
-    by_expiry: ExpiryIndex,
+    /// When each PE's registration life ends, as `(expiry, PE)` items pruned lazily: a removal
+    /// or re-registration leaves its old item behind, dropped when it comes up (it is stale
+    /// unless the PE is still registered with that very expiry) or when a registration finds
+    /// stale items outnumbering the PEs. (The registrar supervises its PEs with keep-alives and
+    /// does not read this index.)
+    by_expiry: LazyMinHeap<(Instant, PeKey)>,
     checksum: HandlespaceChecksum,
 }
 
@@ -1042,24 +1000,22 @@ impl Handlespace {
     /// The earliest registration expiry, to arm the caller's timer. (`&mut`: drops the items
     /// that removals and re-registrations left stale at the head of the index.)
     pub fn next_expiry(&mut self) -> Option<Instant> {
-        self.prune_expiry();
-        self.by_expiry.first().map(|(at, _)| at)
+        let slots = &self.slots;
+        self.by_expiry
+            .prune(|&(at, key)| expiry_is_live(slots, at, key));
+        self.by_expiry.first().map(|&(at, _)| at)
     }
 
     /// Removes every PE whose registration life ended at or before `now`.
     pub fn remove_expired(&mut self, now: Instant) -> Vec<(PoolHandle, PoolElement)> {
         let mut removed = Vec::new();
-        while let Some((at, key)) = self.by_expiry.first() {
+        while let Some(&(at, key)) = self.by_expiry.first() {
             if at > now {
                 break;
             }
             self.by_expiry.pop();
-            if !self.expiry_is_live(at, key) {
-                continue;
-            }
-            let handle = self.handle_of(key.0).cloned();
-            if let (Some(handle), Some(element)) = (handle, self.remove_key(key, false)) {
-                removed.push((handle, element));
+            if expiry_is_live(&self.slots, at, key) {
+                removed.extend(self.remove_with_handle(key, false));
             }
         }
         removed
@@ -1266,7 +1222,7 @@ impl Handlespace {
         // Its expiry item stays, stale, until it comes up or the next registration rebuilds the
         // index; nothing is left to expire once the handlespace is empty.
         if self.pool_element_count == 0 {
-            self.by_expiry.rebuild(std::iter::empty());
+            self.by_expiry.rebuild([]);
         }
         Some(element)
     }
@@ -1274,9 +1230,9 @@ impl Handlespace {
     /// Adds an expiry item; rebuilds the index when stale items outnumber the PEs (amortized
     /// O(1) per registration).
     fn push_expiry(&mut self, at: Instant, key: PeKey) {
-        self.by_expiry.push(at, key);
+        self.by_expiry.push((at, key));
         if self.by_expiry.len() > 2 * self.pool_element_count + 64 {
-            let live: Vec<(Instant, PeKey)> = self
+            let live = self
                 .slots
                 .iter()
                 .enumerate()
@@ -1285,27 +1241,9 @@ impl Handlespace {
                     pool.elements
                         .entries()
                         .filter_map(move |(_, e)| Some((e.expires_at()?, (slot, e.element.id))))
-                })
-                .collect();
-            self.by_expiry.rebuild(live.into_iter());
+                });
+            self.by_expiry.rebuild(live);
         }
-    }
-
-    /// Drops stale items from the head of the expiry index.
-    fn prune_expiry(&mut self) {
-        while let Some((at, key)) = self.by_expiry.first() {
-            if self.expiry_is_live(at, key) {
-                break;
-            }
-            self.by_expiry.pop();
-        }
-    }
-
-    /// Whether the PE `key` is registered and its registration life ends at `at`.
-    fn expiry_is_live(&self, at: Instant, key: PeKey) -> bool {
-        self.pool_at(key.0)
-            .and_then(|pool| pool.elements.get(&key.1))
-            .is_some_and(|entry| entry.expires_at() == Some(at))
     }
 
     fn index_association(&mut self, association: Option<AssociationKey>, key: PeKey) {
@@ -1490,17 +1428,25 @@ impl Handlespace {
         if by_owner != owners {
             return Err("owner index or owner checksums differ".into());
         }
-        // Every registration life has its item; stale items are bounded.
-        let items: BTreeSet<(Instant, PeKey)> = self.by_expiry.items().collect();
+        // Every registration life has its item; an empty handlespace keeps none.
+        let items: BTreeSet<(Instant, PeKey)> = self.by_expiry.iter().copied().collect();
         if !by_expiry.is_subset(&items) {
             return Err("expiry index misses a PE".into());
         }
         if self.pool_element_count == 0 && self.by_expiry.len() > 0 {
             return Err("expiry index of an empty handlespace holds items".into());
         }
-
         Ok(())
     }
+}
+
+/// Whether the PE `key` is registered and its registration life ends at `at`.
+fn expiry_is_live(slots: &[Option<Pool>], at: Instant, key: PeKey) -> bool {
+    slots
+        .get(key.0 as usize)
+        .and_then(Option::as_ref)
+        .and_then(|pool| pool.elements.get(&key.1))
+        .is_some_and(|entry| entry.expires_at() == Some(at))
 }
 
 /// When a registration of `life_ms` milliseconds made at `now` ends; `u32::MAX` = never.

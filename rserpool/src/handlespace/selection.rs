@@ -37,6 +37,11 @@ impl RankKey {
     fn new(key: u128) -> Self {
         RankKey(Cell::new(key))
     }
+
+    /// The key of a PE from its current values and state.
+    fn of(entry: &PoolElementEntry) -> Self {
+        RankKey::new(policy::order_key(&entry.element.policy, &entry.state))
+    }
 }
 
 impl Ord for RankKey {
@@ -95,7 +100,8 @@ fn too_many_keys(live: usize) -> usize {
 /// An item is live while the PE at its position still has its sequence number. A removal, or a
 /// selection that re-queues a PE under a new number, leaves the old item behind, stale: it is
 /// skipped, dropped when it reaches the front, and all stale items go once they outnumber the
-/// live ones three to one ([`STALE_PER_LIVE`]). So a resolution, a registration and a removal each cost O(1), amortized.
+/// live ones three to one ([`STALE_PER_LIVE`]). So a resolution, a registration and a removal
+/// each cost O(1), amortized.
 #[derive(Clone, Debug, Default)]
 pub(super) struct RoundRobinQueue {
     items: VecDeque<(u64, Position)>,
@@ -105,6 +111,11 @@ pub(super) struct RoundRobinQueue {
 impl RoundRobinQueue {
     fn is_live(elements: &Members, (seq, at): (u64, Position)) -> bool {
         elements.at(at).is_some_and(|entry| entry.state.seq == seq)
+    }
+
+    /// Where the item of sequence number `seq` is (items are sorted by it, stale ones too).
+    fn find(&self, seq: u64) -> Option<usize> {
+        self.items.binary_search_by_key(&seq, |&(s, _)| s).ok()
     }
 
     /// Queues a PE at the back; `seq` must be the highest yet.
@@ -143,9 +154,9 @@ pub(super) struct OrderedTree {
 
 impl OrderedTree {
     fn is_live(elements: &Members, key: &RankKey, at: Position) -> bool {
-        elements.at(at).is_some_and(|entry| {
-            policy::order_key(&entry.element.policy, &entry.state) == key.0.get()
-        })
+        elements
+            .at(at)
+            .is_some_and(|entry| RankKey::of(entry) == *key)
     }
 
     fn collect_garbage(&mut self, elements: &Members) {
@@ -156,10 +167,7 @@ impl OrderedTree {
             // the stale keys out of the tree one by one.
             self.map = elements
                 .entries()
-                .map(|(at, entry)| {
-                    let key = policy::order_key(&entry.element.policy, &entry.state);
-                    (RankKey::new(key), at)
-                })
+                .map(|(at, entry)| (RankKey::of(entry), at))
                 .collect();
         }
     }
@@ -290,13 +298,10 @@ impl Selection {
     /// Follows the slab's compaction: the PE now at `to` (under `key`) was at `from`.
     pub(super) fn relocate(&mut self, key: SelectionKey, from: Position, to: Position) {
         let position = match (self, key) {
-            (Selection::RoundRobin(queue), SelectionKey::RoundRobin(seq)) => {
-                // Sorted by sequence number, stale items included.
-                match queue.items.binary_search_by_key(&seq, |&(s, _)| s) {
-                    Ok(index) => queue.items.get_mut(index).map(|(_, at)| at),
-                    Err(_) => None,
-                }
-            }
+            (Selection::RoundRobin(queue), SelectionKey::RoundRobin(seq)) => queue
+                .find(seq)
+                .and_then(|index| queue.items.get_mut(index))
+                .map(|(_, at)| at),
             (Selection::Ordered(tree), SelectionKey::Ordered(key)) => {
                 tree.map.get_mut(&RankKey::new(key))
             }
@@ -348,10 +353,7 @@ impl Selection {
         match self {
             Selection::RoundRobin(queue) => select_round_robin(queue, handout, picked),
             Selection::Ordered(tree) => select_ordered(&mut tree.map, handout, picked, |entry| {
-                Some(RankKey::new(policy::order_key(
-                    &entry.element.policy,
-                    &entry.state,
-                )))
+                Some(RankKey::of(entry))
             }),
             Selection::WeightedRoundRobin(map) => {
                 select_ordered(map, handout, picked, |entry| match entry.element.policy {
@@ -373,8 +375,8 @@ impl Selection {
     ) -> Result<bool, &'static str> {
         match (self, key) {
             (Selection::RoundRobin(queue), SelectionKey::RoundRobin(seq)) => {
-                match queue.items.binary_search_by_key(&seq, |&(s, _)| s) {
-                    Ok(index) if queue.items[index].1 == at => Ok(true),
+                match queue.find(seq) {
+                    Some(index) if queue.items[index].1 == at => Ok(true),
                     _ => Err("missing from the round-robin queue"),
                 }
             }
